@@ -1,0 +1,479 @@
+//! The planner: from the configuration and the observed kernel, the ordered list of
+//! operations that makes the kernel match, and the ledger of what vipa changed.
+//!
+//! `plan` is pure and deterministic. It touches only what vipa owns: addresses it added
+//! (tagged with [`ADDR_PROTO_VIPA`] and kept in the ledger), the preferred source of
+//! routes out of a VIPA's source interfaces, and the routed-mode sysctls of those
+//! interfaces. The ledger remembers what each route and sysctl was before vipa changed it,
+//! so removing a VIPA or an interface restores it exactly.
+//!
+//! Order matters to the kernel: a route's preferred source must be a local address
+//! (EINVAL otherwise), and deleting an address deletes the routes that use it as their
+//! source. So addresses are added before routes point at them, and routes are pointed
+//! elsewhere before their source address is deleted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, VipaConfig};
+use crate::model::{
+    ADDR_PROTO_VIPA, Observed, Op, PROTO_KERNEL, Route, RouteKey, SysctlKey, SysctlKind,
+    TABLE_LOCAL,
+};
+
+/// Where VIPA addresses live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceMode {
+    /// One `dummy` device per VIPA, named after it.
+    Dummy,
+    /// On `lo`, where the kernel has no `dummy` driver.
+    Loopback,
+}
+
+/// What vipa changed, and what was there before. Persisted by the daemon so that a
+/// restarted vipad restores the same originals.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ledger {
+    /// Addresses vipa added: (device name, address).
+    #[serde(default)]
+    pub addresses: BTreeSet<(String, IpAddr)>,
+    /// Routes whose preferred source vipa set, with the source they had before.
+    #[serde(default, with = "pairs")]
+    pub routes: BTreeMap<RouteKey, RouteRecord>,
+    /// Sysctls vipa set, with the value they had before.
+    #[serde(default, with = "pairs")]
+    pub sysctls: BTreeMap<SysctlKey, i64>,
+    /// Dummy devices vipa created.
+    #[serde(default)]
+    pub dummies: BTreeSet<String>,
+}
+
+/// The route as it was before vipa set its preferred source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRecord {
+    pub original: Option<IpAddr>,
+    pub vipa: String,
+}
+
+/// Serialises a map with structured keys as a list of pairs (JSON keys must be strings).
+mod pairs {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        m: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(m.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
+/// The planner's answer: operations in the order to apply them, and the ledger as it is
+/// once they have been applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub ops: Vec<Op>,
+    pub ledger: Ledger,
+}
+
+/// The device a VIPA's addresses go on, if it exists.
+pub fn vipa_device<'a>(
+    v: &VipaConfig,
+    observed: &'a Observed,
+    mode: DeviceMode,
+) -> Option<&'a crate::model::Link> {
+    match mode {
+        DeviceMode::Loopback => observed.loopback(),
+        DeviceMode::Dummy => observed.link_by_name(&v.name),
+    }
+}
+
+/// Whether vipa should consider this route at all: unicast, not in the local table, with
+/// a device, and not to a link-local, loopback or multicast destination.
+pub fn eligible(r: &Route) -> bool {
+    if !r.unicast || r.key.table == TABLE_LOCAL || r.oifs.is_empty() {
+        return false;
+    }
+    match r.key.dst {
+        IpAddr::V4(d) => {
+            !(r.key.dst_len >= 4 && (d.is_multicast() || d.is_loopback() || d.is_link_local()))
+        }
+        IpAddr::V6(d) => {
+            let s0 = d.segments()[0];
+            !(r.key.dst_len >= 10 && s0 & 0xffc0 == 0xfe80
+                || r.key.dst_len >= 8 && d.is_multicast())
+        }
+    }
+}
+
+/// A connected route the kernel made for an interface address (and would remove with it).
+fn connected(r: &Route) -> bool {
+    r.protocol == PROTO_KERNEL && r.scope_link && r.gateways.is_empty() && r.oifs.len() == 1
+}
+
+/// The preferred source a route has when the kernel makes it: the interface's own
+/// address for an IPv4 connected route, none otherwise (IPv6 prefix routes have none).
+fn kernel_default_source(r: &Route, observed: &Observed) -> Option<IpAddr> {
+    if connected(r) && r.key.dst.is_ipv4() {
+        observed.subnet_address(r.oifs[0], r.key.dst, r.key.dst_len)
+    } else {
+        None
+    }
+}
+
+/// The VIPA whose source interfaces carry this route, if every next hop leaves through
+/// one VIPA's interfaces.
+pub fn route_vipa<'a>(
+    r: &Route,
+    config: &'a Config,
+    observed: &Observed,
+) -> Option<&'a VipaConfig> {
+    let mut found: Option<&VipaConfig> = None;
+    for oif in &r.oifs {
+        let name = &observed.links.get(oif)?.name;
+        let v = config
+            .vipas
+            .iter()
+            .find(|v| v.source_interfaces.iter().any(|n| n == name))?;
+        match found {
+            Some(f) if f.name != v.name => return None,
+            _ => found = Some(v),
+        }
+    }
+    found
+}
+
+/// The sysctls the planner needs to see: every managed kind on every present source
+/// interface, the `all` values, and whatever the ledger holds.
+pub fn wanted_sysctls(config: &Config, observed: &Observed, ledger: &Ledger) -> Vec<SysctlKey> {
+    let mut keys: BTreeSet<SysctlKey> = ledger.sysctls.keys().cloned().collect();
+    for kind in SysctlKind::ALL {
+        keys.insert(SysctlKey {
+            ifname: "all".into(),
+            kind,
+        });
+    }
+    for v in &config.vipas {
+        for nic in &v.source_interfaces {
+            if observed.link_by_name(nic).is_some() {
+                for kind in SysctlKind::ALL {
+                    keys.insert(SysctlKey {
+                        ifname: nic.clone(),
+                        kind,
+                    });
+                }
+            }
+        }
+    }
+    keys.into_iter().collect()
+}
+
+/// The value vipa wants for a managed sysctl, given the interface's and `all`'s current
+/// values; `None` when the effective value is already right.
+fn sysctl_target(kind: SysctlKind, current: i64, all: i64) -> Option<i64> {
+    // The kernel combines the interface value with `all`: max() for rp_filter,
+    // arp_ignore and arp_announce, OR for ignore_routes_with_linkdown.
+    let effective = current.max(all);
+    match kind {
+        SysctlKind::RpFilter => (effective == 1).then_some(2),
+        SysctlKind::ArpIgnore => (effective < 1).then_some(1),
+        SysctlKind::ArpAnnounce => (effective < 2).then_some(2),
+        SysctlKind::IgnoreLinkdown4 | SysctlKind::IgnoreLinkdown6 => (effective == 0).then_some(1),
+    }
+}
+
+/// Computes the operations that bring the kernel to the configuration.
+pub fn plan(config: &Config, observed: &Observed, ledger: &Ledger, mode: DeviceMode) -> Plan {
+    let mut next = ledger.clone();
+    let mut add_links = Vec::new();
+    let mut add_addrs = Vec::new();
+    let mut routes = Vec::new();
+    let mut sysctls = Vec::new();
+    let mut del_addrs = Vec::new();
+    let mut del_links = Vec::new();
+
+    // Devices (dummy mode only).
+    if mode == DeviceMode::Dummy {
+        for v in &config.vipas {
+            if observed.link_by_name(&v.name).is_none() {
+                add_links.push(Op::AddDummy {
+                    name: v.name.clone(),
+                });
+            }
+            next.dummies.insert(v.name.clone());
+        }
+        for name in &ledger.dummies {
+            if config.vipa(name).is_none() {
+                if observed.link_by_name(name).is_some() {
+                    del_links.push(Op::DelDummy { name: name.clone() });
+                }
+                next.dummies.remove(name);
+            }
+        }
+    }
+
+    // Addresses.
+    let ifname = |index: u32| {
+        observed
+            .links
+            .get(&index)
+            .map(|l| l.name.clone())
+            .unwrap_or_default()
+    };
+    let mut desired: BTreeSet<(u32, IpAddr)> = BTreeSet::new();
+    for v in &config.vipas {
+        let Some(dev) = vipa_device(v, observed, mode) else {
+            continue;
+        };
+        for &addr in &v.addresses {
+            desired.insert((dev.index, addr));
+            match observed.addresses.get(&(dev.index, addr)) {
+                None => add_addrs.push(Op::AddAddress {
+                    ifindex: dev.index,
+                    addr,
+                }),
+                // Someone else's identical address is used as it is, and not claimed.
+                Some(a)
+                    if a.proto != ADDR_PROTO_VIPA
+                        && !ledger.addresses.contains(&(dev.name.clone(), addr)) =>
+                {
+                    continue;
+                }
+                Some(_) => {}
+            }
+            next.addresses.insert((dev.name.clone(), addr));
+        }
+    }
+    let mut leaving: BTreeSet<IpAddr> = BTreeSet::new();
+    for (&(ifindex, addr), a) in &observed.addresses {
+        let ours =
+            a.proto == ADDR_PROTO_VIPA || ledger.addresses.contains(&(ifname(ifindex), addr));
+        if ours && !desired.contains(&(ifindex, addr)) {
+            del_addrs.push(Op::DelAddress { ifindex, addr });
+            leaving.insert(addr);
+            next.addresses.remove(&(ifname(ifindex), addr));
+        }
+    }
+    next.addresses.retain(|(dev, addr)| {
+        observed
+            .link_by_name(dev)
+            .is_some_and(|l| desired.contains(&(l.index, *addr)))
+    });
+    let present = |addr: IpAddr| {
+        !leaving.contains(&addr)
+            && (observed.has_address(addr) || desired.iter().any(|&(_, a)| a == addr))
+    };
+    let vipa_addr = |addr: IpAddr| {
+        config.vipas.iter().any(|v| v.addresses.contains(&addr)) || leaving.contains(&addr)
+    };
+
+    // Routes.
+    for r in observed.routes.values() {
+        if !eligible(r) {
+            continue;
+        }
+        let record = ledger.routes.get(&r.key);
+        let touched = record.is_some() || r.prefsrc.is_some_and(vipa_addr);
+        if touched
+            && connected(r)
+            && observed
+                .subnet_address(r.oifs[0], r.key.dst, r.key.dst_len)
+                .is_none()
+        {
+            // The interface's address is gone; the kernel would have removed this route
+            // with it, had vipa not changed its source.
+            routes.push(Op::DelRoute { key: r.key });
+            next.routes.remove(&r.key);
+            continue;
+        }
+        let want = route_vipa(r, config, observed)
+            .and_then(|v| v.source_for(r.key.dst.is_ipv6()).map(|s| (v, s)))
+            .filter(|&(_, s)| present(s));
+        match want {
+            Some((v, src)) => {
+                let original = match record {
+                    // A foreign change (a DHCP client, `ip route replace`) wrote a source
+                    // of its own, or none: that is what to restore later.
+                    Some(_) if !r.prefsrc.is_some_and(vipa_addr) => r.prefsrc,
+                    Some(rec) => rec.original,
+                    None if r.prefsrc.is_some_and(vipa_addr) => kernel_default_source(r, observed),
+                    None => r.prefsrc,
+                };
+                next.routes.insert(
+                    r.key,
+                    RouteRecord {
+                        original,
+                        vipa: v.name.clone(),
+                    },
+                );
+                if r.prefsrc != Some(src) {
+                    routes.push(Op::SetPrefsrc {
+                        key: r.key,
+                        prefsrc: Some(src),
+                    });
+                }
+            }
+            None if touched => {
+                let restore = match record {
+                    Some(RouteRecord { original: None, .. }) => None,
+                    Some(rec) => rec
+                        .original
+                        .filter(|&a| present(a))
+                        .or_else(|| kernel_default_source(r, observed)),
+                    None => kernel_default_source(r, observed),
+                };
+                if record.is_some()
+                    || r.prefsrc
+                        .is_some_and(|p| leaving.contains(&p) || !present(p))
+                {
+                    if r.prefsrc != restore {
+                        routes.push(Op::SetPrefsrc {
+                            key: r.key,
+                            prefsrc: restore,
+                        });
+                    }
+                }
+                next.routes.remove(&r.key);
+            }
+            None => {}
+        }
+    }
+    next.routes.retain(|k, _| observed.routes.contains_key(k));
+
+    // Sysctls of the source interfaces.
+    let value = |ifname: &str, kind: SysctlKind| {
+        observed
+            .sysctls
+            .get(&SysctlKey {
+                ifname: ifname.to_string(),
+                kind,
+            })
+            .copied()
+    };
+    let mut managed: BTreeSet<SysctlKey> = BTreeSet::new();
+    for v in &config.vipas {
+        let has4 = v.source_for(false).is_some();
+        let has6 = v.source_for(true).is_some();
+        for nic in &v.source_interfaces {
+            if observed.link_by_name(nic).is_none() {
+                continue;
+            }
+            for kind in SysctlKind::ALL {
+                if (kind.v6() && !has6) || (!kind.v6() && !has4) {
+                    continue;
+                }
+                let key = SysctlKey {
+                    ifname: nic.clone(),
+                    kind,
+                };
+                managed.insert(key.clone());
+                let Some(current) = value(nic, kind) else {
+                    continue;
+                };
+                let all = if kind.v6() {
+                    0
+                } else {
+                    value("all", kind).unwrap_or(0)
+                };
+                if let Some(target) = sysctl_target(kind, current, all) {
+                    if target != current {
+                        next.sysctls.entry(key.clone()).or_insert(current);
+                        sysctls.push(Op::SetSysctl { key, value: target });
+                    }
+                }
+            }
+        }
+    }
+    for (key, &original) in &ledger.sysctls {
+        if managed.contains(key) {
+            continue;
+        }
+        next.sysctls.remove(key);
+        if observed.link_by_name(&key.ifname).is_none() {
+            continue;
+        }
+        if let Some(current) = value(&key.ifname, key.kind) {
+            if current != original {
+                sysctls.push(Op::SetSysctl {
+                    key: key.clone(),
+                    value: original,
+                });
+            }
+        }
+    }
+
+    let mut ops = add_links;
+    ops.extend(add_addrs);
+    ops.extend(routes);
+    ops.extend(sysctls);
+    ops.extend(del_addrs);
+    ops.extend(del_links);
+    Plan { ops, ledger: next }
+}
+
+/// Findings about a configuration against the kernel as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Findings {
+    /// The configuration cannot be applied.
+    pub errors: Vec<String>,
+    /// It can, but something will only take effect later.
+    pub warnings: Vec<String>,
+}
+
+/// Checks what only the kernel's view can tell: an address that already belongs to a NIC
+/// (error), a source interface that does not exist yet (warning: applied when it
+/// appears), a device name taken by something that is not a dummy (error).
+pub fn check(file: &str, config: &Config, observed: &Observed, mode: DeviceMode) -> Findings {
+    let mut f = Findings::default();
+    for (i, v) in config.vipas.iter().enumerate() {
+        let dev = vipa_device(v, observed, mode);
+        if mode == DeviceMode::Dummy {
+            if let Some(l) = dev {
+                if l.kind.as_deref() != Some("dummy") {
+                    f.errors.push(format!(
+                        "{file}:{}: vipa[{i}].name: a device named {:?} already exists and is not a dummy device made for a VIPA: choose another VIPA name",
+                        v.line, v.name
+                    ));
+                }
+            }
+        }
+        for (j, &addr) in v.addresses.iter().enumerate() {
+            let line = v.address_lines.get(j).copied().unwrap_or(v.line);
+            for a in observed.addresses.values().filter(|a| a.addr == addr) {
+                if Some(a.ifindex) == dev.map(|d| d.index) {
+                    continue;
+                }
+                let owner = observed
+                    .links
+                    .get(&a.ifindex)
+                    .map_or_else(|| format!("ifindex {}", a.ifindex), |l| l.name.clone());
+                f.errors.push(format!(
+                    "{file}:{line}: vipa[{i}].addresses[{j}]: {addr} is already the address of interface {owner} ({addr}/{}): a VIPA address must not be a NIC's own address; pick an address no interface has",
+                    a.prefix_len
+                ));
+            }
+        }
+        for (j, nic) in v.source_interfaces.iter().enumerate() {
+            let line = v.interface_lines.get(j).copied().unwrap_or(v.line);
+            if observed.link_by_name(nic).is_none() {
+                f.warnings.push(format!(
+                    "{file}:{line}: vipa[{i}].source_interfaces[{j}]: interface {nic:?} does not exist yet; VIPA {:?} is applied to it when it appears",
+                    v.name
+                ));
+            }
+        }
+    }
+    f
+}
