@@ -1,5 +1,147 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! vipa-api: the control protocol between `vipactl` and `vipad`.
+//!
+//! Layer: shared types only, no behaviour. One request per line, JSON, on the daemon's
+//! Unix socket; one response line back. Views are computed by vipad and rendered by
+//! vipactl, which never decides anything itself.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Where `vipad` listens and `vipactl` connects unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/vipa/vipad.sock";
+/// The configuration file `vipad` reads unless told otherwise.
+pub const DEFAULT_CONFIG: &str = "/etc/vipa/vipa.toml";
+
+/// A request to the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "kebab-case")]
+pub enum Request {
+    /// The whole daemon at a glance.
+    Status,
+    /// Every VIPA (`ifconfig vi0` for each).
+    Vipas,
+    /// One VIPA's attributes (`lsattr -El vi0`).
+    Vipa { name: String },
+    /// Re-read the configuration file and apply the difference.
+    Reload,
+    /// Add a VIPA (`mkinetvi`): written to the configuration file, then applied.
+    AddVipa { name: String, addresses: Vec<String>, interfaces: Vec<String> },
+    /// Remove a VIPA: written to the configuration file, then applied.
+    DeleteVipa { name: String },
+    /// Add and remove source interfaces of a VIPA (`chvi`).
+    ChangeInterfaces { vipa: String, add: Vec<String>, remove: Vec<String> },
+}
+
+impl Request {
+    /// Whether the request changes anything (and so needs root or CAP_NET_ADMIN).
+    pub fn mutates(&self) -> bool {
+        !matches!(self, Request::Status | Request::Vipas | Request::Vipa { .. })
+    }
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum Response {
+    Status(StatusView),
+    Vipas { vipas: Vec<VipaView> },
+    Vipa(VipaView),
+    Applied(ApplyReport),
+    Error { message: String },
+}
+
+/// What a reload or a change did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyReport {
+    /// Kernel changes made, in order, in words.
+    pub changes: Vec<String>,
+    pub warnings: Vec<String>,
+    /// Whether the configuration file was rewritten.
+    pub config_written: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub version: String,
+    pub node: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub config_path: String,
+    pub socket_path: String,
+    pub state_path: String,
+    /// `dummy` or `lo`.
+    pub device_mode: String,
+    pub device_note: String,
+    pub vipas: usize,
+    pub addresses_total: usize,
+    pub addresses_active: usize,
+    pub routes_sourced: usize,
+    pub sysctls_set: usize,
+    pub kernel_events: u64,
+    pub resyncs: u64,
+    pub changes_applied: u64,
+    pub changes_failed: u64,
+    pub reloads: u64,
+    pub last_reload_error: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipaView {
+    pub name: String,
+    /// The device the addresses are on (`lo`, or a dummy named after the VIPA).
+    pub device: String,
+    /// All addresses are on the device.
+    pub up: bool,
+    /// At least one source interface has carrier (or the VIPA has none).
+    pub running: bool,
+    pub addresses: Vec<AddressView>,
+    pub interfaces: Vec<InterfaceView>,
+    pub routes: Vec<RouteView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressView {
+    pub address: String,
+    pub prefix_len: u8,
+    pub active: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceView {
+    pub name: String,
+    pub present: bool,
+    pub up: bool,
+    pub carrier: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteView {
+    /// As `ip route` would name it: `default metric 10`, `198.18.1.0/24 metric 0`.
+    pub route: String,
+    pub via: Vec<String>,
+    pub dev: Vec<String>,
+    pub prefsrc: Option<String>,
+    /// The source the route had before vipa set it, restored when the VIPA leaves.
+    pub original: Option<String>,
+}
+
+/// Sends one request and reads one response.
+pub fn call(socket: &Path, request: &Request) -> io::Result<Response> {
+    let mut stream = UnixStream::connect(socket)?;
+    let mut line = serde_json::to_string(request).map_err(io::Error::other)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut answer = String::new();
+    reader.read_line(&mut answer)?;
+    if answer.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "vipad closed the connection without answering"));
+    }
+    serde_json::from_str(&answer).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 #[cfg(test)]
@@ -7,8 +149,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+    fn requests_round_trip_as_tagged_json() {
+        let r = Request::ChangeInterfaces { vipa: "vi0".into(), add: vec!["en7".into()], remove: vec![] };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(s, r#"{"request":"change-interfaces","vipa":"vi0","add":["en7"],"remove":[]}"#);
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        assert!(r.mutates());
+        assert!(!Request::Status.mutates());
     }
 }

@@ -191,6 +191,40 @@ impl Observed {
         }
     }
 
+    /// Updates the view as the kernel will once `op` succeeded, so the next plan does not
+    /// ask for it again before the kernel's own event arrives. The event confirms it.
+    pub fn assume(&mut self, op: &Op) {
+        match op {
+            Op::AddAddress { ifindex, addr } => {
+                let prefix_len = if addr.is_ipv4() { 32 } else { 128 };
+                self.addresses.insert((*ifindex, *addr), Address { ifindex: *ifindex, addr: *addr, prefix_len, proto: ADDR_PROTO_VIPA });
+            }
+            Op::DelAddress { ifindex, addr } => {
+                self.addresses.remove(&(*ifindex, *addr));
+                // The kernel deletes the routes that use a deleted address as source.
+                self.routes.retain(|_, r| r.prefsrc != Some(*addr));
+            }
+            Op::SetPrefsrc { key, prefsrc } => {
+                if let Some(r) = self.routes.get_mut(key) {
+                    r.prefsrc = *prefsrc;
+                }
+            }
+            Op::DelRoute { key } => {
+                self.routes.remove(key);
+            }
+            Op::SetSysctl { key, value } => {
+                self.sysctls.insert(key.clone(), *value);
+            }
+            // The device's index is only known from the kernel's event.
+            Op::AddDummy { .. } => {}
+            Op::DelDummy { name } => {
+                if let Some(index) = self.link_by_name(name).map(|l| l.index) {
+                    self.apply(&KernelEvent::DelLink(index));
+                }
+            }
+        }
+    }
+
     /// Whether `addr` is configured on any device.
     pub fn has_address(&self, addr: IpAddr) -> bool {
         self.addresses.values().any(|a| a.addr == addr)

@@ -1,0 +1,413 @@
+//! The daemon's one owner of state.
+//!
+//! ```text
+//!  netlink events thread ──Input::Kernel / Input::Resync──┐
+//!  control socket threads ──Input::Control(req, reply)────┼──> channel ──> Daemon::run (this thread)
+//!  signal thread ──────────Input::Signal──────────────────┘                 │
+//!                                                                          plan ─> Kernel::apply
+//! ```
+//!
+//! Every other thread only turns I/O into an [`Input`]; only this thread reads or
+//! changes the configuration, the observed kernel state and the ledger.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::Instant;
+
+use tracing::{debug, error, info, warn};
+use vipa_api::{ApplyReport, Request, Response, StatusView};
+use vipa_core::model::{KernelEvent, Observed, Op};
+use vipa_core::plan::{self, wanted_sysctls};
+use vipa_core::{Config, DeviceMode, Ledger};
+use vipa_kernel::{Kernel, Outcome, Update};
+
+use crate::{edit, views};
+
+/// Everything the daemon reacts to.
+pub enum Input {
+    Kernel(Vec<Update>),
+    /// The event stream lost messages: dump everything again.
+    Resync(String),
+    Control(Request, Sender<Response>),
+    Reload,
+    Stop(&'static str),
+}
+
+#[derive(Default)]
+struct Counters {
+    kernel_events: u64,
+    resyncs: u64,
+    changes_applied: u64,
+    changes_failed: u64,
+    reloads: u64,
+}
+
+pub struct Daemon {
+    pub config: Config,
+    pub config_path: PathBuf,
+    pub socket_path: PathBuf,
+    pub state_path: PathBuf,
+    pub node: String,
+    pub kernel: Kernel,
+    pub observed: Observed,
+    pub ledger: Ledger,
+    pub mode: DeviceMode,
+    pub mode_note: String,
+    pub warnings: Vec<String>,
+    started: Instant,
+    counters: Counters,
+    last_reload_error: Option<String>,
+}
+
+/// Reads and validates a configuration file: syntax and model errors, then what the
+/// kernel's view tells. Returns the config and its warnings.
+pub fn load_config(path: &Path, observed: &Observed, mode: DeviceMode) -> Result<(Config, Vec<String>), String> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => return Err(format!("{}: cannot read the configuration file: {e}", path.display())),
+    };
+    validate(path, &text, observed, mode)
+}
+
+pub fn validate(path: &Path, text: &str, observed: &Observed, mode: DeviceMode) -> Result<(Config, Vec<String>), String> {
+    let file = path.display().to_string();
+    let config = Config::parse(&file, text).map_err(|e| e.to_string())?;
+    let findings = plan::check(&file, &config, observed, mode);
+    if !findings.errors.is_empty() {
+        return Err(findings.errors.join("\n"));
+    }
+    Ok((config, findings.warnings))
+}
+
+impl Daemon {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Config,
+        config_path: PathBuf,
+        socket_path: PathBuf,
+        state_path: PathBuf,
+        node: String,
+        kernel: Kernel,
+        observed: Observed,
+        ledger: Ledger,
+        mode: DeviceMode,
+        mode_note: String,
+        warnings: Vec<String>,
+    ) -> Daemon {
+        Daemon {
+            config,
+            config_path,
+            socket_path,
+            state_path,
+            node,
+            kernel,
+            observed,
+            ledger,
+            mode,
+            mode_note,
+            warnings,
+            started: Instant::now(),
+            counters: Counters::default(),
+            last_reload_error: None,
+        }
+    }
+
+    /// Runs until told to stop. Addresses and routes stay in place when it returns: a
+    /// restarted vipad adopts them without a flap.
+    pub fn run(&mut self, rx: Receiver<Input>) {
+        self.reconcile();
+        while let Ok(input) = rx.recv() {
+            let mut dirty = false;
+            let mut next = Some(input);
+            // Take everything already queued before planning once.
+            while let Some(input) = next.take() {
+                match input {
+                    Input::Kernel(updates) => {
+                        self.counters.kernel_events += updates.len() as u64;
+                        for u in updates {
+                            let event = self.kernel.absorb(u);
+                            debug!(?event, "kernel event");
+                            self.observed.apply(&event);
+                        }
+                        dirty = true;
+                    }
+                    Input::Resync(why) => {
+                        warn!(cause = %why, "resynchronising with the kernel");
+                        self.resync();
+                        dirty = true;
+                    }
+                    Input::Control(req, reply) => {
+                        if dirty {
+                            self.reconcile();
+                            dirty = false;
+                        }
+                        let resp = self.control(req);
+                        let _ = reply.send(resp);
+                    }
+                    Input::Reload => {
+                        let r = self.reload();
+                        if let Response::Error { message } = r {
+                            error!(%message, "reload refused; the running configuration stays");
+                        }
+                    }
+                    Input::Stop(signal) => {
+                        info!(signal, "stopping; addresses and routes stay in place for the next vipad");
+                        return;
+                    }
+                }
+                next = rx.try_recv().ok();
+            }
+            if dirty {
+                self.reconcile();
+            }
+        }
+    }
+
+    /// Dumps the kernel again and replaces the observed state.
+    pub fn resync(&mut self) {
+        self.counters.resyncs += 1;
+        match self.kernel.snapshot() {
+            Ok(updates) => {
+                let mut fresh = Observed::default();
+                for u in updates {
+                    let event = self.kernel.absorb(u);
+                    fresh.apply(&event);
+                }
+                fresh.sysctls = std::mem::take(&mut self.observed.sysctls);
+                self.observed = fresh;
+            }
+            Err(e) => error!(error = %e, "cannot dump kernel state"),
+        }
+    }
+
+    fn refresh_sysctls(&mut self) {
+        self.observed.sysctls.clear();
+        for key in wanted_sysctls(&self.config, &self.observed, &self.ledger) {
+            if let Some(v) = vipa_kernel::sysctl::read(&key) {
+                self.observed.sysctls.insert(key, v);
+            }
+        }
+    }
+
+    /// Plans and applies until the kernel matches the configuration. Returns the changes
+    /// made, in words.
+    pub fn reconcile(&mut self) -> Vec<String> {
+        let mut changes = Vec::new();
+        let mut failed = false;
+        // One round normally suffices; a second covers what the first made possible.
+        for _round in 0..3 {
+            self.refresh_sysctls();
+            let plan = plan::plan(&self.config, &self.observed, &self.ledger, self.mode);
+            if plan.ops.is_empty() {
+                self.set_ledger(plan.ledger);
+                break;
+            }
+            let mut progress = false;
+            for op in &plan.ops {
+                let observed = &self.observed;
+                let result = self.kernel.apply(op, |name| observed.link_by_name(name).map(|l| l.index));
+                match result {
+                    Ok(outcome) => {
+                        self.counters.changes_applied += 1;
+                        info!(change = %op, ?outcome, "applied");
+                        changes.push(op.to_string());
+                        if outcome != Outcome::AlreadyGone || matches!(op, Op::DelAddress { .. } | Op::DelRoute { .. }) {
+                            self.observed.assume(op);
+                        }
+                        progress = true;
+                    }
+                    Err(e) => {
+                        self.counters.changes_failed += 1;
+                        failed = true;
+                        error!(change = %op, error = %e, "change failed");
+                    }
+                }
+            }
+            self.set_ledger(plan.ledger);
+            if failed {
+                // Never assume: look at what the kernel really has before planning again.
+                self.resync();
+                failed = false;
+            }
+            if !progress || matches!(plan.ops.first(), Some(Op::AddDummy { .. })) {
+                // A new dummy device is known by its event; the next event plans again.
+                break;
+            }
+        }
+        changes
+    }
+
+    fn set_ledger(&mut self, ledger: Ledger) {
+        if ledger == self.ledger {
+            return;
+        }
+        self.ledger = ledger;
+        if let Err(e) = save_ledger(&self.state_path, &self.ledger) {
+            warn!(path = %self.state_path.display(), error = %e, "cannot save the ledger; originals are kept in memory only");
+        }
+    }
+
+    /// Re-reads the configuration file and applies the difference.
+    pub fn reload(&mut self) -> Response {
+        self.counters.reloads += 1;
+        match load_config(&self.config_path, &self.observed, self.mode) {
+            Err(message) => {
+                self.last_reload_error = Some(message.clone());
+                Response::Error { message }
+            }
+            Ok((config, warnings)) => {
+                self.last_reload_error = None;
+                for w in &warnings {
+                    warn!(warning = %w, "configuration");
+                }
+                info!(path = %self.config_path.display(), vipas = config.vipas.len(), "configuration loaded");
+                self.config = config;
+                self.warnings = warnings.clone();
+                let changes = self.reconcile();
+                Response::Applied(ApplyReport { changes, warnings, config_written: false })
+            }
+        }
+    }
+
+    /// Edits the configuration file, validates the result whole, writes it, applies it.
+    fn edit_config(&mut self, change: impl FnOnce(&mut toml_edit::DocumentMut) -> Result<(), String>) -> Response {
+        let text = match fs::read_to_string(&self.config_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Response::Error { message: format!("{}: cannot read: {e}", self.config_path.display()) },
+        };
+        let mut doc: toml_edit::DocumentMut = match text.parse() {
+            Ok(d) => d,
+            Err(e) => {
+                return Response::Error {
+                    message: format!("{}: the file does not parse, so it cannot be edited: {e}", self.config_path.display()),
+                }
+            }
+        };
+        if let Err(message) = change(&mut doc) {
+            return Response::Error { message };
+        }
+        let new_text = doc.to_string();
+        let (config, warnings) = match validate(&self.config_path, &new_text, &self.observed, self.mode) {
+            Ok(x) => x,
+            Err(message) => return Response::Error { message: format!("the change is refused, nothing was changed:\n{message}") },
+        };
+        if let Err(e) = write_atomically(&self.config_path, new_text.as_bytes()) {
+            return Response::Error { message: format!("{}: cannot write: {e}; nothing was changed", self.config_path.display()) };
+        }
+        info!(path = %self.config_path.display(), "configuration file rewritten");
+        self.config = config;
+        self.warnings = warnings.clone();
+        let changes = self.reconcile();
+        Response::Applied(ApplyReport { changes, warnings, config_written: true })
+    }
+
+    fn control(&mut self, req: Request) -> Response {
+        match req {
+            Request::Status => Response::Status(self.status()),
+            Request::Vipas => Response::Vipas {
+                vipas: self
+                    .config
+                    .vipas
+                    .iter()
+                    .map(|v| views::vipa_view(v, &self.config, &self.observed, &self.ledger, self.mode))
+                    .collect(),
+            },
+            Request::Vipa { name } => match self.config.vipa(&name) {
+                Some(v) => Response::Vipa(views::vipa_view(v, &self.config, &self.observed, &self.ledger, self.mode)),
+                None => Response::Error { message: format!("no VIPA named {name:?}: `vipactl vipa` lists them") },
+            },
+            Request::Reload => self.reload(),
+            Request::AddVipa { name, addresses, interfaces } => {
+                if addresses.is_empty() {
+                    return Response::Error { message: "a VIPA needs at least one address (--address)".into() };
+                }
+                self.edit_config(|doc| edit::add_vipa(doc, &name, &addresses, &interfaces))
+            }
+            Request::DeleteVipa { name } => self.edit_config(|doc| edit::delete_vipa(doc, &name)),
+            Request::ChangeInterfaces { vipa, add, remove } => {
+                if add.is_empty() && remove.is_empty() {
+                    return Response::Error { message: "nothing to change: give --add IF and/or --remove IF".into() };
+                }
+                self.edit_config(|doc| edit::change_interfaces(doc, &vipa, &add, &remove))
+            }
+        }
+    }
+
+    fn status(&self) -> StatusView {
+        let views: Vec<_> = self
+            .config
+            .vipas
+            .iter()
+            .map(|v| views::vipa_view(v, &self.config, &self.observed, &self.ledger, self.mode))
+            .collect();
+        StatusView {
+            version: env!("CARGO_PKG_VERSION").into(),
+            node: self.node.clone(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            config_path: self.config_path.display().to_string(),
+            socket_path: self.socket_path.display().to_string(),
+            state_path: self.state_path.display().to_string(),
+            device_mode: match self.mode {
+                DeviceMode::Dummy => "dummy".into(),
+                DeviceMode::Loopback => "lo".into(),
+            },
+            device_note: self.mode_note.clone(),
+            vipas: views.len(),
+            addresses_total: views.iter().map(|v| v.addresses.len()).sum(),
+            addresses_active: views.iter().map(|v| v.addresses.iter().filter(|a| a.active).count()).sum(),
+            routes_sourced: views.iter().map(|v| v.routes.iter().filter(|r| r.prefsrc.is_some()).count()).sum(),
+            sysctls_set: self.ledger.sysctls.len(),
+            kernel_events: self.counters.kernel_events,
+            resyncs: self.counters.resyncs,
+            changes_applied: self.counters.changes_applied,
+            changes_failed: self.counters.changes_failed,
+            reloads: self.counters.reloads,
+            last_reload_error: self.last_reload_error.clone(),
+            warnings: self.warnings.clone(),
+        }
+    }
+}
+
+/// Applies the events of a snapshot to an empty view.
+pub fn observe(kernel: &mut Kernel, updates: Vec<Update>) -> Observed {
+    let mut o = Observed::default();
+    for u in updates {
+        let e: KernelEvent = kernel.absorb(u);
+        o.apply(&e);
+    }
+    o
+}
+
+pub fn load_ledger(path: &Path) -> Ledger {
+    match fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
+            warn!(path = %path.display(), error = %e, "state file not understood; starting from the kernel alone");
+            Ledger::default()
+        }),
+        Err(_) => Ledger::default(),
+    }
+}
+
+fn save_ledger(path: &Path, ledger: &Ledger) -> std::io::Result<()> {
+    let text = serde_json::to_vec_pretty(ledger).map_err(std::io::Error::other)?;
+    write_atomically(path, &text)
+}
+
+/// Writes to a temporary file beside `path` and renames it over, keeping the mode.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            fs::create_dir_all(dir)?;
+        }
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    fs::write(&tmp, bytes)?;
+    if let Ok(meta) = fs::metadata(path) {
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(meta.permissions().mode()))?;
+    }
+    fs::rename(&tmp, path)
+}
