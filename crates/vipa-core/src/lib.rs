@@ -17,4 +17,4 @@ pub mod plan;
 
 pub use config::{Config, ConfigError, ConfigErrors, VipaConfig};
 pub use model::{Address, KernelEvent, Link, Observed, Op, Route, RouteKey, SysctlKey, SysctlKind};
-pub use plan::{DeviceMode, Findings, Ledger, Plan, RouteRecord, check, plan};
+pub use plan::{check, plan, DeviceMode, Findings, Ledger, Plan, RouteRecord};

@@ -197,7 +197,15 @@ impl Observed {
         match op {
             Op::AddAddress { ifindex, addr } => {
                 let prefix_len = if addr.is_ipv4() { 32 } else { 128 };
-                self.addresses.insert((*ifindex, *addr), Address { ifindex: *ifindex, addr: *addr, prefix_len, proto: ADDR_PROTO_VIPA });
+                self.addresses.insert(
+                    (*ifindex, *addr),
+                    Address {
+                        ifindex: *ifindex,
+                        addr: *addr,
+                        prefix_len,
+                        proto: ADDR_PROTO_VIPA,
+                    },
+                );
             }
             Op::DelAddress { ifindex, addr } => {
                 self.addresses.remove(&(*ifindex, *addr));
@@ -216,7 +224,7 @@ impl Observed {
                 self.sysctls.insert(key.clone(), *value);
             }
             // The device's index is only known from the kernel's event.
-            Op::AddDummy { .. } => {}
+            Op::AddDummy { .. } | Op::RefreshRoute { .. } => {}
             Op::DelDummy { name } => {
                 if let Some(index) = self.link_by_name(name).map(|l| l.index) {
                     self.apply(&KernelEvent::DelLink(index));
@@ -301,6 +309,11 @@ pub enum Op {
         key: SysctlKey,
         value: i64,
     },
+    /// Replace a route with itself. IPv6 sockets cache their route and look again only
+    /// when the routing tree changes, not when a NIC loses carrier; this makes them look.
+    RefreshRoute {
+        key: RouteKey,
+    },
     DelAddress {
         ifindex: u32,
         addr: IpAddr,
@@ -324,6 +337,10 @@ impl fmt::Display for Op {
             Op::SetPrefsrc { key, prefsrc: None } => write!(f, "route {key}: no preferred source"),
             Op::DelRoute { key } => write!(f, "delete stale route {key}"),
             Op::SetSysctl { key, value } => write!(f, "{key} = {value}"),
+            Op::RefreshRoute { key } => write!(
+                f,
+                "refresh route {key} so connections look up their path again"
+            ),
             Op::DelAddress { ifindex, addr } => {
                 write!(f, "delete address {addr} from ifindex {ifindex}")
             }

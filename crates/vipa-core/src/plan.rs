@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, VipaConfig};
 use crate::model::{
-    ADDR_PROTO_VIPA, Observed, Op, PROTO_KERNEL, Route, RouteKey, SysctlKey, SysctlKind,
+    Observed, Op, Route, RouteKey, SysctlKey, SysctlKind, ADDR_PROTO_VIPA, PROTO_KERNEL,
     TABLE_LOCAL,
 };
 
@@ -421,6 +421,32 @@ pub fn plan(config: &Config, observed: &Observed, ledger: &Ledger, mode: DeviceM
     ops.extend(del_addrs);
     ops.extend(del_links);
     Plan { ops, ledger: next }
+}
+
+/// What to do when a link's carrier changes. IPv4 drops cached routes on its own; IPv6
+/// sockets keep using a cached route through a NIC that lost its carrier until TCP's
+/// retransmission backoff gives up on it (seconds). Refreshing the IPv6 routes out of
+/// that NIC makes every socket look its path up again at once, so established connections
+/// to the VIPA move to another NIC (and back when the carrier returns).
+pub fn carrier_changed(
+    config: &Config,
+    before: Option<&crate::model::Link>,
+    after: &crate::model::Link,
+    observed: &Observed,
+) -> Vec<Op> {
+    let changed = before.is_some_and(|b| b.carrier != after.carrier);
+    let ours = config.vipas.iter().any(|v| {
+        v.source_for(true).is_some() && v.source_interfaces.iter().any(|n| *n == after.name)
+    });
+    if !changed || !ours {
+        return Vec::new();
+    }
+    observed
+        .routes
+        .values()
+        .filter(|r| r.key.dst.is_ipv6() && eligible(r) && r.oifs.contains(&after.index))
+        .map(|r| Op::RefreshRoute { key: r.key })
+        .collect()
 }
 
 /// Findings about a configuration against the kernel as it is.

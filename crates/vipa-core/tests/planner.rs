@@ -4,10 +4,10 @@
 use std::net::IpAddr;
 
 use vipa_core::model::{
-    ADDR_PROTO_VIPA, Address, Link, Observed, Op, PROTO_KERNEL, Route, RouteKey, SysctlKey,
-    SysctlKind,
+    Address, Link, Observed, Op, Route, RouteKey, SysctlKey, SysctlKind, ADDR_PROTO_VIPA,
+    PROTO_KERNEL,
 };
-use vipa_core::{Config, DeviceMode, Ledger, plan};
+use vipa_core::{plan, Config, DeviceMode, Ledger};
 
 const BOOT: u8 = 3;
 
@@ -151,7 +151,10 @@ fn apply(o: &mut Observed, ops: &[Op]) {
         match op {
             Op::SetPrefsrc { key, prefsrc } => {
                 if let Some(src) = prefsrc {
-                    assert!(o.has_address(*src), "EINVAL: {src} is not local when {op} runs");
+                    assert!(
+                        o.has_address(*src),
+                        "EINVAL: {src} is not local when {op} runs"
+                    );
                 }
                 assert!(o.routes.contains_key(key), "route exists");
                 o.assume(op);
@@ -255,16 +258,12 @@ fn removal_restores_routes_and_sysctls_exactly() {
         .iter()
         .position(|op| matches!(op, Op::DelAddress { .. }))
         .unwrap();
-    assert!(
-        p.ops[..first_del]
-            .iter()
-            .any(|op| matches!(op, Op::SetPrefsrc { .. }))
-    );
-    assert!(
-        !p.ops[first_del..]
-            .iter()
-            .any(|op| matches!(op, Op::SetPrefsrc { .. }))
-    );
+    assert!(p.ops[..first_del]
+        .iter()
+        .any(|op| matches!(op, Op::SetPrefsrc { .. })));
+    assert!(!p.ops[first_del..]
+        .iter()
+        .any(|op| matches!(op, Op::SetPrefsrc { .. })));
     converge(&Config::empty(), &mut o, &mut ledger, DeviceMode::Loopback);
     assert_eq!(o, before);
     assert_eq!(ledger, Ledger::default());
@@ -496,4 +495,30 @@ fn nic_address_as_vipa_is_an_error_and_missing_nic_a_warning() {
         "{}",
         f.warnings[0]
     );
+}
+
+#[test]
+fn carrier_change_refreshes_ipv6_routes_of_that_nic_only() {
+    let c = config(SEED);
+    let mut o = seed_host();
+    let mut ledger = Ledger::default();
+    converge(&c, &mut o, &mut ledger, DeviceMode::Loopback);
+    let before = o.links[&2].clone();
+    let mut after = before.clone();
+    after.carrier = false;
+    let ops = vipa_core::plan::carrier_changed(&c, Some(&before), &after, &o);
+    let keys: Vec<_> = ops
+        .iter()
+        .map(|op| match op {
+            Op::RefreshRoute { key } => (key.dst, key.dst_len),
+            other => panic!("unexpected {other}"),
+        })
+        .collect();
+    assert_eq!(keys, vec![(ip("::"), 0), (ip("2001:db8:1::"), 64)]);
+    // No change of carrier, or a NIC of no VIPA: nothing.
+    assert!(vipa_core::plan::carrier_changed(&c, Some(&before), &before, &o).is_empty());
+    let eth9 = o.links[&4].clone();
+    let mut eth9_down = eth9.clone();
+    eth9_down.carrier = false;
+    assert!(vipa_core::plan::carrier_changed(&c, Some(&eth9), &eth9_down, &o).is_empty());
 }

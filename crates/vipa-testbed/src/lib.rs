@@ -1,14 +1,227 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! vipa-testbed: network-namespace topologies for vipa's integration tests, benchmarks
+//! and the lab. Development only.
+//!
+//! Everything happens inside namespaces this crate creates; the root namespace is never
+//! changed. Namespaces are deleted in `Drop` (also on panic), processes started here are
+//! killed by pid in `Drop`, and namespaces left behind by a test process that was killed
+//! are swept by the next one. Addresses come from 198.18.0.0/15 and 2001:db8::/32.
+
+pub mod lab;
+pub mod probe;
+
+use std::io;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Prefix of every namespace the testbed makes; the pid of the making process follows.
+const PREFIX: &str = "vt";
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Fails loudly when the tests cannot run here (not root).
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the network-namespace tests need root (they create namespaces, veth pairs and bridges)"
+    );
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A binary of this workspace, built beside the running test or program.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM }
+}
+
+/// Deletes namespaces left by testbed processes that no longer exist.
+fn sweep_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = name.strip_prefix(&format!("{PREFIX}-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if !pid_alive(pid) {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates `vt-<pid>-<n>-<role>` with its loopback up.
+    pub fn new(role: &str) -> Netns {
+        sweep_stale();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("{PREFIX}-{}-{n}-{role}", std::process::id());
+        Self::named(&name)
+    }
+
+    /// Creates a namespace with a fixed name (the lab); an existing one of that name is
+    /// replaced.
+    pub fn named(name: &str) -> Netns {
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
+        let st = Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .expect("ip netns add");
+        assert!(st.success(), "ip netns add {name} failed");
+        let ns = Netns {
+            name: name.to_string(),
+        };
+        ns.sh("ip link set lo up");
+        ns
+    }
+
+    /// Runs a shell command inside; panics with its output when it fails.
+    pub fn sh(&self, cmd: &str) -> String {
+        let out = self
+            .try_sh(cmd)
+            .unwrap_or_else(|e| panic!("[{}] {cmd}: {e}", self.name));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a shell command inside, returning its output whatever its status.
+    pub fn try_sh(&self, cmd: &str) -> io::Result<Output> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
+            .output()?;
+        if out.status.success() {
+            Ok(out)
+        } else {
+            Err(io::Error::other(format!(
+                "exit {}: {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )))
+        }
+    }
+
+    /// A command that runs `program` inside this namespace (`ip netns exec` execs it, so
+    /// the child's pid is the program's).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Starts a program inside; it is killed when the returned [`Proc`] drops.
+    pub fn spawn(&self, mut cmd: Command) -> Proc {
+        let child = cmd.spawn().expect("spawn in namespace");
+        Proc { child: Some(child) }
+    }
+
+    /// `ip -j` output parsed.
+    pub fn ip_json(&self, args: &str) -> serde_json::Value {
+        let out = self.sh(&format!("ip -j {args}"));
+        serde_json::from_str(&out).unwrap_or(serde_json::Value::Array(vec![]))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A process started by the testbed; killed (SIGKILL) and reaped on drop.
+pub struct Proc {
+    child: Option<Child>,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: sends a signal to our own child by pid.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
+    /// Waits up to `timeout` for the process to end by itself.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let c = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the process and returns its output (stdout must have been piped).
+    pub fn output(mut self) -> Output {
+        self.child
+            .take()
+            .expect("child")
+            .wait_with_output()
+            .expect("wait")
+    }
+
+    /// Ends the process with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `f` every 10 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -65,7 +65,11 @@ struct Peer {
 }
 
 fn peer(stream: &UnixStream) -> io::Result<Peer> {
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: `cred` and `len` are valid for writes of the sizes given.
     let rc = unsafe {
@@ -80,7 +84,10 @@ fn peer(stream: &UnixStream) -> io::Result<Peer> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(Peer { pid: cred.pid, uid: cred.uid })
+    Ok(Peer {
+        pid: cred.pid,
+        uid: cred.uid,
+    })
 }
 
 /// Whether the peer may change things: root, or CAP_NET_ADMIN in its effective set.
@@ -88,7 +95,9 @@ fn may_change(p: &Peer) -> bool {
     if p.uid == 0 {
         return true;
     }
-    let Ok(status) = fs::read_to_string(format!("/proc/{}/status", p.pid)) else { return false };
+    let Ok(status) = fs::read_to_string(format!("/proc/{}/status", p.pid)) else {
+        return false;
+    };
     status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))

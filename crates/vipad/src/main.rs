@@ -24,7 +24,10 @@ use vipa_kernel::{EventError, Events, Kernel};
 use crate::daemon::{Daemon, Input};
 
 #[derive(Parser)]
-#[command(version, about = "vipa daemon: IP addresses that outlive the NICs and hosts under them")]
+#[command(
+    version,
+    about = "vipa daemon: IP addresses that outlive the NICs and hosts under them"
+)]
 struct Args {
     /// Configuration file.
     #[arg(long, default_value = vipa_api::DEFAULT_CONFIG)]
@@ -45,7 +48,8 @@ struct Args {
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VIPA_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("VIPA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -74,7 +78,11 @@ fn check(file: &Path) -> i32 {
         let updates = k.snapshot()?;
         Ok(daemon::observe(&mut k, updates))
     });
-    let mode = if Path::new("/sys/module/dummy").exists() { DeviceMode::Dummy } else { DeviceMode::Loopback };
+    let mode = if Path::new("/sys/module/dummy").exists() {
+        DeviceMode::Dummy
+    } else {
+        DeviceMode::Loopback
+    };
     let observed = match observed {
         Ok(o) => o,
         Err(e) => {
@@ -87,7 +95,12 @@ fn check(file: &Path) -> i32 {
             for w in &warnings {
                 println!("warning: {w}");
             }
-            println!("{}: OK ({} VIPA{})", file.display(), config.vipas.len(), if config.vipas.len() == 1 { "" } else { "s" });
+            println!(
+                "{}: OK ({} VIPA{})",
+                file.display(),
+                config.vipas.len(),
+                if config.vipas.len() == 1 { "" } else { "s" }
+            );
             0
         }
         Err(message) => {
@@ -98,21 +111,32 @@ fn check(file: &Path) -> i32 {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let state_path = args.state.clone().unwrap_or_else(|| args.socket.with_extension("state"));
+    let state_path = args
+        .state
+        .clone()
+        .unwrap_or_else(|| args.socket.with_extension("state"));
 
-    let events = Events::subscribe().context("cannot subscribe to kernel events (vipad needs CAP_NET_ADMIN)")?;
+    let events = Events::subscribe()
+        .context("cannot subscribe to kernel events (vipad needs CAP_NET_ADMIN)")?;
     let mut kernel = Kernel::open().context("cannot open netlink")?;
     let (mode, mode_note) = if Path::new("/sys/module/dummy").exists() || kernel.dummy_supported() {
-        (DeviceMode::Dummy, "one dummy device per VIPA, named after it".to_string())
+        (
+            DeviceMode::Dummy,
+            "one dummy device per VIPA, named after it".to_string(),
+        )
     } else {
-        (DeviceMode::Loopback, "the kernel has no dummy driver: VIPA addresses go on lo".to_string())
+        (
+            DeviceMode::Loopback,
+            "the kernel has no dummy driver: VIPA addresses go on lo".to_string(),
+        )
     };
     info!(mode = ?mode, note = %mode_note, "VIPA device");
     let updates = kernel.snapshot().context("cannot read kernel state")?;
     let observed = daemon::observe(&mut kernel, updates);
 
     let (config, warnings) = if args.config.exists() {
-        daemon::load_config(&args.config, &observed, mode).map_err(|m| anyhow::anyhow!("{m}\nvipad did not start; nothing was changed"))?
+        daemon::load_config(&args.config, &observed, mode)
+            .map_err(|m| anyhow::anyhow!("{m}\nvipad did not start; nothing was changed"))?
     } else {
         let w = format!(
             "{}: no configuration file; running with no VIPAs until one is written (vipactl vipa add, or write it and reload)",
@@ -124,48 +148,57 @@ fn run(args: Args) -> anyhow::Result<()> {
         warn!(warning = %w, "configuration");
     }
     let node = config.node_name.clone().unwrap_or_else(hostname);
-    let listener = control::bind(&args.socket).with_context(|| format!("cannot listen on {}", args.socket.display()))?;
+    let listener = control::bind(&args.socket)
+        .with_context(|| format!("cannot listen on {}", args.socket.display()))?;
     let ledger = daemon::load_ledger(&state_path);
 
     let (tx, rx) = mpsc::channel();
     {
         let tx = tx.clone();
         let mut events = events;
-        thread::Builder::new().name("netlink-events".into()).spawn(move || loop {
-            let input = match events.recv() {
-                Ok(updates) if updates.is_empty() => continue,
-                Ok(updates) => Input::Kernel(updates),
-                Err(EventError::Overflow) => Input::Resync("netlink event socket overflowed".into()),
-                Err(EventError::Io(e)) => {
-                    error!(error = %e, "netlink event socket failed");
-                    thread::sleep(std::time::Duration::from_millis(100));
-                    Input::Resync(format!("event socket error: {e}"))
-                }
-            };
-            if tx.send(input).is_err() {
-                return;
-            }
-        })?;
-    }
-    {
-        let tx = tx.clone();
-        thread::Builder::new().name("control".into()).spawn(move || control::serve(listener, tx))?;
-    }
-    {
-        let tx = tx.clone();
-        let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT])?;
-        thread::Builder::new().name("signals".into()).spawn(move || {
-            for sig in signals.forever() {
-                let input = match sig {
-                    SIGHUP => Input::Reload,
-                    SIGTERM => Input::Stop("SIGTERM"),
-                    _ => Input::Stop("SIGINT"),
+        thread::Builder::new()
+            .name("netlink-events".into())
+            .spawn(move || loop {
+                let input = match events.recv() {
+                    Ok(updates) if updates.is_empty() => continue,
+                    Ok(updates) => Input::Kernel(updates),
+                    Err(EventError::Overflow) => {
+                        Input::Resync("netlink event socket overflowed".into())
+                    }
+                    Err(EventError::Io(e)) => {
+                        error!(error = %e, "netlink event socket failed");
+                        thread::sleep(std::time::Duration::from_millis(100));
+                        Input::Resync(format!("event socket error: {e}"))
+                    }
                 };
                 if tx.send(input).is_err() {
                     return;
                 }
-            }
-        })?;
+            })?;
+    }
+    {
+        let tx = tx.clone();
+        thread::Builder::new()
+            .name("control".into())
+            .spawn(move || control::serve(listener, tx))?;
+    }
+    {
+        let tx = tx.clone();
+        let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT])?;
+        thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    let input = match sig {
+                        SIGHUP => Input::Reload,
+                        SIGTERM => Input::Stop("SIGTERM"),
+                        _ => Input::Stop("SIGINT"),
+                    };
+                    if tx.send(input).is_err() {
+                        return;
+                    }
+                }
+            })?;
     }
     drop(tx);
 
@@ -196,5 +229,7 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }

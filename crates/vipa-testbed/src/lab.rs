@@ -1,0 +1,275 @@
+//! The seed's "sample VIPA environment", rebuilt in network namespaces.
+//!
+//! ```text
+//!                 lan (bridges: the cables)
+//!   host en1 ───── br1 ───── r1  router  rc ───── cl0 client
+//!   host en5 ───── br5 ───── r5
+//! ```
+//!
+//! The seed's 10.68.x layout mapped onto 198.18.0.0/15 (and 2001:db8::/32): en1
+//! 198.18.1.1/24, en5 198.18.5.1/24, the router .2 on each, the client 198.18.10.2 behind
+//! the router, VIPA 198.18.6.1. The router has static routes to the VIPA through each of
+//! the host's NICs (the seed's "routers' static routes to the VIPA"), the one through en1
+//! preferred, and skips routes over a link without carrier. Cutting a cable takes both
+//! ends' carrier away while both stay administratively up, as a pulled cable does.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::{wait_for, workspace_bin, Netns, Proc};
+
+pub const VIPA: &str = "198.18.6.1";
+pub const VIPA6: &str = "2001:db8:6::1";
+pub const HOST_EN1: &str = "198.18.1.1";
+pub const HOST_EN5: &str = "198.18.5.1";
+pub const HOST_EN1_6: &str = "2001:db8:1::1";
+pub const HOST_EN5_6: &str = "2001:db8:5::1";
+pub const CLIENT: &str = "198.18.10.2";
+pub const CLIENT6: &str = "2001:db8:10::2";
+/// Port of the probe servers.
+pub const PORT: u16 = 7000;
+
+/// The seed's configuration for this environment.
+pub const SEED_CONFIG: &str = r#"[node]
+name = "host"
+
+# AIX vi0 of the seed's sample VIPA environment.
+[[vipa]]
+name = "vi0"
+addresses = ["198.18.6.1", "2001:db8:6::1"]
+source_interfaces = ["en1", "en5"]
+"#;
+
+/// Namespace names: unique per test, fixed for the lab.
+pub enum Names {
+    Unique,
+    Fixed(&'static str),
+}
+
+pub struct SampleEnv {
+    pub lan: Netns,
+    pub host: Netns,
+    pub router: Netns,
+    pub client: Netns,
+    /// Holds the host's vipa.toml, socket and state file.
+    pub dir: PathBuf,
+}
+
+fn ns(names: &Names, role: &str) -> Netns {
+    match names {
+        Names::Unique => Netns::new(role),
+        Names::Fixed(prefix) => Netns::named(&format!("{prefix}-{role}")),
+    }
+}
+
+impl SampleEnv {
+    pub fn build(names: Names) -> SampleEnv {
+        let lan = ns(&names, "lan");
+        let host = ns(&names, "host");
+        let router = ns(&names, "router");
+        let client = ns(&names, "client");
+        let dir = std::env::temp_dir().join(format!("{}-vipa", host.name));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("work dir");
+
+        for n in [&host, &router, &client] {
+            n.sh(
+                "sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 \
+                  net.ipv6.conf.all.accept_ra=0 net.ipv6.conf.default.accept_ra=0",
+            );
+        }
+        router.sh("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
+                   net.ipv4.conf.all.ignore_routes_with_linkdown=1 net.ipv6.conf.all.ignore_routes_with_linkdown=1 \
+                   net.ipv6.conf.default.ignore_routes_with_linkdown=1");
+        for (nic, r, br) in [("en1", "r1", "br1"), ("en5", "r5", "br5")] {
+            lan.sh(&format!(
+                "ip link add {br} type bridge forward_delay 0 && ip link set {br} up && \
+                 ip link add {nic}-h type veth peer name {nic} netns {host} && \
+                 ip link add {nic}-r type veth peer name {r} netns {router} && \
+                 ip link set {nic}-h master {br} up && ip link set {nic}-r master {br} up",
+                host = host.name,
+                router = router.name,
+            ));
+        }
+        router.sh(&format!(
+            "ip link add rc type veth peer name cl0 netns {}",
+            client.name
+        ));
+        host.sh(
+            "ip link set en1 up && ip link set en5 up && \
+             ip addr add 198.18.1.1/24 dev en1 && ip addr add 198.18.5.1/24 dev en5 && \
+             ip addr add 2001:db8:1::1/64 dev en1 nodad && ip addr add 2001:db8:5::1/64 dev en5 nodad && \
+             ip route add default via 198.18.1.2 dev en1 metric 10 && \
+             ip route add default via 198.18.5.2 dev en5 metric 20 && \
+             ip -6 route add default via 2001:db8:1::2 dev en1 metric 10 && \
+             ip -6 route add default via 2001:db8:5::2 dev en5 metric 20",
+        );
+        router.sh(
+            "for i in r1 r5 rc; do ip link set $i up; sysctl -qw net.ipv6.conf.$i.ignore_routes_with_linkdown=1; done && \
+             ip addr add 198.18.1.2/24 dev r1 && ip addr add 198.18.5.2/24 dev r5 && ip addr add 198.18.10.1/24 dev rc && \
+             ip addr add 2001:db8:1::2/64 dev r1 nodad && ip addr add 2001:db8:5::2/64 dev r5 nodad && \
+             ip addr add 2001:db8:10::1/64 dev rc nodad && \
+             ip route add 198.18.6.1/32 via 198.18.1.1 dev r1 metric 10 && \
+             ip route add 198.18.6.1/32 via 198.18.5.1 dev r5 metric 20 && \
+             ip -6 route add 2001:db8:6::1/128 via 2001:db8:1::1 dev r1 metric 10 && \
+             ip -6 route add 2001:db8:6::1/128 via 2001:db8:5::1 dev r5 metric 20",
+        );
+        client.sh(
+            "ip link set cl0 up && ip addr add 198.18.10.2/24 dev cl0 && ip addr add 2001:db8:10::2/64 dev cl0 nodad && \
+             ip route add default via 198.18.10.1 && ip -6 route add default via 2001:db8:10::1",
+        );
+        SampleEnv {
+            lan,
+            host,
+            router,
+            client,
+            dir,
+        }
+    }
+
+    /// Pulls the cable of the host's `nic` (`en1` or `en5`): both ends lose carrier.
+    pub fn cut(&self, nic: &str) {
+        self.lan.sh(&format!(
+            "ip link set {nic}-h down && ip link set {nic}-r down"
+        ));
+    }
+
+    /// Plugs the cable back in.
+    pub fn restore(&self, nic: &str) {
+        self.lan
+            .sh(&format!("ip link set {nic}-h up && ip link set {nic}-r up"));
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("vipa.toml")
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir.join("vipad.sock")
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.config_path(), text).expect("write config");
+    }
+
+    /// Starts vipad in the host with this environment's config and socket, and waits
+    /// until it answers. Its stderr goes to `dir/vipad.log`.
+    pub fn start_vipad(&self) -> Proc {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("vipad.log"))
+            .expect("log");
+        let mut cmd = self.host.command(workspace_bin("vipad"));
+        cmd.arg("--config")
+            .arg(self.config_path())
+            .arg("--socket")
+            .arg(self.socket_path());
+        cmd.stdout(Stdio::null()).stderr(log);
+        let mut p = self.host.spawn(cmd);
+        let up = wait_for(Duration::from_secs(10), || {
+            if let Some(st) = p.wait_timeout(Duration::ZERO) {
+                return Some(Err(st));
+            }
+            self.vipactl(&["status"]).status.success().then_some(Ok(()))
+        });
+        match up {
+            Some(Ok(())) => p,
+            Some(Err(st)) => panic!("vipad exited ({st}) at start:\n{}", self.log()),
+            None => panic!("vipad did not answer within 10 s:\n{}", self.log()),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("vipad.log")).unwrap_or_default()
+    }
+
+    /// Runs vipactl against this environment's vipad (vipactl needs no namespace: it
+    /// only talks to the socket).
+    pub fn vipactl(&self, args: &[&str]) -> Output {
+        Command::new(workspace_bin("vipactl"))
+            .arg("--socket")
+            .arg(self.socket_path())
+            .args(args)
+            .output()
+            .expect("vipactl")
+    }
+
+    /// Starts a probe server in `ns` on [`PORT`].
+    pub fn serve(&self, ns: &Netns) -> Proc {
+        let mut cmd = ns.command(workspace_bin("vipa-probe"));
+        cmd.args(["serve", "--port", &PORT.to_string()])
+            .stdout(Stdio::null());
+        let p = ns.spawn(cmd);
+        let probe = format!("ss -Hltn 'sport = :{PORT}' | grep -q LISTEN");
+        wait_for(Duration::from_secs(5), || ns.try_sh(&probe).ok())
+            .expect("probe server listening");
+        p
+    }
+
+    /// Connects from `ns` to `target` (from `bind` if given) and returns the server's view:
+    /// `peer=<source it saw> local=<address reached> client=<our source>`.
+    pub fn whoami(&self, ns: &Netns, target: &str, bind: Option<&str>) -> Result<String, String> {
+        let mut cmd = ns.command(workspace_bin("vipa-probe"));
+        cmd.args(["whoami", "--target", &sock(target).to_string()]);
+        if let Some(b) = bind {
+            cmd.args(["--bind", b]);
+        }
+        let out = cmd.output().expect("vipa-probe");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
+    /// Starts a stream from `ns` to `target` for `ms` milliseconds; its report comes from
+    /// [`StreamRun::report`].
+    pub fn stream(&self, ns: &Netns, target: &str, ms: u64) -> StreamRun {
+        let mut cmd = ns.command(workspace_bin("vipa-probe"));
+        cmd.args([
+            "stream",
+            "--target",
+            &sock(target).to_string(),
+            "--duration-ms",
+            &ms.to_string(),
+        ]);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        StreamRun {
+            proc: ns.spawn(cmd),
+        }
+    }
+}
+
+impl Drop for SampleEnv {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn sock(target: &str) -> SocketAddr {
+    SocketAddr::new(target.parse::<IpAddr>().expect("address"), PORT)
+}
+
+pub struct StreamRun {
+    proc: Proc,
+}
+
+impl StreamRun {
+    pub fn report(self) -> crate::probe::StreamReport {
+        let out = self.proc.output();
+        assert!(
+            out.status.success(),
+            "stream failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("stream report")
+    }
+}
+
+/// The seed's `netstat -rn`, from `ip route` of both families.
+pub fn routing_table(ns: &Netns) -> String {
+    ns.sh("ip -4 route show table main; ip -6 route show table main")
+}
