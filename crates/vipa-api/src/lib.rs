@@ -28,28 +28,17 @@ pub enum Request {
     /// Re-read the configuration file and apply the difference.
     Reload,
     /// Add a VIPA (`mkinetvi`): written to the configuration file, then applied.
-    AddVipa {
-        name: String,
-        addresses: Vec<String>,
-        interfaces: Vec<String>,
-    },
+    AddVipa { name: String, addresses: Vec<String>, interfaces: Vec<String> },
     /// Remove a VIPA: written to the configuration file, then applied.
     DeleteVipa { name: String },
     /// Add and remove source interfaces of a VIPA (`chvi`).
-    ChangeInterfaces {
-        vipa: String,
-        add: Vec<String>,
-        remove: Vec<String>,
-    },
+    ChangeInterfaces { vipa: String, add: Vec<String>, remove: Vec<String> },
 }
 
 impl Request {
     /// Whether the request changes anything (and so needs root or CAP_NET_ADMIN).
     pub fn mutates(&self) -> bool {
-        !matches!(
-            self,
-            Request::Status | Request::Vipas | Request::Vipa { .. }
-        )
+        !matches!(self, Request::Status | Request::Vipas | Request::Vipa { .. })
     }
 }
 
@@ -150,10 +139,7 @@ pub fn call(socket: &Path, request: &Request) -> io::Result<Response> {
     let mut answer = String::new();
     reader.read_line(&mut answer)?;
     if answer.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "vipad closed the connection without answering",
-        ));
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "vipad closed the connection without answering"));
     }
     serde_json::from_str(&answer).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
@@ -164,16 +150,9 @@ mod tests {
 
     #[test]
     fn requests_round_trip_as_tagged_json() {
-        let r = Request::ChangeInterfaces {
-            vipa: "vi0".into(),
-            add: vec!["en7".into()],
-            remove: vec![],
-        };
+        let r = Request::ChangeInterfaces { vipa: "vi0".into(), add: vec!["en7".into()], remove: vec![] };
         let s = serde_json::to_string(&r).unwrap();
-        assert_eq!(
-            s,
-            r#"{"request":"change-interfaces","vipa":"vi0","add":["en7"],"remove":[]}"#
-        );
+        assert_eq!(s, r#"{"request":"change-interfaces","vipa":"vi0","add":["en7"],"remove":[]}"#);
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
         assert!(r.mutates());
         assert!(!Request::Status.mutates());

@@ -113,9 +113,7 @@ pub fn valid_ifname(name: &str) -> bool {
         && name.len() <= MAX_IFNAME
         && name != "."
         && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+        && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
 }
 
 struct Ctx<'a> {
@@ -148,19 +146,12 @@ impl Ctx<'_> {
 impl Config {
     /// An empty configuration: no VIPAs. What the daemon runs with before a file exists.
     pub fn empty() -> Config {
-        Config {
-            node_name: None,
-            vipas: Vec::new(),
-        }
+        Config { node_name: None, vipas: Vec::new() }
     }
 
     /// Parses and validates `text`, read from `file` (used in messages only).
     pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
-        let mut cx = Ctx {
-            file,
-            text,
-            errors: Vec::new(),
-        };
+        let mut cx = Ctx { file, text, errors: Vec::new() };
         let raw: RawConfig = match toml::from_str(text) {
             Ok(raw) => raw,
             Err(e) => {
@@ -222,10 +213,7 @@ impl Config {
                 cx.err(
                     name.span().start,
                     key("name"),
-                    format!(
-                        "VIPA {:?} is already defined at line {first}: VIPA names must be unique",
-                        name.get_ref()
-                    ),
+                    format!("VIPA {:?} is already defined at line {first}: VIPA names must be unique", name.get_ref()),
                 );
             } else {
                 names.insert(name.get_ref().clone(), line);
@@ -283,11 +271,7 @@ impl Config {
                     } else if nic == "lo" {
                         cx.err(n.span().start, k, "\"lo\" cannot be a source interface: list the NICs that traffic leaves through, such as \"en1\"");
                     } else if source_interfaces.contains(nic) {
-                        cx.err(
-                            n.span().start,
-                            k,
-                            format!("{nic:?} is listed twice in this VIPA"),
-                        );
+                        cx.err(n.span().start, k, format!("{nic:?} is listed twice in this VIPA"));
                     } else if let Some(other) = nics.get(nic) {
                         cx.err(
                             n.span().start,
@@ -301,14 +285,7 @@ impl Config {
                     }
                 }
             }
-            vipas.push(VipaConfig {
-                name: vname,
-                addresses,
-                source_interfaces,
-                line,
-                address_lines,
-                interface_lines,
-            });
+            vipas.push(VipaConfig { name: vname, addresses, source_interfaces, line, address_lines, interface_lines });
         }
 
         if cx.errors.is_empty() {
@@ -327,9 +304,7 @@ impl Config {
 fn valid_node_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 /// Parses a VIPA address: a bare address, or one written as `/32` or `/128`.
@@ -380,9 +355,7 @@ pub fn parse_host_address(text: &str) -> Result<IpAddr, String> {
         }
     };
     match bad {
-        Some(what) => Err(format!(
-            "{addr} is {what}: a VIPA must be a unicast address that other hosts can route to"
-        )),
+        Some(what) => Err(format!("{addr} is {what}: a VIPA must be a unicast address that other hosts can route to")),
         None => Ok(addr),
     }
 }
@@ -401,12 +374,7 @@ mod tests {
     use super::*;
 
     fn errs(text: &str) -> Vec<String> {
-        Config::parse("vipa.toml", text)
-            .unwrap_err()
-            .0
-            .iter()
-            .map(|e| e.to_string())
-            .collect()
+        Config::parse("vipa.toml", text).unwrap_err().0.iter().map(|e| e.to_string()).collect()
     }
 
     #[test]
@@ -441,20 +409,10 @@ source_interfaces = ["en1", "en5"]
 
     #[test]
     fn unknown_key_names_line_and_key() {
-        let e = errs(
-            "[[vipa]]\nname = \"vi0\"\naddresses = [\"198.18.6.1\"]\ninterfaces = [\"en1\"]\n",
-        );
+        let e = errs("[[vipa]]\nname = \"vi0\"\naddresses = [\"198.18.6.1\"]\ninterfaces = [\"en1\"]\n");
         assert_eq!(e.len(), 1);
-        assert!(
-            e[0].starts_with("vipa.toml:4:1: unknown field `interfaces`"),
-            "{}",
-            e[0]
-        );
-        assert!(
-            e[0].contains("source_interfaces"),
-            "says what is allowed: {}",
-            e[0]
-        );
+        assert!(e[0].starts_with("vipa.toml:4:1: unknown field `interfaces`"), "{}", e[0]);
+        assert!(e[0].contains("source_interfaces"), "says what is allowed: {}", e[0]);
     }
 
     #[test]
@@ -462,9 +420,7 @@ source_interfaces = ["en1", "en5"]
         let e = errs("[[vipa]]\nname = \"vi0\"\naddresses = [\"198.18.6.1\", \"198.18.6.300\"]\n");
         assert_eq!(e.len(), 1);
         assert!(
-            e[0].starts_with(
-                "vipa.toml:3:28: vipa[0].addresses[1]: \"198.18.6.300\" is not an IP address"
-            ),
+            e[0].starts_with("vipa.toml:3:28: vipa[0].addresses[1]: \"198.18.6.300\" is not an IP address"),
             "{}",
             e[0]
         );
@@ -473,28 +429,13 @@ source_interfaces = ["en1", "en5"]
     #[test]
     fn prefix_other_than_host_is_refused() {
         let e = errs("[[vipa]]\nname = \"vi0\"\naddresses = [\"198.18.6.1/24\"]\n");
-        assert!(
-            e[0].contains("has prefix /24") && e[0].contains("/32"),
-            "{}",
-            e[0]
-        );
+        assert!(e[0].contains("has prefix /24") && e[0].contains("/32"), "{}", e[0]);
     }
 
     #[test]
     fn special_addresses_are_refused() {
-        for a in [
-            "127.0.0.1",
-            "0.0.0.0",
-            "224.0.0.1",
-            "169.254.1.1",
-            "::1",
-            "fe80::1",
-            "ff02::1",
-            "::",
-        ] {
-            let e = errs(&format!(
-                "[[vipa]]\nname = \"vi0\"\naddresses = [\"{a}\"]\n"
-            ));
+        for a in ["127.0.0.1", "0.0.0.0", "224.0.0.1", "169.254.1.1", "::1", "fe80::1", "ff02::1", "::"] {
+            let e = errs(&format!("[[vipa]]\nname = \"vi0\"\naddresses = [\"{a}\"]\n"));
             assert_eq!(e.len(), 1, "{a}");
             assert!(e[0].contains("must be a unicast address"), "{a}: {}", e[0]);
         }
@@ -517,16 +458,8 @@ source_interfaces = ["en1", "en5"]
              [[vipa]]\nname = \"vi0\"\naddresses = [\"198.18.6.1\"]\n",
         );
         assert_eq!(e.len(), 2, "{e:?}");
-        assert!(
-            e[0].contains("vipa[1].name") && e[0].contains("already defined at line 1"),
-            "{}",
-            e[0]
-        );
-        assert!(
-            e[1].contains("already an address of VIPA \"vi0\""),
-            "{}",
-            e[1]
-        );
+        assert!(e[0].contains("vipa[1].name") && e[0].contains("already defined at line 1"), "{}", e[0]);
+        assert!(e[1].contains("already an address of VIPA \"vi0\""), "{}", e[1]);
     }
 
     #[test]

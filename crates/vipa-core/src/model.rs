@@ -199,12 +199,7 @@ impl Observed {
                 let prefix_len = if addr.is_ipv4() { 32 } else { 128 };
                 self.addresses.insert(
                     (*ifindex, *addr),
-                    Address {
-                        ifindex: *ifindex,
-                        addr: *addr,
-                        prefix_len,
-                        proto: ADDR_PROTO_VIPA,
-                    },
+                    Address { ifindex: *ifindex, addr: *addr, prefix_len, proto: ADDR_PROTO_VIPA },
                 );
             }
             Op::DelAddress { ifindex, addr } => {
@@ -242,9 +237,7 @@ impl Observed {
     pub fn subnet_address(&self, ifindex: u32, dst: IpAddr, dst_len: u8) -> Option<IpAddr> {
         self.addresses
             .values()
-            .find(|a| {
-                a.ifindex == ifindex && a.prefix_len == dst_len && same_prefix(a.addr, dst, dst_len)
-            })
+            .find(|a| a.ifindex == ifindex && a.prefix_len == dst_len && same_prefix(a.addr, dst, dst_len))
             .map(|a| a.addr)
     }
 }
@@ -253,19 +246,11 @@ impl Observed {
 pub fn same_prefix(a: IpAddr, b: IpAddr, len: u8) -> bool {
     match (a, b) {
         (IpAddr::V4(a), IpAddr::V4(b)) => {
-            let mask = if len == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(len.min(32)))
-            };
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) };
             u32::from(a) & mask == u32::from(b) & mask
         }
         (IpAddr::V6(a), IpAddr::V6(b)) => {
-            let mask = if len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(len.min(128)))
-            };
+            let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len.min(128))) };
             u128::from(a) & mask == u128::from(b) & mask
         }
         _ => false,
@@ -330,17 +315,11 @@ impl fmt::Display for Op {
             Op::AddAddress { ifindex, addr } => {
                 write!(f, "add address {addr} on ifindex {ifindex}")
             }
-            Op::SetPrefsrc {
-                key,
-                prefsrc: Some(src),
-            } => write!(f, "route {key}: preferred source {src}"),
+            Op::SetPrefsrc { key, prefsrc: Some(src) } => write!(f, "route {key}: preferred source {src}"),
             Op::SetPrefsrc { key, prefsrc: None } => write!(f, "route {key}: no preferred source"),
             Op::DelRoute { key } => write!(f, "delete stale route {key}"),
             Op::SetSysctl { key, value } => write!(f, "{key} = {value}"),
-            Op::RefreshRoute { key } => write!(
-                f,
-                "refresh route {key} so connections look up their path again"
-            ),
+            Op::RefreshRoute { key } => write!(f, "refresh route {key} so connections look up their path again"),
             Op::DelAddress { ifindex, addr } => {
                 write!(f, "delete address {addr} from ifindex {ifindex}")
             }

@@ -18,10 +18,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, VipaConfig};
-use crate::model::{
-    Observed, Op, Route, RouteKey, SysctlKey, SysctlKind, ADDR_PROTO_VIPA, PROTO_KERNEL,
-    TABLE_LOCAL,
-};
+use crate::model::{Observed, Op, Route, RouteKey, SysctlKey, SysctlKind, ADDR_PROTO_VIPA, PROTO_KERNEL, TABLE_LOCAL};
 
 /// Where VIPA addresses live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,10 +60,7 @@ mod pairs {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
     use std::collections::BTreeMap;
 
-    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
-        m: &BTreeMap<K, V>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(m: &BTreeMap<K, V>, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(m.iter())
     }
 
@@ -89,11 +83,7 @@ pub struct Plan {
 }
 
 /// The device a VIPA's addresses go on, if it exists.
-pub fn vipa_device<'a>(
-    v: &VipaConfig,
-    observed: &'a Observed,
-    mode: DeviceMode,
-) -> Option<&'a crate::model::Link> {
+pub fn vipa_device<'a>(v: &VipaConfig, observed: &'a Observed, mode: DeviceMode) -> Option<&'a crate::model::Link> {
     match mode {
         DeviceMode::Loopback => observed.loopback(),
         DeviceMode::Dummy => observed.link_by_name(&v.name),
@@ -107,13 +97,10 @@ pub fn eligible(r: &Route) -> bool {
         return false;
     }
     match r.key.dst {
-        IpAddr::V4(d) => {
-            !(r.key.dst_len >= 4 && (d.is_multicast() || d.is_loopback() || d.is_link_local()))
-        }
+        IpAddr::V4(d) => !(r.key.dst_len >= 4 && (d.is_multicast() || d.is_loopback() || d.is_link_local())),
         IpAddr::V6(d) => {
             let s0 = d.segments()[0];
-            !(r.key.dst_len >= 10 && s0 & 0xffc0 == 0xfe80
-                || r.key.dst_len >= 8 && d.is_multicast())
+            !(r.key.dst_len >= 10 && s0 & 0xffc0 == 0xfe80 || r.key.dst_len >= 8 && d.is_multicast())
         }
     }
 }
@@ -135,18 +122,11 @@ fn kernel_default_source(r: &Route, observed: &Observed) -> Option<IpAddr> {
 
 /// The VIPA whose source interfaces carry this route, if every next hop leaves through
 /// one VIPA's interfaces.
-pub fn route_vipa<'a>(
-    r: &Route,
-    config: &'a Config,
-    observed: &Observed,
-) -> Option<&'a VipaConfig> {
+pub fn route_vipa<'a>(r: &Route, config: &'a Config, observed: &Observed) -> Option<&'a VipaConfig> {
     let mut found: Option<&VipaConfig> = None;
     for oif in &r.oifs {
         let name = &observed.links.get(oif)?.name;
-        let v = config
-            .vipas
-            .iter()
-            .find(|v| v.source_interfaces.iter().any(|n| n == name))?;
+        let v = config.vipas.iter().find(|v| v.source_interfaces.iter().any(|n| n == name))?;
         match found {
             Some(f) if f.name != v.name => return None,
             _ => found = Some(v),
@@ -160,19 +140,13 @@ pub fn route_vipa<'a>(
 pub fn wanted_sysctls(config: &Config, observed: &Observed, ledger: &Ledger) -> Vec<SysctlKey> {
     let mut keys: BTreeSet<SysctlKey> = ledger.sysctls.keys().cloned().collect();
     for kind in SysctlKind::ALL {
-        keys.insert(SysctlKey {
-            ifname: "all".into(),
-            kind,
-        });
+        keys.insert(SysctlKey { ifname: "all".into(), kind });
     }
     for v in &config.vipas {
         for nic in &v.source_interfaces {
             if observed.link_by_name(nic).is_some() {
                 for kind in SysctlKind::ALL {
-                    keys.insert(SysctlKey {
-                        ifname: nic.clone(),
-                        kind,
-                    });
+                    keys.insert(SysctlKey { ifname: nic.clone(), kind });
                 }
             }
         }
@@ -208,9 +182,7 @@ pub fn plan(config: &Config, observed: &Observed, ledger: &Ledger, mode: DeviceM
     if mode == DeviceMode::Dummy {
         for v in &config.vipas {
             if observed.link_by_name(&v.name).is_none() {
-                add_links.push(Op::AddDummy {
-                    name: v.name.clone(),
-                });
+                add_links.push(Op::AddDummy { name: v.name.clone() });
             }
             next.dummies.insert(v.name.clone());
         }
@@ -225,13 +197,7 @@ pub fn plan(config: &Config, observed: &Observed, ledger: &Ledger, mode: DeviceM
     }
 
     // Addresses.
-    let ifname = |index: u32| {
-        observed
-            .links
-            .get(&index)
-            .map(|l| l.name.clone())
-            .unwrap_or_default()
-    };
+    let ifname = |index: u32| observed.links.get(&index).map(|l| l.name.clone()).unwrap_or_default();
     let mut desired: BTreeSet<(u32, IpAddr)> = BTreeSet::new();
     for v in &config.vipas {
         let Some(dev) = vipa_device(v, observed, mode) else {
@@ -240,15 +206,9 @@ pub fn plan(config: &Config, observed: &Observed, ledger: &Ledger, mode: DeviceM
         for &addr in &v.addresses {
             desired.insert((dev.index, addr));
             match observed.addresses.get(&(dev.index, addr)) {
-                None => add_addrs.push(Op::AddAddress {
-                    ifindex: dev.index,
-                    addr,
-                }),
+                None => add_addrs.push(Op::AddAddress { ifindex: dev.index, addr }),
                 // Someone else's identical address is used as it is, and not claimed.
-                Some(a)
-                    if a.proto != ADDR_PROTO_VIPA
-                        && !ledger.addresses.contains(&(dev.name.clone(), addr)) =>
-                {
+                Some(a) if a.proto != ADDR_PROTO_VIPA && !ledger.addresses.contains(&(dev.name.clone(), addr)) => {
                     continue;
                 }
                 Some(_) => {}
@@ -258,26 +218,19 @@ pub fn plan(config: &Config, observed: &Observed, ledger: &Ledger, mode: DeviceM
     }
     let mut leaving: BTreeSet<IpAddr> = BTreeSet::new();
     for (&(ifindex, addr), a) in &observed.addresses {
-        let ours =
-            a.proto == ADDR_PROTO_VIPA || ledger.addresses.contains(&(ifname(ifindex), addr));
+        let ours = a.proto == ADDR_PROTO_VIPA || ledger.addresses.contains(&(ifname(ifindex), addr));
         if ours && !desired.contains(&(ifindex, addr)) {
             del_addrs.push(Op::DelAddress { ifindex, addr });
             leaving.insert(addr);
             next.addresses.remove(&(ifname(ifindex), addr));
         }
     }
-    next.addresses.retain(|(dev, addr)| {
-        observed
-            .link_by_name(dev)
-            .is_some_and(|l| desired.contains(&(l.index, *addr)))
-    });
+    next.addresses
+        .retain(|(dev, addr)| observed.link_by_name(dev).is_some_and(|l| desired.contains(&(l.index, *addr))));
     let present = |addr: IpAddr| {
-        !leaving.contains(&addr)
-            && (observed.has_address(addr) || desired.iter().any(|&(_, a)| a == addr))
+        !leaving.contains(&addr) && (observed.has_address(addr) || desired.iter().any(|&(_, a)| a == addr))
     };
-    let vipa_addr = |addr: IpAddr| {
-        config.vipas.iter().any(|v| v.addresses.contains(&addr)) || leaving.contains(&addr)
-    };
+    let vipa_addr = |addr: IpAddr| config.vipas.iter().any(|v| v.addresses.contains(&addr)) || leaving.contains(&addr);
 
     // Routes.
     for r in observed.routes.values() {
@@ -286,12 +239,7 @@ pub fn plan(config: &Config, observed: &Observed, ledger: &Ledger, mode: DeviceM
         }
         let record = ledger.routes.get(&r.key);
         let touched = record.is_some() || r.prefsrc.is_some_and(vipa_addr);
-        if touched
-            && connected(r)
-            && observed
-                .subnet_address(r.oifs[0], r.key.dst, r.key.dst_len)
-                .is_none()
-        {
+        if touched && connected(r) && observed.subnet_address(r.oifs[0], r.key.dst, r.key.dst_len).is_none() {
             // The interface's address is gone; the kernel would have removed this route
             // with it, had vipa not changed its source.
             routes.push(Op::DelRoute { key: r.key });
@@ -311,38 +259,20 @@ pub fn plan(config: &Config, observed: &Observed, ledger: &Ledger, mode: DeviceM
                     None if r.prefsrc.is_some_and(vipa_addr) => kernel_default_source(r, observed),
                     None => r.prefsrc,
                 };
-                next.routes.insert(
-                    r.key,
-                    RouteRecord {
-                        original,
-                        vipa: v.name.clone(),
-                    },
-                );
+                next.routes.insert(r.key, RouteRecord { original, vipa: v.name.clone() });
                 if r.prefsrc != Some(src) {
-                    routes.push(Op::SetPrefsrc {
-                        key: r.key,
-                        prefsrc: Some(src),
-                    });
+                    routes.push(Op::SetPrefsrc { key: r.key, prefsrc: Some(src) });
                 }
             }
             None if touched => {
                 let restore = match record {
                     Some(RouteRecord { original: None, .. }) => None,
-                    Some(rec) => rec
-                        .original
-                        .filter(|&a| present(a))
-                        .or_else(|| kernel_default_source(r, observed)),
+                    Some(rec) => rec.original.filter(|&a| present(a)).or_else(|| kernel_default_source(r, observed)),
                     None => kernel_default_source(r, observed),
                 };
-                if record.is_some()
-                    || r.prefsrc
-                        .is_some_and(|p| leaving.contains(&p) || !present(p))
-                {
+                if record.is_some() || r.prefsrc.is_some_and(|p| leaving.contains(&p) || !present(p)) {
                     if r.prefsrc != restore {
-                        routes.push(Op::SetPrefsrc {
-                            key: r.key,
-                            prefsrc: restore,
-                        });
+                        routes.push(Op::SetPrefsrc { key: r.key, prefsrc: restore });
                     }
                 }
                 next.routes.remove(&r.key);
@@ -353,15 +283,8 @@ pub fn plan(config: &Config, observed: &Observed, ledger: &Ledger, mode: DeviceM
     next.routes.retain(|k, _| observed.routes.contains_key(k));
 
     // Sysctls of the source interfaces.
-    let value = |ifname: &str, kind: SysctlKind| {
-        observed
-            .sysctls
-            .get(&SysctlKey {
-                ifname: ifname.to_string(),
-                kind,
-            })
-            .copied()
-    };
+    let value =
+        |ifname: &str, kind: SysctlKind| observed.sysctls.get(&SysctlKey { ifname: ifname.to_string(), kind }).copied();
     let mut managed: BTreeSet<SysctlKey> = BTreeSet::new();
     for v in &config.vipas {
         let has4 = v.source_for(false).is_some();
@@ -374,19 +297,12 @@ pub fn plan(config: &Config, observed: &Observed, ledger: &Ledger, mode: DeviceM
                 if (kind.v6() && !has6) || (!kind.v6() && !has4) {
                     continue;
                 }
-                let key = SysctlKey {
-                    ifname: nic.clone(),
-                    kind,
-                };
+                let key = SysctlKey { ifname: nic.clone(), kind };
                 managed.insert(key.clone());
                 let Some(current) = value(nic, kind) else {
                     continue;
                 };
-                let all = if kind.v6() {
-                    0
-                } else {
-                    value("all", kind).unwrap_or(0)
-                };
+                let all = if kind.v6() { 0 } else { value("all", kind).unwrap_or(0) };
                 if let Some(target) = sysctl_target(kind, current, all) {
                     if target != current {
                         next.sysctls.entry(key.clone()).or_insert(current);
@@ -406,10 +322,7 @@ pub fn plan(config: &Config, observed: &Observed, ledger: &Ledger, mode: DeviceM
         }
         if let Some(current) = value(&key.ifname, key.kind) {
             if current != original {
-                sysctls.push(Op::SetSysctl {
-                    key: key.clone(),
-                    value: original,
-                });
+                sysctls.push(Op::SetSysctl { key: key.clone(), value: original });
             }
         }
     }
@@ -435,9 +348,10 @@ pub fn carrier_changed(
     observed: &Observed,
 ) -> Vec<Op> {
     let changed = before.is_some_and(|b| b.carrier != after.carrier);
-    let ours = config.vipas.iter().any(|v| {
-        v.source_for(true).is_some() && v.source_interfaces.iter().any(|n| *n == after.name)
-    });
+    let ours = config
+        .vipas
+        .iter()
+        .any(|v| v.source_for(true).is_some() && v.source_interfaces.iter().any(|n| *n == after.name));
     if !changed || !ours {
         return Vec::new();
     }
@@ -481,10 +395,8 @@ pub fn check(file: &str, config: &Config, observed: &Observed, mode: DeviceMode)
                 if Some(a.ifindex) == dev.map(|d| d.index) {
                     continue;
                 }
-                let owner = observed
-                    .links
-                    .get(&a.ifindex)
-                    .map_or_else(|| format!("ifindex {}", a.ifindex), |l| l.name.clone());
+                let owner =
+                    observed.links.get(&a.ifindex).map_or_else(|| format!("ifindex {}", a.ifindex), |l| l.name.clone());
                 f.errors.push(format!(
                     "{file}:{line}: vipa[{i}].addresses[{j}]: {addr} is already the address of interface {owner} ({addr}/{}): a VIPA address must not be a NIC's own address; pick an address no interface has",
                     a.prefix_len

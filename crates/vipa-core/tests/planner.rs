@@ -4,8 +4,7 @@
 use std::net::IpAddr;
 
 use vipa_core::model::{
-    Address, Link, Observed, Op, Route, RouteKey, SysctlKey, SysctlKind, ADDR_PROTO_VIPA,
-    PROTO_KERNEL,
+    Address, Link, Observed, Op, Route, RouteKey, SysctlKey, SysctlKind, ADDR_PROTO_VIPA, PROTO_KERNEL,
 };
 use vipa_core::{plan, Config, DeviceMode, Ledger};
 
@@ -27,33 +26,12 @@ source_interfaces = ["en1", "en5"]
 "#;
 
 fn link(index: u32, name: &str) -> Link {
-    Link {
-        index,
-        name: name.into(),
-        up: true,
-        carrier: true,
-        loopback: index == 1,
-        kind: None,
-    }
+    Link { index, name: name.into(), up: true, carrier: true, loopback: index == 1, kind: None }
 }
 
-fn route(
-    dst: &str,
-    len: u8,
-    metric: u32,
-    gw: Option<&str>,
-    oif: u32,
-    src: Option<&str>,
-    proto: u8,
-) -> Route {
+fn route(dst: &str, len: u8, metric: u32, gw: Option<&str>, oif: u32, src: Option<&str>, proto: u8) -> Route {
     Route {
-        key: RouteKey {
-            table: 254,
-            dst: ip(dst),
-            dst_len: len,
-            tos: 0,
-            metric,
-        },
+        key: RouteKey { table: 254, dst: ip(dst), dst_len: len, tos: 0, metric },
         unicast: true,
         protocol: proto,
         scope_link: gw.is_none(),
@@ -66,60 +44,18 @@ fn route(
 /// The seed's host: lo, en1 198.18.1.1/24, en5 198.18.5.1/24, eth9 elsewhere, default via en1.
 fn seed_host() -> Observed {
     let mut o = Observed::default();
-    for l in [
-        link(1, "lo"),
-        link(2, "en1"),
-        link(3, "en5"),
-        link(4, "eth9"),
-    ] {
+    for l in [link(1, "lo"), link(2, "en1"), link(3, "en5"), link(4, "eth9")] {
         o.links.insert(l.index, l);
     }
-    for (i, a, p) in [
-        (2, "198.18.1.1", 24),
-        (3, "198.18.5.1", 24),
-        (4, "198.19.0.1", 24),
-        (2, "2001:db8:1::1", 64),
-    ] {
-        o.addresses.insert(
-            (i, ip(a)),
-            Address {
-                ifindex: i,
-                addr: ip(a),
-                prefix_len: p,
-                proto: 0,
-            },
-        );
+    for (i, a, p) in [(2, "198.18.1.1", 24), (3, "198.18.5.1", 24), (4, "198.19.0.1", 24), (2, "2001:db8:1::1", 64)] {
+        o.addresses.insert((i, ip(a)), Address { ifindex: i, addr: ip(a), prefix_len: p, proto: 0 });
     }
     for r in [
         route("0.0.0.0", 0, 0, Some("198.18.1.2"), 2, None, BOOT),
         route("0.0.0.0", 0, 20, Some("198.18.5.2"), 3, None, BOOT),
-        route(
-            "198.18.1.0",
-            24,
-            0,
-            None,
-            2,
-            Some("198.18.1.1"),
-            PROTO_KERNEL,
-        ),
-        route(
-            "198.18.5.0",
-            24,
-            0,
-            None,
-            3,
-            Some("198.18.5.1"),
-            PROTO_KERNEL,
-        ),
-        route(
-            "198.19.0.0",
-            24,
-            0,
-            None,
-            4,
-            Some("198.19.0.1"),
-            PROTO_KERNEL,
-        ),
+        route("198.18.1.0", 24, 0, None, 2, Some("198.18.1.1"), PROTO_KERNEL),
+        route("198.18.5.0", 24, 0, None, 3, Some("198.18.5.1"), PROTO_KERNEL),
+        route("198.19.0.0", 24, 0, None, 4, Some("198.19.0.1"), PROTO_KERNEL),
         route("2001:db8:1::", 64, 256, None, 2, None, PROTO_KERNEL),
         route("::", 0, 1024, Some("2001:db8:1::2"), 2, None, BOOT),
         route("fe80::", 64, 256, None, 2, None, PROTO_KERNEL),
@@ -128,18 +64,8 @@ fn seed_host() -> Observed {
     }
     for ifname in ["all", "en1", "en5", "eth9"] {
         for kind in SysctlKind::ALL {
-            let v = if kind == SysctlKind::RpFilter && ifname != "all" {
-                1
-            } else {
-                0
-            };
-            o.sysctls.insert(
-                SysctlKey {
-                    ifname: ifname.into(),
-                    kind,
-                },
-                v,
-            );
+            let v = if kind == SysctlKind::RpFilter && ifname != "all" { 1 } else { 0 };
+            o.sysctls.insert(SysctlKey { ifname: ifname.into(), kind }, v);
         }
     }
     o
@@ -151,10 +77,7 @@ fn apply(o: &mut Observed, ops: &[Op]) {
         match op {
             Op::SetPrefsrc { key, prefsrc } => {
                 if let Some(src) = prefsrc {
-                    assert!(
-                        o.has_address(*src),
-                        "EINVAL: {src} is not local when {op} runs"
-                    );
+                    assert!(o.has_address(*src), "EINVAL: {src} is not local when {op} runs");
                 }
                 assert!(o.routes.contains_key(key), "route exists");
                 o.assume(op);
@@ -187,14 +110,7 @@ fn converge(c: &Config, o: &mut Observed, ledger: &mut Ledger, mode: DeviceMode)
 }
 
 fn src(o: &Observed, dst: &str, len: u8, metric: u32) -> Option<IpAddr> {
-    o.routes[&RouteKey {
-        table: 254,
-        dst: ip(dst),
-        dst_len: len,
-        tos: 0,
-        metric,
-    }]
-        .prefsrc
+    o.routes[&RouteKey { table: 254, dst: ip(dst), dst_len: len, tos: 0, metric }].prefsrc
 }
 
 #[test]
@@ -204,20 +120,8 @@ fn seed_environment_gets_vipa_on_lo_and_as_source() {
     let mut ledger = Ledger::default();
     let p = plan(&c, &o, &ledger, DeviceMode::Loopback);
     // Addresses first, then routes, then sysctls.
-    assert_eq!(
-        p.ops[0],
-        Op::AddAddress {
-            ifindex: 1,
-            addr: ip("198.18.6.1")
-        }
-    );
-    assert_eq!(
-        p.ops[1],
-        Op::AddAddress {
-            ifindex: 1,
-            addr: ip("2001:db8:6::1")
-        }
-    );
+    assert_eq!(p.ops[0], Op::AddAddress { ifindex: 1, addr: ip("198.18.6.1") });
+    assert_eq!(p.ops[1], Op::AddAddress { ifindex: 1, addr: ip("2001:db8:6::1") });
     converge(&c, &mut o, &mut ledger, DeviceMode::Loopback);
 
     assert_eq!(src(&o, "0.0.0.0", 0, 0), Some(ip("198.18.6.1")));
@@ -230,12 +134,7 @@ fn seed_environment_gets_vipa_on_lo_and_as_source() {
     assert_eq!(src(&o, "198.19.0.0", 24, 0), Some(ip("198.19.0.1")));
     assert_eq!(src(&o, "fe80::", 64, 256), None);
     // Routed-mode sysctls on en1 and en5 only.
-    let sys = |i: &str, k| {
-        o.sysctls[&SysctlKey {
-            ifname: i.into(),
-            kind: k,
-        }]
-    };
+    let sys = |i: &str, k| o.sysctls[&SysctlKey { ifname: i.into(), kind: k }];
     assert_eq!(sys("en1", SysctlKind::RpFilter), 2);
     assert_eq!(sys("en5", SysctlKind::ArpIgnore), 1);
     assert_eq!(sys("en5", SysctlKind::ArpAnnounce), 2);
@@ -253,17 +152,9 @@ fn removal_restores_routes_and_sysctls_exactly() {
 
     let p = plan(&Config::empty(), &o, &ledger, DeviceMode::Loopback);
     // Routes are pointed back before the addresses they use go away.
-    let first_del = p
-        .ops
-        .iter()
-        .position(|op| matches!(op, Op::DelAddress { .. }))
-        .unwrap();
-    assert!(p.ops[..first_del]
-        .iter()
-        .any(|op| matches!(op, Op::SetPrefsrc { .. })));
-    assert!(!p.ops[first_del..]
-        .iter()
-        .any(|op| matches!(op, Op::SetPrefsrc { .. })));
+    let first_del = p.ops.iter().position(|op| matches!(op, Op::DelAddress { .. })).unwrap();
+    assert!(p.ops[..first_del].iter().any(|op| matches!(op, Op::SetPrefsrc { .. })));
+    assert!(!p.ops[first_del..].iter().any(|op| matches!(op, Op::SetPrefsrc { .. })));
     converge(&Config::empty(), &mut o, &mut ledger, DeviceMode::Loopback);
     assert_eq!(o, before);
     assert_eq!(ledger, Ledger::default());
@@ -304,22 +195,10 @@ fn foreign_replace_is_repaired_and_its_source_remembered() {
     let mut ledger = Ledger::default();
     converge(&c, &mut o, &mut ledger, DeviceMode::Loopback);
     // `ip route replace default via 198.18.1.2 src 198.18.1.1`
-    let k = RouteKey {
-        table: 254,
-        dst: ip("0.0.0.0"),
-        dst_len: 0,
-        tos: 0,
-        metric: 0,
-    };
+    let k = RouteKey { table: 254, dst: ip("0.0.0.0"), dst_len: 0, tos: 0, metric: 0 };
     o.routes.get_mut(&k).unwrap().prefsrc = Some(ip("198.18.1.1"));
     let p = plan(&c, &o, &ledger, DeviceMode::Loopback);
-    assert_eq!(
-        p.ops,
-        vec![Op::SetPrefsrc {
-            key: k,
-            prefsrc: Some(ip("198.18.6.1"))
-        }]
-    );
+    assert_eq!(p.ops, vec![Op::SetPrefsrc { key: k, prefsrc: Some(ip("198.18.6.1")) }]);
     assert_eq!(p.ledger.routes[&k].original, Some(ip("198.18.1.1")));
     let mut ledger = p.ledger;
     apply(&mut o, &p.ops);
@@ -339,13 +218,7 @@ fn removing_one_nic_restores_only_its_routes() {
     assert_eq!(src(&o, "::", 0, 1024), None);
     assert_eq!(src(&o, "198.18.5.0", 24, 0), Some(ip("198.18.6.1")));
     assert_eq!(src(&o, "0.0.0.0", 0, 20), Some(ip("198.18.6.1")));
-    assert_eq!(
-        o.sysctls[&SysctlKey {
-            ifname: "en1".into(),
-            kind: SysctlKind::RpFilter
-        }],
-        1
-    );
+    assert_eq!(o.sysctls[&SysctlKey { ifname: "en1".into(), kind: SysctlKind::RpFilter }], 1);
     assert!(o.has_address(ip("198.18.6.1")));
 }
 
@@ -356,33 +229,11 @@ fn interface_appearing_later_is_applied() {
     let mut ledger = Ledger::default();
     converge(&c, &mut o, &mut ledger, DeviceMode::Loopback);
     o.links.insert(7, link(7, "en7"));
-    o.addresses.insert(
-        (7, ip("198.18.7.1")),
-        Address {
-            ifindex: 7,
-            addr: ip("198.18.7.1"),
-            prefix_len: 24,
-            proto: 0,
-        },
-    );
-    let r = route(
-        "198.18.7.0",
-        24,
-        0,
-        None,
-        7,
-        Some("198.18.7.1"),
-        PROTO_KERNEL,
-    );
+    o.addresses.insert((7, ip("198.18.7.1")), Address { ifindex: 7, addr: ip("198.18.7.1"), prefix_len: 24, proto: 0 });
+    let r = route("198.18.7.0", 24, 0, None, 7, Some("198.18.7.1"), PROTO_KERNEL);
     o.routes.insert(r.key, r);
     for kind in SysctlKind::ALL {
-        o.sysctls.insert(
-            SysctlKey {
-                ifname: "en7".into(),
-                kind,
-            },
-            0,
-        );
+        o.sysctls.insert(SysctlKey { ifname: "en7".into(), kind }, 0);
     }
     converge(&c, &mut o, &mut ledger, DeviceMode::Loopback);
     assert_eq!(src(&o, "198.18.7.0", 24, 0), Some(ip("198.18.6.1")));
@@ -395,33 +246,19 @@ fn connected_route_left_behind_by_a_removed_nic_address_is_deleted() {
     let mut ledger = Ledger::default();
     converge(&c, &mut o, &mut ledger, DeviceMode::Loopback);
     o.addresses.remove(&(3, ip("198.18.5.1")));
-    let k = RouteKey {
-        table: 254,
-        dst: ip("198.18.5.0"),
-        dst_len: 24,
-        tos: 0,
-        metric: 0,
-    };
+    let k = RouteKey { table: 254, dst: ip("198.18.5.0"), dst_len: 24, tos: 0, metric: 0 };
     let p = plan(&c, &o, &ledger, DeviceMode::Loopback);
     assert_eq!(p.ops, vec![Op::DelRoute { key: k }]);
 }
 
 #[test]
 fn ipv4_only_vipa_leaves_ipv6_routes_alone() {
-    let c = config(
-        "[[vipa]]\nname = \"vi0\"\naddresses = [\"198.18.6.1\"]\nsource_interfaces = [\"en1\"]\n",
-    );
+    let c = config("[[vipa]]\nname = \"vi0\"\naddresses = [\"198.18.6.1\"]\nsource_interfaces = [\"en1\"]\n");
     let mut o = seed_host();
     let mut ledger = Ledger::default();
     converge(&c, &mut o, &mut ledger, DeviceMode::Loopback);
     assert_eq!(src(&o, "::", 0, 1024), None);
-    assert_eq!(
-        o.sysctls[&SysctlKey {
-            ifname: "en1".into(),
-            kind: SysctlKind::IgnoreLinkdown6
-        }],
-        0
-    );
+    assert_eq!(o.sysctls[&SysctlKey { ifname: "en1".into(), kind: SysctlKind::IgnoreLinkdown6 }], 0);
 }
 
 #[test]
@@ -442,11 +279,7 @@ fn dummy_mode_creates_device_then_addresses_and_removes_both() {
     let mut ledger = Ledger::default();
     let p = plan(&c, &o, &ledger, DeviceMode::Dummy);
     assert_eq!(p.ops[0], Op::AddDummy { name: "vi0".into() });
-    assert!(
-        !p.ops.iter().any(|op| matches!(op, Op::AddAddress { .. })),
-        "no device yet: {:?}",
-        p.ops
-    );
+    assert!(!p.ops.iter().any(|op| matches!(op, Op::AddAddress { .. })), "no device yet: {:?}", p.ops);
     converge(&c, &mut o, &mut ledger, DeviceMode::Dummy);
     let vi0 = o.link_by_name("vi0").unwrap().index;
     assert!(o.addresses.contains_key(&(vi0, ip("198.18.6.1"))));
@@ -459,15 +292,7 @@ fn dummy_mode_creates_device_then_addresses_and_removes_both() {
 fn foreign_address_identical_to_vipa_is_used_but_not_removed() {
     let c = config(SEED);
     let mut o = seed_host();
-    o.addresses.insert(
-        (1, ip("198.18.6.1")),
-        Address {
-            ifindex: 1,
-            addr: ip("198.18.6.1"),
-            prefix_len: 32,
-            proto: 0,
-        },
-    );
+    o.addresses.insert((1, ip("198.18.6.1")), Address { ifindex: 1, addr: ip("198.18.6.1"), prefix_len: 32, proto: 0 });
     let mut ledger = Ledger::default();
     converge(&c, &mut o, &mut ledger, DeviceMode::Loopback);
     converge(&Config::empty(), &mut o, &mut ledger, DeviceMode::Loopback);
@@ -477,24 +302,17 @@ fn foreign_address_identical_to_vipa_is_used_but_not_removed() {
 
 #[test]
 fn nic_address_as_vipa_is_an_error_and_missing_nic_a_warning() {
-    let c = config(
-        "[[vipa]]\nname = \"vi0\"\naddresses = [\"198.18.1.1\"]\nsource_interfaces = [\"en9\"]\n",
-    );
+    let c = config("[[vipa]]\nname = \"vi0\"\naddresses = [\"198.18.1.1\"]\nsource_interfaces = [\"en9\"]\n");
     let f = vipa_core::check("vipa.toml", &c, &seed_host(), DeviceMode::Loopback);
     assert_eq!(f.errors.len(), 1);
     assert!(
-        f.errors[0].starts_with(
-            "vipa.toml:3: vipa[0].addresses[0]: 198.18.1.1 is already the address of interface en1"
-        ),
+        f.errors[0]
+            .starts_with("vipa.toml:3: vipa[0].addresses[0]: 198.18.1.1 is already the address of interface en1"),
         "{}",
         f.errors[0]
     );
     assert_eq!(f.warnings.len(), 1);
-    assert!(
-        f.warnings[0].contains("\"en9\" does not exist yet"),
-        "{}",
-        f.warnings[0]
-    );
+    assert!(f.warnings[0].contains("\"en9\" does not exist yet"), "{}", f.warnings[0]);
 }
 
 #[test]

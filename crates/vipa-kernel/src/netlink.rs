@@ -13,16 +13,13 @@ use std::io;
 use std::net::IpAddr;
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE,
+    NLM_F_REQUEST,
 };
-use netlink_packet_route::address::{
-    AddressAttribute, AddressFlags, AddressMessage, AddressProtocol, AddressScope,
-};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressProtocol, AddressScope};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteNextHopFlags, RouteProtocol,
-    RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteNextHopFlags, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -82,12 +79,7 @@ impl Kernel {
         let socket = nl_socket().map_err(KernelError::Socket)?;
         // Extended acks give the kernel's own words for a refusal.
         let _ = socket.set_ext_ack(true);
-        Ok(Kernel {
-            socket,
-            seq: 1,
-            routes: HashMap::new(),
-            buf: vec![0; 1 << 16],
-        })
+        Ok(Kernel { socket, seq: 1, routes: HashMap::new(), buf: vec![0; 1 << 16] })
     }
 
     fn send(&mut self, flags: u16, msg: RouteNetlinkMessage) -> Result<u32, KernelError> {
@@ -105,11 +97,7 @@ impl Kernel {
 
     /// Receives the answers to request `seq`, calling `each` for every inner message,
     /// until the dump ends or the ack arrives.
-    fn receive(
-        &mut self,
-        seq: u32,
-        mut each: impl FnMut(RouteNetlinkMessage),
-    ) -> Result<(), io::Error> {
+    fn receive(&mut self, seq: u32, mut each: impl FnMut(RouteNetlinkMessage)) -> Result<(), io::Error> {
         loop {
             self.buf.clear();
             self.buf.reserve(1 << 16);
@@ -119,10 +107,7 @@ impl Kernel {
                 let bytes = &self.buf[offset..];
                 let len = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
                 if len < 16 || offset + len > self.buf.len() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "truncated netlink message",
-                    ));
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, "truncated netlink message"));
                 }
                 let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..len]);
                 offset += (len + 3) & !3;
@@ -150,20 +135,17 @@ impl Kernel {
     }
 
     fn request(&mut self, flags: u16, msg: RouteNetlinkMessage) -> Result<(), io::Error> {
-        let seq = self
-            .send(NLM_F_REQUEST | NLM_F_ACK | flags, msg)
-            .map_err(|e| match e {
-                KernelError::Socket(e) => e,
-                other => io::Error::other(other.to_string()),
-            })?;
+        let seq = self.send(NLM_F_REQUEST | NLM_F_ACK | flags, msg).map_err(|e| match e {
+            KernelError::Socket(e) => e,
+            other => io::Error::other(other.to_string()),
+        })?;
         self.receive(seq, |_| {})
     }
 
     fn dump(&mut self, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, KernelError> {
         let seq = self.send(NLM_F_REQUEST | NLM_F_DUMP, msg)?;
         let mut out = Vec::new();
-        self.receive(seq, |m| out.push(m))
-            .map_err(KernelError::Dump)?;
+        self.receive(seq, |m| out.push(m)).map_err(KernelError::Dump)?;
         Ok(out)
     }
 
@@ -204,20 +186,15 @@ impl Kernel {
 
     /// Carries out one operation of a plan. `ifname` resolves an interface index for
     /// messages about dummy devices.
-    pub fn apply(
-        &mut self,
-        op: &Op,
-        link_index: impl Fn(&str) -> Option<u32>,
-    ) -> Result<Outcome, KernelError> {
+    pub fn apply(&mut self, op: &Op, link_index: impl Fn(&str) -> Option<u32>) -> Result<Outcome, KernelError> {
         let result = match op {
             Op::AddAddress { ifindex, addr } => self.request(
                 NLM_F_CREATE | NLM_F_EXCL,
                 RouteNetlinkMessage::NewAddress(address_message(*ifindex, *addr, true)),
             ),
-            Op::DelAddress { ifindex, addr } => self.request(
-                0,
-                RouteNetlinkMessage::DelAddress(address_message(*ifindex, *addr, false)),
-            ),
+            Op::DelAddress { ifindex, addr } => {
+                self.request(0, RouteNetlinkMessage::DelAddress(address_message(*ifindex, *addr, false)))
+            }
             Op::SetPrefsrc { key, prefsrc } => {
                 let Some(raw) = self.routes.get(key) else {
                     return Ok(Outcome::AlreadyGone);
@@ -248,10 +225,7 @@ impl Kernel {
                 m.header.flags = LinkFlags::Up;
                 m.header.change_mask = LinkFlags::Up;
                 m.attributes.push(LinkAttribute::IfName(name.clone()));
-                m.attributes
-                    .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
-                        InfoKind::Dummy,
-                    )]));
+                m.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Dummy)]));
                 self.request(NLM_F_CREATE | NLM_F_EXCL, RouteNetlinkMessage::NewLink(m))
             }
             Op::DelDummy { name } => {
@@ -270,13 +244,8 @@ impl Kernel {
             Ok(()) => Ok(Outcome::Done),
             Err(e) => match e.raw_os_error() {
                 Some(libc::EEXIST) => Ok(Outcome::AlreadyThere),
-                Some(libc::ESRCH | libc::ENOENT | libc::EADDRNOTAVAIL | libc::ENODEV) => {
-                    Ok(Outcome::AlreadyGone)
-                }
-                _ => Err(KernelError::Refused {
-                    op: op.to_string(),
-                    source: e,
-                }),
+                Some(libc::ESRCH | libc::ENOENT | libc::EADDRNOTAVAIL | libc::ENODEV) => Ok(Outcome::AlreadyGone),
+                _ => Err(KernelError::Refused { op: op.to_string(), source: e }),
             },
         }
     }
@@ -287,18 +256,12 @@ impl Kernel {
         let created = self.apply(&Op::AddDummy { name: name.clone() }, |_| None);
         match created {
             Ok(Outcome::Done | Outcome::AlreadyThere) => {
-                let index = self
-                    .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
-                    .ok()
-                    .and_then(|links| {
-                        links.into_iter().find_map(|m| match convert(m) {
-                            Some(Update {
-                                event: KernelEvent::NewLink(l),
-                                ..
-                            }) if l.name == name => Some(l.index),
-                            _ => None,
-                        })
-                    });
+                let index = self.dump(RouteNetlinkMessage::GetLink(LinkMessage::default())).ok().and_then(|links| {
+                    links.into_iter().find_map(|m| match convert(m) {
+                        Some(Update { event: KernelEvent::NewLink(l), .. }) if l.name == name => Some(l.index),
+                        _ => None,
+                    })
+                });
                 let _ = self.apply(&Op::DelDummy { name }, |_| index);
                 true
             }
@@ -336,32 +299,22 @@ fn with_prefsrc(raw: &RouteMessage, prefsrc: Option<IpAddr>) -> RouteMessage {
         }
     }
     if let Some(src) = prefsrc {
-        m.attributes
-            .push(RouteAttribute::PrefSource(RouteAddress::from(src)));
+        m.attributes.push(RouteAttribute::PrefSource(RouteAddress::from(src)));
     }
     m
 }
 
 fn address_message(ifindex: u32, addr: IpAddr, create: bool) -> AddressMessage {
     let mut m = AddressMessage::default();
-    m.header.family = if addr.is_ipv4() {
-        AddressFamily::Inet
-    } else {
-        AddressFamily::Inet6
-    };
+    m.header.family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
     m.header.prefix_len = if addr.is_ipv4() { 32 } else { 128 };
     m.header.index = ifindex;
     m.header.scope = AddressScope::Universe;
     m.attributes.push(AddressAttribute::Local(addr));
     m.attributes.push(AddressAttribute::Address(addr));
     if create {
-        m.attributes.push(AddressAttribute::Flags(
-            AddressFlags::Noprefixroute | AddressFlags::Nodad,
-        ));
-        m.attributes
-            .push(AddressAttribute::Protocol(AddressProtocol::Other(
-                ADDR_PROTO_VIPA,
-            )));
+        m.attributes.push(AddressAttribute::Flags(AddressFlags::Noprefixroute | AddressFlags::Nodad));
+        m.attributes.push(AddressAttribute::Protocol(AddressProtocol::Other(ADDR_PROTO_VIPA)));
     }
     m
 }
@@ -412,12 +365,7 @@ fn convert_address(m: &AddressMessage) -> Option<Address> {
             _ => {}
         }
     }
-    Some(Address {
-        ifindex: m.header.index,
-        addr: local.or(address)?,
-        prefix_len: m.header.prefix_len,
-        proto,
-    })
+    Some(Address { ifindex: m.header.index, addr: local.or(address)?, prefix_len: m.header.prefix_len, proto })
 }
 
 fn convert_route(m: &RouteMessage) -> Option<Route> {
@@ -456,19 +404,9 @@ fn convert_route(m: &RouteMessage) -> Option<Route> {
             _ => {}
         }
     }
-    let dst = dst.unwrap_or(if v6 {
-        IpAddr::V6(0.into())
-    } else {
-        IpAddr::V4(0.into())
-    });
+    let dst = dst.unwrap_or(if v6 { IpAddr::V6(0.into()) } else { IpAddr::V4(0.into()) });
     Some(Route {
-        key: RouteKey {
-            table,
-            dst,
-            dst_len: m.header.destination_prefix_length,
-            tos: m.header.tos,
-            metric,
-        },
+        key: RouteKey { table, dst, dst_len: m.header.destination_prefix_length, tos: m.header.tos, metric },
         unicast: m.header.kind == RouteType::Unicast,
         protocol: u8::from(m.header.protocol),
         scope_link: m.header.scope == RouteScope::Link,
@@ -479,12 +417,7 @@ fn convert_route(m: &RouteMessage) -> Option<Route> {
 }
 
 fn convert(m: RouteNetlinkMessage) -> Option<Update> {
-    let plain = |event| {
-        Some(Update {
-            event,
-            raw_route: None,
-        })
-    };
+    let plain = |event| Some(Update { event, raw_route: None });
     match m {
         RouteNetlinkMessage::NewLink(l) => plain(KernelEvent::NewLink(convert_link(&l))),
         RouteNetlinkMessage::DelLink(l) => plain(KernelEvent::DelLink(l.header.index)),
@@ -492,10 +425,7 @@ fn convert(m: RouteNetlinkMessage) -> Option<Update> {
         RouteNetlinkMessage::DelAddress(a) => plain(KernelEvent::DelAddress(convert_address(&a)?)),
         RouteNetlinkMessage::NewRoute(r) => {
             let route = convert_route(&r)?;
-            Some(Update {
-                event: KernelEvent::NewRoute(route),
-                raw_route: Some(r),
-            })
+            Some(Update { event: KernelEvent::NewRoute(route), raw_route: Some(r) })
         }
         RouteNetlinkMessage::DelRoute(r) => plain(KernelEvent::DelRoute(convert_route(&r)?.key)),
         _ => None,
@@ -524,22 +454,12 @@ impl Events {
     /// Subscribes to link, address and route changes (IPv4 and IPv6).
     pub fn subscribe() -> Result<Events, KernelError> {
         let socket = nl_socket().map_err(KernelError::Socket)?;
-        for g in [
-            RTNLGRP_LINK,
-            RTNLGRP_IPV4_IFADDR,
-            RTNLGRP_IPV4_ROUTE,
-            RTNLGRP_IPV6_IFADDR,
-            RTNLGRP_IPV6_ROUTE,
-        ] {
+        for g in [RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_IFADDR, RTNLGRP_IPV6_ROUTE] {
             socket.add_membership(g).map_err(KernelError::Socket)?;
         }
         // A large buffer makes overflow rare; overflow is still handled by a resync.
         let _ = socket.set_rx_buf_sz(8 << 20);
-        Ok(Events {
-            socket,
-            buf: Vec::with_capacity(1 << 16),
-            undecodable: 0,
-        })
+        Ok(Events { socket, buf: Vec::with_capacity(1 << 16), undecodable: 0 })
     }
 
     /// Blocks until at least one event arrives and returns what one read brought.
@@ -547,11 +467,7 @@ impl Events {
         self.buf.clear();
         self.buf.reserve(1 << 16);
         if let Err(e) = self.socket.recv(&mut self.buf, 0) {
-            return Err(if e.raw_os_error() == Some(libc::ENOBUFS) {
-                EventError::Overflow
-            } else {
-                EventError::Io(e)
-            });
+            return Err(if e.raw_os_error() == Some(libc::ENOBUFS) { EventError::Overflow } else { EventError::Io(e) });
         }
         let mut out = Vec::new();
         let mut offset = 0;
@@ -563,10 +479,7 @@ impl Events {
                 return Err(EventError::Overflow);
             }
             match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..len]) {
-                Ok(NetlinkMessage {
-                    payload: NetlinkPayload::InnerMessage(m),
-                    ..
-                }) => out.extend(convert(m)),
+                Ok(NetlinkMessage { payload: NetlinkPayload::InnerMessage(m), .. }) => out.extend(convert(m)),
                 Ok(_) => {}
                 Err(e) => {
                     debug!(error = %e, "netlink event not understood");

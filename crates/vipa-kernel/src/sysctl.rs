@@ -18,8 +18,5 @@ pub fn read(key: &SysctlKey) -> Option<i64> {
 }
 
 pub fn write(key: &SysctlKey, value: i64) -> Result<(), KernelError> {
-    fs::write(path(key), format!("{value}\n")).map_err(|source| KernelError::Sysctl {
-        key: key.to_string(),
-        source,
-    })
+    fs::write(path(key), format!("{value}\n")).map_err(|source| KernelError::Sysctl { key: key.to_string(), source })
 }

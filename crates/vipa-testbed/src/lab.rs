@@ -75,10 +75,8 @@ impl SampleEnv {
         std::fs::create_dir_all(&dir).expect("work dir");
 
         for n in [&host, &router, &client] {
-            n.sh(
-                "sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 \
-                  net.ipv6.conf.all.accept_ra=0 net.ipv6.conf.default.accept_ra=0",
-            );
+            n.sh("sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 \
+                  net.ipv6.conf.all.accept_ra=0 net.ipv6.conf.default.accept_ra=0");
         }
         router.sh("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
                    net.ipv4.conf.all.ignore_routes_with_linkdown=1 net.ipv6.conf.all.ignore_routes_with_linkdown=1 \
@@ -93,19 +91,14 @@ impl SampleEnv {
                 router = router.name,
             ));
         }
-        router.sh(&format!(
-            "ip link add rc type veth peer name cl0 netns {}",
-            client.name
-        ));
-        host.sh(
-            "ip link set en1 up && ip link set en5 up && \
+        router.sh(&format!("ip link add rc type veth peer name cl0 netns {}", client.name));
+        host.sh("ip link set en1 up && ip link set en5 up && \
              ip addr add 198.18.1.1/24 dev en1 && ip addr add 198.18.5.1/24 dev en5 && \
              ip addr add 2001:db8:1::1/64 dev en1 nodad && ip addr add 2001:db8:5::1/64 dev en5 nodad && \
              ip route add default via 198.18.1.2 dev en1 metric 10 && \
              ip route add default via 198.18.5.2 dev en5 metric 20 && \
              ip -6 route add default via 2001:db8:1::2 dev en1 metric 10 && \
-             ip -6 route add default via 2001:db8:5::2 dev en5 metric 20",
-        );
+             ip -6 route add default via 2001:db8:5::2 dev en5 metric 20");
         router.sh(
             "for i in r1 r5 rc; do ip link set $i up; sysctl -qw net.ipv6.conf.$i.ignore_routes_with_linkdown=1; done && \
              ip addr add 198.18.1.2/24 dev r1 && ip addr add 198.18.5.2/24 dev r5 && ip addr add 198.18.10.1/24 dev rc && \
@@ -120,26 +113,17 @@ impl SampleEnv {
             "ip link set cl0 up && ip addr add 198.18.10.2/24 dev cl0 && ip addr add 2001:db8:10::2/64 dev cl0 nodad && \
              ip route add default via 198.18.10.1 && ip -6 route add default via 2001:db8:10::1",
         );
-        SampleEnv {
-            lan,
-            host,
-            router,
-            client,
-            dir,
-        }
+        SampleEnv { lan, host, router, client, dir }
     }
 
     /// Pulls the cable of the host's `nic` (`en1` or `en5`): both ends lose carrier.
     pub fn cut(&self, nic: &str) {
-        self.lan.sh(&format!(
-            "ip link set {nic}-h down && ip link set {nic}-r down"
-        ));
+        self.lan.sh(&format!("ip link set {nic}-h down && ip link set {nic}-r down"));
     }
 
     /// Plugs the cable back in.
     pub fn restore(&self, nic: &str) {
-        self.lan
-            .sh(&format!("ip link set {nic}-h up && ip link set {nic}-r up"));
+        self.lan.sh(&format!("ip link set {nic}-h up && ip link set {nic}-r up"));
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -157,16 +141,9 @@ impl SampleEnv {
     /// Starts vipad in the host with this environment's config and socket, and waits
     /// until it answers. Its stderr goes to `dir/vipad.log`.
     pub fn start_vipad(&self) -> Proc {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("vipad.log"))
-            .expect("log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("vipad.log")).expect("log");
         let mut cmd = self.host.command(workspace_bin("vipad"));
-        cmd.arg("--config")
-            .arg(self.config_path())
-            .arg("--socket")
-            .arg(self.socket_path());
+        cmd.arg("--config").arg(self.config_path()).arg("--socket").arg(self.socket_path());
         cmd.stdout(Stdio::null()).stderr(log);
         let mut p = self.host.spawn(cmd);
         let up = wait_for(Duration::from_secs(10), || {
@@ -200,12 +177,10 @@ impl SampleEnv {
     /// Starts a probe server in `ns` on [`PORT`].
     pub fn serve(&self, ns: &Netns) -> Proc {
         let mut cmd = ns.command(workspace_bin("vipa-probe"));
-        cmd.args(["serve", "--port", &PORT.to_string()])
-            .stdout(Stdio::null());
+        cmd.args(["serve", "--port", &PORT.to_string()]).stdout(Stdio::null());
         let p = ns.spawn(cmd);
         let probe = format!("ss -Hltn 'sport = :{PORT}' | grep -q LISTEN");
-        wait_for(Duration::from_secs(5), || ns.try_sh(&probe).ok())
-            .expect("probe server listening");
+        wait_for(Duration::from_secs(5), || ns.try_sh(&probe).ok()).expect("probe server listening");
         p
     }
 
@@ -229,17 +204,9 @@ impl SampleEnv {
     /// [`StreamRun::report`].
     pub fn stream(&self, ns: &Netns, target: &str, ms: u64) -> StreamRun {
         let mut cmd = ns.command(workspace_bin("vipa-probe"));
-        cmd.args([
-            "stream",
-            "--target",
-            &sock(target).to_string(),
-            "--duration-ms",
-            &ms.to_string(),
-        ]);
+        cmd.args(["stream", "--target", &sock(target).to_string(), "--duration-ms", &ms.to_string()]);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        StreamRun {
-            proc: ns.spawn(cmd),
-        }
+        StreamRun { proc: ns.spawn(cmd) }
     }
 }
 
@@ -260,11 +227,7 @@ pub struct StreamRun {
 impl StreamRun {
     pub fn report(self) -> crate::probe::StreamReport {
         let out = self.proc.output();
-        assert!(
-            out.status.success(),
-            "stream failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "stream failed: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("stream report")
     }
 }

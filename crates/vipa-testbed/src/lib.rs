@@ -23,10 +23,7 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the network-namespace tests need root (they create namespaces, veth pairs and bridges)"
-    );
+    assert_eq!(euid, 0, "the network-namespace tests need root (they create namespaces, veth pairs and bridges)");
 }
 
 /// A binary of this workspace, built beside the running test or program.
@@ -37,11 +34,7 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         dir.pop();
     }
     let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is not built: run `cargo build --workspace --bins` first",
-        path.display()
-    );
+    assert!(path.exists(), "{} is not built: run `cargo build --workspace --bins` first", path.display());
     path
 }
 
@@ -86,35 +79,23 @@ impl Netns {
     /// Creates a namespace with a fixed name (the lab); an existing one of that name is
     /// replaced.
     pub fn named(name: &str) -> Netns {
-        let _ = Command::new("ip")
-            .args(["netns", "del", name])
-            .stderr(Stdio::null())
-            .status();
-        let st = Command::new("ip")
-            .args(["netns", "add", name])
-            .status()
-            .expect("ip netns add");
+        let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+        let st = Command::new("ip").args(["netns", "add", name]).status().expect("ip netns add");
         assert!(st.success(), "ip netns add {name} failed");
-        let ns = Netns {
-            name: name.to_string(),
-        };
+        let ns = Netns { name: name.to_string() };
         ns.sh("ip link set lo up");
         ns
     }
 
     /// Runs a shell command inside; panics with its output when it fails.
     pub fn sh(&self, cmd: &str) -> String {
-        let out = self
-            .try_sh(cmd)
-            .unwrap_or_else(|e| panic!("[{}] {cmd}: {e}", self.name));
+        let out = self.try_sh(cmd).unwrap_or_else(|e| panic!("[{}] {cmd}: {e}", self.name));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Runs a shell command inside, returning its output whatever its status.
     pub fn try_sh(&self, cmd: &str) -> io::Result<Output> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, "sh", "-c", cmd])
-            .output()?;
+        let out = Command::new("ip").args(["netns", "exec", &self.name, "sh", "-c", cmd]).output()?;
         if out.status.success() {
             Ok(out)
         } else {
@@ -150,9 +131,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 
@@ -190,11 +169,7 @@ impl Proc {
 
     /// Waits for the process and returns its output (stdout must have been piped).
     pub fn output(mut self) -> Output {
-        self.child
-            .take()
-            .expect("child")
-            .wait_with_output()
-            .expect("wait")
+        self.child.take().expect("child").wait_with_output().expect("wait")
     }
 
     /// Ends the process with SIGKILL, as a crash would.

@@ -30,14 +30,8 @@ pub fn serve(port: u16) -> io::Result<()> {
         let Ok(mut s) = conn else { continue };
         thread::spawn(move || {
             let _ = s.set_nodelay(true);
-            let peer = s
-                .peer_addr()
-                .map(|a| a.ip().to_canonical().to_string())
-                .unwrap_or_default();
-            let local = s
-                .local_addr()
-                .map(|a| a.ip().to_canonical().to_string())
-                .unwrap_or_default();
+            let peer = s.peer_addr().map(|a| a.ip().to_canonical().to_string()).unwrap_or_default();
+            let local = s.local_addr().map(|a| a.ip().to_canonical().to_string()).unwrap_or_default();
             if writeln!(s, "peer={peer} local={local}").is_err() {
                 return;
             }
@@ -53,11 +47,7 @@ pub fn serve(port: u16) -> io::Result<()> {
 }
 
 fn connect(target: SocketAddr, bind: Option<IpAddr>, timeout: Duration) -> io::Result<TcpStream> {
-    let socket = Socket::new(
-        Domain::for_address(target),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )?;
+    let socket = Socket::new(Domain::for_address(target), Type::STREAM, Some(Protocol::TCP))?;
     if let Some(b) = bind {
         socket.bind(&SockAddr::from(SocketAddr::new(b, 0)))?;
     }
@@ -102,11 +92,7 @@ pub struct StreamReport {
 fn gaps(start: Instant, end: Instant, arrivals: &[Instant]) -> (f64, f64) {
     let mut prev = start;
     let mut best = (0.0, 0.0);
-    for &t in arrivals
-        .iter()
-        .filter(|&&t| t <= end)
-        .chain(std::iter::once(&end))
-    {
+    for &t in arrivals.iter().filter(|&&t| t <= end).chain(std::iter::once(&end)) {
         let gap = t.saturating_duration_since(prev).as_secs_f64() * 1e3;
         if gap > best.0 {
             best = (gap, prev.duration_since(start).as_secs_f64() * 1e3);
@@ -118,25 +104,15 @@ fn gaps(start: Instant, end: Instant, arrivals: &[Instant]) -> (f64, f64) {
 
 /// Streams to `target` for `duration`: every `interval` one 8-byte TCP write and one UDP
 /// datagram, both echoed by [`serve`].
-pub fn stream(
-    target: SocketAddr,
-    duration: Duration,
-    interval: Duration,
-) -> io::Result<StreamReport> {
+pub fn stream(target: SocketAddr, duration: Duration, interval: Duration) -> io::Result<StreamReport> {
     let tcp = connect(target, None, Duration::from_secs(3))?;
     tcp.set_read_timeout(Some(Duration::from_secs(3)))?;
     let mut reader = BufReader::new(tcp.try_clone()?);
     let mut hello = String::new();
     reader.read_line(&mut hello)?;
-    reader
-        .get_ref()
-        .set_read_timeout(Some(Duration::from_millis(50)))?;
+    reader.get_ref().set_read_timeout(Some(Duration::from_millis(50)))?;
     let udp = UdpSocket::bind(SocketAddr::new(
-        if target.is_ipv4() {
-            IpAddr::from([0, 0, 0, 0])
-        } else {
-            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-        },
+        if target.is_ipv4() { IpAddr::from([0, 0, 0, 0]) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) },
         0,
     ))?;
     udp.connect(target)?;
@@ -167,9 +143,7 @@ pub fn stream(
                             g.0.push(Instant::now());
                         }
                     }
-                    Err(e)
-                        if e.kind() == io::ErrorKind::WouldBlock
-                            || e.kind() == io::ErrorKind::TimedOut => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => {}
                     Err(e) => {
                         rx.lock().expect("lock").1 = Some(e.to_string());
                         return;
@@ -191,10 +165,7 @@ pub fn stream(
         })
     };
 
-    let mut report = StreamReport {
-        hello: hello.trim().to_string(),
-        ..Default::default()
-    };
+    let mut report = StreamReport { hello: hello.trim().to_string(), ..Default::default() };
     let mut writer = tcp;
     let mut next = start;
     let mut seq: u64 = 0;
@@ -241,10 +212,7 @@ mod tests {
         let s = Instant::now();
         let ms = |n| s + Duration::from_millis(n);
         let (g, at) = gaps(s, ms(100), &[ms(1), ms(2), ms(50), ms(51)]);
-        assert!(
-            (g - 49.0).abs() < 0.01 && (at - 51.0).abs() < 0.01,
-            "{g} at {at}"
-        );
+        assert!((g - 49.0).abs() < 0.01 && (at - 51.0).abs() < 0.01, "{g} at {at}");
         let (g, at) = gaps(s, ms(100), &[ms(1)]);
         assert!((g - 99.0).abs() < 0.01 && (at - 1.0).abs() < 0.01);
     }
@@ -254,17 +222,9 @@ mod tests {
         let port = 40000 + (std::process::id() % 20000) as u16;
         thread::spawn(move || serve(port));
         thread::sleep(Duration::from_millis(100));
-        let r = stream(
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            Duration::from_millis(200),
-            Duration::from_millis(1),
-        )
-        .unwrap();
-        assert!(
-            r.hello.starts_with("peer=127.0.0.1 local=127.0.0.1"),
-            "{}",
-            r.hello
-        );
+        let r = stream(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200), Duration::from_millis(1))
+            .unwrap();
+        assert!(r.hello.starts_with("peer=127.0.0.1 local=127.0.0.1"), "{}", r.hello);
         assert_eq!(r.tcp.received, r.tcp.sent);
         assert!(r.udp.received > 0 && r.udp.received <= r.udp.sent);
         assert!(r.tcp.error.is_none());

@@ -72,55 +72,27 @@ fn main() -> ExitCode {
     let request = match cli.command {
         Command::Status => Request::Status,
         Command::Reload => Request::Reload,
-        Command::Vipa {
-            name: Some(name), ..
-        } => Request::Vipa { name },
+        Command::Vipa { name: Some(name), .. } => Request::Vipa { name },
         Command::Vipa { action: None, .. } => Request::Vipas,
-        Command::Vipa {
-            action: Some(a), ..
-        } => match a {
-            VipaAction::Add {
-                name,
-                addresses,
-                interfaces,
-            } => Request::AddVipa {
-                name,
-                addresses,
-                interfaces,
-            },
+        Command::Vipa { action: Some(a), .. } => match a {
+            VipaAction::Add { name, addresses, interfaces } => Request::AddVipa { name, addresses, interfaces },
             VipaAction::Delete { name } => Request::DeleteVipa { name },
-            VipaAction::Change { name, add, remove } => Request::ChangeInterfaces {
-                vipa: name,
-                add,
-                remove,
-            },
+            VipaAction::Change { name, add, remove } => Request::ChangeInterfaces { vipa: name, add, remove },
         },
     };
     let response = match vipa_api::call(&cli.socket, &request) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!(
-                "vipactl: cannot talk to vipad at {}: {e}",
-                cli.socket.display()
-            );
-            if e.kind() == std::io::ErrorKind::NotFound
-                || e.kind() == std::io::ErrorKind::ConnectionRefused
-            {
+            eprintln!("vipactl: cannot talk to vipad at {}: {e}", cli.socket.display());
+            if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::ConnectionRefused {
                 eprintln!("vipactl: is vipad running? (give its socket with --socket)");
             }
             return ExitCode::from(2);
         }
     };
     if cli.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&response).expect("views serialise")
-        );
-        return if matches!(response, Response::Error { .. }) {
-            ExitCode::FAILURE
-        } else {
-            ExitCode::SUCCESS
-        };
+        println!("{}", serde_json::to_string_pretty(&response).expect("views serialise"));
+        return if matches!(response, Response::Error { .. }) { ExitCode::FAILURE } else { ExitCode::SUCCESS };
     }
     match response {
         Response::Error { message } => {

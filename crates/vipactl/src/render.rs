@@ -34,23 +34,11 @@ pub fn ifconfig(v: &VipaView) -> String {
         let inactive = if a.active { "" } else { " (not configured)" };
         match a.address.parse::<IpAddr>() {
             Ok(IpAddr::V4(_)) => {
-                let mask = if a.prefix_len == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - u32::from(a.prefix_len))
-                };
-                let _ = writeln!(
-                    out,
-                    "        inet {} netmask 0x{mask:08x}{inactive}",
-                    a.address
-                );
+                let mask = if a.prefix_len == 0 { 0 } else { u32::MAX << (32 - u32::from(a.prefix_len)) };
+                let _ = writeln!(out, "        inet {} netmask 0x{mask:08x}{inactive}", a.address);
             }
             _ => {
-                let _ = writeln!(
-                    out,
-                    "        inet6 {}/{}{inactive}",
-                    a.address, a.prefix_len
-                );
+                let _ = writeln!(out, "        inet6 {}/{}{inactive}", a.address, a.prefix_len);
             }
         }
     }
@@ -70,76 +58,30 @@ pub fn ifconfig(v: &VipaView) -> String {
 
 /// `lsattr -El vi0`: attribute, value, description, user-settable.
 pub fn lsattr(v: &VipaView) -> String {
-    let v4: Vec<&str> = v
-        .addresses
-        .iter()
-        .filter(|a| !a.address.contains(':'))
-        .map(|a| a.address.as_str())
-        .collect();
-    let v6: Vec<&str> = v
-        .addresses
-        .iter()
-        .filter(|a| a.address.contains(':'))
-        .map(|a| a.address.as_str())
-        .collect();
+    let v4: Vec<&str> = v.addresses.iter().filter(|a| !a.address.contains(':')).map(|a| a.address.as_str()).collect();
+    let v6: Vec<&str> = v.addresses.iter().filter(|a| a.address.contains(':')).map(|a| a.address.as_str()).collect();
     let ifnames: Vec<&str> = v.interfaces.iter().map(|i| i.name.as_str()).collect();
     let rows: [(&str, String, &str); 8] = [
-        (
-            "netaddr",
-            v4.first().map_or(String::new(), |s| s.to_string()),
-            "Internet Address",
-        ),
-        (
-            "state",
-            if v.up { "up" } else { "down" }.to_string(),
-            "Current Interface Status",
-        ),
-        (
-            "netmask",
-            if v4.is_empty() {
-                String::new()
-            } else {
-                "255.255.255.255".into()
-            },
-            "Subnet Mask",
-        ),
-        (
-            "netaddr6",
-            v6.first().map_or(String::new(), |s| s.to_string()),
-            "IPv6 Internet Address",
-        ),
+        ("netaddr", v4.first().map_or(String::new(), |s| s.to_string()), "Internet Address"),
+        ("state", if v.up { "up" } else { "down" }.to_string(), "Current Interface Status"),
+        ("netmask", if v4.is_empty() { String::new() } else { "255.255.255.255".into() }, "Subnet Mask"),
+        ("netaddr6", v6.first().map_or(String::new(), |s| s.to_string()), "IPv6 Internet Address"),
         (
             "alias4",
-            v4.iter()
-                .skip(1)
-                .map(|a| format!("{a},255.255.255.255"))
-                .collect::<Vec<_>>()
-                .join(" "),
+            v4.iter().skip(1).map(|a| format!("{a},255.255.255.255")).collect::<Vec<_>>().join(" "),
             "IPv4 Alias including Subnet Mask",
         ),
         (
             "alias6",
-            v6.iter()
-                .skip(1)
-                .map(|a| format!("{a}/128"))
-                .collect::<Vec<_>>()
-                .join(" "),
+            v6.iter().skip(1).map(|a| format!("{a}/128")).collect::<Vec<_>>().join(" "),
             "IPv6 Alias including Prefix Length",
         ),
         (
             "prefixlen",
-            if v6.is_empty() {
-                String::new()
-            } else {
-                "128".into()
-            },
+            if v6.is_empty() { String::new() } else { "128".into() },
             "Prefix Length for IPv6 Internet Address",
         ),
-        (
-            "interface_names",
-            ifnames.join(","),
-            "Interfaces using the Virtual Address",
-        ),
+        ("interface_names", ifnames.join(","), "Interfaces using the Virtual Address"),
     ];
     let width = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(14);
     let mut out = String::new();
@@ -147,24 +89,12 @@ pub fn lsattr(v: &VipaView) -> String {
         let _ = writeln!(out, "{attr:<16} {value:<width$} {desc:<43} True");
     }
     if !v.routes.is_empty() {
-        let _ = writeln!(
-            out,
-            "\nRoutes carrying the VIPA as preferred source (restored to \"was\" when it leaves):"
-        );
+        let _ = writeln!(out, "\nRoutes carrying the VIPA as preferred source (restored to \"was\" when it leaves):");
         for r in &v.routes {
-            let via = if r.via.is_empty() {
-                String::new()
-            } else {
-                format!(" via {}", r.via.join(","))
-            };
+            let via = if r.via.is_empty() { String::new() } else { format!(" via {}", r.via.join(",")) };
             let src = r.prefsrc.as_deref().unwrap_or("-");
             let was = r.original.as_deref().unwrap_or("none");
-            let _ = writeln!(
-                out,
-                "  {}{via} dev {} src {src} (was {was})",
-                r.route,
-                r.dev.join(",")
-            );
+            let _ = writeln!(out, "  {}{via} dev {} src {src} (was {was})", r.route, r.dev.join(","));
         }
     }
     out
@@ -201,9 +131,7 @@ pub fn status(s: &StatusView) -> String {
         out,
         "reloads  {}{}",
         s.reloads,
-        s.last_reload_error
-            .as_ref()
-            .map_or(String::new(), |e| format!(", last one refused:\n{e}"))
+        s.last_reload_error.as_ref().map_or(String::new(), |e| format!(", last one refused:\n{e}"))
     );
     for w in &s.warnings {
         let _ = writeln!(out, "warning: {w}");

@@ -65,11 +65,7 @@ struct Peer {
 }
 
 fn peer(stream: &UnixStream) -> io::Result<Peer> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: `cred` and `len` are valid for writes of the sizes given.
     let rc = unsafe {
@@ -84,10 +80,7 @@ fn peer(stream: &UnixStream) -> io::Result<Peer> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(Peer {
-        pid: cred.pid,
-        uid: cred.uid,
-    })
+    Ok(Peer { pid: cred.pid, uid: cred.uid })
 }
 
 /// Whether the peer may change things: root, or CAP_NET_ADMIN in its effective set.

@@ -62,19 +62,10 @@ pub struct Daemon {
 
 /// Reads and validates a configuration file: syntax and model errors, then what the
 /// kernel's view tells. Returns the config and its warnings.
-pub fn load_config(
-    path: &Path,
-    observed: &Observed,
-    mode: DeviceMode,
-) -> Result<(Config, Vec<String>), String> {
+pub fn load_config(path: &Path, observed: &Observed, mode: DeviceMode) -> Result<(Config, Vec<String>), String> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) => {
-            return Err(format!(
-                "{}: cannot read the configuration file: {e}",
-                path.display()
-            ))
-        }
+        Err(e) => return Err(format!("{}: cannot read the configuration file: {e}", path.display())),
     };
     validate(path, &text, observed, mode)
 }
@@ -147,12 +138,7 @@ impl Daemon {
                                 if before.as_ref().is_some_and(|b| b.carrier != after.carrier) {
                                     info!(interface = %after.name, carrier = after.carrier, "carrier changed");
                                 }
-                                let ops = plan::carrier_changed(
-                                    &self.config,
-                                    before.as_ref(),
-                                    after,
-                                    &self.observed,
-                                );
+                                let ops = plan::carrier_changed(&self.config, before.as_ref(), after, &self.observed);
                                 self.apply_now(&ops);
                             }
                             self.observed.apply(&event);
@@ -179,10 +165,7 @@ impl Daemon {
                         }
                     }
                     Input::Stop(signal) => {
-                        info!(
-                            signal,
-                            "stopping; addresses and routes stay in place for the next vipad"
-                        );
+                        info!(signal, "stopping; addresses and routes stay in place for the next vipad");
                         return;
                     }
                 }
@@ -236,16 +219,13 @@ impl Daemon {
             let mut progress = false;
             for op in &plan.ops {
                 let observed = &self.observed;
-                let result = self
-                    .kernel
-                    .apply(op, |name| observed.link_by_name(name).map(|l| l.index));
+                let result = self.kernel.apply(op, |name| observed.link_by_name(name).map(|l| l.index));
                 match result {
                     Ok(outcome) => {
                         self.counters.changes_applied += 1;
                         info!(change = %op, ?outcome, "applied");
                         changes.push(op.to_string());
-                        if outcome != Outcome::AlreadyGone
-                            || matches!(op, Op::DelAddress { .. } | Op::DelRoute { .. })
+                        if outcome != Outcome::AlreadyGone || matches!(op, Op::DelAddress { .. } | Op::DelRoute { .. })
                         {
                             self.observed.assume(op);
                         }
@@ -276,10 +256,7 @@ impl Daemon {
     fn apply_now(&mut self, ops: &[Op]) {
         for op in ops {
             let observed = &self.observed;
-            match self
-                .kernel
-                .apply(op, |name| observed.link_by_name(name).map(|l| l.index))
-            {
+            match self.kernel.apply(op, |name| observed.link_by_name(name).map(|l| l.index)) {
                 Ok(outcome) => {
                     self.counters.changes_applied += 1;
                     info!(change = %op, ?outcome, "applied");
@@ -319,28 +296,17 @@ impl Daemon {
                 self.config = config;
                 self.warnings = warnings.clone();
                 let changes = self.reconcile();
-                Response::Applied(ApplyReport {
-                    changes,
-                    warnings,
-                    config_written: false,
-                })
+                Response::Applied(ApplyReport { changes, warnings, config_written: false })
             }
         }
     }
 
     /// Edits the configuration file, validates the result whole, writes it, applies it.
-    fn edit_config(
-        &mut self,
-        change: impl FnOnce(&mut toml_edit::DocumentMut) -> Result<(), String>,
-    ) -> Response {
+    fn edit_config(&mut self, change: impl FnOnce(&mut toml_edit::DocumentMut) -> Result<(), String>) -> Response {
         let text = match fs::read_to_string(&self.config_path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => {
-                return Response::Error {
-                    message: format!("{}: cannot read: {e}", self.config_path.display()),
-                }
-            }
+            Err(e) => return Response::Error { message: format!("{}: cannot read: {e}", self.config_path.display()) },
         };
         let mut doc: toml_edit::DocumentMut = match text.parse() {
             Ok(d) => d,
@@ -357,32 +323,22 @@ impl Daemon {
             return Response::Error { message };
         }
         let new_text = doc.to_string();
-        let (config, warnings) =
-            match validate(&self.config_path, &new_text, &self.observed, self.mode) {
-                Ok(x) => x,
-                Err(message) => {
-                    return Response::Error {
-                        message: format!("the change is refused, nothing was changed:\n{message}"),
-                    }
-                }
-            };
+        let (config, warnings) = match validate(&self.config_path, &new_text, &self.observed, self.mode) {
+            Ok(x) => x,
+            Err(message) => {
+                return Response::Error { message: format!("the change is refused, nothing was changed:\n{message}") }
+            }
+        };
         if let Err(e) = write_atomically(&self.config_path, new_text.as_bytes()) {
             return Response::Error {
-                message: format!(
-                    "{}: cannot write: {e}; nothing was changed",
-                    self.config_path.display()
-                ),
+                message: format!("{}: cannot write: {e}; nothing was changed", self.config_path.display()),
             };
         }
         info!(path = %self.config_path.display(), "configuration file rewritten");
         self.config = config;
         self.warnings = warnings.clone();
         let changes = self.reconcile();
-        Response::Applied(ApplyReport {
-            changes,
-            warnings,
-            config_written: true,
-        })
+        Response::Applied(ApplyReport { changes, warnings, config_written: true })
     }
 
     fn control(&mut self, req: Request) -> Response {
@@ -393,42 +349,24 @@ impl Daemon {
                     .config
                     .vipas
                     .iter()
-                    .map(|v| {
-                        views::vipa_view(v, &self.config, &self.observed, &self.ledger, self.mode)
-                    })
+                    .map(|v| views::vipa_view(v, &self.config, &self.observed, &self.ledger, self.mode))
                     .collect(),
             },
             Request::Vipa { name } => match self.config.vipa(&name) {
-                Some(v) => Response::Vipa(views::vipa_view(
-                    v,
-                    &self.config,
-                    &self.observed,
-                    &self.ledger,
-                    self.mode,
-                )),
-                None => Response::Error {
-                    message: format!("no VIPA named {name:?}: `vipactl vipa` lists them"),
-                },
+                Some(v) => Response::Vipa(views::vipa_view(v, &self.config, &self.observed, &self.ledger, self.mode)),
+                None => Response::Error { message: format!("no VIPA named {name:?}: `vipactl vipa` lists them") },
             },
             Request::Reload => self.reload(),
-            Request::AddVipa {
-                name,
-                addresses,
-                interfaces,
-            } => {
+            Request::AddVipa { name, addresses, interfaces } => {
                 if addresses.is_empty() {
-                    return Response::Error {
-                        message: "a VIPA needs at least one address (--address)".into(),
-                    };
+                    return Response::Error { message: "a VIPA needs at least one address (--address)".into() };
                 }
                 self.edit_config(|doc| edit::add_vipa(doc, &name, &addresses, &interfaces))
             }
             Request::DeleteVipa { name } => self.edit_config(|doc| edit::delete_vipa(doc, &name)),
             Request::ChangeInterfaces { vipa, add, remove } => {
                 if add.is_empty() && remove.is_empty() {
-                    return Response::Error {
-                        message: "nothing to change: give --add IF and/or --remove IF".into(),
-                    };
+                    return Response::Error { message: "nothing to change: give --add IF and/or --remove IF".into() };
                 }
                 self.edit_config(|doc| edit::change_interfaces(doc, &vipa, &add, &remove))
             }
@@ -457,14 +395,8 @@ impl Daemon {
             device_note: self.mode_note.clone(),
             vipas: views.len(),
             addresses_total: views.iter().map(|v| v.addresses.len()).sum(),
-            addresses_active: views
-                .iter()
-                .map(|v| v.addresses.iter().filter(|a| a.active).count())
-                .sum(),
-            routes_sourced: views
-                .iter()
-                .map(|v| v.routes.iter().filter(|r| r.prefsrc.is_some()).count())
-                .sum(),
+            addresses_active: views.iter().map(|v| v.addresses.iter().filter(|a| a.active).count()).sum(),
+            routes_sourced: views.iter().map(|v| v.routes.iter().filter(|r| r.prefsrc.is_some()).count()).sum(),
             sysctls_set: self.ledger.sysctls.len(),
             kernel_events: self.counters.kernel_events,
             resyncs: self.counters.resyncs,

@@ -11,14 +11,13 @@ fn vipas(doc: &mut DocumentMut) -> Result<&mut ArrayOfTables, EditError> {
     if !doc.contains_key("vipa") {
         doc.insert("vipa", Item::ArrayOfTables(ArrayOfTables::new()));
     }
-    doc["vipa"].as_array_of_tables_mut().ok_or_else(|| {
-        "the configuration's `vipa` key is not a list of [[vipa]] tables".to_string()
-    })
+    doc["vipa"]
+        .as_array_of_tables_mut()
+        .ok_or_else(|| "the configuration's `vipa` key is not a list of [[vipa]] tables".to_string())
 }
 
 fn find<'a>(list: &'a mut ArrayOfTables, name: &str) -> Option<&'a mut Table> {
-    list.iter_mut()
-        .find(|t| t.get("name").and_then(|v| v.as_str()) == Some(name))
+    list.iter_mut().find(|t| t.get("name").and_then(|v| v.as_str()) == Some(name))
 }
 
 fn string_array(items: &[String]) -> Array {
@@ -33,16 +32,15 @@ pub fn add_vipa(
 ) -> Result<(), EditError> {
     let list = vipas(doc)?;
     if find(list, name).is_some() {
-        return Err(format!("VIPA {name:?} already exists: change its interfaces with `vipactl vipa change`, or delete it first"));
+        return Err(format!(
+            "VIPA {name:?} already exists: change its interfaces with `vipactl vipa change`, or delete it first"
+        ));
     }
     let mut t = Table::new();
     t.insert("name", toml_edit::value(name));
     t.insert("addresses", toml_edit::value(string_array(addresses)));
     if !interfaces.is_empty() {
-        t.insert(
-            "source_interfaces",
-            toml_edit::value(string_array(interfaces)),
-        );
+        t.insert("source_interfaces", toml_edit::value(string_array(interfaces)));
     }
     list.push(t);
     Ok(())
@@ -65,8 +63,7 @@ pub fn change_interfaces(
     remove: &[String],
 ) -> Result<(), EditError> {
     let list = vipas(doc)?;
-    let t = find(list, name)
-        .ok_or_else(|| format!("no VIPA named {name:?}: `vipactl vipa` lists them"))?;
+    let t = find(list, name).ok_or_else(|| format!("no VIPA named {name:?}: `vipactl vipa` lists them"))?;
     let mut current: Vec<String> = match t.get("source_interfaces") {
         None => Vec::new(),
         Some(item) => item
@@ -84,23 +81,16 @@ pub fn change_interfaces(
         let before = current.len();
         current.retain(|c| c != r);
         if current.len() == before {
-            return Err(format!(
-                "interface {r:?} is not a source interface of VIPA {name:?}"
-            ));
+            return Err(format!("interface {r:?} is not a source interface of VIPA {name:?}"));
         }
     }
     for a in add {
         if current.contains(a) {
-            return Err(format!(
-                "interface {a:?} is already a source interface of VIPA {name:?}"
-            ));
+            return Err(format!("interface {a:?} is already a source interface of VIPA {name:?}"));
         }
         current.push(a.clone());
     }
-    t.insert(
-        "source_interfaces",
-        toml_edit::value(string_array(&current)),
-    );
+    t.insert("source_interfaces", toml_edit::value(string_array(&current)));
     Ok(())
 }
 
@@ -115,32 +105,22 @@ mod tests {
         let mut doc: DocumentMut = TEXT.parse().unwrap();
         change_interfaces(&mut doc, "vi0", &["en7".into()], &["en1".into()]).unwrap();
         let out = doc.to_string();
-        assert!(
-            out.contains("# our host") && out.contains("# the seed's"),
-            "{out}"
-        );
-        assert!(
-            out.contains("source_interfaces = [\"en5\", \"en7\"]"),
-            "{out}"
-        );
+        assert!(out.contains("# our host") && out.contains("# the seed's"), "{out}");
+        assert!(out.contains("source_interfaces = [\"en5\", \"en7\"]"), "{out}");
     }
 
     #[test]
     fn add_and_delete() {
         let mut doc: DocumentMut = TEXT.parse().unwrap();
         add_vipa(&mut doc, "vi1", &["198.18.6.2".into()], &[]).unwrap();
-        assert!(add_vipa(&mut doc, "vi1", &["198.18.6.3".into()], &[])
-            .unwrap_err()
-            .contains("already exists"));
+        assert!(add_vipa(&mut doc, "vi1", &["198.18.6.3".into()], &[]).unwrap_err().contains("already exists"));
         let c = vipa_core::Config::parse("f", &doc.to_string()).unwrap();
         assert_eq!(c.vipas.len(), 2);
         delete_vipa(&mut doc, "vi0").unwrap();
         let c = vipa_core::Config::parse("f", &doc.to_string()).unwrap();
         assert_eq!(c.vipas.len(), 1);
         assert_eq!(c.vipas[0].name, "vi1");
-        assert!(delete_vipa(&mut doc, "vi0")
-            .unwrap_err()
-            .contains("no VIPA named"));
+        assert!(delete_vipa(&mut doc, "vi0").unwrap_err().contains("no VIPA named"));
     }
 
     #[test]

@@ -24,10 +24,7 @@ use vipa_kernel::{EventError, Events, Kernel};
 use crate::daemon::{Daemon, Input};
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "vipa daemon: IP addresses that outlive the NICs and hosts under them"
-)]
+#[command(version, about = "vipa daemon: IP addresses that outlive the NICs and hosts under them")]
 struct Args {
     /// Configuration file.
     #[arg(long, default_value = vipa_api::DEFAULT_CONFIG)]
@@ -78,11 +75,7 @@ fn check(file: &Path) -> i32 {
         let updates = k.snapshot()?;
         Ok(daemon::observe(&mut k, updates))
     });
-    let mode = if Path::new("/sys/module/dummy").exists() {
-        DeviceMode::Dummy
-    } else {
-        DeviceMode::Loopback
-    };
+    let mode = if Path::new("/sys/module/dummy").exists() { DeviceMode::Dummy } else { DeviceMode::Loopback };
     let observed = match observed {
         Ok(o) => o,
         Err(e) => {
@@ -111,24 +104,14 @@ fn check(file: &Path) -> i32 {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let state_path = args
-        .state
-        .clone()
-        .unwrap_or_else(|| args.socket.with_extension("state"));
+    let state_path = args.state.clone().unwrap_or_else(|| args.socket.with_extension("state"));
 
-    let events = Events::subscribe()
-        .context("cannot subscribe to kernel events (vipad needs CAP_NET_ADMIN)")?;
+    let events = Events::subscribe().context("cannot subscribe to kernel events (vipad needs CAP_NET_ADMIN)")?;
     let mut kernel = Kernel::open().context("cannot open netlink")?;
     let (mode, mode_note) = if Path::new("/sys/module/dummy").exists() || kernel.dummy_supported() {
-        (
-            DeviceMode::Dummy,
-            "one dummy device per VIPA, named after it".to_string(),
-        )
+        (DeviceMode::Dummy, "one dummy device per VIPA, named after it".to_string())
     } else {
-        (
-            DeviceMode::Loopback,
-            "the kernel has no dummy driver: VIPA addresses go on lo".to_string(),
-        )
+        (DeviceMode::Loopback, "the kernel has no dummy driver: VIPA addresses go on lo".to_string())
     };
     info!(mode = ?mode, note = %mode_note, "VIPA device");
     let updates = kernel.snapshot().context("cannot read kernel state")?;
@@ -148,57 +131,49 @@ fn run(args: Args) -> anyhow::Result<()> {
         warn!(warning = %w, "configuration");
     }
     let node = config.node_name.clone().unwrap_or_else(hostname);
-    let listener = control::bind(&args.socket)
-        .with_context(|| format!("cannot listen on {}", args.socket.display()))?;
+    let listener =
+        control::bind(&args.socket).with_context(|| format!("cannot listen on {}", args.socket.display()))?;
     let ledger = daemon::load_ledger(&state_path);
 
     let (tx, rx) = mpsc::channel();
     {
         let tx = tx.clone();
         let mut events = events;
-        thread::Builder::new()
-            .name("netlink-events".into())
-            .spawn(move || loop {
-                let input = match events.recv() {
-                    Ok(updates) if updates.is_empty() => continue,
-                    Ok(updates) => Input::Kernel(updates),
-                    Err(EventError::Overflow) => {
-                        Input::Resync("netlink event socket overflowed".into())
-                    }
-                    Err(EventError::Io(e)) => {
-                        error!(error = %e, "netlink event socket failed");
-                        thread::sleep(std::time::Duration::from_millis(100));
-                        Input::Resync(format!("event socket error: {e}"))
-                    }
-                };
-                if tx.send(input).is_err() {
-                    return;
+        thread::Builder::new().name("netlink-events".into()).spawn(move || loop {
+            let input = match events.recv() {
+                Ok(updates) if updates.is_empty() => continue,
+                Ok(updates) => Input::Kernel(updates),
+                Err(EventError::Overflow) => Input::Resync("netlink event socket overflowed".into()),
+                Err(EventError::Io(e)) => {
+                    error!(error = %e, "netlink event socket failed");
+                    thread::sleep(std::time::Duration::from_millis(100));
+                    Input::Resync(format!("event socket error: {e}"))
                 }
-            })?;
+            };
+            if tx.send(input).is_err() {
+                return;
+            }
+        })?;
     }
     {
         let tx = tx.clone();
-        thread::Builder::new()
-            .name("control".into())
-            .spawn(move || control::serve(listener, tx))?;
+        thread::Builder::new().name("control".into()).spawn(move || control::serve(listener, tx))?;
     }
     {
         let tx = tx.clone();
         let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT])?;
-        thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                for sig in signals.forever() {
-                    let input = match sig {
-                        SIGHUP => Input::Reload,
-                        SIGTERM => Input::Stop("SIGTERM"),
-                        _ => Input::Stop("SIGINT"),
-                    };
-                    if tx.send(input).is_err() {
-                        return;
-                    }
+        thread::Builder::new().name("signals".into()).spawn(move || {
+            for sig in signals.forever() {
+                let input = match sig {
+                    SIGHUP => Input::Reload,
+                    SIGTERM => Input::Stop("SIGTERM"),
+                    _ => Input::Stop("SIGINT"),
+                };
+                if tx.send(input).is_err() {
+                    return;
                 }
-            })?;
+            }
+        })?;
     }
     drop(tx);
 

@@ -6,13 +6,7 @@ use vipa_core::model::Observed;
 use vipa_core::plan::{eligible, route_vipa, vipa_device};
 use vipa_core::{Config, DeviceMode, Ledger, VipaConfig};
 
-pub fn vipa_view(
-    v: &VipaConfig,
-    config: &Config,
-    observed: &Observed,
-    ledger: &Ledger,
-    mode: DeviceMode,
-) -> VipaView {
+pub fn vipa_view(v: &VipaConfig, config: &Config, observed: &Observed, ledger: &Ledger, mode: DeviceMode) -> VipaView {
     let dev = vipa_device(v, observed, mode);
     let addresses: Vec<AddressView> = v
         .addresses
@@ -36,27 +30,17 @@ pub fn vipa_view(
             }
         })
         .collect();
-    let name_of = |i: &u32| {
-        observed
-            .links
-            .get(i)
-            .map_or_else(|| format!("if{i}"), |l| l.name.clone())
-    };
+    let name_of = |i: &u32| observed.links.get(i).map_or_else(|| format!("if{i}"), |l| l.name.clone());
     let routes = observed
         .routes
         .values()
-        .filter(|r| {
-            eligible(r) && route_vipa(r, config, observed).is_some_and(|rv| rv.name == v.name)
-        })
+        .filter(|r| eligible(r) && route_vipa(r, config, observed).is_some_and(|rv| rv.name == v.name))
         .map(|r| RouteView {
             route: r.key.to_string(),
             via: r.gateways.iter().map(ToString::to_string).collect(),
             dev: r.oifs.iter().map(name_of).collect(),
             prefsrc: r.prefsrc.map(|p| p.to_string()),
-            original: ledger
-                .routes
-                .get(&r.key)
-                .and_then(|rec| rec.original.map(|o| o.to_string())),
+            original: ledger.routes.get(&r.key).and_then(|rec| rec.original.map(|o| o.to_string())),
         })
         .collect();
     VipaView {

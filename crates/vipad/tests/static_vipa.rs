@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use vipa_testbed::lab::{
-    Names, SampleEnv, CLIENT, CLIENT6, HOST_EN1, HOST_EN1_6, HOST_EN5, HOST_EN5_6, SEED_CONFIG,
-    VIPA, VIPA6,
+    Names, SampleEnv, CLIENT, CLIENT6, HOST_EN1, HOST_EN1_6, HOST_EN5, HOST_EN5_6, SEED_CONFIG, VIPA, VIPA6,
 };
 use vipa_testbed::{require_root, wait_for, Netns, Proc};
 
@@ -16,15 +15,8 @@ fn env_with_vipad() -> (SampleEnv, Proc) {
     env.write_config(SEED_CONFIG);
     let vipad = env.start_vipad();
     // Converged when every route out of en1/en5 has its source.
-    let ok = wait_for(Duration::from_secs(5), || {
-        (sources(&env.host) == expected_sources()).then_some(())
-    });
-    assert!(
-        ok.is_some(),
-        "routes never got the VIPA source: {:?}\n{}",
-        sources(&env.host),
-        env.log()
-    );
+    let ok = wait_for(Duration::from_secs(5), || (sources(&env.host) == expected_sources()).then_some(()));
+    assert!(ok.is_some(), "routes never got the VIPA source: {:?}\n{}", sources(&env.host), env.log());
     (env, vipad)
 }
 
@@ -40,12 +32,7 @@ fn stderr(o: &std::process::Output) -> String {
 fn sources(ns: &Netns) -> Vec<(String, u64, String, String)> {
     let mut out = Vec::new();
     for fam in ["-4", "-6"] {
-        for r in ns
-            .ip_json(&format!("{fam} route show table main"))
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-        {
+        for r in ns.ip_json(&format!("{fam} route show table main")).as_array().cloned().unwrap_or_default() {
             let dst = r["dst"].as_str().unwrap_or("").to_string();
             if dst.starts_with("fe80") {
                 continue;
@@ -83,12 +70,10 @@ fn expected_sources() -> Vec<(String, u64, String, String)> {
 /// Everything about addresses, routes (all tables) and the managed sysctls, for
 /// "nothing changed" and "restored exactly" assertions.
 fn kernel_state(ns: &Netns) -> String {
-    ns.sh(
-        "ip -o addr show | sed 's/valid_lft.*//'; ip -4 route show table all; ip -6 route show table all; \
+    ns.sh("ip -o addr show | sed 's/valid_lft.*//'; ip -4 route show table all; ip -6 route show table all; \
          for i in en1 en5; do for k in rp_filter arp_ignore arp_announce ignore_routes_with_linkdown; do \
          echo $i $k $(cat /proc/sys/net/ipv4/conf/$i/$k); done; \
-         echo $i v6 $(cat /proc/sys/net/ipv6/conf/$i/ignore_routes_with_linkdown); done",
-    )
+         echo $i v6 $(cat /proc/sys/net/ipv6/conf/$i/ignore_routes_with_linkdown); done")
 }
 
 #[test]
@@ -110,74 +95,33 @@ fn seed_sample_environment() {
         .collect();
     assert!(addrs.contains(&(VIPA.into(), 32, true)), "{addrs:?}");
     assert!(addrs.contains(&(VIPA6.into(), 128, true)), "{addrs:?}");
-    let main = env
-        .host
-        .sh("ip -4 route show table main; ip -6 route show table main");
-    assert!(
-        !main.contains("198.18.6.") || main.lines().all(|l| !l.starts_with("198.18.6")),
-        "no VIPA route: {main}"
-    );
-    assert!(
-        !main.lines().any(|l| l.starts_with("2001:db8:6:")),
-        "no VIPA route: {main}"
-    );
+    let main = env.host.sh("ip -4 route show table main; ip -6 route show table main");
+    assert!(!main.contains("198.18.6.") || main.lines().all(|l| !l.starts_with("198.18.6")), "no VIPA route: {main}");
+    assert!(!main.lines().any(|l| l.starts_with("2001:db8:6:")), "no VIPA route: {main}");
 
     // Routed-mode sysctls on the source interfaces.
     for nic in ["en1", "en5"] {
-        let get = |k: &str| {
-            env.host
-                .sh(&format!("cat /proc/sys/net/{k}"))
-                .trim()
-                .to_string()
-        };
+        let get = |k: &str| env.host.sh(&format!("cat /proc/sys/net/{k}")).trim().to_string();
         assert_eq!(get(&format!("ipv4/conf/{nic}/arp_ignore")), "1");
         assert_eq!(get(&format!("ipv4/conf/{nic}/arp_announce")), "2");
-        assert_eq!(
-            get(&format!("ipv4/conf/{nic}/ignore_routes_with_linkdown")),
-            "1"
-        );
-        assert_eq!(
-            get(&format!("ipv6/conf/{nic}/ignore_routes_with_linkdown")),
-            "1"
-        );
+        assert_eq!(get(&format!("ipv4/conf/{nic}/ignore_routes_with_linkdown")), "1");
+        assert_eq!(get(&format!("ipv6/conf/{nic}/ignore_routes_with_linkdown")), "1");
     }
 
     // `ifconfig vi0` and `lsattr -El vi0`.
     let o = env.vipactl(&["vipa"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
-    assert!(
-        text.starts_with("vi0: flags=84000041<UP,RUNNING,64BIT>\n"),
-        "{text}"
-    );
-    assert!(
-        text.contains("        inet 198.18.6.1 netmask 0xffffffff\n"),
-        "{text}"
-    );
+    assert!(text.starts_with("vi0: flags=84000041<UP,RUNNING,64BIT>\n"), "{text}");
+    assert!(text.contains("        inet 198.18.6.1 netmask 0xffffffff\n"), "{text}");
     assert!(text.contains("        inet6 2001:db8:6::1/128\n"), "{text}");
     assert!(text.contains("        iflist : en1 en5\n"), "{text}");
     let o = env.vipactl(&["vipa", "-l", "vi0"]);
     let text = stdout(&o);
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("netaddr ") && l.contains(VIPA) && l.ends_with("True")),
-        "{text}"
-    );
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("state ") && l.contains(" up ")),
-        "{text}"
-    );
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("interface_names ") && l.contains("en1,en5")),
-        "{text}"
-    );
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("netaddr6 ") && l.contains(VIPA6)),
-        "{text}"
-    );
+    assert!(text.lines().any(|l| l.starts_with("netaddr ") && l.contains(VIPA) && l.ends_with("True")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("state ") && l.contains(" up ")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("interface_names ") && l.contains("en1,en5")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("netaddr6 ") && l.contains(VIPA6)), "{text}");
 
     // JSON views.
     let j: Value = serde_json::from_slice(&env.vipactl(&["--json", "vipa"]).stdout).unwrap();
@@ -190,17 +134,12 @@ fn seed_sample_environment() {
     assert_eq!(j["routes_sourced"], 8);
     assert_eq!(j["device_mode"], "lo");
     let text = stdout(&env.vipactl(&["status"]));
-    assert!(
-        text.contains("2/2 addresses active, 8 routes carry a VIPA source"),
-        "{text}"
-    );
+    assert!(text.contains("2/2 addresses active, 8 routes carry a VIPA source"), "{text}");
 
     // A cut NIC shows in the view.
     env.cut("en1");
     let ok = wait_for(Duration::from_secs(3), || {
-        stdout(&env.vipactl(&["vipa"]))
-            .contains("iflist : en1(no-carrier) en5")
-            .then_some(())
+        stdout(&env.vipactl(&["vipa"])).contains("iflist : en1(no-carrier) en5").then_some(())
     });
     assert!(ok.is_some(), "{}", stdout(&env.vipactl(&["vipa"])));
 }
@@ -217,15 +156,9 @@ fn source_address_rules() {
     assert!(seen.starts_with(&format!("peer={VIPA6} ")), "{seen}");
     // A connection the client opens to en1's real address is answered from it.
     let seen = env.whoami(&env.client, HOST_EN1, None).unwrap();
-    assert!(
-        seen.starts_with(&format!("peer={CLIENT} local={HOST_EN1}")),
-        "{seen}"
-    );
+    assert!(seen.starts_with(&format!("peer={CLIENT} local={HOST_EN1}")), "{seen}");
     let seen = env.whoami(&env.client, HOST_EN1_6, None).unwrap();
-    assert!(
-        seen.starts_with(&format!("peer={CLIENT6} local={HOST_EN1_6}")),
-        "{seen}"
-    );
+    assert!(seen.starts_with(&format!("peer={CLIENT6} local={HOST_EN1_6}")), "{seen}");
     // An application that binds en5's address keeps it.
     let seen = env.whoami(&env.host, CLIENT, Some(HOST_EN5)).unwrap();
     assert!(seen.starts_with(&format!("peer={HOST_EN5} ")), "{seen}");
@@ -233,16 +166,11 @@ fn source_address_rules() {
     assert!(seen.starts_with(&format!("peer={HOST_EN5_6} ")), "{seen}");
     // And the client reaches the VIPA itself.
     let seen = env.whoami(&env.client, VIPA, None).unwrap();
-    assert!(
-        seen.starts_with(&format!("peer={CLIENT} local={VIPA}")),
-        "{seen}"
-    );
+    assert!(seen.starts_with(&format!("peer={CLIENT} local={VIPA}")), "{seen}");
 }
 
 fn rx_packets(ns: &Netns, dev: &str) -> u64 {
-    ns.ip_json(&format!("-s link show dev {dev}"))[0]["stats64"]["rx"]["packets"]
-        .as_u64()
-        .unwrap()
+    ns.ip_json(&format!("-s link show dev {dev}"))[0]["stats64"]["rx"]["packets"].as_u64().unwrap()
 }
 
 fn stream_survives_cut(target: &str) {
@@ -260,24 +188,12 @@ fn stream_survives_cut(target: &str) {
         r.tcp.sent, r.tcp.received, r.tcp.max_gap_ms, r.udp.sent, r.udp.received, r.udp.max_gap_ms
     );
     assert!(r.hello.contains(&format!("local={target}")), "{}", r.hello);
-    assert!(
-        r.tcp.error.is_none(),
-        "TCP connection broke: {:?}",
-        r.tcp.error
-    );
+    assert!(r.tcp.error.is_none(), "TCP connection broke: {:?}", r.tcp.error);
     // The stream kept flowing through en5 while en1 stayed cut until the end: had it
     // stopped, the longest gap would run from the cut (at 1 s) to the end (3 s).
     assert_eq!(r.tcp.received, r.tcp.sent, "every TCP write was echoed");
-    assert!(
-        r.tcp.max_gap_ms < 1000.0,
-        "TCP stalled for {:.0} ms",
-        r.tcp.max_gap_ms
-    );
-    assert!(
-        r.udp.max_gap_ms < 1000.0,
-        "UDP stalled for {:.0} ms",
-        r.udp.max_gap_ms
-    );
+    assert!(r.tcp.max_gap_ms < 1000.0, "TCP stalled for {:.0} ms", r.tcp.max_gap_ms);
+    assert!(r.udp.max_gap_ms < 1000.0, "UDP stalled for {:.0} ms", r.udp.max_gap_ms);
     assert!(
         en5_after - en5_before > 500,
         "traffic arrived through en5 after the cut ({} packets)",
@@ -298,22 +214,14 @@ fn stream_to_vipa_survives_en1_cut_v6() {
 #[test]
 fn foreign_route_replace_is_repaired() {
     let (env, _vipad) = env_with_vipad();
-    env.host
-        .sh("ip route replace default via 198.18.1.2 dev en1 metric 10");
-    env.host
-        .sh("ip -6 route replace default via 2001:db8:1::2 dev en1 metric 10");
-    let ok = wait_for(Duration::from_secs(3), || {
-        (sources(&env.host) == expected_sources()).then_some(())
-    });
+    env.host.sh("ip route replace default via 198.18.1.2 dev en1 metric 10");
+    env.host.sh("ip -6 route replace default via 2001:db8:1::2 dev en1 metric 10");
+    let ok = wait_for(Duration::from_secs(3), || (sources(&env.host) == expected_sources()).then_some(()));
     assert!(ok.is_some(), "not repaired: {:?}", sources(&env.host));
     // A NIC that loses its address and gets it back: the new connected route is repaired.
-    env.host
-        .sh("ip addr del 198.18.5.1/24 dev en5 && ip addr add 198.18.5.1/24 dev en5");
-    env.host
-        .sh("ip route replace default via 198.18.5.2 dev en5 metric 20");
-    let ok = wait_for(Duration::from_secs(3), || {
-        (sources(&env.host) == expected_sources()).then_some(())
-    });
+    env.host.sh("ip addr del 198.18.5.1/24 dev en5 && ip addr add 198.18.5.1/24 dev en5");
+    env.host.sh("ip route replace default via 198.18.5.2 dev en5 metric 20");
+    let ok = wait_for(Duration::from_secs(3), || (sources(&env.host) == expected_sources()).then_some(()));
     assert!(ok.is_some(), "not repaired: {:?}", sources(&env.host));
 }
 
@@ -323,27 +231,18 @@ fn reload_and_restart_change_nothing_in_the_kernel() {
     let before = kernel_state(&env.host);
     let mut mon_cmd = env.host.command("ip");
     let mon_file = env.dir.join("monitor.txt");
-    mon_cmd
-        .args(["-o", "monitor", "address", "route"])
-        .stdout(std::fs::File::create(&mon_file).unwrap());
+    mon_cmd.args(["-o", "monitor", "address", "route"]).stdout(std::fs::File::create(&mon_file).unwrap());
     let _mon = env.host.spawn(mon_cmd);
     std::thread::sleep(Duration::from_millis(300));
 
     let o = env.vipactl(&["reload"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        stdout(&o).contains("no kernel changes needed"),
-        "{}",
-        stdout(&o)
-    );
+    assert!(stdout(&o).contains("no kernel changes needed"), "{}", stdout(&o));
     vipad.signal(libc_sighup());
     std::thread::sleep(Duration::from_millis(300));
     // Graceful stop and start.
     vipad.signal(15);
-    assert!(
-        vipad.wait_timeout(Duration::from_secs(5)).is_some(),
-        "vipad did not stop on SIGTERM"
-    );
+    assert!(vipad.wait_timeout(Duration::from_secs(5)).is_some(), "vipad did not stop on SIGTERM");
     let mut vipad = env.start_vipad();
     std::thread::sleep(Duration::from_millis(300));
     // Crash and start.
@@ -352,10 +251,7 @@ fn reload_and_restart_change_nothing_in_the_kernel() {
     std::thread::sleep(Duration::from_millis(500));
 
     let events = std::fs::read_to_string(&mon_file).unwrap();
-    assert_eq!(
-        events, "",
-        "reload and restarts changed addresses or routes"
-    );
+    assert_eq!(events, "", "reload and restarts changed addresses or routes");
     assert_eq!(kernel_state(&env.host), before);
     assert!(env.log().matches("vipad started").count() >= 3);
 }
@@ -370,48 +266,28 @@ fn removal_restores_routes_exactly() {
     let env = SampleEnv::build(Names::Unique);
     env.write_config(SEED_CONFIG);
     // Something else's source on the en5 default route, to be restored as it was.
-    env.host
-        .sh("ip route replace default via 198.18.5.2 dev en5 metric 20 src 198.18.5.1");
+    env.host.sh("ip route replace default via 198.18.5.2 dev en5 metric 20 src 198.18.5.1");
     let pristine = kernel_state(&env.host);
     let _vipad = env.start_vipad();
-    wait_for(Duration::from_secs(5), || {
-        (sources(&env.host) == expected_sources()).then_some(())
-    })
-    .expect("converged");
+    wait_for(Duration::from_secs(5), || (sources(&env.host) == expected_sources()).then_some(())).expect("converged");
 
     // chvi: remove en1, en1's routes get their own sources back; en5 keeps the VIPA.
     let o = env.vipactl(&["vipa", "change", "vi0", "--remove", "en1"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(std::fs::read_to_string(env.config_path())
-        .unwrap()
-        .contains("source_interfaces = [\"en5\"]"));
+    assert!(std::fs::read_to_string(env.config_path()).unwrap().contains("source_interfaces = [\"en5\"]"));
     let s = sources(&env.host);
-    assert!(
-        s.contains(&("198.18.1.0/24".into(), 0, "en1".into(), HOST_EN1.into())),
-        "{s:?}"
-    );
-    assert!(
-        s.contains(&("default".into(), 10, "en1".into(), String::new())),
-        "{s:?}"
-    );
-    assert!(
-        s.contains(&("default".into(), 20, "en5".into(), VIPA.into())),
-        "{s:?}"
-    );
+    assert!(s.contains(&("198.18.1.0/24".into(), 0, "en1".into(), HOST_EN1.into())), "{s:?}");
+    assert!(s.contains(&("default".into(), 10, "en1".into(), String::new())), "{s:?}");
+    assert!(s.contains(&("default".into(), 20, "en5".into(), VIPA.into())), "{s:?}");
     let text = stdout(&env.vipactl(&["vipa"]));
     assert!(text.contains("iflist : en5\n"), "{text}");
     // And back.
     let o = env.vipactl(&["vipa", "change", "vi0", "--add", "en1"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    wait_for(Duration::from_secs(3), || {
-        (sources(&env.host) == expected_sources()).then_some(())
-    })
-    .expect("en1 back");
+    wait_for(Duration::from_secs(3), || (sources(&env.host) == expected_sources()).then_some(())).expect("en1 back");
     let lsattr = stdout(&env.vipactl(&["vipa", "-l", "vi0"]));
     assert!(
-        lsattr.contains(&format!(
-            "default metric 20 via 198.18.5.2 dev en5 src {VIPA} (was {HOST_EN5})"
-        )),
+        lsattr.contains(&format!("default metric 20 via 198.18.5.2 dev en5 src {VIPA} (was {HOST_EN5})")),
         "{lsattr}"
     );
 
@@ -421,14 +297,9 @@ fn removal_restores_routes_exactly() {
     assert_eq!(kernel_state(&env.host), pristine);
 
     // Add it again by command (mkinetvi).
-    let o = env.vipactl(&[
-        "vipa", "add", "vi0", "-a", VIPA, "-a", VIPA6, "-i", "en1", "-i", "en5",
-    ]);
+    let o = env.vipactl(&["vipa", "add", "vi0", "-a", VIPA, "-a", VIPA6, "-i", "en1", "-i", "en5"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    wait_for(Duration::from_secs(3), || {
-        (sources(&env.host) == expected_sources()).then_some(())
-    })
-    .expect("added back");
+    wait_for(Duration::from_secs(3), || (sources(&env.host) == expected_sources()).then_some(())).expect("added back");
     // And remove it by editing the file and reloading.
     env.write_config("[node]\nname = \"host\"\n");
     let o = env.vipactl(&["reload"]);
@@ -449,30 +320,14 @@ fn refused_reload(env: &SampleEnv, config: &str, expect: &[&str]) {
     let path = env.config_path().display().to_string();
     assert!(msg.contains(&path), "message names the file: {msg}");
     // vipad --check says the same and exits 1.
-    let chk = env
-        .host
-        .command(vipa_testbed::workspace_bin("vipad"))
-        .arg("--check")
-        .arg(env.config_path())
-        .output()
-        .unwrap();
+    let chk =
+        env.host.command(vipa_testbed::workspace_bin("vipad")).arg("--check").arg(env.config_path()).output().unwrap();
     assert_eq!(chk.status.code(), Some(1));
     for e in expect {
-        assert!(
-            stderr(&chk).contains(e),
-            "--check lacks {e:?}: {}",
-            stderr(&chk)
-        );
+        assert!(stderr(&chk).contains(e), "--check lacks {e:?}: {}", stderr(&chk));
     }
-    assert_eq!(
-        kernel_state(&env.host),
-        before,
-        "a refused config changed the kernel"
-    );
-    assert!(
-        env.vipactl(&["status"]).status.success(),
-        "vipad keeps running"
-    );
+    assert_eq!(kernel_state(&env.host), before, "a refused config changed the kernel");
+    assert!(env.vipactl(&["status"]).status.success(), "vipad keeps running");
 }
 
 #[test]
@@ -491,7 +346,9 @@ fn bad_config_changes_nothing() {
     );
     refused_reload(
         &env,
-        &format!("{SEED_CONFIG}\n[[vipa]]\nname = \"vi1\"\naddresses = [\"198.18.7.1\"]\nsource_interfaces = [\"en5\"]\n"),
+        &format!(
+            "{SEED_CONFIG}\n[[vipa]]\nname = \"vi1\"\naddresses = [\"198.18.7.1\"]\nsource_interfaces = [\"en5\"]\n"
+        ),
         &[":13:22: vipa[1].source_interfaces[0]: interface \"en5\" is already a source interface of VIPA \"vi0\""],
     );
     refused_reload(
@@ -516,9 +373,7 @@ fn bad_config_changes_nothing() {
     );
     env.host.sh("ip link add en7 type veth peer name en7p && ip link set en7p up && ip link set en7 up && ip addr add 198.18.7.1/24 dev en7");
     let ok = wait_for(Duration::from_secs(3), || {
-        sources(&env.host)
-            .contains(&("198.18.7.0/24".into(), 0, "en7".into(), VIPA.into()))
-            .then_some(())
+        sources(&env.host).contains(&("198.18.7.0/24".into(), 0, "en7".into(), VIPA.into())).then_some(())
     });
     assert!(ok.is_some(), "{:?}", sources(&env.host));
 
@@ -526,23 +381,12 @@ fn bad_config_changes_nothing() {
     let file_before = std::fs::read_to_string(env.config_path()).unwrap();
     let o = env.vipactl(&["vipa", "add", "vi1", "-a", HOST_EN1]);
     assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("already the address of interface en1"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("already the address of interface en1"), "{}", stderr(&o));
     let o = env.vipactl(&["vipa", "change", "vi0", "--add", "en1"]);
-    assert!(
-        stderr(&o).contains("already a source interface"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("already a source interface"), "{}", stderr(&o));
     let o = env.vipactl(&["vipa", "add", "vi1", "-a", "198.18.7.9/24"]);
     assert!(stderr(&o).contains("has prefix /24"), "{}", stderr(&o));
-    assert_eq!(
-        std::fs::read_to_string(env.config_path()).unwrap(),
-        file_before
-    );
+    assert_eq!(std::fs::read_to_string(env.config_path()).unwrap(), file_before);
 }
 
 #[test]
@@ -561,26 +405,13 @@ fn bad_config_at_start_touches_nothing() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains(":9:1: unknown field `bogus`"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(
-        stderr(&out).contains("nothing was changed"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains(":9:1: unknown field `bogus`"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nothing was changed"), "{}", stderr(&out));
     assert_eq!(kernel_state(&env.host), before);
     // --check of the good file says OK.
     env.write_config(SEED_CONFIG);
-    let chk = env
-        .host
-        .command(vipa_testbed::workspace_bin("vipad"))
-        .arg("--check")
-        .arg(env.config_path())
-        .output()
-        .unwrap();
+    let chk =
+        env.host.command(vipa_testbed::workspace_bin("vipad")).arg("--check").arg(env.config_path()).output().unwrap();
     assert!(chk.status.success(), "{}", stderr(&chk));
     assert!(stdout(&chk).ends_with("OK (1 VIPA)\n"), "{}", stdout(&chk));
     assert_eq!(kernel_state(&env.host), before);
@@ -591,13 +422,7 @@ fn changes_need_root_or_cap_net_admin() {
     let (env, _vipad) = env_with_vipad();
     let as_nobody = |args: &[&str]| {
         std::process::Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=0",
-                "--clear-groups",
-                "--inh-caps=-all",
-                "--bounding-set=-all",
-            ])
+            .args(["--reuid=65534", "--regid=0", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
             .arg(vipa_testbed::workspace_bin("vipactl"))
             .arg("--socket")
             .arg(env.socket_path())
@@ -611,11 +436,7 @@ fn changes_need_root_or_cap_net_admin() {
     assert!(stdout(&o).contains("vi0: flags="));
     let o = as_nobody(&["vipa", "delete", "vi0"]);
     assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("permission denied: changing vipa needs root or CAP_NET_ADMIN"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("permission denied: changing vipa needs root or CAP_NET_ADMIN"), "{}", stderr(&o));
     assert_eq!(sources(&env.host), expected_sources());
     let mode = std::fs::metadata(env.socket_path())
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)

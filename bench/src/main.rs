@@ -1,0 +1,231 @@
+//! vipa-bench: measures the static VIPA in network namespaces and prints a table.
+//!
+//! - the longest gap a 1 ms probe stream to the VIPA sees when en1's cable is pulled
+//!   (median of N runs, IPv4 and IPv6);
+//! - the time from a foreign route change to its preferred source being restored;
+//! - cold start with 1,000 VIPAs and 4 NICs: time to converge, peak RSS, idle CPU.
+//!
+//! `vipa-bench [--runs N]`. Not a test: numbers are reported, never asserted.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vipa_testbed::lab::{Names, SampleEnv, SEED_CONFIG, VIPA, VIPA6};
+use vipa_testbed::{require_root, wait_for, workspace_bin, Netns};
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn range(v: &[f64]) -> String {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{lo:.1}–{hi:.1}")
+}
+
+struct Row {
+    what: String,
+    result: String,
+    target: String,
+}
+
+fn main() {
+    require_root();
+    let args: Vec<String> = std::env::args().collect();
+    let runs: usize =
+        args.iter().position(|a| a == "--runs").and_then(|i| args.get(i + 1)).and_then(|n| n.parse().ok()).unwrap_or(5);
+    let mut rows = Vec::new();
+    eprintln!("measuring failover gaps ({runs} runs per family) ...");
+    failover(runs, &mut rows);
+    eprintln!("measuring repair of foreign route changes ...");
+    repair(&mut rows);
+    eprintln!("measuring cold start with 1,000 VIPAs ...");
+    scale(&mut rows);
+
+    let w0 = rows.iter().map(|r| r.what.len()).max().unwrap_or(0);
+    let w1 = rows.iter().map(|r| r.result.len()).max().unwrap_or(0);
+    println!("\n{:<w0$}  {:<w1$}  target", "benchmark", "result");
+    println!("{}  {}  {}", "-".repeat(w0), "-".repeat(w1), "-".repeat(12));
+    for r in rows {
+        println!("{:<w0$}  {:<w1$}  {}", r.what, r.result, r.target);
+    }
+}
+
+fn failover(runs: usize, rows: &mut Vec<Row>) {
+    let env = SampleEnv::build(Names::Unique);
+    env.write_config(SEED_CONFIG);
+    let _vipad = env.start_vipad();
+    let _srv = env.serve(&env.host);
+    std::thread::sleep(Duration::from_millis(300));
+    for (family, target) in [("IPv4", VIPA), ("IPv6", VIPA6)] {
+        let (mut udp, mut tcp) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let run = env.stream(&env.client, target, 1500);
+            std::thread::sleep(Duration::from_millis(500));
+            env.cut("en1");
+            let r = run.report();
+            env.restore("en1");
+            udp.push(r.udp.max_gap_ms);
+            tcp.push(if r.tcp.error.is_some() { f64::INFINITY } else { r.tcp.max_gap_ms });
+            std::thread::sleep(Duration::from_millis(700));
+        }
+        rows.push(Row {
+            what: format!("{family}: 1 ms UDP probes to the VIPA, longest gap on en1 cut (median)"),
+            result: format!("{:.1} ms (runs {} ms)", median(udp.clone()), range(&udp)),
+            target: "a few ms".into(),
+        });
+        rows.push(Row {
+            what: format!("{family}: TCP stream to the VIPA, longest gap on en1 cut (median)"),
+            result: format!("{:.1} ms (runs {} ms)", median(tcp.clone()), range(&tcp)),
+            target: "a few ms".into(),
+        });
+    }
+}
+
+/// `[2026-11-22T22:53:04.476114] ...` → seconds of the day.
+fn stamp(line: &str) -> Option<f64> {
+    let t = line.strip_prefix('[')?.split(']').next()?.split('T').nth(1)?;
+    let mut parts = t.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+fn repair(rows: &mut Vec<Row>) {
+    let env = SampleEnv::build(Names::Unique);
+    env.write_config(SEED_CONFIG);
+    let _vipad = env.start_vipad();
+    std::thread::sleep(Duration::from_millis(300));
+    let file = env.dir.join("monitor.txt");
+    let mut cmd = env.host.command("ip");
+    cmd.args(["-ts", "-o", "monitor", "route"]).stdout(std::fs::File::create(&file).expect("monitor file"));
+    let mon = env.host.spawn(cmd);
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..40 {
+        if i % 2 == 0 {
+            env.host.sh("ip route replace default via 198.18.1.2 dev en1 metric 10");
+        } else {
+            env.host.sh("ip -6 route replace default via 2001:db8:1::2 dev en1 metric 10");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    drop(mon);
+    let text = std::fs::read_to_string(&file).unwrap_or_default();
+    let mut pending: Option<f64> = None;
+    let mut deltas = Vec::new();
+    for line in text.lines().filter(|l| l.contains("default via 198.18.1.2") || l.contains("default via 2001:db8:1::2"))
+    {
+        let Some(t) = stamp(line) else { continue };
+        if !line.contains(" src ") {
+            pending = Some(t);
+        } else if let Some(t0) = pending.take() {
+            deltas.push((t - t0) * 1e3);
+        }
+    }
+    rows.push(Row {
+        what: format!("foreign `ip route replace` → preferred source restored (median of {})", deltas.len()),
+        result: if deltas.is_empty() {
+            "no repairs seen".into()
+        } else {
+            format!("{:.2} ms (runs {} ms)", median(deltas.clone()), range(&deltas))
+        },
+        target: "≤ 10 ms".into(),
+    });
+}
+
+fn proc_field(pid: i32, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+}
+
+fn cpu_ticks(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = s.rsplit(')').next()?;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime) are at 11 and 12 after the command name.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn scale(rows: &mut Vec<Row>) {
+    const N: usize = 1000;
+    let host = Netns::new("scale");
+    let peer = Netns::new("scalepeer");
+    for i in 1..=4 {
+        host.sh(&format!(
+            "ip link add n{i} type veth peer name p{i} netns {peer} && ip link set n{i} up && \
+             ip addr add 198.19.{i}.1/24 dev n{i} && ip route add 198.19.{}.0/24 via 198.19.{i}.2 dev n{i}",
+            200 + i,
+            peer = peer.name
+        ));
+        peer.sh(&format!("ip link set p{i} up && ip addr add 198.19.{i}.2/24 dev p{i}"));
+    }
+    let dir = std::env::temp_dir().join(format!("{}-vipa", host.name));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut config = String::from("[node]\nname = \"scale\"\n");
+    for i in 0..N {
+        let addr = format!("198.19.{}.{}", 100 + i / 200, i % 200 + 1);
+        let ifs = if i < 4 { format!("\nsource_interfaces = [\"n{}\"]", i + 1) } else { String::new() };
+        config.push_str(&format!("\n[[vipa]]\nname = \"v{i}\"\naddresses = [\"{addr}\"]{ifs}\n"));
+    }
+    std::fs::write(dir.join("vipa.toml"), config).expect("config");
+    let socket = dir.join("vipad.sock");
+    let mut cmd = host.command(workspace_bin("vipad"));
+    cmd.arg("--config").arg(dir.join("vipa.toml")).arg("--socket").arg(&socket);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let start = Instant::now();
+    let vipad = host.spawn(cmd);
+    let converged = wait_for(Duration::from_secs(30), || {
+        let out = Command::new(workspace_bin("vipactl"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(["status", "--json"])
+            .output()
+            .ok()?;
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (j["addresses_active"] == N && j["routes_sourced"] == 8).then(|| start.elapsed())
+    });
+    let pid = vipad.pid();
+    let rss = proc_field(pid, "VmHWM:");
+    let t0 = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(10));
+    let t1 = cpu_ticks(pid);
+    let hz = clk_tck();
+    let cpu = match (t0, t1) {
+        (Some(a), Some(b)) => format!("{:.2} %", (b - a) as f64 / hz / 10.0 * 100.0),
+        _ => "n/a".into(),
+    };
+    drop(vipad);
+    let _ = std::fs::remove_dir_all(&dir);
+    rows.push(Row {
+        what: format!("cold start, {N} VIPAs and 4 NICs: start to converged"),
+        result: converged.map_or("did not converge in 30 s".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3)),
+        target: "≤ 1 s".into(),
+    });
+    rows.push(Row {
+        what: format!("cold start, {N} VIPAs: peak RSS of vipad"),
+        result: rss.map_or("n/a".into(), |kb| format!("{:.1} MiB", kb as f64 / 1024.0)),
+        target: "-".into(),
+    });
+    rows.push(Row { what: format!("{N} VIPAs: vipad CPU over 10 s idle"), result: cpu, target: "< 1 %".into() });
+}
+
+fn clk_tck() -> f64 {
+    // CLK_TCK is 100 on every Linux this runs on; read it rather than assume it.
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
