@@ -1,14 +1,21 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! vipa-wire: byte formats only.
+//!
+//! Layer: the bottom; depends on nothing of vipa. Zero-copy views over buffers and
+//! validated representations with `parse`/`emit`, after smoltcp's `wire` module. Every
+//! parser is total over arbitrary bytes: it returns an error, never panics. Unknown
+//! codepoints decode as data.
+//!
+//! What it does not do: open sockets or decide when to send (the kernel adapter and the
+//! core do). Today it holds ARP, for the gratuitous ARP that announces an address on a
+//! move; NDP and ICMP echo come with the features that send them.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod arp;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
+/// Why bytes could not be read as a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("packet too short: {have} bytes, need {need}")]
+    Truncated { have: usize, need: usize },
+    #[error("not an Ethernet/IPv4 ARP packet (hardware {hardware}, protocol {protocol:#06x}, lengths {hlen}/{plen})")]
+    Unsupported { hardware: u16, protocol: u16, hlen: u8, plen: u8 },
 }
