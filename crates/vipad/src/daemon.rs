@@ -35,7 +35,7 @@ pub enum Input {
 }
 
 #[derive(Default)]
-struct Counters {
+pub(crate) struct Counters {
     kernel_events: u64,
     resyncs: u64,
     changes_applied: u64,
@@ -55,9 +55,9 @@ pub struct Daemon {
     pub mode: DeviceMode,
     pub mode_note: String,
     pub warnings: Vec<String>,
-    started: Instant,
-    counters: Counters,
-    last_reload_error: Option<String>,
+    pub started: Instant,
+    pub(crate) counters: Counters,
+    pub last_reload_error: Option<String>,
 }
 
 /// Reads and validates a configuration file: syntax and model errors, then what the
@@ -86,38 +86,6 @@ pub fn validate(
 }
 
 impl Daemon {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        config: Config,
-        config_path: PathBuf,
-        socket_path: PathBuf,
-        state_path: PathBuf,
-        node: String,
-        kernel: Kernel,
-        observed: Observed,
-        ledger: Ledger,
-        mode: DeviceMode,
-        mode_note: String,
-        warnings: Vec<String>,
-    ) -> Daemon {
-        Daemon {
-            config,
-            config_path,
-            socket_path,
-            state_path,
-            node,
-            kernel,
-            observed,
-            ledger,
-            mode,
-            mode_note,
-            warnings,
-            started: Instant::now(),
-            counters: Counters::default(),
-            last_reload_error: None,
-        }
-    }
-
     /// Runs until told to stop. Addresses and routes stay in place when it returns: a
     /// restarted vipad adopts them without a flap.
     pub fn run(&mut self, rx: Receiver<Input>) {
@@ -138,8 +106,10 @@ impl Daemon {
                                 if before.as_ref().is_some_and(|b| b.carrier != after.carrier) {
                                     info!(interface = %after.name, carrier = after.carrier, "carrier changed");
                                 }
-                                let ops = plan::carrier_changed(&self.config, before.as_ref(), after, &self.observed);
-                                self.apply_now(&ops);
+                                // Route refreshes change no desired state: apply them now.
+                                for op in plan::carrier_changed(&self.config, before.as_ref(), after, &self.observed) {
+                                    self.apply_one(&op);
+                                }
                             }
                             self.observed.apply(&event);
                         }
@@ -252,19 +222,19 @@ impl Daemon {
         changes
     }
 
-    /// Applies operations that do not change the desired state (route refreshes).
-    fn apply_now(&mut self, ops: &[Op]) {
-        for op in ops {
-            let observed = &self.observed;
-            match self.kernel.apply(op, |name| observed.link_by_name(name).map(|l| l.index)) {
-                Ok(outcome) => {
-                    self.counters.changes_applied += 1;
-                    info!(change = %op, ?outcome, "applied");
-                }
-                Err(e) => {
-                    self.counters.changes_failed += 1;
-                    warn!(change = %op, error = %e, "change failed");
-                }
+    /// Carries out one operation, logging and counting it; `None` when it failed.
+    fn apply_one(&mut self, op: &Op) -> Option<Outcome> {
+        let observed = &self.observed;
+        match self.kernel.apply(op, |name| observed.link_by_name(name).map(|l| l.index)) {
+            Ok(outcome) => {
+                self.counters.changes_applied += 1;
+                info!(change = %op, ?outcome, "applied");
+                Some(outcome)
+            }
+            Err(e) => {
+                self.counters.changes_failed += 1;
+                error!(change = %op, error = %e, "change failed");
+                None
             }
         }
     }

@@ -185,10 +185,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         node = %node,
         "vipad started"
     );
-    let mut d = Daemon::new(
+    let mut d = Daemon {
         config,
-        args.config.clone(),
-        args.socket.clone(),
+        config_path: args.config.clone(),
+        socket_path: args.socket.clone(),
         state_path,
         node,
         kernel,
@@ -197,7 +197,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         mode,
         mode_note,
         warnings,
-    );
+        started: std::time::Instant::now(),
+        counters: Default::default(),
+        last_reload_error: None,
+    };
     d.run(rx);
     let _ = std::fs::remove_file(&args.socket);
     Ok(())
