@@ -438,6 +438,14 @@ fn changes_need_root_or_cap_net_admin() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("permission denied: changing vipa needs root or CAP_NET_ADMIN"), "{}", stderr(&o));
     assert_eq!(sources(&env.host), expected_sources());
+    // Garbage on the socket gets a clear error and changes nothing.
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(env.socket_path()).unwrap();
+    s.write_all(b"{\"request\":\"format-disk\"}\n").unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(&s).read_line(&mut line).unwrap();
+    assert!(line.contains("request not understood"), "{line}");
+    assert!(env.vipactl(&["status"]).status.success(), "vipad keeps running");
     let mode = std::fs::metadata(env.socket_path())
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
         .unwrap();
