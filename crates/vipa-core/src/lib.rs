@@ -12,6 +12,7 @@
 //! (that is `vipad`).
 
 pub mod config;
+pub mod ipmp;
 pub mod model;
 pub mod plan;
 
