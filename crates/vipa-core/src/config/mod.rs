@@ -12,6 +12,10 @@ use std::net::IpAddr;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use crate::ipmp::GroupConfig;
+
+mod group;
+
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -19,6 +23,8 @@ pub struct Config {
     /// the host name).
     pub node_name: Option<String>,
     pub vipas: Vec<VipaConfig>,
+    /// `[[group]]` blocks: IPMP groups.
+    pub groups: Vec<GroupConfig>,
 }
 
 /// One `[[vipa]]` block: AIX `vi0`.
@@ -88,6 +94,8 @@ struct RawConfig {
     node: Option<Spanned<RawNode>>,
     #[serde(default)]
     vipa: Vec<Spanned<RawVipa>>,
+    #[serde(default)]
+    group: Vec<Spanned<group::RawGroup>>,
 }
 
 #[derive(Deserialize)]
@@ -116,14 +124,14 @@ pub fn valid_ifname(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
 }
 
-struct Ctx<'a> {
+pub(crate) struct Ctx<'a> {
     file: &'a str,
     text: &'a str,
     errors: Vec<ConfigError>,
 }
 
 impl Ctx<'_> {
-    fn line_col(&self, offset: usize) -> (usize, usize) {
+    pub(crate) fn line_col(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
@@ -131,7 +139,7 @@ impl Ctx<'_> {
         (line, column)
     }
 
-    fn err(&mut self, offset: usize, key: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn err(&mut self, offset: usize, key: impl Into<String>, message: impl Into<String>) {
         let (line, column) = self.line_col(offset);
         self.errors.push(ConfigError {
             file: self.file.to_string(),
@@ -146,7 +154,7 @@ impl Ctx<'_> {
 impl Config {
     /// An empty configuration: no VIPAs. What the daemon runs with before a file exists.
     pub fn empty() -> Config {
-        Config { node_name: None, vipas: Vec::new() }
+        Config { node_name: None, vipas: Vec::new(), groups: Vec::new() }
     }
 
     /// Parses and validates `text`, read from `file` (used in messages only).
@@ -288,8 +296,10 @@ impl Config {
             vipas.push(VipaConfig { name: vname, addresses, source_interfaces, line, address_lines, interface_lines });
         }
 
+        let groups = group::parse_groups(&mut cx, &raw.group, &mut addrs, &nics);
+
         if cx.errors.is_empty() {
-            Ok(Config { node_name, vipas })
+            Ok(Config { node_name, vipas, groups })
         } else {
             cx.errors.sort_by_key(|e| (e.line, e.column));
             Err(ConfigErrors(cx.errors))
