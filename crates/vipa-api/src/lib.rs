@@ -33,12 +33,20 @@ pub enum Request {
     DeleteVipa { name: String },
     /// Add and remove source interfaces of a VIPA (`chvi`).
     ChangeInterfaces { vipa: String, add: Vec<String>, remove: Vec<String> },
+    /// IPMP groups, interfaces, addresses and targets (`ipmpstat -g/-i/-a/-t`).
+    Ipmp,
+    /// Take an IPMP member out of use (`if_mpadm -d`).
+    Offline { interface: String },
+    /// Put an offlined IPMP member back (`if_mpadm -r`).
+    Online { interface: String },
+    /// Stream events (state changes, moves, probe results) until the connection closes.
+    Events,
 }
 
 impl Request {
     /// Whether the request changes anything (and so needs root or CAP_NET_ADMIN).
     pub fn mutates(&self) -> bool {
-        !matches!(self, Request::Status | Request::Vipas | Request::Vipa { .. })
+        !matches!(self, Request::Status | Request::Vipas | Request::Vipa { .. } | Request::Ipmp | Request::Events)
     }
 }
 
@@ -50,7 +58,90 @@ pub enum Response {
     Vipas { vipas: Vec<VipaView> },
     Vipa(VipaView),
     Applied(ApplyReport),
+    Ipmp(IpmpView),
+    Done { message: String },
     Error { message: String },
+}
+
+/// One event on the stream (`vipactl events`, `vipactl ipmp -p`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Seconds since vipad started.
+    pub time: f64,
+    /// `nic`, `group`, `bound`, `probe`, `message`, `config`.
+    pub kind: String,
+    pub group: Option<String>,
+    pub interface: Option<String>,
+    pub text: String,
+    /// For probe events.
+    pub probe: Option<ProbeEventView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeEventView {
+    pub id: u16,
+    pub target: String,
+    pub acked: bool,
+    /// When the probe was sent, seconds since vipad started.
+    pub sent: f64,
+    pub rtt_ms: Option<f64>,
+    pub rtt_avg_ms: Option<f64>,
+    pub rtt_dev_ms: Option<f64>,
+}
+
+/// `ipmpstat`'s four snapshots.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpmpView {
+    pub groups: Vec<IpmpGroupView>,
+    pub interfaces: Vec<IpmpInterfaceView>,
+    pub addresses: Vec<IpmpAddressView>,
+    pub targets: Vec<IpmpTargetView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpmpGroupView {
+    pub group: String,
+    /// `ok`, `degraded`, `failed`.
+    pub state: String,
+    /// Current failure detection time in ms, when some member probes.
+    pub fdt_ms: Option<u64>,
+    pub active: Vec<String>,
+    pub inactive: Vec<String>,
+    pub unusable: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpmpInterfaceView {
+    pub interface: String,
+    pub active: bool,
+    pub group: String,
+    /// ipmpstat's seven flag positions `i s m b M d h`, `-` where unset.
+    pub flags: String,
+    /// `up`, `down`, `unknown`.
+    pub link: String,
+    /// `ok`, `failed`, `unknown`, `disabled`.
+    pub probe: String,
+    /// `ok`, `failed`, `offline`, `unknown`.
+    pub state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpmpAddressView {
+    pub address: String,
+    /// `up` or `down`.
+    pub state: String,
+    pub group: String,
+    pub inbound: Option<String>,
+    pub outbound: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpmpTargetView {
+    pub interface: String,
+    /// `routes`, `multicast`, `disabled`.
+    pub mode: String,
+    pub testaddr: Option<String>,
+    pub targets: Vec<String>,
 }
 
 /// What a reload or a change did.
@@ -127,6 +218,27 @@ pub struct RouteView {
     pub prefsrc: Option<String>,
     /// The source the route had before vipa set it, restored when the VIPA leaves.
     pub original: Option<String>,
+}
+
+/// Opens a connection, sends `Request::Events` and calls `each` for every event until
+/// the daemon closes the stream or `each` returns false.
+pub fn stream_events(socket: &Path, mut each: impl FnMut(Event) -> bool) -> io::Result<()> {
+    let mut stream = UnixStream::connect(socket)?;
+    let mut line = serde_json::to_string(&Request::Events).map_err(io::Error::other)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let reader = BufReader::new(stream);
+    for l in reader.lines() {
+        let l = l?;
+        if let Ok(Response::Error { message }) = serde_json::from_str::<Response>(&l) {
+            return Err(io::Error::other(message));
+        }
+        let e: Event = serde_json::from_str(&l).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if !each(e) {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Sends one request and reads one response.

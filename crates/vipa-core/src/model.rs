@@ -18,6 +18,8 @@ pub const TABLE_LOCAL: u32 = 255;
 pub const TABLE_MAIN: u32 = 254;
 /// Route protocol of routes the kernel made itself (connected routes).
 pub const PROTO_KERNEL: u8 = 2;
+/// Route protocol vipa tags the routes it creates with (IPMP groups).
+pub const PROTO_VIPA: u8 = 0x56;
 
 /// A network device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +33,9 @@ pub struct Link {
     pub loopback: bool,
     /// The link kind (`dummy`, `veth`, ...), when the kernel says.
     pub kind: Option<String>,
+    /// The hardware address, for Ethernet-like links.
+    #[serde(default)]
+    pub mac: Option<[u8; 6]>,
 }
 
 /// An address on a device.
@@ -195,11 +200,10 @@ impl Observed {
     /// ask for it again before the kernel's own event arrives. The event confirms it.
     pub fn assume(&mut self, op: &Op) {
         match op {
-            Op::AddAddress { ifindex, addr } => {
-                let prefix_len = if addr.is_ipv4() { 32 } else { 128 };
+            Op::AddAddress { ifindex, addr, prefix_len } => {
                 self.addresses.insert(
                     (*ifindex, *addr),
-                    Address { ifindex: *ifindex, addr: *addr, prefix_len, proto: ADDR_PROTO_VIPA },
+                    Address { ifindex: *ifindex, addr: *addr, prefix_len: *prefix_len, proto: ADDR_PROTO_VIPA },
                 );
             }
             Op::DelAddress { ifindex, addr } => {
@@ -214,6 +218,9 @@ impl Observed {
             }
             Op::DelRoute { key } => {
                 self.routes.remove(key);
+            }
+            Op::AddRoute { route } => {
+                self.routes.insert(route.key(), route.to_route());
             }
             Op::SetSysctl { key, value } => {
                 self.sysctls.insert(key.clone(), *value);
@@ -257,6 +264,37 @@ pub fn same_prefix(a: IpAddr, b: IpAddr, len: u8) -> bool {
     }
 }
 
+/// A route vipa makes and owns: on-link (no gateway) over one or more interfaces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnedRoute {
+    pub table: u32,
+    pub dst: IpAddr,
+    pub dst_len: u8,
+    pub metric: u32,
+    pub src: Option<IpAddr>,
+    /// One interface, or the next hops of a multipath route (IPv4 only).
+    pub oifs: Vec<u32>,
+}
+
+impl OwnedRoute {
+    pub fn key(&self) -> RouteKey {
+        RouteKey { table: self.table, dst: self.dst, dst_len: self.dst_len, tos: 0, metric: self.metric }
+    }
+
+    /// How the route looks once the kernel has it.
+    pub fn to_route(&self) -> Route {
+        Route {
+            key: self.key(),
+            unicast: true,
+            protocol: PROTO_VIPA,
+            scope_link: true,
+            gateways: vec![],
+            oifs: self.oifs.clone(),
+            prefsrc: self.src,
+        }
+    }
+}
+
 /// One change seen in the kernel (from a dump or an event).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KernelEvent {
@@ -279,16 +317,21 @@ pub enum Op {
     AddAddress {
         ifindex: u32,
         addr: IpAddr,
+        prefix_len: u8,
     },
     /// Set a route's preferred source; everything else about the route stays as it is.
     SetPrefsrc {
         key: RouteKey,
         prefsrc: Option<IpAddr>,
     },
-    /// Delete a connected route vipa changed whose subnet has left its interface (the
-    /// kernel no longer recognises it as its own once its source was changed).
+    /// Delete a route: one of vipa's own, or a connected route vipa changed whose subnet
+    /// has left its interface (the kernel no longer recognises it once its source changed).
     DelRoute {
         key: RouteKey,
+    },
+    /// Add or replace one of vipa's own routes (tagged [`PROTO_VIPA`]).
+    AddRoute {
+        route: OwnedRoute,
     },
     SetSysctl {
         key: SysctlKey,
@@ -312,12 +355,19 @@ impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Op::AddDummy { name } => write!(f, "add dummy device {name}"),
-            Op::AddAddress { ifindex, addr } => {
-                write!(f, "add address {addr} on ifindex {ifindex}")
+            Op::AddAddress { ifindex, addr, prefix_len } => {
+                write!(f, "add address {addr}/{prefix_len} on ifindex {ifindex}")
             }
             Op::SetPrefsrc { key, prefsrc: Some(src) } => write!(f, "route {key}: preferred source {src}"),
             Op::SetPrefsrc { key, prefsrc: None } => write!(f, "route {key}: no preferred source"),
-            Op::DelRoute { key } => write!(f, "delete stale route {key}"),
+            Op::DelRoute { key } => write!(f, "delete route {key}"),
+            Op::AddRoute { route } => {
+                write!(f, "route {} via ifindex {:?}", route.key(), route.oifs)?;
+                match route.src {
+                    Some(s) => write!(f, " src {s}"),
+                    None => Ok(()),
+                }
+            }
             Op::SetSysctl { key, value } => write!(f, "{key} = {value}"),
             Op::RefreshRoute { key } => write!(f, "refresh route {key} so connections look up their path again"),
             Op::DelAddress { ifindex, addr } => {

@@ -26,7 +26,7 @@ source_interfaces = ["en1", "en5"]
 "#;
 
 fn link(index: u32, name: &str) -> Link {
-    Link { index, name: name.into(), up: true, carrier: true, loopback: index == 1, kind: None }
+    Link { index, name: name.into(), up: true, carrier: true, loopback: index == 1, kind: None, mac: None }
 }
 
 fn route(dst: &str, len: u8, metric: u32, gw: Option<&str>, oif: u32, src: Option<&str>, proto: u8) -> Route {
@@ -120,8 +120,8 @@ fn seed_environment_gets_vipa_on_lo_and_as_source() {
     let mut ledger = Ledger::default();
     let p = plan(&c, &o, &ledger, DeviceMode::Loopback);
     // Addresses first, then routes, then sysctls.
-    assert_eq!(p.ops[0], Op::AddAddress { ifindex: 1, addr: ip("198.18.6.1") });
-    assert_eq!(p.ops[1], Op::AddAddress { ifindex: 1, addr: ip("2001:db8:6::1") });
+    assert_eq!(p.ops[0], Op::AddAddress { ifindex: 1, addr: ip("198.18.6.1"), prefix_len: 32 });
+    assert_eq!(p.ops[1], Op::AddAddress { ifindex: 1, addr: ip("2001:db8:6::1"), prefix_len: 128 });
     converge(&c, &mut o, &mut ledger, DeviceMode::Loopback);
 
     assert_eq!(src(&o, "0.0.0.0", 0, 0), Some(ip("198.18.6.1")));

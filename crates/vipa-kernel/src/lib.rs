@@ -9,7 +9,10 @@
 //! It does not decide anything: what to change comes from the planner, and whether a
 //! change stuck is learnt from the next observation, never assumed.
 
+pub mod announce;
 pub mod netlink;
+pub mod nft;
+pub mod probe;
 pub mod sysctl;
 
 pub use netlink::{EventError, Events, Kernel, Outcome, Update};
@@ -27,6 +30,8 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
+    #[error("nftables refused the ARP filter: {0}")]
+    Nft(String),
     #[error("cannot write {key}: {source}")]
     Sysctl {
         key: String,

@@ -19,12 +19,13 @@ use netlink_packet_core::{
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressProtocol, AddressScope};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteNextHopFlags, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteNextHop, RouteNextHopFlags, RouteProtocol, RouteScope,
+    RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use tracing::debug;
-use vipa_core::model::{Address, KernelEvent, Link, Op, Route, RouteKey, ADDR_PROTO_VIPA};
+use vipa_core::model::{Address, KernelEvent, Link, Op, OwnedRoute, Route, RouteKey, ADDR_PROTO_VIPA, PROTO_VIPA};
 
 use crate::KernelError;
 
@@ -188,13 +189,14 @@ impl Kernel {
     /// messages about dummy devices.
     pub fn apply(&mut self, op: &Op, link_index: impl Fn(&str) -> Option<u32>) -> Result<Outcome, KernelError> {
         let result = match op {
-            Op::AddAddress { ifindex, addr } => self.request(
+            Op::AddAddress { ifindex, addr, prefix_len } => self.request(
                 NLM_F_CREATE | NLM_F_EXCL,
-                RouteNetlinkMessage::NewAddress(address_message(*ifindex, *addr, true)),
+                RouteNetlinkMessage::NewAddress(address_message(*ifindex, *addr, *prefix_len, true)),
             ),
-            Op::DelAddress { ifindex, addr } => {
-                self.request(0, RouteNetlinkMessage::DelAddress(address_message(*ifindex, *addr, false)))
-            }
+            Op::DelAddress { ifindex, addr } => self.request(
+                0,
+                RouteNetlinkMessage::DelAddress(address_message(*ifindex, *addr, full_prefix(*addr), false)),
+            ),
             Op::SetPrefsrc { key, prefsrc } => {
                 let Some(raw) = self.routes.get(key) else {
                     return Ok(Outcome::AlreadyGone);
@@ -212,6 +214,14 @@ impl Kernel {
                 };
                 let msg = with_prefsrc(raw, raw_prefsrc(raw));
                 self.request(NLM_F_REPLACE, RouteNetlinkMessage::NewRoute(msg))
+            }
+            Op::AddRoute { route } => {
+                let msg = owned_route_message(route);
+                let r = self.request(NLM_F_CREATE | NLM_F_REPLACE, RouteNetlinkMessage::NewRoute(msg.clone()));
+                if r.is_ok() {
+                    self.routes.insert(route.key(), msg);
+                }
+                r
             }
             Op::DelRoute { key } => {
                 let Some(raw) = self.routes.get(key) else {
@@ -304,10 +314,18 @@ fn with_prefsrc(raw: &RouteMessage, prefsrc: Option<IpAddr>) -> RouteMessage {
     m
 }
 
-fn address_message(ifindex: u32, addr: IpAddr, create: bool) -> AddressMessage {
+fn full_prefix(addr: IpAddr) -> u8 {
+    if addr.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+fn address_message(ifindex: u32, addr: IpAddr, prefix_len: u8, create: bool) -> AddressMessage {
     let mut m = AddressMessage::default();
     m.header.family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
-    m.header.prefix_len = if addr.is_ipv4() { 32 } else { 128 };
+    m.header.prefix_len = prefix_len;
     m.header.index = ifindex;
     m.header.scope = AddressScope::Universe;
     m.attributes.push(AddressAttribute::Local(addr));
@@ -315,6 +333,38 @@ fn address_message(ifindex: u32, addr: IpAddr, create: bool) -> AddressMessage {
     if create {
         m.attributes.push(AddressAttribute::Flags(AddressFlags::Noprefixroute | AddressFlags::Nodad));
         m.attributes.push(AddressAttribute::Protocol(AddressProtocol::Other(ADDR_PROTO_VIPA)));
+    }
+    m
+}
+
+/// The message for one of vipa's own routes: on-link, tagged with vipa's protocol.
+fn owned_route_message(r: &OwnedRoute) -> RouteMessage {
+    let mut m = RouteMessage::default();
+    m.header.address_family = if r.dst.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    m.header.destination_prefix_length = r.dst_len;
+    m.header.table = if r.table < 256 { r.table as u8 } else { 252 };
+    m.header.protocol = RouteProtocol::from(PROTO_VIPA);
+    m.header.scope = RouteScope::Link;
+    m.header.kind = RouteType::Unicast;
+    m.attributes.push(RouteAttribute::Table(r.table));
+    m.attributes.push(RouteAttribute::Destination(RouteAddress::from(r.dst)));
+    m.attributes.push(RouteAttribute::Priority(r.metric));
+    if let Some(src) = r.src {
+        m.attributes.push(RouteAttribute::PrefSource(RouteAddress::from(src)));
+    }
+    if r.oifs.len() == 1 {
+        m.attributes.push(RouteAttribute::Oif(r.oifs[0]));
+    } else {
+        let hops = r
+            .oifs
+            .iter()
+            .map(|&i| {
+                let mut h = RouteNextHop::default();
+                h.interface_index = i;
+                h
+            })
+            .collect();
+        m.attributes.push(RouteAttribute::MultiPath(hops));
     }
     m
 }
@@ -330,9 +380,11 @@ fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
 fn convert_link(m: &LinkMessage) -> Link {
     let mut name = String::new();
     let mut kind = None;
+    let mut mac = None;
     for a in &m.attributes {
         match a {
             LinkAttribute::IfName(n) => name = n.clone(),
+            LinkAttribute::Address(a) if a.len() == 6 => mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     if let LinkInfo::Kind(k) = i {
@@ -350,6 +402,7 @@ fn convert_link(m: &LinkMessage) -> Link {
         carrier: m.header.flags.contains(LinkFlags::LowerUp),
         loopback: m.header.flags.contains(LinkFlags::Loopback),
         kind,
+        mac,
     }
 }
 

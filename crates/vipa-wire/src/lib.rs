@@ -6,16 +6,20 @@
 //! codepoints decode as data.
 //!
 //! What it does not do: open sockets or decide when to send (the kernel adapter and the
-//! core do). Today it holds ARP, for the gratuitous ARP that announces an address on a
-//! move; NDP and ICMP echo come with the features that send them.
+//! core do). It holds ARP (gratuitous announcements), ICMP echo (probes) and the
+//! unsolicited Neighbor Advertisement.
 
 pub mod arp;
+pub mod icmp;
+pub mod ndp;
 
 /// Why bytes could not be read as a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     #[error("packet too short: {have} bytes, need {need}")]
     Truncated { have: usize, need: usize },
+    #[error("not the expected ICMP message (type {0})")]
+    NotEcho(u8),
     #[error("not an Ethernet/IPv4 ARP packet (hardware {hardware}, protocol {protocol:#06x}, lengths {hlen}/{plen})")]
     Unsupported { hardware: u16, protocol: u16, hlen: u8, plen: u8 },
 }

@@ -2,6 +2,7 @@
 //! as the seeds' own commands print it (`ifconfig vi0`, `lsattr -El vi0`), or as JSON.
 //! It never decides anything itself.
 
+mod ipmpstat;
 mod render;
 
 use std::path::PathBuf;
@@ -38,6 +39,40 @@ enum Command {
     },
     /// Re-read the configuration file and apply the difference (as SIGHUP does).
     Reload,
+    /// IPMP groups as `ipmpstat` shows them: one of -g, -i, -a, -t, -p.
+    #[command(group(clap::ArgGroup::new("mode").required(true).args(["g", "i", "a", "t", "p"])))]
+    Ipmp {
+        /// Groups.
+        #[arg(short = 'g')]
+        g: bool,
+        /// Interfaces.
+        #[arg(short = 'i')]
+        i: bool,
+        /// Data addresses.
+        #[arg(short = 'a')]
+        a: bool,
+        /// Probe targets.
+        #[arg(short = 't')]
+        t: bool,
+        /// Probes, live, until interrupted.
+        #[arg(short = 'p')]
+        p: bool,
+        /// Output fields, comma-separated, or `all`.
+        #[arg(short = 'o', value_name = "FIELDS")]
+        fields: Option<String>,
+        /// Parsable output (`:`-separated, no header); needs -o.
+        #[arg(short = 'P', requires = "fields")]
+        parsable: bool,
+        /// Numeric output (addresses are always numeric here).
+        #[arg(short = 'n')]
+        numeric: bool,
+    },
+    /// Take an IPMP member out of use, as `if_mpadm -d`.
+    Offline { interface: String },
+    /// Put an offlined IPMP member back, as `if_mpadm -r`.
+    Online { interface: String },
+    /// Print events (state changes, address moves, probe results) as they happen.
+    Events,
 }
 
 #[derive(Subcommand)]
@@ -69,7 +104,17 @@ enum VipaAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.command {
+        Command::Ipmp { g, i, a, t, p, fields, parsable, .. } => {
+            return ipmp(&cli, (*g, *i, *a, *t, *p), fields.as_deref(), *parsable)
+        }
+        Command::Events => return events(&cli),
+        _ => {}
+    }
     let request = match cli.command {
+        Command::Ipmp { .. } | Command::Events => unreachable!("handled above"),
+        Command::Offline { interface } => Request::Offline { interface },
+        Command::Online { interface } => Request::Online { interface },
         Command::Status => Request::Status,
         Command::Reload => Request::Reload,
         Command::Vipa { name: Some(name), .. } => Request::Vipa { name },
@@ -117,5 +162,124 @@ fn main() -> ExitCode {
             print!("{}", render::applied(&r));
             ExitCode::SUCCESS
         }
+        Response::Done { message } => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Response::Ipmp(_) => ExitCode::SUCCESS,
+    }
+}
+
+fn connect_error(cli: &Cli, e: &std::io::Error) -> ExitCode {
+    eprintln!("vipactl: cannot contact vipad at {}: {e} -- is vipad running?", cli.socket.display());
+    ExitCode::from(2)
+}
+
+fn ipmp(cli: &Cli, (g, i, a, t, p): (bool, bool, bool, bool, bool), fields: Option<&str>, parsable: bool) -> ExitCode {
+    let view = match vipa_api::call(&cli.socket, &Request::Ipmp) {
+        Ok(Response::Ipmp(v)) => v,
+        Ok(Response::Error { message }) => {
+            eprintln!("vipactl: {message}");
+            return ExitCode::FAILURE;
+        }
+        Ok(_) => {
+            eprintln!("vipactl: unexpected answer from vipad");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => return connect_error(cli, &e),
+    };
+    if p {
+        return probes(cli, &view, fields, parsable);
+    }
+    if cli.json {
+        let value = if g {
+            serde_json::to_value(&view.groups)
+        } else if i {
+            serde_json::to_value(&view.interfaces)
+        } else if a {
+            serde_json::to_value(&view.addresses)
+        } else {
+            serde_json::to_value(&view.targets)
+        };
+        println!("{}", serde_json::to_string_pretty(&value.expect("views serialise")).expect("json"));
+        return ExitCode::SUCCESS;
+    }
+    let (all, rows) = if g {
+        (ipmpstat::GROUP, ipmpstat::group_rows(&view))
+    } else if i {
+        (ipmpstat::INTERFACE, ipmpstat::interface_rows(&view))
+    } else if a {
+        (ipmpstat::ADDRESS, ipmpstat::address_rows(&view))
+    } else {
+        let _ = t;
+        (ipmpstat::TARGET, ipmpstat::target_rows(&view))
+    };
+    match ipmpstat::select(all, fields) {
+        Ok(sel) => {
+            print!("{}", ipmpstat::table(&sel, &rows, parsable));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vipactl: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn probes(cli: &Cli, view: &vipa_api::IpmpView, fields: Option<&str>, parsable: bool) -> ExitCode {
+    if !view.targets.iter().any(|t| t.testaddr.is_some()) {
+        eprintln!("vipactl: probe-based failure detection is disabled");
+        return ExitCode::FAILURE;
+    }
+    let sel = match ipmpstat::select(ipmpstat::PROBE, fields) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vipactl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let started = std::time::Instant::now();
+    let mut base: Option<f64> = None;
+    let mut header = !parsable;
+    let json = cli.json;
+    let r = vipa_api::stream_events(&cli.socket, |e| {
+        let b = *base.get_or_insert(e.time - started.elapsed().as_secs_f64());
+        if e.kind != "probe" {
+            return true;
+        }
+        if json {
+            println!("{}", serde_json::to_string(&e).expect("json"));
+            return true;
+        }
+        if let Some(row) = ipmpstat::probe_row(&e, b) {
+            let out = ipmpstat::table(&sel, &[row], parsable);
+            let out =
+                if header { out } else { out.lines().skip(usize::from(!parsable)).map(|l| format!("{l}\n")).collect() };
+            header = false;
+            print!("{out}");
+        }
+        true
+    });
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => connect_error(cli, &e),
+    }
+}
+
+fn events(cli: &Cli) -> ExitCode {
+    let json = cli.json;
+    let r = vipa_api::stream_events(&cli.socket, |e| {
+        if json {
+            println!("{}", serde_json::to_string(&e).expect("json"));
+        } else {
+            let who =
+                [e.group.as_deref(), e.interface.as_deref()].iter().flatten().copied().collect::<Vec<_>>().join("/");
+            println!("{:>10.3} {:<8} {:<14} {}", e.time, e.kind, who, e.text);
+        }
+        true
+    });
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => connect_error(cli, &e),
     }
 }

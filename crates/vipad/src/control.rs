@@ -117,6 +117,19 @@ fn handle(stream: UnixStream, tx: Sender<Input>) -> io::Result<()> {
                     who.uid
                 ),
             },
+            Ok(Request::Events) => {
+                let (etx, erx) = mpsc::channel();
+                if tx.send(Input::Subscribe(etx)).is_err() {
+                    return Ok(());
+                }
+                // Stream until the client goes away (the next write fails).
+                for e in erx {
+                    let mut out = serde_json::to_string(&e).map_err(io::Error::other)?;
+                    out.push('\n');
+                    writer.write_all(out.as_bytes())?;
+                }
+                return Ok(());
+            }
             Ok(req) => {
                 if req.mutates() {
                     info!(pid = who.pid, uid = who.uid, request = ?req, "control request");

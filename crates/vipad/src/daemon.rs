@@ -12,7 +12,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::Instant;
 
 use tracing::{debug, error, info, warn};
@@ -30,6 +30,10 @@ pub enum Input {
     /// The event stream lost messages: dump everything again.
     Resync(String),
     Control(Request, Sender<Response>),
+    /// An echo reply to one of the IPMP probes.
+    Probe(crate::ipmp::ProbeReply),
+    /// A control connection wants the event stream.
+    Subscribe(Sender<vipa_api::Event>),
     Reload,
     Stop(&'static str),
 }
@@ -58,6 +62,10 @@ pub struct Daemon {
     pub started: Instant,
     pub(crate) counters: Counters,
     pub last_reload_error: Option<String>,
+    pub ipmp: crate::ipmp::Ipmp,
+    /// The ARP filter last given to nftables, and whether nftables works here.
+    pub arp_applied: Option<vipa_core::plan::ArpFilter>,
+    pub nft: Result<(), String>,
 }
 
 /// Reads and validates a configuration file: syntax and model errors, then what the
@@ -89,10 +97,27 @@ impl Daemon {
     /// Runs until told to stop. Addresses and routes stay in place when it returns: a
     /// restarted vipad adopts them without a flap.
     pub fn run(&mut self, rx: Receiver<Input>) {
+        let now = Instant::now();
+        self.ipmp.sync_config(&self.config, now);
+        self.ipmp.observe(&self.observed, now);
+        self.ipmp.drain(&self.observed);
         self.reconcile();
-        while let Ok(input) = rx.recv() {
+        loop {
+            // Sleep until the next input or the IPMP groups' next timer.
+            let first = match self.ipmp.poll_timeout() {
+                Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                    Ok(input) => Some(input),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                },
+                None => match rx.recv() {
+                    Ok(input) => Some(input),
+                    Err(_) => return,
+                },
+            };
             let mut dirty = false;
-            let mut next = Some(input);
+            let mut kernel_changed = false;
+            let mut next = first;
             // Take everything already queued before planning once.
             while let Some(input) = next.take() {
                 match input {
@@ -114,14 +139,22 @@ impl Daemon {
                             self.observed.apply(&event);
                         }
                         dirty = true;
+                        kernel_changed = true;
                     }
                     Input::Resync(why) => {
                         warn!(cause = %why, "resynchronising with the kernel");
                         self.resync();
                         dirty = true;
+                        kernel_changed = true;
                     }
+                    Input::Probe(reply) => self.ipmp.reply(reply, Instant::now()),
+                    Input::Subscribe(tx) => self.ipmp.subscribers.push(tx),
                     Input::Control(req, reply) => {
-                        if dirty {
+                        if kernel_changed {
+                            self.ipmp.observe(&self.observed, Instant::now());
+                            kernel_changed = false;
+                        }
+                        if dirty || self.ipmp.drain(&self.observed) {
                             self.reconcile();
                             dirty = false;
                         }
@@ -140,6 +173,14 @@ impl Daemon {
                     }
                 }
                 next = rx.try_recv().ok();
+            }
+            let now = Instant::now();
+            if kernel_changed {
+                self.ipmp.observe(&self.observed, now);
+            }
+            self.ipmp.handle_timeout(now);
+            if self.ipmp.drain(&self.observed) {
+                dirty = true;
             }
             if dirty {
                 self.reconcile();
@@ -181,7 +222,9 @@ impl Daemon {
         // One round normally suffices; a second covers what the first made possible.
         for _round in 0..3 {
             self.refresh_sysctls();
-            let plan = plan::plan(&self.config, &self.observed, &self.ledger, self.mode);
+            let runtime = self.ipmp.runtime();
+            let plan = plan::plan_with_groups(&self.config, &self.observed, &self.ledger, self.mode, &runtime);
+            self.apply_arp_filter(&plan.arp);
             if plan.ops.is_empty() {
                 self.set_ledger(plan.ledger);
                 break;
@@ -219,7 +262,33 @@ impl Daemon {
                 break;
             }
         }
+        // Neighbours hear of a move only once the kernel answers for it.
+        self.ipmp.announce(&self.observed);
         changes
+    }
+
+    /// Gives nftables the IPMP ARP filter when it changed.
+    fn apply_arp_filter(&mut self, filter: &vipa_core::plan::ArpFilter) {
+        if self.arp_applied.as_ref() == Some(filter) || (self.arp_applied.is_none() && filter.is_empty()) {
+            return;
+        }
+        if let Err(why) = &self.nft {
+            if !filter.is_empty() {
+                warn!(reason = %why, "no per-interface ARP binding for IPMP data addresses");
+            }
+            self.arp_applied = Some(filter.clone());
+            return;
+        }
+        match vipa_kernel::nft::apply(filter) {
+            Ok(()) => {
+                info!(filter = ?filter.drop, "IPMP ARP filter applied");
+                self.arp_applied = Some(filter.clone());
+            }
+            Err(e) => {
+                self.counters.changes_failed += 1;
+                error!(error = %e, "IPMP ARP filter not applied");
+            }
+        }
     }
 
     /// Carries out one operation, logging and counting it; `None` when it failed.
@@ -265,10 +334,19 @@ impl Daemon {
                 info!(path = %self.config_path.display(), vipas = config.vipas.len(), "configuration loaded");
                 self.config = config;
                 self.warnings = warnings.clone();
+                self.sync_groups();
                 let changes = self.reconcile();
                 Response::Applied(ApplyReport { changes, warnings, config_written: false })
             }
         }
+    }
+
+    /// Brings the IPMP groups in line with the configuration just adopted.
+    fn sync_groups(&mut self) {
+        let now = Instant::now();
+        self.ipmp.sync_config(&self.config, now);
+        self.ipmp.observe(&self.observed, now);
+        self.ipmp.drain(&self.observed);
     }
 
     /// Edits the configuration file, validates the result whole, writes it, applies it.
@@ -307,6 +385,7 @@ impl Daemon {
         info!(path = %self.config_path.display(), "configuration file rewritten");
         self.config = config;
         self.warnings = warnings.clone();
+        self.sync_groups();
         let changes = self.reconcile();
         Response::Applied(ApplyReport { changes, warnings, config_written: true })
     }
@@ -334,12 +413,32 @@ impl Daemon {
                 self.edit_config(|doc| edit::add_vipa(doc, &name, &addresses, &interfaces))
             }
             Request::DeleteVipa { name } => self.edit_config(|doc| edit::delete_vipa(doc, &name)),
+            Request::Ipmp => Response::Ipmp(self.ipmp.view()),
+            Request::Offline { interface } => self.admin(&interface, true),
+            Request::Online { interface } => self.admin(&interface, false),
+            // Answered by the control thread itself.
+            Request::Events => Response::Error { message: "events are a stream: use vipa_api::stream_events".into() },
             Request::ChangeInterfaces { vipa, add, remove } => {
                 if add.is_empty() && remove.is_empty() {
                     return Response::Error { message: "nothing to change: give --add IF and/or --remove IF".into() };
                 }
                 self.edit_config(|doc| edit::change_interfaces(doc, &vipa, &add, &remove))
             }
+        }
+    }
+
+    /// `if_mpadm -d` / `-r`: the group decides, the kernel follows.
+    fn admin(&mut self, interface: &str, offline: bool) -> Response {
+        let now = Instant::now();
+        let r = if offline { self.ipmp.offline(interface, now) } else { self.ipmp.online(interface, now) };
+        match r {
+            Ok(message) => {
+                info!(interface, offline, "{message}");
+                self.ipmp.drain(&self.observed);
+                self.reconcile();
+                Response::Done { message }
+            }
+            Err(message) => Response::Error { message },
         }
     }
 

@@ -8,6 +8,7 @@
 mod control;
 mod daemon;
 mod edit;
+mod ipmp;
 mod views;
 
 use std::path::{Path, PathBuf};
@@ -175,7 +176,13 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
         })?;
     }
+    let epoch = std::time::Instant::now();
+    let ipmp = ipmp::Ipmp::new(tx.clone(), epoch);
     drop(tx);
+    let nft = if config.groups.is_empty() { Ok(()) } else { vipa_kernel::nft::available() };
+    if let Err(why) = &nft {
+        warn!(reason = %why, "IPMP ARP binding unavailable");
+    }
 
     info!(
         config = %args.config.display(),
@@ -200,6 +207,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         started: std::time::Instant::now(),
         counters: Default::default(),
         last_reload_error: None,
+        ipmp,
+        arp_applied: None,
+        nft,
     };
     d.run(rx);
     let _ = std::fs::remove_file(&args.socket);

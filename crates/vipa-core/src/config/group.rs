@@ -46,7 +46,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("{text:?} is not a duration: write a number and a unit, such as \"10s\" or \"500ms\""))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: write a number and a unit, such as \"10s\" or \"500ms\""))?;
     let scale = match unit.trim() {
         "ms" => 1e-3,
         "s" => 1.0,
@@ -59,16 +61,26 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Parses `addr/len`.
 fn parse_prefixed(text: &str) -> Result<(IpAddr, u8), String> {
     let Some((a, l)) = text.split_once('/') else {
-        return Err(format!("{text:?} has no prefix length: write the address with its subnet, such as \"198.18.1.5/24\""));
+        return Err(format!(
+            "{text:?} has no prefix length: write the address with its subnet, such as \"198.18.1.5/24\""
+        ));
     };
-    let addr: IpAddr = a.parse().map_err(|_| format!("{text:?} is not an address with a prefix, such as \"198.18.1.5/24\" or \"2001:db8:1::5/64\""))?;
+    let addr: IpAddr = a.parse().map_err(|_| {
+        format!("{text:?} is not an address with a prefix, such as \"198.18.1.5/24\" or \"2001:db8:1::5/64\"")
+    })?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
-    let len: u8 = l.parse().ok().filter(|&n| n <= max).ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {max}"))?;
+    let len: u8 = l
+        .parse()
+        .ok()
+        .filter(|&n| n <= max)
+        .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {max}"))?;
     Ok((addr, len))
 }
 
 fn strings(list: &Option<Spanned<Vec<Spanned<String>>>>) -> Vec<(String, usize)> {
-    list.as_ref().map(|l| l.get_ref().iter().map(|s| (s.get_ref().clone(), s.span().start)).collect()).unwrap_or_default()
+    list.as_ref()
+        .map(|l| l.get_ref().iter().map(|s| (s.get_ref().clone(), s.span().start)).collect())
+        .unwrap_or_default()
 }
 
 pub(crate) fn parse_groups(
@@ -90,27 +102,51 @@ pub(crate) fn parse_groups(
             continue;
         };
         let gname = name.get_ref().clone();
-        let name_ok = !gname.is_empty() && gname.len() <= MAX_IFNAME && gname.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let name_ok = !gname.is_empty()
+            && gname.len() <= MAX_IFNAME
+            && gname.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !name_ok {
-            cx.err(name.span().start, key("name"), format!("{gname:?} is not a valid group name: use 1 to {MAX_IFNAME} letters, digits, '-' or '_'"));
+            cx.err(
+                name.span().start,
+                key("name"),
+                format!("{gname:?} is not a valid group name: use 1 to {MAX_IFNAME} letters, digits, '-' or '_'"),
+            );
         } else if !names.insert(gname.clone()) {
-            cx.err(name.span().start, key("name"), format!("group {gname:?} is defined twice: group names must be unique"));
+            cx.err(
+                name.span().start,
+                key("name"),
+                format!("group {gname:?} is defined twice: group names must be unique"),
+            );
         }
 
         let mut interfaces = Vec::new();
         let list = strings(&g.interfaces);
         if list.is_empty() {
             let at = g.interfaces.as_ref().map_or(start, |l| l.span().start);
-            cx.err(at, key("interfaces"), format!("group {gname:?} has no interfaces: list the NICs on its link, such as [\"en1\", \"en2\"]"));
+            cx.err(
+                at,
+                key("interfaces"),
+                format!("group {gname:?} has no interfaces: list the NICs on its link, such as [\"en1\", \"en2\"]"),
+            );
         }
         for (j, (nic, at)) in list.into_iter().enumerate() {
             let k = format!("group[{i}].interfaces[{j}]");
             if !valid_ifname(&nic) || nic == "lo" {
-                cx.err(at, k, format!("{nic:?} is not a usable interface name: use the name of a NIC, 1 to {MAX_IFNAME} characters"));
+                cx.err(
+                    at,
+                    k,
+                    format!(
+                        "{nic:?} is not a usable interface name: use the name of a NIC, 1 to {MAX_IFNAME} characters"
+                    ),
+                );
             } else if interfaces.contains(&nic) {
                 cx.err(at, k, format!("{nic:?} is listed twice in this group"));
             } else if let Some(other) = members.get(&nic) {
-                cx.err(at, k, format!("interface {nic:?} is already in group {other:?}: a NIC belongs to one group only"));
+                cx.err(
+                    at,
+                    k,
+                    format!("interface {nic:?} is already in group {other:?}: a NIC belongs to one group only"),
+                );
             } else if let Some(v) = vipa_nics.get(&nic) {
                 cx.err(at, k, format!("interface {nic:?} is a source interface of VIPA {v:?}: a NIC in a group carries the group's data addresses, so it cannot also be a VIPA's source interface"));
             } else {
@@ -135,7 +171,11 @@ pub(crate) fn parse_groups(
         let list = strings(&g.data_addresses);
         if list.is_empty() {
             let at = g.data_addresses.as_ref().map_or(start, |l| l.span().start);
-            cx.err(at, key("data_addresses"), format!("group {gname:?} has no data_addresses: give at least one, such as [\"198.18.1.5/24\"]"));
+            cx.err(
+                at,
+                key("data_addresses"),
+                format!("group {gname:?} has no data_addresses: give at least one, such as [\"198.18.1.5/24\"]"),
+            );
         }
         for (j, (text, at)) in list.into_iter().enumerate() {
             let k = format!("group[{i}].data_addresses[{j}]");
@@ -143,7 +183,11 @@ pub(crate) fn parse_groups(
                 Err(m) => cx.err(at, k, m),
                 Ok((a, l)) => {
                     if let Some(other) = addrs.get(&a) {
-                        cx.err(at, k, format!("{a} is already used by {other:?}: an address belongs to one VIPA or group"));
+                        cx.err(
+                            at,
+                            k,
+                            format!("{a} is already used by {other:?}: an address belongs to one VIPA or group"),
+                        );
                     } else {
                         addrs.insert(a, format!("group {gname}"));
                         data_addresses.push((a, l));
@@ -158,7 +202,11 @@ pub(crate) fn parse_groups(
                 let at = v.span().start;
                 let k = format!("group[{i}].test_addresses.{nic}");
                 if !interfaces.contains(nic) {
-                    cx.err(at, k, format!("{nic:?} is not one of this group's interfaces: test addresses belong to member NICs"));
+                    cx.err(
+                        at,
+                        k,
+                        format!("{nic:?} is not one of this group's interfaces: test addresses belong to member NICs"),
+                    );
                     continue;
                 }
                 let texts = match v.get_ref() {
@@ -170,10 +218,15 @@ pub(crate) fn parse_groups(
                         Err(m) => cx.err(at, k.clone(), m),
                         Ok((a, l)) => {
                             let link_local = matches!(a, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
-                            let in_subnet = data_addresses.iter().any(|&(d, dl)| d.is_ipv4() == a.is_ipv4() && dl == l && same_prefix(d, a, l));
+                            let in_subnet = data_addresses
+                                .iter()
+                                .any(|&(d, dl)| d.is_ipv4() == a.is_ipv4() && dl == l && same_prefix(d, a, l));
                             if !in_subnet && !link_local {
                                 cx.err(at, k.clone(), format!("test address {text} is outside the subnet of {nic}: it must be in the same subnet (and prefix length) as one of the group's data addresses, where the probe targets are"));
-                            } else if test_addresses.get(nic).is_some_and(|l| l.iter().any(|(x, _)| x.is_ipv4() == a.is_ipv4())) {
+                            } else if test_addresses
+                                .get(nic)
+                                .is_some_and(|l| l.iter().any(|(x, _)| x.is_ipv4() == a.is_ipv4()))
+                            {
                                 cx.err(at, k.clone(), format!("{nic} has two test addresses of one family: give at most one IPv4 and one IPv6"));
                             } else if !tests_seen.insert(a) || addrs.contains_key(&a) {
                                 cx.err(at, k.clone(), format!("test address {a} is not unique: each NIC needs its own, distinct from every data address"));
@@ -217,7 +270,11 @@ pub(crate) fn parse_groups(
             None => DEFAULT_ANNOUNCE_COUNT,
             Some(n) if (1..=100).contains(n.get_ref()) => *n.get_ref() as u32,
             Some(n) => {
-                cx.err(n.span().start, key("announce_count"), format!("{} is out of range: send each announcement 1 to 100 times", n.get_ref()));
+                cx.err(
+                    n.span().start,
+                    key("announce_count"),
+                    format!("{} is out of range: send each announcement 1 to 100 times", n.get_ref()),
+                );
                 DEFAULT_ANNOUNCE_COUNT
             }
         };
@@ -270,7 +327,9 @@ failback = false
 
     #[test]
     fn nic_in_two_groups() {
-        let e = errs(&format!("{GOOD}\n[[group]]\nname = \"b\"\ninterfaces = [\"en9\", \"en2\"]\ndata_addresses = [\"198.18.2.5/24\"]\n"));
+        let e = errs(&format!(
+            "{GOOD}\n[[group]]\nname = \"b\"\ninterfaces = [\"en9\", \"en2\"]\ndata_addresses = [\"198.18.2.5/24\"]\n"
+        ));
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].contains("group[1].interfaces[1]: interface \"en2\" is already in group \"prod\""), "{}", e[0]);
     }
@@ -278,13 +337,21 @@ failback = false
     #[test]
     fn test_address_outside_the_subnet() {
         let e = errs(&GOOD.replace("en1 = \"198.18.1.6/24\"", "en1 = \"198.18.9.6/24\""));
-        assert!(e[0].contains("group[0].test_addresses.en1: test address 198.18.9.6/24 is outside the subnet of en1"), "{e:?}");
+        assert!(
+            e[0].contains("group[0].test_addresses.en1: test address 198.18.9.6/24 is outside the subnet of en1"),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn fdt_below_minimum() {
         let e = errs(&GOOD.replace("\"1.5s\"", "\"50ms\""));
-        assert!(e[0].contains("failure_detection_time: \"50ms\" is out of range: the failure detection time is at least 100ms"), "{e:?}");
+        assert!(
+            e[0].contains(
+                "failure_detection_time: \"50ms\" is out of range: the failure detection time is at least 100ms"
+            ),
+            "{e:?}"
+        );
         let e = errs(&GOOD.replace("\"1.5s\"", "\"soon\""));
         assert!(e[0].contains("is not a duration"), "{e:?}");
     }
@@ -292,12 +359,17 @@ failback = false
     #[test]
     fn single_nic_standby() {
         let e = errs("[[group]]\nname = \"g\"\ninterfaces = [\"en1\"]\nstandby = [\"en1\"]\ndata_addresses = [\"198.18.1.5/24\"]\n");
-        assert!(e[0].contains("group[0].standby[0]: \"en1\" is the group's only interface and cannot be standby"), "{e:?}");
+        assert!(
+            e[0].contains("group[0].standby[0]: \"en1\" is the group's only interface and cannot be standby"),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn nic_of_a_vipa_and_a_group() {
-        let e = errs(&format!("[[vipa]]\nname = \"vi0\"\naddresses = [\"198.18.6.1\"]\nsource_interfaces = [\"en1\"]\n{GOOD}"));
+        let e = errs(&format!(
+            "[[vipa]]\nname = \"vi0\"\naddresses = [\"198.18.6.1\"]\nsource_interfaces = [\"en1\"]\n{GOOD}"
+        ));
         assert!(e[0].contains("is a source interface of VIPA \"vi0\""), "{e:?}");
     }
 

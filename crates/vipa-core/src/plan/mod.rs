@@ -13,12 +13,19 @@
 //! elsewhere before their source address is deleted.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+pub mod group;
+
+pub use group::{ArpFilter, GroupRuntime};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, VipaConfig};
-use crate::model::{Observed, Op, Route, RouteKey, SysctlKey, SysctlKind, ADDR_PROTO_VIPA, PROTO_KERNEL, TABLE_LOCAL};
+use crate::model::{
+    Observed, Op, Route, RouteKey, SysctlKey, SysctlKind, ADDR_PROTO_VIPA, PROTO_KERNEL, PROTO_VIPA, TABLE_LOCAL,
+    TABLE_MAIN,
+};
 
 /// Where VIPA addresses live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +87,8 @@ mod pairs {
 pub struct Plan {
     pub ops: Vec<Op>,
     pub ledger: Ledger,
+    /// The nftables ARP filter the IPMP groups need (empty without groups).
+    pub arp: ArpFilter,
 }
 
 /// The device a VIPA's addresses go on, if it exists.
@@ -142,16 +151,37 @@ pub fn wanted_sysctls(config: &Config, observed: &Observed, ledger: &Ledger) -> 
     for kind in SysctlKind::ALL {
         keys.insert(SysctlKey { ifname: "all".into(), kind });
     }
-    for v in &config.vipas {
-        for nic in &v.source_interfaces {
-            if observed.link_by_name(nic).is_some() {
-                for kind in SysctlKind::ALL {
-                    keys.insert(SysctlKey { ifname: nic.clone(), kind });
-                }
+    for (nic, kinds) in managed_sysctls(config) {
+        if observed.link_by_name(&nic).is_some() {
+            for kind in kinds {
+                keys.insert(SysctlKey { ifname: nic.clone(), kind });
             }
         }
     }
     keys.into_iter().collect()
+}
+
+/// The sysctls vipa manages on each interface it uses. A VIPA's source interfaces get
+/// all of them for the families it has; an IPMP member gets loose `rp_filter` and
+/// `arp_announce=2` (ARP requests carry its test address), but keeps `arp_ignore` as it is,
+/// since the member bound to a data address on `lo` must answer ARP for it.
+fn managed_sysctls(config: &Config) -> Vec<(String, Vec<SysctlKind>)> {
+    let mut out = Vec::new();
+    for v in &config.vipas {
+        let (has4, has6) = (v.source_for(false).is_some(), v.source_for(true).is_some());
+        let kinds: Vec<SysctlKind> = SysctlKind::ALL.into_iter().filter(|k| if k.v6() { has6 } else { has4 }).collect();
+        for nic in &v.source_interfaces {
+            out.push((nic.clone(), kinds.clone()));
+        }
+    }
+    for g in &config.groups {
+        if g.data_addresses.iter().any(|(a, _)| a.is_ipv4()) {
+            for nic in &g.interfaces {
+                out.push((nic.clone(), vec![SysctlKind::RpFilter, SysctlKind::ArpAnnounce]));
+            }
+        }
+    }
+    out
 }
 
 /// The value vipa wants for a managed sysctl, given the interface's and `all`'s current
@@ -168,8 +198,22 @@ fn sysctl_target(kind: SysctlKind, current: i64, all: i64) -> Option<i64> {
     }
 }
 
-/// Computes the operations that bring the kernel to the configuration.
+/// Computes the operations that bring the kernel to the configuration (no IPMP group
+/// state: every group as if none of its NICs were active yet).
 pub fn plan(config: &Config, observed: &Observed, ledger: &Ledger, mode: DeviceMode) -> Plan {
+    plan_with_groups(config, observed, ledger, mode, &[])
+}
+
+/// Computes the operations that bring the kernel to the configuration, with the IPMP
+/// groups' runtime state.
+pub fn plan_with_groups(
+    config: &Config,
+    observed: &Observed,
+    ledger: &Ledger,
+    mode: DeviceMode,
+    groups: &[GroupRuntime],
+) -> Plan {
+    let group_want = group::desired(config, observed, groups);
     let mut next = ledger.clone();
     let mut add_links = Vec::new();
     let mut add_addrs = Vec::new();
@@ -198,30 +242,36 @@ pub fn plan(config: &Config, observed: &Observed, ledger: &Ledger, mode: DeviceM
 
     // Addresses.
     let ifname = |index: u32| observed.links.get(&index).map(|l| l.name.clone()).unwrap_or_default();
-    let mut desired: BTreeSet<(u32, IpAddr)> = BTreeSet::new();
+    let mut wanted: BTreeMap<(u32, IpAddr), u8> = group_want.addresses.clone();
     for v in &config.vipas {
         let Some(dev) = vipa_device(v, observed, mode) else {
             continue;
         };
         for &addr in &v.addresses {
-            desired.insert((dev.index, addr));
-            match observed.addresses.get(&(dev.index, addr)) {
-                None => add_addrs.push(Op::AddAddress { ifindex: dev.index, addr }),
-                // Someone else's identical address is used as it is, and not claimed.
-                Some(a) if a.proto != ADDR_PROTO_VIPA && !ledger.addresses.contains(&(dev.name.clone(), addr)) => {
-                    continue;
-                }
-                Some(_) => {}
-            }
-            next.addresses.insert((dev.name.clone(), addr));
+            wanted.insert((dev.index, addr), if addr.is_ipv4() { 32 } else { 128 });
         }
+    }
+    let mut desired: BTreeSet<(u32, IpAddr)> = BTreeSet::new();
+    for (&(ifindex, addr), &prefix_len) in &wanted {
+        desired.insert((ifindex, addr));
+        let name = ifname(ifindex);
+        match observed.addresses.get(&(ifindex, addr)) {
+            None => add_addrs.push(Op::AddAddress { ifindex, addr, prefix_len }),
+            // Someone else's identical address is used as it is, and not claimed.
+            Some(a) if a.proto != ADDR_PROTO_VIPA && !ledger.addresses.contains(&(name.clone(), addr)) => continue,
+            Some(_) => {}
+        }
+        next.addresses.insert((name, addr));
     }
     let mut leaving: BTreeSet<IpAddr> = BTreeSet::new();
     for (&(ifindex, addr), a) in &observed.addresses {
         let ours = a.proto == ADDR_PROTO_VIPA || ledger.addresses.contains(&(ifname(ifindex), addr));
         if ours && !desired.contains(&(ifindex, addr)) {
             del_addrs.push(Op::DelAddress { ifindex, addr });
-            leaving.insert(addr);
+            // An address that moves (IPv6 data addresses) is not leaving the host.
+            if !desired.iter().any(|&(_, a)| a == addr) {
+                leaving.insert(addr);
+            }
             next.addresses.remove(&(ifname(ifindex), addr));
         }
     }
@@ -232,9 +282,28 @@ pub fn plan(config: &Config, observed: &Observed, ledger: &Ledger, mode: DeviceM
     };
     let vipa_addr = |addr: IpAddr| config.vipas.iter().any(|v| v.addresses.contains(&addr)) || leaving.contains(&addr);
 
+    // vipa's own routes (IPMP groups).
+    for (key, want) in &group_want.routes {
+        let same = observed.routes.get(key).is_some_and(|r| {
+            let mut a = r.oifs.clone();
+            let mut b = want.oifs.clone();
+            a.sort_unstable();
+            b.sort_unstable();
+            r.protocol == PROTO_VIPA && a == b && r.prefsrc == want.src && r.gateways.is_empty()
+        });
+        if !same {
+            routes.push(Op::AddRoute { route: want.clone() });
+        }
+    }
+    for r in observed.routes.values() {
+        if r.protocol == PROTO_VIPA && r.key.table == TABLE_MAIN && !group_want.routes.contains_key(&r.key) {
+            routes.push(Op::DelRoute { key: r.key });
+        }
+    }
+
     // Routes.
     for r in observed.routes.values() {
-        if !eligible(r) {
+        if !eligible(r) || r.protocol == PROTO_VIPA {
             continue;
         }
         let record = ledger.routes.get(&r.key);
@@ -286,28 +355,21 @@ pub fn plan(config: &Config, observed: &Observed, ledger: &Ledger, mode: DeviceM
     let value =
         |ifname: &str, kind: SysctlKind| observed.sysctls.get(&SysctlKey { ifname: ifname.to_string(), kind }).copied();
     let mut managed: BTreeSet<SysctlKey> = BTreeSet::new();
-    for v in &config.vipas {
-        let has4 = v.source_for(false).is_some();
-        let has6 = v.source_for(true).is_some();
-        for nic in &v.source_interfaces {
-            if observed.link_by_name(nic).is_none() {
+    for (nic, kinds) in managed_sysctls(config) {
+        if observed.link_by_name(&nic).is_none() {
+            continue;
+        }
+        for kind in kinds {
+            let key = SysctlKey { ifname: nic.clone(), kind };
+            managed.insert(key.clone());
+            let Some(current) = value(&nic, kind) else {
                 continue;
-            }
-            for kind in SysctlKind::ALL {
-                if (kind.v6() && !has6) || (!kind.v6() && !has4) {
-                    continue;
-                }
-                let key = SysctlKey { ifname: nic.clone(), kind };
-                managed.insert(key.clone());
-                let Some(current) = value(nic, kind) else {
-                    continue;
-                };
-                let all = if kind.v6() { 0 } else { value("all", kind).unwrap_or(0) };
-                if let Some(target) = sysctl_target(kind, current, all) {
-                    if target != current {
-                        next.sysctls.entry(key.clone()).or_insert(current);
-                        sysctls.push(Op::SetSysctl { key, value: target });
-                    }
+            };
+            let all = if kind.v6() { 0 } else { value("all", kind).unwrap_or(0) };
+            if let Some(target) = sysctl_target(kind, current, all) {
+                if target != current {
+                    next.sysctls.entry(key.clone()).or_insert(current);
+                    sysctls.push(Op::SetSysctl { key, value: target });
                 }
             }
         }
@@ -333,7 +395,7 @@ pub fn plan(config: &Config, observed: &Observed, ledger: &Ledger, mode: DeviceM
     ops.extend(sysctls);
     ops.extend(del_addrs);
     ops.extend(del_links);
-    Plan { ops, ledger: next }
+    Plan { ops, ledger: next, arp: group_want.arp }
 }
 
 /// What to do when a link's carrier changes. IPv4 drops cached routes on its own; IPv6
