@@ -141,22 +141,7 @@ impl SampleEnv {
     /// Starts vipad in the host with this environment's config and socket, and waits
     /// until it answers. Its stderr goes to `dir/vipad.log`.
     pub fn start_vipad(&self) -> Proc {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("vipad.log")).expect("log");
-        let mut cmd = self.host.command(workspace_bin("vipad"));
-        cmd.arg("--config").arg(self.config_path()).arg("--socket").arg(self.socket_path());
-        cmd.stdout(Stdio::null()).stderr(log);
-        let mut p = self.host.spawn(cmd);
-        let up = wait_for(Duration::from_secs(10), || {
-            if let Some(st) = p.wait_timeout(Duration::ZERO) {
-                return Some(Err(st));
-            }
-            self.vipactl(&["status"]).status.success().then_some(Ok(()))
-        });
-        match up {
-            Some(Ok(())) => p,
-            Some(Err(st)) => panic!("vipad exited ({st}) at start:\n{}", self.log()),
-            None => panic!("vipad did not answer within 10 s:\n{}", self.log()),
-        }
+        start_vipad_in(&self.host, &self.dir, &self.config_path(), &self.socket_path())
     }
 
     pub fn log(&self) -> String {
@@ -176,37 +161,17 @@ impl SampleEnv {
 
     /// Starts a probe server in `ns` on [`PORT`].
     pub fn serve(&self, ns: &Netns) -> Proc {
-        let mut cmd = ns.command(workspace_bin("vipa-probe"));
-        cmd.args(["serve", "--port", &PORT.to_string()]).stdout(Stdio::null());
-        let p = ns.spawn(cmd);
-        let probe = format!("ss -Hltn 'sport = :{PORT}' | grep -q LISTEN");
-        wait_for(Duration::from_secs(5), || ns.try_sh(&probe).ok()).expect("probe server listening");
-        p
+        serve(ns)
     }
 
-    /// Connects from `ns` to `target` (from `bind` if given) and returns the server's view:
-    /// `peer=<source it saw> local=<address reached> client=<our source>`.
+    /// See [`whoami`].
     pub fn whoami(&self, ns: &Netns, target: &str, bind: Option<&str>) -> Result<String, String> {
-        let mut cmd = ns.command(workspace_bin("vipa-probe"));
-        cmd.args(["whoami", "--target", &sock(target).to_string()]);
-        if let Some(b) = bind {
-            cmd.args(["--bind", b]);
-        }
-        let out = cmd.output().expect("vipa-probe");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-        }
+        whoami(ns, target, bind)
     }
 
-    /// Starts a stream from `ns` to `target` for `ms` milliseconds; its report comes from
-    /// [`StreamRun::report`].
+    /// See [`stream`].
     pub fn stream(&self, ns: &Netns, target: &str, ms: u64) -> StreamRun {
-        let mut cmd = ns.command(workspace_bin("vipa-probe"));
-        cmd.args(["stream", "--target", &sock(target).to_string(), "--duration-ms", &ms.to_string()]);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        StreamRun { proc: ns.spawn(cmd) }
+        stream(ns, target, ms)
     }
 }
 
@@ -235,4 +200,198 @@ impl StreamRun {
 /// The seed's `netstat -rn`, from `ip route` of both families.
 pub fn routing_table(ns: &Netns) -> String {
     ns.sh("ip -4 route show table main; ip -6 route show table main")
+}
+
+/// An IPMP lab: a host whose NICs `en1`..`enN` sit on one LAN bridge (in its own
+/// namespace) with a router (198.18.1.254, 2001:db8:1::fe) and a client (198.18.1.100,
+/// 2001:db8:1::64).
+///
+/// ```text
+///   host en1 ──┐
+///   host en2 ──┼── br0 (lan) ──┬── router lan0
+///   host en3 ──┘               └── client cl0
+/// ```
+pub struct LanEnv {
+    pub lan: Netns,
+    pub host: Netns,
+    pub router: Netns,
+    pub client: Netns,
+    pub nics: usize,
+    pub dir: PathBuf,
+}
+
+pub const LAN_CLIENT: &str = "198.18.1.100";
+pub const LAN_CLIENT6: &str = "2001:db8:1::64";
+pub const LAN_ROUTER: &str = "198.18.1.254";
+pub const DATA: &str = "198.18.1.5";
+pub const DATA6: &str = "2001:db8:1::5";
+
+impl LanEnv {
+    pub fn build(names: Names, nics: usize) -> LanEnv {
+        let lan = ns(&names, "lan");
+        let host = ns(&names, "host");
+        let router = ns(&names, "router");
+        let client = ns(&names, "client");
+        let dir = std::env::temp_dir().join(format!("{}-vipa", host.name));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("work dir");
+        for n in [&host, &router, &client] {
+            n.sh("sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 \
+                  net.ipv6.conf.all.accept_ra=0 net.ipv6.conf.default.accept_ra=0");
+        }
+        lan.sh("ip link add br0 type bridge forward_delay 0 && ip link set br0 up");
+        for i in 1..=nics {
+            lan.sh(&format!(
+                "ip link add en{i}-h type veth peer name en{i} netns {host} && ip link set en{i}-h master br0 up",
+                host = host.name
+            ));
+            host.sh(&format!("ip link set en{i} up"));
+        }
+        lan.sh(&format!(
+            "ip link add lan0-r type veth peer name lan0 netns {r} && ip link set lan0-r master br0 up && \
+             ip link add cl0-c type veth peer name cl0 netns {c} && ip link set cl0-c master br0 up",
+            r = router.name,
+            c = client.name
+        ));
+        router.sh(
+            "ip link set lan0 up && ip addr add 198.18.1.254/24 dev lan0 && ip addr add 2001:db8:1::fe/64 dev lan0 nodad",
+        );
+        client.sh(
+            "ip link set cl0 up && ip addr add 198.18.1.100/24 dev cl0 && ip addr add 2001:db8:1::64/64 dev cl0 nodad",
+        );
+        LanEnv { lan, host, router, client, nics, dir }
+    }
+
+    /// Pulls the host's `nic` cable: the host side loses carrier.
+    pub fn cut(&self, nic: &str) {
+        self.lan.sh(&format!("ip link set {nic}-h down"));
+    }
+
+    pub fn restore(&self, nic: &str) {
+        self.lan.sh(&format!("ip link set {nic}-h up"));
+    }
+
+    /// Drops everything to and from `nic` on the bridge while its link stays up: a
+    /// silent failure only probes can see.
+    pub fn silence(&self, nic: &str) {
+        self.lan.sh(&format!(
+            "nft add table bridge vt && nft add chain bridge vt cut '{{ type filter hook forward priority 0; }}' && \
+             nft add rule bridge vt cut iifname {nic}-h drop && nft add rule bridge vt cut oifname {nic}-h drop"
+        ));
+    }
+
+    pub fn unsilence(&self) {
+        self.lan.sh("nft delete table bridge vt");
+    }
+
+    /// The MAC address of the host's `nic`.
+    pub fn mac(&self, nic: &str) -> String {
+        self.host.ip_json(&format!("link show dev {nic}"))[0]["address"].as_str().unwrap_or("").to_string()
+    }
+
+    /// The client's neighbour entry for `addr`: its MAC, if any.
+    pub fn client_neigh(&self, addr: &str) -> Option<String> {
+        let j = self.client.ip_json(&format!("neigh show {addr} dev cl0"));
+        j.as_array()?.first()?.get("lladdr")?.as_str().map(str::to_string)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("vipa.toml")
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir.join("vipad.sock")
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.config_path(), text).expect("write config");
+    }
+
+    pub fn start_vipad(&self) -> Proc {
+        start_vipad_in(&self.host, &self.dir, &self.config_path(), &self.socket_path())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("vipad.log")).unwrap_or_default()
+    }
+
+    pub fn vipactl(&self, args: &[&str]) -> Output {
+        Command::new(workspace_bin("vipactl"))
+            .arg("--socket")
+            .arg(self.socket_path())
+            .args(args)
+            .output()
+            .expect("vipactl")
+    }
+}
+
+impl Drop for LanEnv {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts vipad in `ns` and waits until it answers; stderr goes to `dir/vipad.log`.
+pub fn start_vipad_in(ns: &Netns, dir: &std::path::Path, config: &std::path::Path, socket: &std::path::Path) -> Proc {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("vipad.log")).expect("log");
+    let mut cmd = ns.command(workspace_bin("vipad"));
+    cmd.arg("--config").arg(config).arg("--socket").arg(socket);
+    cmd.stdout(Stdio::null()).stderr(log);
+    let mut p = ns.spawn(cmd);
+    let ctl = || Command::new(workspace_bin("vipactl")).arg("--socket").arg(socket).arg("status").output();
+    let up = wait_for(Duration::from_secs(10), || {
+        if let Some(st) = p.wait_timeout(Duration::ZERO) {
+            return Some(Err(st));
+        }
+        ctl().is_ok_and(|o| o.status.success()).then_some(Ok(()))
+    });
+    let log = || std::fs::read_to_string(dir.join("vipad.log")).unwrap_or_default();
+    match up {
+        Some(Ok(())) => p,
+        Some(Err(st)) => panic!("vipad exited ({st}) at start:\n{}", log()),
+        None => panic!("vipad did not answer within 10 s:\n{}", log()),
+    }
+}
+
+/// Starts a probe server in `ns` on [`PORT`] and waits until it listens.
+pub fn serve(ns: &Netns) -> Proc {
+    serve_on(ns, None)
+}
+
+/// Starts a probe server in `ns` listening on `addr` (all addresses if `None`).
+pub fn serve_on(ns: &Netns, addr: Option<&str>) -> Proc {
+    let mut cmd = ns.command(workspace_bin("vipa-probe"));
+    cmd.args(["serve", "--port", &PORT.to_string()]).stdout(Stdio::null());
+    if let Some(a) = addr {
+        cmd.args(["--listen", a]);
+    }
+    let p = ns.spawn(cmd);
+    let probe = format!("ss -Hltn 'sport = :{PORT}' | grep -q LISTEN");
+    wait_for(Duration::from_secs(5), || ns.try_sh(&probe).ok()).expect("probe server listening");
+    p
+}
+
+/// Connects from `ns` to `target` (from `bind` if given) and returns the server's view:
+/// `peer=<source it saw> local=<address reached> client=<our source>`.
+pub fn whoami(ns: &Netns, target: &str, bind: Option<&str>) -> Result<String, String> {
+    let mut cmd = ns.command(workspace_bin("vipa-probe"));
+    cmd.args(["whoami", "--target", &sock(target).to_string()]);
+    if let Some(b) = bind {
+        cmd.args(["--bind", b]);
+    }
+    let out = cmd.output().expect("vipa-probe");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+/// Starts a stream (TCP + 1 ms UDP probes) from `ns` to `target` for `ms` milliseconds;
+/// its report comes from [`StreamRun::report`].
+pub fn stream(ns: &Netns, target: &str, ms: u64) -> StreamRun {
+    let mut cmd = ns.command(workspace_bin("vipa-probe"));
+    cmd.args(["stream", "--target", &sock(target).to_string(), "--duration-ms", &ms.to_string()]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    StreamRun { proc: ns.spawn(cmd) }
 }

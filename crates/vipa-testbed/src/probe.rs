@@ -16,8 +16,8 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 /// Serves TCP and UDP on `[::]:port` (IPv4 too) until killed. Each TCP connection first
 /// gets one line, `peer=<address the client came from> local=<address it reached>`,
 /// then has its bytes echoed. UDP datagrams are echoed.
-pub fn serve(port: u16) -> io::Result<()> {
-    let any = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+pub fn serve(port: u16, listen: Option<IpAddr>) -> io::Result<()> {
+    let any = SocketAddr::new(listen.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), port);
     let listener = TcpListener::bind(any)?;
     let udp = UdpSocket::bind(any)?;
     thread::spawn(move || {
@@ -220,7 +220,7 @@ mod tests {
     #[test]
     fn stream_over_loopback_sees_every_echo() {
         let port = 40000 + (std::process::id() % 20000) as u16;
-        thread::spawn(move || serve(port));
+        thread::spawn(move || serve(port, None));
         thread::sleep(Duration::from_millis(100));
         let r = stream(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200), Duration::from_millis(1))
             .unwrap();

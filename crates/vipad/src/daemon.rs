@@ -219,12 +219,13 @@ impl Daemon {
     pub fn reconcile(&mut self) -> Vec<String> {
         let mut changes = Vec::new();
         let mut failed = false;
+        let mut arp = None;
         // One round normally suffices; a second covers what the first made possible.
         for _round in 0..3 {
             self.refresh_sysctls();
             let runtime = self.ipmp.runtime();
             let plan = plan::plan_with_groups(&self.config, &self.observed, &self.ledger, self.mode, &runtime);
-            self.apply_arp_filter(&plan.arp);
+            arp = Some(plan.arp.clone());
             if plan.ops.is_empty() {
                 self.set_ledger(plan.ledger);
                 break;
@@ -262,8 +263,12 @@ impl Daemon {
                 break;
             }
         }
-        // Neighbours hear of a move only once the kernel answers for it.
+        // Neighbours hear of a move once the kernel holds it; the ARP filter (an nft run,
+        // tens of milliseconds) follows, since the announcement already points them right.
         self.ipmp.announce(&self.observed);
+        if let Some(arp) = arp {
+            self.apply_arp_filter(&arp);
+        }
         changes
     }
 

@@ -162,9 +162,10 @@ pub fn wanted_sysctls(config: &Config, observed: &Observed, ledger: &Ledger) -> 
 }
 
 /// The sysctls vipa manages on each interface it uses. A VIPA's source interfaces get
-/// all of them for the families it has; an IPMP member gets loose `rp_filter` and
-/// `arp_announce=2` (ARP requests carry its test address), but keeps `arp_ignore` as it is,
-/// since the member bound to a data address on `lo` must answer ARP for it.
+/// all of them for the families it has; an IPMP member gets loose `rp_filter`,
+/// `arp_announce=2` (ARP requests carry its test address) and ignores routes over a link
+/// that lost carrier, but keeps `arp_ignore` as it is, since the member bound to a data
+/// address on `lo` must answer ARP for it.
 fn managed_sysctls(config: &Config) -> Vec<(String, Vec<SysctlKind>)> {
     let mut out = Vec::new();
     for v in &config.vipas {
@@ -175,10 +176,17 @@ fn managed_sysctls(config: &Config) -> Vec<(String, Vec<SysctlKind>)> {
         }
     }
     for g in &config.groups {
-        if g.data_addresses.iter().any(|(a, _)| a.is_ipv4()) {
-            for nic in &g.interfaces {
-                out.push((nic.clone(), vec![SysctlKind::RpFilter, SysctlKind::ArpAnnounce]));
-            }
+        let has4 = g.data_addresses.iter().any(|(a, _)| a.is_ipv4());
+        let has6 = g.data_addresses.iter().any(|(a, _)| a.is_ipv6());
+        let mut kinds = Vec::new();
+        if has4 {
+            kinds.extend([SysctlKind::RpFilter, SysctlKind::ArpAnnounce, SysctlKind::IgnoreLinkdown4]);
+        }
+        if has6 {
+            kinds.push(SysctlKind::IgnoreLinkdown6);
+        }
+        for nic in &g.interfaces {
+            out.push((nic.clone(), kinds.clone()));
         }
     }
     out

@@ -1,7 +1,7 @@
 //! vipa-probe: traffic for the testbed.
 //!
 //! ```text
-//! vipa-probe serve --port P
+//! vipa-probe serve --port P [--listen ADDR]
 //! vipa-probe whoami --target ADDR:P [--bind ADDR]
 //! vipa-probe stream --target ADDR:P --duration-ms N [--interval-ms N]   (prints a JSON report)
 //! ```
@@ -24,7 +24,8 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("serve") => {
             let port = flag(&args, "--port").and_then(|p| p.parse().ok()).expect("--port P");
-            probe::serve(port).map(|_| String::new())
+            let listen = flag(&args, "--listen").map(|a| a.parse().expect("--listen ADDR"));
+            probe::serve(port, listen).map(|_| String::new())
         }
         Some("whoami") => {
             let bind = flag(&args, "--bind").map(|b| b.parse().expect("--bind ADDR"));
