@@ -10,7 +10,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vipa_testbed::lab::{Names, SampleEnv, SEED_CONFIG, VIPA, VIPA6};
+use vipa_testbed::lab::{stream, LanEnv, Names, SampleEnv, DATA, SEED_CONFIG, VIPA, VIPA6};
 use vipa_testbed::{require_root, wait_for, workspace_bin, Netns};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -50,6 +50,14 @@ fn main() {
     repair(&mut rows);
     eprintln!("measuring cold start with 1,000 VIPAs ...");
     scale(&mut rows);
+    eprintln!("measuring IPMP link-loss outage ({runs} runs) ...");
+    ipmp_link(runs, &mut rows);
+    for fdt in [100u64, 1000, 10_000] {
+        eprintln!("measuring IPMP silent-loss detection at FDT {fdt} ms ({runs} runs) ...");
+        ipmp_silent(runs, fdt, &mut rows);
+    }
+    eprintln!("measuring IPMP probing CPU with 8 NICs at FDT 100 ms ...");
+    ipmp_cpu(&mut rows);
 
     let w0 = rows.iter().map(|r| r.what.len()).max().unwrap_or(0);
     let w1 = rows.iter().map(|r| r.result.len()).max().unwrap_or(0);
@@ -228,4 +236,117 @@ fn clk_tck() -> f64 {
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(100.0)
+}
+
+fn group_config(nics: usize, fdt_ms: u64, probing: bool) -> String {
+    let names: Vec<String> = (1..=nics).map(|i| format!("\"en{i}\"")).collect();
+    let tests: Vec<String> = (1..=nics).map(|i| format!("en{i} = \"198.18.1.{}/24\"", 10 + i)).collect();
+    let mut c = format!(
+        "[[group]]\nname = \"prod\"\ninterfaces = [{}]\ndata_addresses = [\"198.18.1.5/24\"]\nfailure_detection_time = \"{fdt_ms}ms\"\n",
+        names.join(", ")
+    );
+    if probing {
+        c.push_str(&format!("test_addresses = {{ {} }}\nprobe_targets = [\"198.18.1.254\"]\n", tests.join(", ")));
+    }
+    c
+}
+
+fn vipactl(env: &LanEnv, args: &[&str]) -> String {
+    String::from_utf8_lossy(&env.vipactl(args).stdout).into_owned()
+}
+
+fn bound_nic(env: &LanEnv) -> Option<String> {
+    vipactl(env, &["ipmp", "-a", "-o", "address,inbound", "-P"])
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{DATA}:")).map(str::to_string))
+        .filter(|n| !n.is_empty())
+}
+
+fn group_ok(env: &LanEnv) -> bool {
+    vipactl(env, &["ipmp", "-g", "-o", "state", "-P"]).trim() == "ok"
+}
+
+/// Waits for an answered probe on every NIC (the end of in.mpathd's quiet period).
+fn probes_answered(env: &LanEnv, nics: usize) {
+    let mut acked = std::collections::BTreeSet::new();
+    let start = Instant::now();
+    let _ = vipa_api::stream_events(&env.socket_path(), |e| {
+        if e.kind == "probe" && e.probe.as_ref().is_some_and(|p| p.acked) {
+            acked.extend(e.interface.clone());
+        }
+        acked.len() < nics && start.elapsed() < Duration::from_secs(60)
+    });
+}
+
+fn ipmp_link(runs: usize, rows: &mut Vec<Row>) {
+    let env = LanEnv::build(Names::Unique, 2);
+    env.write_config(&group_config(2, 10_000, false));
+    let _vipad = env.start_vipad();
+    let _srv = vipa_testbed::lab::serve(&env.host);
+    let mut gaps = Vec::new();
+    for _ in 0..runs {
+        wait_for(Duration::from_secs(10), || group_ok(&env).then_some(()));
+        let Some(nic) = bound_nic(&env) else { continue };
+        let run = stream(&env.client, DATA, 1500);
+        std::thread::sleep(Duration::from_millis(500));
+        env.cut(&nic);
+        let r = run.report();
+        env.restore(&nic);
+        gaps.push(r.udp.max_gap_ms);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    rows.push(Row {
+        what: "IPMP: 1 ms probes to a data address, outage when its NIC loses link (median)".into(),
+        result: format!("{:.1} ms (runs {} ms)", median(gaps.clone()), range(&gaps)),
+        target: "≤ 5 ms".into(),
+    });
+}
+
+fn ipmp_silent(runs: usize, fdt_ms: u64, rows: &mut Vec<Row>) {
+    let env = LanEnv::build(Names::Unique, 2);
+    env.write_config(&group_config(2, fdt_ms, true));
+    let _vipad = env.start_vipad();
+    probes_answered(&env, 2);
+    let mut detect = Vec::new();
+    for _ in 0..runs {
+        let ok = wait_for(Duration::from_millis(fdt_ms * 3 + 5000), || group_ok(&env).then_some(()));
+        if ok.is_none() {
+            continue;
+        }
+        let Some(nic) = bound_nic(&env) else { continue };
+        let t0 = Instant::now();
+        env.silence(&nic);
+        let mut found = None;
+        let _ = vipa_api::stream_events(&env.socket_path(), |e| {
+            if e.kind == "nic" && e.text.starts_with(&format!("IP interface failure detected on {nic}")) {
+                found = Some(t0.elapsed());
+            }
+            found.is_none() && t0.elapsed() < Duration::from_millis(fdt_ms * 4 + 2000)
+        });
+        env.unsilence();
+        if let Some(d) = found {
+            detect.push(d.as_secs_f64() * 1e3);
+        }
+    }
+    rows.push(Row {
+        what: format!("IPMP: silent loss detected, FDT {fdt_ms} ms (median of {})", detect.len()),
+        result: if detect.is_empty() { "not detected".into() } else { format!("{:.0} ms (runs {} ms)", median(detect.clone()), range(&detect)) },
+        target: format!("≤ {fdt_ms} ms"),
+    });
+}
+
+fn ipmp_cpu(rows: &mut Vec<Row>) {
+    let env = LanEnv::build(Names::Unique, 8);
+    env.write_config(&group_config(8, 100, true));
+    let vipad = env.start_vipad();
+    probes_answered(&env, 8);
+    let pid = vipad.pid();
+    let t0 = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(10));
+    let t1 = cpu_ticks(pid);
+    let cpu = match (t0, t1) {
+        (Some(a), Some(b)) => format!("{:.2} % of one core", (b - a) as f64 / clk_tck() / 10.0 * 100.0),
+        _ => "n/a".into(),
+    };
+    rows.push(Row { what: "IPMP: vipad CPU, 8 NICs probing at FDT 100 ms, over 10 s".into(), result: cpu, target: "< 2 %".into() });
 }

@@ -167,14 +167,26 @@ pub fn stream(target: SocketAddr, duration: Duration, interval: Duration) -> io:
 
     let mut report = StreamReport { hello: hello.trim().to_string(), ..Default::default() };
     let mut writer = tcp;
+    // A full send buffer (no acks while a path is down) must not hold up the UDP probes.
+    writer.set_nonblocking(true)?;
     let mut next = start;
     let mut seq: u64 = 0;
     while Instant::now() < end {
         seq += 1;
         let bytes = seq.to_be_bytes();
         if report.tcp.error.is_none() {
-            match writer.write_all(&bytes) {
-                Ok(()) => report.tcp.sent += 1,
+            match writer.write(&bytes) {
+                Ok(8) => report.tcp.sent += 1,
+                // A partial write leaves the stream misaligned: finish it blocking.
+                Ok(n) => {
+                    let _ = writer.set_nonblocking(false);
+                    match writer.write_all(&bytes[n..]) {
+                        Ok(()) => report.tcp.sent += 1,
+                        Err(e) => report.tcp.error = Some(e.to_string()),
+                    }
+                    let _ = writer.set_nonblocking(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => report.tcp.error = Some(e.to_string()),
             }
         }

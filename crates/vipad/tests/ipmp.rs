@@ -141,6 +141,8 @@ fn silent_failure_is_found_by_probes_and_repaired() {
     assert!(r.tcp.error.is_none(), "TCP broke: {:?}", r.tcp.error);
     assert_eq!(r.tcp.received, r.tcp.sent, "every byte got through in the end");
     assert_eq!(env.client_neigh(DATA), Some(env.mac("en2")));
+    let seen = whoami(&env.client, DATA, None).unwrap();
+    assert!(seen.contains(&format!("local={DATA}")), "the listener survived: {seen}");
 
     env.unsilence();
     // Ten answered probes repair it (about 1.4 s at FDT 1 s).
