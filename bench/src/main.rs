@@ -158,11 +158,16 @@ fn proc_field(pid: i32, key: &str) -> Option<u64> {
 }
 
 fn cpu_ticks(pid: i32) -> Option<u64> {
+    cpu_split(pid).map(|(u, s)| u + s)
+}
+
+/// (user, system) clock ticks of a process.
+fn cpu_split(pid: i32) -> Option<(u64, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = s.rsplit(')').next()?;
     let f: Vec<&str> = after.split_whitespace().collect();
     // Fields 14 and 15 of stat (utime, stime) are at 11 and 12 after the command name.
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    Some((f.get(11)?.parse::<u64>().ok()?, f.get(12)?.parse::<u64>().ok()?))
 }
 
 fn scale(rows: &mut Vec<Row>) {
@@ -330,7 +335,11 @@ fn ipmp_silent(runs: usize, fdt_ms: u64, rows: &mut Vec<Row>) {
     }
     rows.push(Row {
         what: format!("IPMP: silent loss detected, FDT {fdt_ms} ms (median of {})", detect.len()),
-        result: if detect.is_empty() { "not detected".into() } else { format!("{:.0} ms (runs {} ms)", median(detect.clone()), range(&detect)) },
+        result: if detect.is_empty() {
+            "not detected".into()
+        } else {
+            format!("{:.0} ms (runs {} ms)", median(detect.clone()), range(&detect))
+        },
         target: format!("≤ {fdt_ms} ms"),
     });
 }
@@ -341,12 +350,17 @@ fn ipmp_cpu(rows: &mut Vec<Row>) {
     let vipad = env.start_vipad();
     probes_answered(&env, 8);
     let pid = vipad.pid();
-    let t0 = cpu_ticks(pid);
-    std::thread::sleep(Duration::from_secs(10));
-    let t1 = cpu_ticks(pid);
+    let t0 = cpu_split(pid);
+    std::thread::sleep(Duration::from_secs(20));
+    let t1 = cpu_split(pid);
+    let pct = |ticks: u64| ticks as f64 / clk_tck() / 20.0 * 100.0;
     let cpu = match (t0, t1) {
-        (Some(a), Some(b)) => format!("{:.2} % of one core", (b - a) as f64 / clk_tck() / 10.0 * 100.0),
+        (Some(a), Some(b)) => format!("user {:.2} %, system {:.2} % of one core", pct(b.0 - a.0), pct(b.1 - a.1)),
         _ => "n/a".into(),
     };
-    rows.push(Row { what: "IPMP: vipad CPU, 8 NICs probing at FDT 100 ms, over 10 s".into(), result: cpu, target: "< 2 %".into() });
+    rows.push(Row {
+        what: "IPMP: vipad CPU, 8 NICs probing at FDT 100 ms, over 20 s (system includes the simulated LAN)".into(),
+        result: cpu,
+        target: "< 2 %".into(),
+    });
 }

@@ -30,8 +30,6 @@ pub enum Input {
     /// The event stream lost messages: dump everything again.
     Resync(String),
     Control(Request, Sender<Response>),
-    /// An echo reply to one of the IPMP probes.
-    Probe(crate::ipmp::ProbeReply),
     /// A control connection wants the event stream.
     Subscribe(Sender<vipa_api::Event>),
     Reload,
@@ -147,7 +145,6 @@ impl Daemon {
                         dirty = true;
                         kernel_changed = true;
                     }
-                    Input::Probe(reply) => self.ipmp.reply(reply, Instant::now()),
                     Input::Subscribe(tx) => self.ipmp.subscribers.push(tx),
                     Input::Control(req, reply) => {
                         if kernel_changed {
@@ -178,6 +175,7 @@ impl Daemon {
             if kernel_changed {
                 self.ipmp.observe(&self.observed, now);
             }
+            self.ipmp.take_replies(now);
             self.ipmp.handle_timeout(now);
             if self.ipmp.drain(&self.observed) {
                 dirty = true;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -19,8 +19,6 @@ use vipa_core::plan::GroupRuntime;
 use vipa_core::Config;
 use vipa_kernel::probe::ProbeSocket;
 use vipa_wire::icmp::{PROBE_MULTICAST, PROBE_UNICAST};
-
-use crate::daemon::Input;
 
 /// An echo reply for one of our probes.
 #[derive(Debug, Clone)]
@@ -51,7 +49,9 @@ pub struct Ipmp {
     /// (address, NIC) announcements due once the kernel holds the new binding.
     announce: Vec<(IpAddr, String, u32)>,
     epoch: Instant,
-    tx: Sender<Input>,
+    /// Replies wait here for the next tick instead of waking the daemon one by one: a
+    /// probe's fate is settled at ticks anyway, and its RTT was measured on arrival.
+    replies: Arc<Mutex<Vec<ProbeReply>>>,
     pub subscribers: Vec<Sender<Event>>,
     seed: u64,
 }
@@ -61,7 +61,7 @@ fn group_of<'a>(groups: &'a mut BTreeMap<String, Group>, nic: &str) -> Option<&'
 }
 
 impl Ipmp {
-    pub fn new(tx: Sender<Input>, epoch: Instant) -> Ipmp {
+    pub fn new(epoch: Instant) -> Ipmp {
         let seed = u64::from(std::process::id()) ^ (epoch.elapsed().as_nanos() as u64) ^ 0x9e37_79b9_7f4a_7c15;
         Ipmp {
             groups: BTreeMap::new(),
@@ -69,7 +69,7 @@ impl Ipmp {
             routers: [Vec::new(), Vec::new()],
             announce: Vec::new(),
             epoch,
-            tx,
+            replies: Arc::default(),
             subscribers: Vec::new(),
             seed,
         }
@@ -142,9 +142,13 @@ impl Ipmp {
         }
     }
 
-    pub fn reply(&mut self, r: ProbeReply, now: Instant) {
-        if let Some(g) = group_of(&mut self.groups, &r.nic) {
-            g.probe_reply(now, &r.nic, r.v6, r.from, r.seq, r.rtt, r.kind == PROBE_MULTICAST);
+    /// Takes the probe replies that arrived since the last call.
+    pub fn take_replies(&mut self, now: Instant) {
+        let replies = std::mem::take(&mut *self.replies.lock().expect("replies lock"));
+        for r in replies {
+            if let Some(g) = group_of(&mut self.groups, &r.nic) {
+                g.probe_reply(now, &r.nic, r.v6, r.from, r.seq, r.rtt, r.kind == PROBE_MULTICAST);
+            }
         }
     }
 
@@ -221,6 +225,7 @@ impl Ipmp {
                         info!(group = %name, "{m}");
                         self.event("message", Some(&name), None, m, None);
                     }
+                    Output::Probe { .. } if self.subscribers.is_empty() => {}
                     Output::Probe { nic, v6, event, acked } => {
                         let g = &self.groups[&name];
                         let t = g
@@ -277,7 +282,7 @@ impl Ipmp {
     /// Reads replies on a clone of `sock` until `stop` is set (the socket was dropped).
     fn spawn_receiver(&self, nic: &str, sock: &ProbeSocket, stop: Arc<AtomicBool>) {
         let Ok(rx) = sock.try_clone() else { return };
-        let (tx, epoch, nic) = (self.tx.clone(), self.epoch, nic.to_string());
+        let (queue, epoch, nic) = (Arc::clone(&self.replies), self.epoch, nic.to_string());
         let spawned = thread::Builder::new().name(format!("probe-{nic}")).spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 match rx.recv() {
@@ -285,8 +290,9 @@ impl Ipmp {
                         let now_ns = epoch.elapsed().as_nanos() as u64;
                         let rtt = Duration::from_nanos(now_ns.saturating_sub(echo.sent_ns));
                         let r = ProbeReply { nic: nic.clone(), v6: rx.v6, from, seq: echo.seq, kind: echo.kind, rtt };
-                        if tx.send(Input::Probe(r)).is_err() {
-                            return;
+                        match queue.lock() {
+                            Ok(mut q) => q.push(r),
+                            Err(_) => return,
                         }
                     }
                     Ok(None) => {}

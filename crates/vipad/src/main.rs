@@ -177,7 +177,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         })?;
     }
     let epoch = std::time::Instant::now();
-    let ipmp = ipmp::Ipmp::new(tx.clone(), epoch);
+    let ipmp = ipmp::Ipmp::new(epoch);
     drop(tx);
     let nft = if config.groups.is_empty() { Ok(()) } else { vipa_kernel::nft::available() };
     if let Err(why) = &nft {
