@@ -5,7 +5,8 @@
 //! - the time from a foreign route change to its preferred source being restored;
 //! - cold start with 1,000 VIPAs and 4 NICs: time to converge, peak RSS, idle CPU.
 //!
-//! `vipa-bench [--runs N]`. Not a test: numbers are reported, never asserted.
+//! `vipa-bench [--runs N] [--only failover,repair,scale,ipmp-link,ipmp-silent,ipmp-cpu]`.
+//! Not a test: numbers are reported, never asserted.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,21 +44,35 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let runs: usize =
         args.iter().position(|a| a == "--runs").and_then(|i| args.get(i + 1)).and_then(|n| n.parse().ok()).unwrap_or(5);
+    let only: Option<String> = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
+    let want = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == name));
     let mut rows = Vec::new();
-    eprintln!("measuring failover gaps ({runs} runs per family) ...");
-    failover(runs, &mut rows);
-    eprintln!("measuring repair of foreign route changes ...");
-    repair(&mut rows);
-    eprintln!("measuring cold start with 1,000 VIPAs ...");
-    scale(&mut rows);
-    eprintln!("measuring IPMP link-loss outage ({runs} runs) ...");
-    ipmp_link(runs, &mut rows);
-    for fdt in [100u64, 1000, 10_000] {
-        eprintln!("measuring IPMP silent-loss detection at FDT {fdt} ms ({runs} runs) ...");
-        ipmp_silent(runs, fdt, &mut rows);
+    if want("failover") {
+        eprintln!("measuring failover gaps ({runs} runs per family) ...");
+        failover(runs, &mut rows);
     }
-    eprintln!("measuring IPMP probing CPU with 8 NICs at FDT 100 ms ...");
-    ipmp_cpu(&mut rows);
+    if want("repair") {
+        eprintln!("measuring repair of foreign route changes ...");
+        repair(&mut rows);
+    }
+    if want("scale") {
+        eprintln!("measuring cold start with 1,000 VIPAs ...");
+        scale(&mut rows);
+    }
+    if want("ipmp-link") {
+        eprintln!("measuring IPMP link-loss outage ({runs} runs) ...");
+        ipmp_link(runs, &mut rows);
+    }
+    if want("ipmp-silent") {
+        for fdt in [100u64, 1000, 10_000] {
+            eprintln!("measuring IPMP silent-loss detection at FDT {fdt} ms ({runs} runs) ...");
+            ipmp_silent(runs, fdt, &mut rows);
+        }
+    }
+    if want("ipmp-cpu") {
+        eprintln!("measuring IPMP probing CPU with 8 NICs at FDT 100 ms ...");
+        ipmp_cpu(&mut rows);
+    }
 
     let w0 = rows.iter().map(|r| r.what.len()).max().unwrap_or(0);
     let w1 = rows.iter().map(|r| r.result.len()).max().unwrap_or(0);
