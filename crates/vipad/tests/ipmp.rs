@@ -273,3 +273,26 @@ fn bad_group_config_is_refused_and_changes_nothing() {
     assert_eq!(env.host.sh("ip -o addr; ip route; ip -6 route"), before);
     assert_eq!(group_state(&env), "ok");
 }
+
+#[test]
+fn probe_targets_are_found_in_the_routing_table() {
+    require_root();
+    let env = LanEnv::build(Names::Unique, 2);
+    env.write_config(&GROUP.replace("probe_targets = [\"198.18.1.254\"]\n", ""));
+    let _vipad = env.start_vipad();
+    // No router yet: probing has no targets, which is "unknown", not failed.
+    let ok = wait_for(Duration::from_secs(5), || {
+        (interfaces(&env).get("en1").is_some_and(|v| v.3 == "unknown")).then_some(())
+    });
+    assert!(ok.is_some(), "{:?}", interfaces(&env));
+    // A route through the LAN's router makes it the target, on every member.
+    let gw = wait_for(Duration::from_secs(5), || env.host.try_sh("ip route add 198.18.2.0/24 via 198.18.1.254").ok());
+    assert!(gw.is_some(), "route via the router");
+    let ok = wait_for(Duration::from_secs(5), || {
+        let t = out(&env.vipactl(&["ipmp", "-t", "-o", "interface,mode,targets", "-P"]));
+        (t.lines().filter(|l| l.ends_with(":routes:198.18.1.254")).count() == 2).then_some(())
+    });
+    assert!(ok.is_some(), "{}", out(&env.vipactl(&["ipmp", "-t"])));
+    let ok = wait_for(Duration::from_secs(5), || interfaces(&env).values().all(|v| v.3 == "ok").then_some(()));
+    assert!(ok.is_some(), "{:?}", interfaces(&env));
+}
