@@ -11,6 +11,7 @@
 //! What it does not do: talk to Linux (that is `vipa-kernel`), or decide when to run
 //! (that is `vipad`).
 
+pub mod cluster;
 pub mod config;
 pub mod ipmp;
 pub mod model;

@@ -10,6 +10,7 @@
 //! unsolicited Neighbor Advertisement.
 
 pub mod arp;
+pub mod cluster;
 pub mod icmp;
 pub mod ndp;
 

@@ -1,0 +1,582 @@
+//! Cluster membership and DVIPA ownership (z/OS VIPADEFINE / VIPABACKUP on Linux).
+//!
+//! Every node sends one authenticated heartbeat per interval to every peer, carrying its
+//! claims on all DVIPAs. From the heartbeats it hears, each node computes, for every
+//! DVIPA, who should hold it, and acts only for itself:
+//!
+//! - it **releases** an address it holds when it has no quorum, when it was deactivated,
+//!   when someone else should hold it (takeback, planned move), or when another holder
+//!   comes first in the DVIPA's order (a healed partition);
+//! - it **activates** an address only when it should hold it, has quorum, and hears no
+//!   other live node claiming it. A handover therefore never has two holders: the new
+//!   holder waits for the old one's heartbeat without the claim.
+//!
+//! The order of a DVIPA: a pinned node (planned move), then the owner, then the backups by
+//! rank (higher first, then name). Takeback decides whether a returning owner gets the
+//! address back at once (`immediate`), once the holder has no connections on it
+//! (`when-idle`), or not at all (`never`).
+//!
+//! After a start, a node listens for one dead interval before claiming anything (it keeps
+//! addresses its kernel still has, and gives one up as soon as another node claims it).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use vipa_wire::cluster::{bit, set_bit, Heartbeat, FLAG_SYNCING};
+
+/// How often a held address is announced again (gratuitous ARP / NA).
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quorum {
+    Majority,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Takeback {
+    Immediate,
+    WhenIdle,
+    Never,
+}
+
+/// `[cluster]` as validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub me: String,
+    /// Peers' addresses (heartbeats go there).
+    pub peers: Vec<std::net::SocketAddr>,
+    pub port: u16,
+    pub key_file: String,
+    pub interval: Duration,
+    /// Heartbeats missed before a node is dead.
+    pub dead_after: u32,
+    pub quorum: Quorum,
+}
+
+impl ClusterConfig {
+    /// Nodes in the cluster: the peers and this one.
+    pub fn size(&self) -> usize {
+        self.peers.len() + 1
+    }
+
+    pub fn dead_time(&self) -> Duration {
+        self.interval * self.dead_after
+    }
+}
+
+/// One `[[dvipa]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DvipaConfig {
+    pub address: IpAddr,
+    pub owner: String,
+    /// (node, rank 1..254).
+    pub backups: Vec<(String, u8)>,
+    pub takeback: Takeback,
+    /// NICs the address is put on and announced from; empty: `lo`, no announcements.
+    pub announce: Vec<String>,
+}
+
+impl DvipaConfig {
+    /// Rank of `node`: 255 for the owner, the backup rank, or `None`.
+    pub fn rank(&self, node: &str) -> Option<u8> {
+        if node == self.owner {
+            Some(255)
+        } else {
+            self.backups.iter().find(|(n, _)| n == node).map(|(_, r)| *r)
+        }
+    }
+
+    /// Owner first, then backups by rank (higher first), then name.
+    pub fn order(&self) -> Vec<&str> {
+        let mut b: Vec<&(String, u8)> = self.backups.iter().collect();
+        b.sort_by(|x, y| y.1.cmp(&x.1).then(x.0.cmp(&y.0)));
+        std::iter::once(self.owner.as_str()).chain(b.into_iter().map(|(n, _)| n.as_str())).collect()
+    }
+}
+
+/// `vipactl dvipa` Status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DvipaStatus {
+    Active,
+    Backup,
+    Moving,
+    Quiescing,
+    Deactivated,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send this heartbeat to every peer.
+    Heartbeat(Heartbeat),
+    /// Put the address in the kernel and announce it.
+    Activate { index: usize, cause: String },
+    /// Take the address out of the kernel.
+    Release { index: usize, cause: String },
+    /// Announce a held address again.
+    Announce { index: usize },
+    /// A membership change, for the log and the event stream.
+    Event(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub last_heard: Instant,
+    pub incarnation: u64,
+    pub seq: u64,
+    pub syncing: bool,
+    /// Its DVIPA list matches ours (else its claims are ignored).
+    pub same_config: bool,
+    held: Vec<u8>,
+    busy: Vec<u8>,
+    declined: Vec<u8>,
+    pins: Vec<(u32, String)>,
+    pub alive: bool,
+}
+
+/// Counters of dropped heartbeats, by cause.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drops {
+    pub unauthenticated: u64,
+    pub replayed: u64,
+    pub malformed: u64,
+    pub wrong_version: u64,
+    pub foreign: u64,
+}
+
+pub struct Cluster {
+    pub config: ClusterConfig,
+    pub dvipas: Vec<DvipaConfig>,
+    pub digest: u64,
+    incarnation: u64,
+    seq: u64,
+    pub peers: BTreeMap<String, Peer>,
+    pub held: Vec<bool>,
+    busy: Vec<bool>,
+    pub declined: Vec<bool>,
+    /// Planned moves: DVIPA index → node.
+    pub pins: BTreeMap<usize, String>,
+    /// Released for a handover, and no new holder heard yet.
+    moving: Vec<bool>,
+    pub since: Vec<Instant>,
+    syncing_until: Option<Instant>,
+    had_quorum: bool,
+    next_heartbeat: Instant,
+    next_refresh: Instant,
+    out: VecDeque<Output>,
+    pub drops: Drops,
+}
+
+/// FNV-1a over everything that must be identical on every node.
+pub fn digest(dvipas: &[DvipaConfig]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for d in dvipas {
+        eat(d.address.to_string().as_bytes());
+        eat(d.owner.as_bytes());
+        for (n, r) in &d.backups {
+            eat(n.as_bytes());
+            eat(&[*r]);
+        }
+        eat(&[d.takeback as u8, 0xff]);
+    }
+    h
+}
+
+impl Cluster {
+    /// A node starting at `now`. `incarnation` must grow across restarts (the shell uses
+    /// the wall clock); `present` are the DVIPAs the kernel still has from before.
+    pub fn new(config: ClusterConfig, mut dvipas: Vec<DvipaConfig>, now: Instant, incarnation: u64, present: &[IpAddr]) -> Cluster {
+        dvipas.sort_by_key(|d| d.address);
+        let n = dvipas.len();
+        let held = dvipas.iter().map(|d| present.contains(&d.address)).collect();
+        let sync = config.dead_time() + config.interval;
+        Cluster {
+            digest: digest(&dvipas),
+            incarnation,
+            seq: 0,
+            peers: BTreeMap::new(),
+            held,
+            busy: vec![false; n],
+            declined: vec![false; n],
+            pins: BTreeMap::new(),
+            moving: vec![false; n],
+            since: vec![now; n],
+            syncing_until: Some(now + sync),
+            had_quorum: false,
+            next_heartbeat: now,
+            next_refresh: now + REFRESH_INTERVAL,
+            out: VecDeque::new(),
+            drops: Drops::default(),
+            config,
+            dvipas,
+        }
+    }
+
+    pub fn index(&self, addr: IpAddr) -> Option<usize> {
+        self.dvipas.iter().position(|d| d.address == addr)
+    }
+
+    pub fn syncing(&self) -> bool {
+        self.syncing_until.is_some()
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// The next moment something is due: a heartbeat, the end of the start-up listening,
+    /// a peer's death, a refresh.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let dead = self.config.dead_time();
+        let deaths = self.peers.values().filter(|p| p.alive).map(|p| p.last_heard + dead);
+        [Some(self.next_heartbeat), self.syncing_until, Some(self.next_refresh)].into_iter().flatten().chain(deaths).min()
+    }
+
+    fn heartbeat(&mut self) -> Heartbeat {
+        self.seq += 1;
+        let n = self.dvipas.len();
+        let mut h = Heartbeat {
+            flags: if self.syncing() { FLAG_SYNCING } else { 0 },
+            incarnation: self.incarnation,
+            seq: self.seq,
+            digest: self.digest,
+            interval_us: self.config.interval.as_micros().min(u128::from(u32::MAX)) as u32,
+            node: self.config.me.clone(),
+            count: n as u32,
+            pins: self.pins.iter().map(|(i, node)| (*i as u32, node.clone())).collect(),
+            ..Default::default()
+        };
+        for i in 0..n {
+            set_bit(&mut h.held, i, self.held[i] && !self.syncing());
+            set_bit(&mut h.busy, i, self.busy[i]);
+            set_bit(&mut h.declined, i, self.declined[i]);
+        }
+        h
+    }
+
+    fn send_heartbeat(&mut self, now: Instant) {
+        let h = self.heartbeat();
+        self.out.push_back(Output::Heartbeat(h));
+        self.next_heartbeat = now + self.config.interval;
+    }
+
+    /// A heartbeat that passed authentication. Replays (an older incarnation, or a
+    /// sequence number not above the last) are dropped and counted.
+    pub fn receive(&mut self, now: Instant, h: Heartbeat) {
+        if h.node == self.config.me {
+            self.drops.foreign += 1;
+            return;
+        }
+        if let Some(p) = self.peers.get(&h.node) {
+            if h.incarnation < p.incarnation || (h.incarnation == p.incarnation && h.seq <= p.seq) {
+                self.drops.replayed += 1;
+                return;
+            }
+        }
+        let same_config = h.digest == self.digest && h.count as usize == self.dvipas.len();
+        let was = self.peers.get(&h.node).map(|p| (p.alive, p.incarnation, p.same_config));
+        match was {
+            None => self.out.push_back(Output::Event(format!("node {} joined", h.node))),
+            Some((false, _, _)) => self.out.push_back(Output::Event(format!("node {} is alive again", h.node))),
+            Some((true, inc, _)) if inc != h.incarnation => {
+                self.out.push_back(Output::Event(format!("node {} restarted", h.node)))
+            }
+            _ => {}
+        }
+        if !same_config && was.is_none_or(|w| w.2) {
+            self.out.push_back(Output::Event(format!(
+                "node {} has a different [[dvipa]] list; its claims are ignored until the configurations match",
+                h.node
+            )));
+        }
+        self.peers.insert(
+            h.node.clone(),
+            Peer {
+                last_heard: now,
+                incarnation: h.incarnation,
+                seq: h.seq,
+                syncing: h.flags & FLAG_SYNCING != 0,
+                same_config,
+                held: h.held,
+                busy: h.busy,
+                declined: h.declined,
+                pins: h.pins,
+                alive: true,
+            },
+        );
+        self.adopt_pins();
+        self.evaluate(now);
+    }
+
+    /// Pins announced by peers become ours too (the operator's move reaches every node).
+    fn adopt_pins(&mut self) {
+        for p in self.peers.values().filter(|p| p.alive && p.same_config) {
+            for (i, node) in &p.pins {
+                let i = *i as usize;
+                if i < self.dvipas.len() && self.dvipas[i].rank(node).is_some() {
+                    self.pins.entry(i).or_insert_with(|| node.clone());
+                }
+            }
+        }
+    }
+
+    /// Whether the shell sees TCP connections on DVIPA `addr` here (for when-idle).
+    pub fn set_busy(&mut self, now: Instant, addr: IpAddr, busy: bool) {
+        if let Some(i) = self.index(addr) {
+            if self.busy[i] != busy {
+                self.busy[i] = busy;
+                self.evaluate(now);
+                self.send_heartbeat(now);
+            }
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let dead = self.config.dead_time();
+        let mut died = Vec::new();
+        for (name, p) in &mut self.peers {
+            if p.alive && now >= p.last_heard + dead {
+                p.alive = false;
+                died.push(name.clone());
+            }
+        }
+        for name in died {
+            self.out.push_back(Output::Event(format!("node {name} is dead: no heartbeat for {} ms", dead.as_millis())));
+            // A pin to a dead node no longer holds.
+            self.pins.retain(|_, n| *n != name);
+        }
+        if self.syncing_until.is_some_and(|t| now >= t) {
+            self.syncing_until = None;
+            self.out.push_back(Output::Event("listened for one dead interval; claiming from now on".into()));
+            // Addresses kept from before the start are announced once they are ours.
+        }
+        self.evaluate(now);
+        if now >= self.next_refresh {
+            self.next_refresh = now + REFRESH_INTERVAL;
+            for i in 0..self.dvipas.len() {
+                if self.held[i] && !self.syncing() {
+                    self.out.push_back(Output::Announce { index: i });
+                }
+            }
+        }
+        if now >= self.next_heartbeat {
+            self.send_heartbeat(now);
+        }
+    }
+
+    fn alive_nodes(&self) -> Vec<&str> {
+        std::iter::once(self.config.me.as_str())
+            .chain(self.peers.iter().filter(|(_, p)| p.alive).map(|(n, _)| n.as_str()))
+            .collect()
+    }
+
+    pub fn has_quorum(&self) -> bool {
+        match self.config.quorum {
+            Quorum::None => true,
+            Quorum::Majority => self.alive_nodes().len() * 2 > self.config.size(),
+        }
+    }
+
+    fn claims(&self, node: &str, i: usize) -> bool {
+        if node == self.config.me {
+            return self.held[i] && !self.syncing();
+        }
+        self.peers.get(node).is_some_and(|p| p.alive && p.same_config && !p.syncing && bit(&p.held, i))
+    }
+
+    fn declines(&self, node: &str, i: usize) -> bool {
+        if node == self.config.me {
+            return self.declined[i];
+        }
+        self.peers.get(node).is_some_and(|p| p.same_config && bit(&p.declined, i))
+    }
+
+    fn is_busy(&self, node: &str, i: usize) -> bool {
+        if node == self.config.me {
+            return self.busy[i];
+        }
+        self.peers.get(node).is_some_and(|p| p.same_config && bit(&p.busy, i))
+    }
+
+    /// Live candidates of DVIPA `i` in order: a pinned node first, then owner and backups.
+    fn order(&self, i: usize) -> Vec<String> {
+        let alive = self.alive_nodes();
+        let d = &self.dvipas[i];
+        let mut order: Vec<String> = Vec::new();
+        if let Some(p) = self.pins.get(&i) {
+            order.push(p.clone());
+        }
+        for n in d.order() {
+            if !order.iter().any(|o| o == n) {
+                order.push(n.to_string());
+            }
+        }
+        // A node still listening after its start is not a candidate yet: the holder keeps
+        // the address until it can take it.
+        let listening = |n: &str| self.peers.get(n).is_some_and(|p| p.syncing);
+        order.retain(|n| alive.contains(&n.as_str()) && !self.declines(n, i) && !listening(n));
+        order
+    }
+
+    /// Who should hold DVIPA `i`, from this node's view.
+    pub fn desired(&self, i: usize) -> Option<String> {
+        let order = self.order(i);
+        let holder = order.iter().find(|n| self.claims(n, i)).cloned();
+        if self.pins.get(&i).is_some_and(|p| order.first() == Some(p)) {
+            return order.first().cloned();
+        }
+        let d = &self.dvipas[i];
+        match (d.takeback, holder) {
+            (Takeback::Never, Some(h)) => Some(h),
+            (Takeback::WhenIdle, Some(h)) if h != d.owner && self.is_busy(&h, i) => Some(h),
+            _ => order.first().cloned(),
+        }
+    }
+
+    /// The node holding DVIPA `i`, as far as this node knows.
+    pub fn holder(&self, i: usize) -> Option<String> {
+        self.order(i).into_iter().find(|n| self.claims(n, i)).or_else(|| {
+            self.peers.iter().find(|(n, _)| self.claims(n, i)).map(|(n, _)| n.clone())
+        })
+    }
+
+    fn evaluate(&mut self, now: Instant) {
+        let quorum = self.has_quorum();
+        if quorum && !self.had_quorum && !self.syncing() {
+            // Back in the majority after a partition: what this side missed is learnt
+            // from the others' heartbeats before anything is claimed, as after a start.
+            self.syncing_until = Some(now + self.config.dead_time() + self.config.interval);
+            self.out.push_back(Output::Event("quorum regained; listening before claiming".into()));
+        }
+        self.had_quorum = quorum;
+        let mut changed = false;
+        for i in 0..self.dvipas.len() {
+            let me = self.config.me.clone();
+            let others: Vec<String> = self.peers.keys().filter(|n| self.claims(n, i)).cloned().collect();
+            if !others.is_empty() {
+                self.moving[i] = false;
+            }
+            if self.syncing() {
+                // A copy left from before the start goes as soon as another node claims it.
+                if self.held[i] && !others.is_empty() {
+                    self.held[i] = false;
+                    self.since[i] = now;
+                    let cause = format!("stale copy from before the restart: {} holds it", others[0]);
+                    self.out.push_back(Output::Release { index: i, cause });
+                }
+                continue;
+            }
+            if self.dvipas[i].rank(&me).is_none() {
+                continue;
+            }
+            let desired = self.desired(i);
+            let order = self.order(i);
+            let pos = |n: &str| order.iter().position(|o| o == n).unwrap_or(usize::MAX);
+            if self.held[i] {
+                let cause = if !quorum {
+                    Some("no quorum: this node sees no majority of the cluster".to_string())
+                } else if self.declined[i] {
+                    Some("deactivated by the operator".to_string())
+                } else if let Some(o) = others.iter().find(|o| pos(o) < pos(&me)) {
+                    Some(format!("{o} also holds it and comes first"))
+                } else if desired.as_deref() != Some(me.as_str()) {
+                    desired.as_ref().map(|d| format!("handing over to {d}"))
+                } else {
+                    None
+                };
+                if let Some(cause) = cause {
+                    self.held[i] = false;
+                    self.since[i] = now;
+                    self.moving[i] = cause.starts_with("handing over");
+                    self.out.push_back(Output::Release { index: i, cause });
+                    changed = true;
+                }
+            } else if quorum && !self.declined[i] && desired.as_deref() == Some(me.as_str()) && others.is_empty() {
+                self.held[i] = true;
+                self.since[i] = now;
+                let cause = match self.dvipas[i].owner == me {
+                    true => "owner, and no other node holds it".to_string(),
+                    false => format!("rank {} is the highest live backup", self.dvipas[i].rank(&me).unwrap_or(0)),
+                };
+                self.out.push_back(Output::Activate { index: i, cause });
+                changed = true;
+            }
+        }
+        if changed {
+            self.send_heartbeat(now);
+        }
+    }
+
+    /// `vipactl dvipa move ADDR NODE`: every node prefers NODE for ADDR from now on (the
+    /// holder hands over; NODE activates once the holder released).
+    pub fn move_to(&mut self, now: Instant, addr: IpAddr, node: &str) -> Result<(), String> {
+        let i = self.index(addr).ok_or_else(|| format!("{addr} is not a DVIPA of this cluster"))?;
+        if self.dvipas[i].rank(node).is_none() {
+            return Err(format!("{node} is neither the owner nor a backup of {addr}"));
+        }
+        if !self.alive_nodes().contains(&node) {
+            return Err(format!("{node} is not alive in this node's view of the cluster"));
+        }
+        self.pins.insert(i, node.to_string());
+        self.evaluate(now);
+        self.send_heartbeat(now);
+        Ok(())
+    }
+
+    /// `vipactl dvipa deactivate ADDR`: this node gives the address up and will not take
+    /// it until reactivated; a backup takes over.
+    pub fn deactivate(&mut self, now: Instant, addr: IpAddr) -> Result<(), String> {
+        let i = self.index(addr).ok_or_else(|| format!("{addr} is not a DVIPA of this cluster"))?;
+        self.declined[i] = true;
+        self.pins.retain(|j, n| *j != i || *n != self.config.me);
+        self.evaluate(now);
+        self.send_heartbeat(now);
+        Ok(())
+    }
+
+    pub fn reactivate(&mut self, now: Instant, addr: IpAddr) -> Result<(), String> {
+        let i = self.index(addr).ok_or_else(|| format!("{addr} is not a DVIPA of this cluster"))?;
+        self.declined[i] = false;
+        self.evaluate(now);
+        self.send_heartbeat(now);
+        Ok(())
+    }
+
+    /// VIPADYN status of DVIPA `i` on this node.
+    pub fn status(&self, i: usize) -> DvipaStatus {
+        if self.declined[i] {
+            DvipaStatus::Deactivated
+        } else if self.held[i] {
+            let d = &self.dvipas[i];
+            let owner_back = d.owner != self.config.me && self.order(i).first() == Some(&d.owner);
+            if d.takeback == Takeback::WhenIdle && owner_back && self.busy[i] {
+                DvipaStatus::Quiescing
+            } else {
+                DvipaStatus::Active
+            }
+        } else if self.moving[i] {
+            DvipaStatus::Moving
+        } else {
+            DvipaStatus::Backup
+        }
+    }
+
+    /// The dead time of peers' heartbeats as they say it (for views).
+    pub fn peer_age(&self, now: Instant, name: &str) -> Option<Duration> {
+        self.peers.get(name).map(|p| now.saturating_duration_since(p.last_heard))
+    }
+}
+
+#[cfg(test)]
+mod tests;

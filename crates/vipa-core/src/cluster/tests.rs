@@ -1,0 +1,391 @@
+//! A deterministic simulator of N nodes (latency, loss, partitions, clock drift) and the
+//! properties the cluster must keep.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use vipa_wire::cluster::Heartbeat;
+
+use super::*;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+struct Node {
+    c: Cluster,
+    up: bool,
+    /// What this node's kernel holds.
+    kernel: Vec<bool>,
+    drift: f64,
+}
+
+struct Sim {
+    nodes: BTreeMap<String, Node>,
+    t0: Instant,
+    t: Duration,
+    rng: Rng,
+    loss: f64,
+    latency: (u64, u64),
+    /// Nodes in different groups cannot talk.
+    partition: BTreeMap<String, u8>,
+    queue: Vec<(Duration, String, Heartbeat)>,
+    /// (time, node, dvipa index, activated?)
+    moves: Vec<(Duration, String, usize, bool)>,
+    /// Worst number of simultaneous holders seen per DVIPA at any instant after `watch`.
+    max_holders: Vec<usize>,
+    watch: Duration,
+}
+
+fn cluster_config(me: &str, n: usize, interval: Duration, quorum: Quorum) -> ClusterConfig {
+    ClusterConfig {
+        me: me.into(),
+        peers: (1..n).map(|i| std::net::SocketAddr::from(([198, 18, 0, i as u8], 5997))).collect(),
+        port: 5997,
+        key_file: String::new(),
+        interval,
+        dead_after: 10,
+        quorum,
+    }
+}
+
+fn dvipas(count: usize, takeback: Takeback) -> Vec<DvipaConfig> {
+    (0..count)
+        .map(|k| DvipaConfig {
+            address: IpAddr::from([198, 18, 7, (k + 1) as u8]),
+            owner: format!("s{}", k % 3 + 1),
+            backups: vec![(format!("s{}", (k + 1) % 3 + 1), 200), (format!("s{}", (k + 2) % 3 + 1), 100)],
+            takeback,
+            announce: vec![],
+        })
+        .collect()
+}
+
+impl Sim {
+    fn new(n: usize, d: Vec<DvipaConfig>, quorum: Quorum, seed: u64) -> Sim {
+        let t0 = Instant::now();
+        let mut rng = Rng(seed | 1);
+        let mut nodes = BTreeMap::new();
+        for k in 1..=n {
+            let name = format!("s{k}");
+            let drift = (rng.unit() - 0.5) * 0.02;
+            let c = Cluster::new(cluster_config(&name, n, ms(10), quorum), d.clone(), t0, 1, &[]);
+            nodes.insert(name, Node { c, up: true, kernel: vec![false; d.len()], drift });
+        }
+        let count = d.len();
+        Sim {
+            nodes,
+            t0,
+            t: Duration::ZERO,
+            rng,
+            loss: 0.0,
+            latency: (1, 3),
+            partition: BTreeMap::new(),
+            queue: vec![],
+            moves: vec![],
+            max_holders: vec![0; count],
+            watch: Duration::MAX,
+        }
+    }
+
+    fn local(&self, name: &str) -> Instant {
+        let drift = self.nodes[name].drift;
+        self.t0 + self.t.mul_f64(1.0 + drift)
+    }
+
+    fn drain(&mut self, name: &str) {
+        loop {
+            let node = self.nodes.get_mut(name).unwrap();
+            let Some(o) = node.c.poll_output() else { break };
+            match o {
+                Output::Heartbeat(h) => {
+                    let names: Vec<String> = self.nodes.keys().filter(|n| *n != name).cloned().collect();
+                    for to in names {
+                        if self.partition.get(name) != self.partition.get(&to) || self.rng.unit() < self.loss {
+                            continue;
+                        }
+                        let lat = self.latency.0 + self.rng.next() % (self.latency.1 - self.latency.0 + 1);
+                        self.queue.push((self.t + ms(lat), to, h.clone()));
+                    }
+                }
+                Output::Activate { index, .. } => {
+                    node.kernel[index] = true;
+                    self.moves.push((self.t, name.to_string(), index, true));
+                }
+                Output::Release { index, .. } => {
+                    node.kernel[index] = false;
+                    self.moves.push((self.t, name.to_string(), index, false));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn check_holders(&mut self) {
+        if self.t < self.watch {
+            return;
+        }
+        for i in 0..self.max_holders.len() {
+            let n = self.nodes.values().filter(|n| n.up && n.kernel[i]).count();
+            self.max_holders[i] = self.max_holders[i].max(n);
+        }
+    }
+
+    /// Runs in 1 ms steps until `until`.
+    fn run(&mut self, until: Duration) {
+        while self.t < until {
+            self.t += ms(1);
+            let due: Vec<_> = self.queue.iter().filter(|m| m.0 <= self.t).cloned().collect();
+            self.queue.retain(|m| m.0 > self.t);
+            for (_, to, h) in due {
+                if self.nodes[&to].up {
+                    let now = self.local(&to);
+                    self.nodes.get_mut(&to).unwrap().c.receive(now, h);
+                    self.drain(&to);
+                }
+            }
+            let names: Vec<String> = self.nodes.keys().cloned().collect();
+            for name in names {
+                if !self.nodes[&name].up {
+                    continue;
+                }
+                let now = self.local(&name);
+                let node = self.nodes.get_mut(&name).unwrap();
+                if node.c.poll_timeout().is_some_and(|t| t <= now) {
+                    node.c.handle_timeout(now);
+                }
+                self.drain(&name);
+            }
+            self.check_holders();
+        }
+    }
+
+    fn holders(&self, i: usize) -> Vec<String> {
+        self.nodes.iter().filter(|(_, n)| n.up && n.kernel[i]).map(|(k, _)| k.clone()).collect()
+    }
+
+    fn kill(&mut self, name: &str) {
+        let n = self.nodes.get_mut(name).unwrap();
+        n.up = false;
+        n.kernel.iter_mut().for_each(|k| *k = false);
+    }
+
+    fn restart(&mut self, name: &str, incarnation: u64) {
+        let now = self.local(name);
+        let n = self.nodes.get_mut(name).unwrap();
+        let (cfg, d) = (n.c.config.clone(), n.c.dvipas.clone());
+        n.c = Cluster::new(cfg, d, now, incarnation, &[]);
+        n.up = true;
+    }
+}
+
+#[test]
+fn every_dvipa_gets_exactly_one_holder_its_owner() {
+    for seed in 1..20 {
+        let mut s = Sim::new(3, dvipas(6, Takeback::Immediate), Quorum::Majority, seed);
+        s.watch = ms(400);
+        s.run(ms(600));
+        for i in 0..6 {
+            let owner = s.nodes["s1"].c.dvipas[i].owner.clone();
+            assert_eq!(s.holders(i), vec![owner], "seed {seed} dvipa {i}");
+            assert_eq!(s.max_holders[i], 1, "seed {seed}");
+        }
+    }
+}
+
+#[test]
+fn holder_death_is_taken_over_within_the_bound_by_the_best_backup() {
+    for seed in 1..20 {
+        let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
+        s.run(ms(500));
+        // s1 owns dvipa 0; its best backup is s2 (rank 200).
+        s.kill("s1");
+        let killed = s.t;
+        s.run(ms(800));
+        assert_eq!(s.holders(0), vec!["s2".to_string()], "seed {seed}");
+        let took = s.moves.iter().find(|m| m.0 >= killed && m.1 == "s2" && m.2 == 0 && m.3).map(|m| m.0 - killed).unwrap();
+        // dead_after (10) × interval (10 ms) + one interval + latency + drift.
+        assert!(took <= ms(100 + 10 + 3 + 3), "seed {seed}: took {took:?}");
+        // Death counts from the last heartbeat heard, up to one interval before the kill.
+        assert!(took >= ms(100 - 10 - 3), "not before the dead interval: {took:?}");
+    }
+}
+
+#[test]
+fn owner_returning_gets_it_back_through_a_handover_without_two_holders() {
+    for seed in 1..20 {
+        let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
+        s.run(ms(500));
+        s.kill("s1");
+        s.run(ms(800));
+        s.watch = s.t;
+        s.restart("s1", 2);
+        s.run(ms(1500));
+        assert_eq!(s.holders(0), vec!["s1".to_string()], "seed {seed}");
+        assert_eq!(s.max_holders[0], 1, "seed {seed}: two holders during takeback");
+    }
+}
+
+#[test]
+fn takeback_never_keeps_the_backup_and_when_idle_waits_for_idle() {
+    let mut s = Sim::new(3, dvipas(1, Takeback::Never), Quorum::Majority, 3);
+    s.run(ms(500));
+    s.kill("s1");
+    s.run(ms(800));
+    s.restart("s1", 2);
+    s.run(ms(1500));
+    assert_eq!(s.holders(0), vec!["s2".to_string()]);
+
+    let mut s = Sim::new(3, dvipas(1, Takeback::WhenIdle), Quorum::Majority, 3);
+    s.run(ms(500));
+    s.kill("s1");
+    s.run(ms(800));
+    let now = s.local("s2");
+    s.nodes.get_mut("s2").unwrap().c.set_busy(now, IpAddr::from([198, 18, 7, 1]), true);
+    s.drain("s2");
+    s.restart("s1", 2);
+    s.run(ms(1500));
+    assert_eq!(s.holders(0), vec!["s2".to_string()], "busy: stays");
+    assert_eq!(s.nodes["s2"].c.status(0), DvipaStatus::Quiescing);
+    let now = s.local("s2");
+    s.nodes.get_mut("s2").unwrap().c.set_busy(now, IpAddr::from([198, 18, 7, 1]), false);
+    s.drain("s2");
+    s.watch = s.t;
+    s.run(ms(1700));
+    assert_eq!(s.holders(0), vec!["s1".to_string()], "idle: back to the owner");
+    assert_eq!(s.max_holders[0], 1);
+}
+
+#[test]
+fn minority_side_of_a_partition_releases_and_one_holder_remains_after_healing() {
+    for seed in 1..20 {
+        let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
+        s.run(ms(500));
+        // s1 alone; s2 and s3 together.
+        s.partition.insert("s1".into(), 1);
+        s.run(ms(900));
+        assert!(s.holders(0) == vec!["s2".to_string()], "seed {seed}: {:?}", s.holders(0));
+        assert!(!s.nodes["s1"].kernel.iter().any(|k| *k), "the minority holds nothing");
+        s.partition.clear();
+        s.watch = s.t;
+        s.run(ms(1600));
+        for i in 0..3 {
+            assert_eq!(s.holders(i).len(), 1, "seed {seed} dvipa {i}");
+        }
+        assert_eq!(s.holders(0), vec!["s1".to_string()], "immediate takeback after healing");
+        assert!(s.max_holders.iter().all(|m| *m == 1), "seed {seed}: two holders while healing: {:?} {:?}", s.max_holders, s.moves);
+    }
+}
+
+#[test]
+fn without_quorum_both_sides_hold_and_healing_leaves_one() {
+    let d = dvipas(1, Takeback::Immediate);
+    let mut s = Sim::new(2, vec![DvipaConfig { backups: vec![("s2".into(), 100)], ..d[0].clone() }], Quorum::None, 5);
+    s.run(ms(500));
+    s.partition.insert("s1".into(), 1);
+    s.run(ms(900));
+    assert_eq!(s.holders(0).len(), 2, "quorum = none: both sides hold during the partition");
+    s.partition.clear();
+    s.run(ms(1300));
+    assert_eq!(s.holders(0), vec!["s1".to_string()]);
+}
+
+#[test]
+fn no_flapping_at_twenty_percent_loss() {
+    for seed in 1..6 {
+        let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
+        s.loss = 0.2;
+        s.run(ms(500));
+        let before = s.moves.len();
+        s.watch = s.t;
+        s.run(ms(20_500));
+        assert_eq!(s.moves.len(), before, "seed {seed}: moves at 20 % loss: {:?}", &s.moves[before..]);
+        for i in 0..3 {
+            assert_eq!(s.max_holders[i], 1);
+        }
+    }
+}
+
+#[test]
+fn planned_move_and_deactivation_hand_over_cleanly() {
+    let mut s = Sim::new(3, dvipas(1, Takeback::Immediate), Quorum::Majority, 9);
+    s.run(ms(500));
+    s.watch = s.t;
+    let now = s.local("s1");
+    s.nodes.get_mut("s1").unwrap().c.move_to(now, IpAddr::from([198, 18, 7, 1]), "s3").unwrap();
+    s.drain("s1");
+    s.run(ms(600));
+    assert_eq!(s.holders(0), vec!["s3".to_string()]);
+    assert_eq!(s.max_holders[0], 1);
+    let now = s.local("s3");
+    assert!(s.nodes.get_mut("s3").unwrap().c.move_to(now, IpAddr::from([198, 18, 7, 9]), "s1").is_err());
+    s.nodes.get_mut("s3").unwrap().c.deactivate(now, IpAddr::from([198, 18, 7, 1])).unwrap();
+    s.drain("s3");
+    s.run(ms(700));
+    assert_eq!(s.holders(0), vec!["s1".to_string()], "the owner takes it when the pinned node declines");
+    assert_eq!(s.nodes["s3"].c.status(0), DvipaStatus::Deactivated);
+    assert_eq!(s.max_holders[0], 1);
+}
+
+#[test]
+fn replayed_and_own_name_heartbeats_are_dropped() {
+    let t0 = Instant::now();
+    let d = dvipas(1, Takeback::Immediate);
+    let mut a = Cluster::new(cluster_config("s1", 3, ms(10), Quorum::Majority), d.clone(), t0, 1, &[]);
+    let mut b = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d, t0, 5, &[]);
+    b.handle_timeout(t0);
+    let Some(Output::Heartbeat(h)) = std::iter::from_fn(|| b.poll_output()).find(|o| matches!(o, Output::Heartbeat(_))) else {
+        panic!("no heartbeat")
+    };
+    a.receive(t0, h.clone());
+    a.receive(t0, h.clone());
+    assert_eq!(a.drops.replayed, 1);
+    let mut old = h.clone();
+    old.incarnation = 4;
+    old.seq = 99;
+    a.receive(t0, old);
+    assert_eq!(a.drops.replayed, 2, "an older incarnation is a replay");
+    let mut me = h;
+    me.node = "s1".into();
+    me.seq = 100;
+    a.receive(t0, me);
+    assert_eq!(a.drops.foreign, 1);
+}
+
+#[test]
+fn a_restarted_node_gives_up_its_stale_copy_before_claiming() {
+    let mut s = Sim::new(3, dvipas(1, Takeback::Immediate), Quorum::Majority, 11);
+    s.run(ms(500));
+    s.kill("s1");
+    s.run(ms(800));
+    assert_eq!(s.holders(0), vec!["s2".to_string()]);
+    // s1 comes back with the address still in its kernel (it was SIGKILLed).
+    let now = s.local("s1");
+    let n = s.nodes.get_mut("s1").unwrap();
+    let (cfg, d) = (n.c.config.clone(), n.c.dvipas.clone());
+    let mut cfg = cfg;
+    cfg.quorum = Quorum::Majority;
+    n.c = Cluster::new(cfg, d, now, 2, &[IpAddr::from([198, 18, 7, 1])]);
+    n.kernel[0] = true;
+    n.up = true;
+    s.run(ms(830));
+    assert!(!s.nodes["s1"].kernel[0], "released within a heartbeat of hearing s2's claim");
+    assert!(s.moves.iter().any(|m| m.1 == "s1" && !m.3));
+    s.run(ms(2000));
+    assert_eq!(s.holders(0), vec!["s1".to_string()], "then takes it back through a handover");
+}
