@@ -4,6 +4,7 @@
 //! Unix socket; one response line back. Views are computed by vipad and rendered by
 //! vipactl, which never decides anything itself.
 
+use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -41,12 +42,31 @@ pub enum Request {
     Online { interface: String },
     /// Stream events (state changes, moves, probe results) until the connection closes.
     Events,
+    /// Cluster members as this node sees them.
+    Cluster,
+    /// DVIPAs (netstat VIPADYN).
+    Dvipas,
+    /// Planned move of a DVIPA to a node, by handover.
+    DvipaMove { address: String, node: String },
+    /// Give a DVIPA up here; a backup takes over.
+    DvipaDeactivate { address: String },
+    /// Let this node hold a deactivated DVIPA again.
+    DvipaReactivate { address: String },
 }
 
 impl Request {
     /// Whether the request changes anything (and so needs root or CAP_NET_ADMIN).
     pub fn mutates(&self) -> bool {
-        !matches!(self, Request::Status | Request::Vipas | Request::Vipa { .. } | Request::Ipmp | Request::Events)
+        !matches!(
+            self,
+            Request::Status
+                | Request::Vipas
+                | Request::Vipa { .. }
+                | Request::Ipmp
+                | Request::Events
+                | Request::Cluster
+                | Request::Dvipas
+        )
     }
 }
 
@@ -59,8 +79,55 @@ pub enum Response {
     Vipa(VipaView),
     Applied(ApplyReport),
     Ipmp(IpmpView),
+    Cluster(ClusterView),
+    Dvipas { dvipas: Vec<DvipaView> },
     Done { message: String },
     Error { message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub node: String,
+    pub incarnation: u64,
+    /// `majority` or `none`.
+    pub quorum_rule: String,
+    pub has_quorum: bool,
+    /// Still listening after a start (or after regaining quorum) before claiming.
+    pub listening: bool,
+    pub heartbeat_interval_ms: f64,
+    pub dead_after: u32,
+    pub members: Vec<MemberView>,
+    /// Heartbeats dropped: unauthenticated, replayed, malformed, wrong version, own name.
+    pub dropped: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub node: String,
+    /// `self`, `alive`, `listening`, `dead`, `unknown` (configured peer never heard).
+    pub state: String,
+    pub address: Option<String>,
+    /// Milliseconds since its last heartbeat.
+    pub last_heard_ms: Option<u64>,
+    pub incarnation: Option<u64>,
+    /// Whether its [[dvipa]] list matches this node's.
+    pub same_config: bool,
+}
+
+/// One row of netstat VIPADYN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DvipaView {
+    pub address: String,
+    /// `ACTIVE`, `BACKUP`, `MOVING`, `QUIESCING`, `DEACTIVATED`.
+    pub status: String,
+    /// `VIPADefine` (owner) or `VIPABackup`.
+    pub origin: String,
+    /// This node's backup rank; `None` for the owner.
+    pub rank: Option<u8>,
+    pub holder: Option<String>,
+    /// Seconds since this node's status changed.
+    pub since_secs: u64,
+    pub takeback: String,
 }
 
 /// One event on the stream (`vipactl events`, `vipactl ipmp -p`).

@@ -10,6 +10,7 @@
 //! change stuck is learnt from the next observation, never assumed.
 
 pub mod announce;
+pub mod conns;
 pub mod netlink;
 pub mod nft;
 pub mod probe;

@@ -73,6 +73,32 @@ enum Command {
     Online { interface: String },
     /// Print events (state changes, address moves, probe results) as they happen.
     Events,
+    /// Cluster members as this node sees them; `keygen FILE` makes a cluster key.
+    Cluster {
+        #[command(subcommand)]
+        action: Option<ClusterAction>,
+    },
+    /// Dynamic VIPAs (netstat VIPADYN); move, deactivate, reactivate.
+    Dvipa {
+        #[command(subcommand)]
+        action: Option<DvipaAction>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Write a new random cluster key (32 random bytes as hex) to FILE, mode 0600.
+    Keygen { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum DvipaAction {
+    /// Move ADDRESS to NODE by handover (the holder releases, then NODE activates).
+    Move { address: String, node: String },
+    /// Give ADDRESS up on this node; a backup takes over (VARY ... DEACTIVATE).
+    Deactivate { address: String },
+    /// Let this node hold ADDRESS again (VARY ... REACTIVATE).
+    Reactivate { address: String },
 }
 
 #[derive(Subcommand)]
@@ -105,6 +131,7 @@ enum VipaAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
+        Command::Cluster { action: Some(ClusterAction::Keygen { file }) } => return keygen(file),
         Command::Ipmp { g, i, a, t, p, fields, parsable, .. } => {
             return ipmp(&cli, (*g, *i, *a, *t, *p), fields.as_deref(), *parsable)
         }
@@ -112,7 +139,12 @@ fn main() -> ExitCode {
         _ => {}
     }
     let request = match cli.command {
-        Command::Ipmp { .. } | Command::Events => unreachable!("handled above"),
+        Command::Ipmp { .. } | Command::Events | Command::Cluster { action: Some(_) } => unreachable!("handled above"),
+        Command::Cluster { action: None } => Request::Cluster,
+        Command::Dvipa { action: None } => Request::Dvipas,
+        Command::Dvipa { action: Some(DvipaAction::Move { address, node }) } => Request::DvipaMove { address, node },
+        Command::Dvipa { action: Some(DvipaAction::Deactivate { address }) } => Request::DvipaDeactivate { address },
+        Command::Dvipa { action: Some(DvipaAction::Reactivate { address }) } => Request::DvipaReactivate { address },
         Command::Offline { interface } => Request::Offline { interface },
         Command::Online { interface } => Request::Online { interface },
         Command::Status => Request::Status,
@@ -167,6 +199,46 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Response::Ipmp(_) => ExitCode::SUCCESS,
+        Response::Cluster(c) => {
+            print!("{}", render::cluster(&c));
+            ExitCode::SUCCESS
+        }
+        Response::Dvipas { dvipas } => {
+            print!("{}", render::vipadyn(&dvipas));
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn keygen(file: &std::path::Path) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = [0u8; 32];
+    if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)) {
+        eprintln!("vipactl: cannot read /dev/urandom: {e}");
+        return ExitCode::FAILURE;
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let opened = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(file);
+    match opened.and_then(|mut f| f.write_all(format!("{hex}\n").as_bytes())) {
+        Ok(()) => {
+            println!(
+                "wrote a new cluster key to {} (mode 600); copy it to every node and set [cluster] key_file",
+                file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            eprintln!(
+                "vipactl: {} exists; a key is never overwritten (remove it first if you mean to replace it)",
+                file.display()
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("vipactl: cannot write {}: {e}", file.display());
+            ExitCode::FAILURE
+        }
     }
 }
 

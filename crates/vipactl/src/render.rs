@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::net::IpAddr;
 
-use vipa_api::{ApplyReport, StatusView, VipaView};
+use vipa_api::{ApplyReport, ClusterView, DvipaView, StatusView, VipaView};
 
 /// AIX interface flags shown by `ifconfig vi0`.
 const IFF_UP: u32 = 0x1;
@@ -152,6 +152,70 @@ pub fn applied(r: &ApplyReport) -> String {
     }
     for w in &r.warnings {
         let _ = writeln!(out, "warning: {w}");
+    }
+    out
+}
+
+/// `vipactl cluster`: the membership as this node sees it.
+pub fn cluster(c: &ClusterView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "node {}  quorum {} ({}){}  heartbeat {} ms, dead after {} missed",
+        c.node,
+        if c.has_quorum { "yes" } else { "NO" },
+        c.quorum_rule,
+        if c.listening { "  listening before claiming" } else { "" },
+        c.heartbeat_interval_ms,
+        c.dead_after
+    );
+    let _ = writeln!(out, "{:<16} {:<10} {:<40} {:>12} {}", "NODE", "STATE", "ADDRESS", "LAST HEARD", "CONFIG");
+    for m in &c.members {
+        let heard = m.last_heard_ms.map_or("-".to_string(), |ms| format!("{ms} ms ago"));
+        let cfg = if m.state == "self" {
+            ""
+        } else if m.same_config {
+            "same"
+        } else {
+            "DIFFERS"
+        };
+        let _ = writeln!(
+            out,
+            "{:<16} {:<10} {:<40} {:>12} {}",
+            m.node,
+            m.state,
+            m.address.as_deref().unwrap_or("-"),
+            heard,
+            cfg
+        );
+    }
+    let dropped: Vec<String> = c.dropped.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k} {v}")).collect();
+    if !dropped.is_empty() {
+        let _ = writeln!(out, "dropped heartbeats: {}", dropped.join(", "));
+    }
+    out
+}
+
+/// `vipactl dvipa`: netstat VIPADYN.
+pub fn vipadyn(d: &[DvipaView]) -> String {
+    let mut out = String::from("Dynamic VIPA:\n");
+    let _ = writeln!(
+        out,
+        "  {:<40} {:<12} {:<11} {:<6} {:<16} {:>8} {}",
+        "IP Address", "Status", "Origin", "Rank", "Holder", "Since", "Takeback"
+    );
+    for v in d {
+        let _ = writeln!(
+            out,
+            "  {:<40} {:<12} {:<11} {:<6} {:<16} {:>7}s {}",
+            v.address,
+            v.status,
+            v.origin,
+            v.rank.map_or("-".to_string(), |r| format!("{r:03}")),
+            v.holder.as_deref().unwrap_or("-"),
+            v.since_secs,
+            v.takeback
+        );
     }
     out
 }

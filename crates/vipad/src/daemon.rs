@@ -32,6 +32,8 @@ pub enum Input {
     Control(Request, Sender<Response>),
     /// A control connection wants the event stream.
     Subscribe(Sender<vipa_api::Event>),
+    /// A datagram on the cluster port.
+    Cluster(Vec<u8>, std::net::SocketAddr),
     Reload,
     Stop(&'static str),
 }
@@ -64,6 +66,7 @@ pub struct Daemon {
     /// The ARP filter last given to nftables, and whether nftables works here.
     pub arp_applied: Option<vipa_core::plan::ArpFilter>,
     pub nft: Result<(), String>,
+    pub cluster: Option<crate::cluster::ClusterShell>,
 }
 
 /// Reads and validates a configuration file: syntax and model errors, then what the
@@ -101,8 +104,12 @@ impl Daemon {
         self.ipmp.drain(&self.observed);
         self.reconcile();
         loop {
-            // Sleep until the next input or the IPMP groups' next timer.
-            let first = match self.ipmp.poll_timeout() {
+            // Sleep until the next input or the next timer of IPMP groups or the cluster.
+            let deadline = [self.ipmp.poll_timeout(), self.cluster.as_ref().and_then(|c| c.poll_timeout())]
+                .into_iter()
+                .flatten()
+                .min();
+            let first = match deadline {
                 Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Ok(input) => Some(input),
                     Err(RecvTimeoutError::Timeout) => None,
@@ -146,6 +153,11 @@ impl Daemon {
                         kernel_changed = true;
                     }
                     Input::Subscribe(tx) => self.ipmp.subscribers.push(tx),
+                    Input::Cluster(bytes, from) => {
+                        if let Some(c) = &mut self.cluster {
+                            c.datagram(Instant::now(), &bytes, from);
+                        }
+                    }
                     Input::Control(req, reply) => {
                         if kernel_changed {
                             self.ipmp.observe(&self.observed, Instant::now());
@@ -178,6 +190,9 @@ impl Daemon {
             self.ipmp.take_replies(now);
             self.ipmp.handle_timeout(now);
             if self.ipmp.drain(&self.observed) {
+                dirty = true;
+            }
+            if self.drain_cluster(now) {
                 dirty = true;
             }
             if dirty {
@@ -222,7 +237,8 @@ impl Daemon {
         for _round in 0..3 {
             self.refresh_sysctls();
             let runtime = self.ipmp.runtime();
-            let plan = plan::plan_with_groups(&self.config, &self.observed, &self.ledger, self.mode, &runtime);
+            let held = self.cluster.as_ref().map(|c| c.held()).unwrap_or_default();
+            let plan = plan::plan_runtime(&self.config, &self.observed, &self.ledger, self.mode, &runtime, &held);
             arp = Some(plan.arp.clone());
             if plan.ops.is_empty() {
                 self.set_ledger(plan.ledger);
@@ -264,10 +280,25 @@ impl Daemon {
         // Neighbours hear of a move once the kernel holds it; the ARP filter (an nft run,
         // tens of milliseconds) follows, since the announcement already points them right.
         self.ipmp.announce(&self.observed);
+        if let Some(c) = &mut self.cluster {
+            c.announce(&self.observed);
+        }
         if let Some(arp) = arp {
             self.apply_arp_filter(&arp);
         }
         changes
+    }
+
+    /// Runs the cluster's timers and carries out its outputs; true when the kernel's
+    /// desired state changed.
+    fn drain_cluster(&mut self, now: Instant) -> bool {
+        let Some(c) = &mut self.cluster else { return false };
+        c.handle_timeout(now);
+        let (dirty, events) = c.drain();
+        for e in events {
+            self.ipmp.publish("cluster", e);
+        }
+        dirty
     }
 
     /// Gives nftables the IPMP ARP filter when it changed.
@@ -330,6 +361,10 @@ impl Daemon {
                 Response::Error { message }
             }
             Ok((config, warnings)) => {
+                if let Err(message) = self.cluster_check(&config) {
+                    self.last_reload_error = Some(message.clone());
+                    return Response::Error { message };
+                }
                 self.last_reload_error = None;
                 for w in &warnings {
                     warn!(warning = %w, "configuration");
@@ -344,9 +379,33 @@ impl Daemon {
         }
     }
 
-    /// Brings the IPMP groups in line with the configuration just adopted.
+    /// Whether a new configuration's cluster part can be taken without a restart.
+    fn cluster_check(&self, config: &Config) -> Result<(), String> {
+        match (&self.cluster, &config.cluster) {
+            (None, None) => Ok(()),
+            (None, Some(_)) => Err("adding [cluster] needs a restart of vipad; the running configuration stays".into()),
+            (Some(_), None) => {
+                Err("removing [cluster] needs a restart of vipad; the running configuration stays".into())
+            }
+            (Some(c), Some(new)) => {
+                if new.port != c.core.config.port || new.key_file != c.core.config.key_file {
+                    Err("a new cluster port or key file needs a restart of vipad; the running configuration stays"
+                        .into())
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Brings the IPMP groups and the cluster in line with the configuration just adopted.
     fn sync_groups(&mut self) {
         let now = Instant::now();
+        if let Some(c) = &mut self.cluster {
+            if let Err(e) = c.reconfigure(&self.config, &self.observed, now) {
+                warn!(error = %e, "cluster configuration not taken");
+            }
+        }
         self.ipmp.sync_config(&self.config, now);
         self.ipmp.observe(&self.observed, now);
         self.ipmp.drain(&self.observed);
@@ -417,6 +476,17 @@ impl Daemon {
             }
             Request::DeleteVipa { name } => self.edit_config(|doc| edit::delete_vipa(doc, &name)),
             Request::Ipmp => Response::Ipmp(self.ipmp.view()),
+            Request::Cluster => match &self.cluster {
+                Some(c) => Response::Cluster(c.view(Instant::now())),
+                None => Response::Error { message: "no [cluster] is configured on this node".into() },
+            },
+            Request::Dvipas => match &self.cluster {
+                Some(c) => Response::Dvipas { dvipas: c.dvipas(Instant::now()) },
+                None => Response::Dvipas { dvipas: vec![] },
+            },
+            Request::DvipaMove { address, node } => self.dvipa_admin(&address, |c, now, a| c.move_to(now, a, &node)),
+            Request::DvipaDeactivate { address } => self.dvipa_admin(&address, |c, now, a| c.deactivate(now, a)),
+            Request::DvipaReactivate { address } => self.dvipa_admin(&address, |c, now, a| c.reactivate(now, a)),
             Request::Offline { interface } => self.admin(&interface, true),
             Request::Online { interface } => self.admin(&interface, false),
             // Answered by the control thread itself.
@@ -428,6 +498,27 @@ impl Daemon {
                 self.edit_config(|doc| edit::change_interfaces(doc, &vipa, &add, &remove))
             }
         }
+    }
+
+    /// A DVIPA command: the cluster decides, the kernel follows.
+    fn dvipa_admin(
+        &mut self,
+        address: &str,
+        f: impl FnOnce(&mut vipa_core::cluster::Cluster, Instant, std::net::IpAddr) -> Result<(), String>,
+    ) -> Response {
+        let Some(c) = &mut self.cluster else {
+            return Response::Error { message: "no [cluster] is configured on this node".into() };
+        };
+        let Ok(addr) = address.parse::<std::net::IpAddr>() else {
+            return Response::Error { message: format!("{address:?} is not an IP address") };
+        };
+        let now = Instant::now();
+        if let Err(message) = f(&mut c.core, now, addr) {
+            return Response::Error { message };
+        }
+        self.drain_cluster(now);
+        self.reconcile();
+        Response::Done { message: format!("{addr}: done; `vipactl dvipa` shows the result") }
     }
 
     /// `if_mpadm -d` / `-r`: the group decides, the kernel follows.

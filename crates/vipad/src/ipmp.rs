@@ -166,6 +166,11 @@ impl Ipmp {
         Ok(format!("{nic} is online"))
     }
 
+    /// Sends an event of another subsystem (the cluster) to the subscribers.
+    pub fn publish(&mut self, kind: &str, text: String) {
+        self.event(kind, None, None, text, None);
+    }
+
     fn event(
         &mut self,
         kind: &str,

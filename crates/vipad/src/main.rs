@@ -5,6 +5,7 @@
 //! then apply only the difference. A restarted or SIGKILLed vipad therefore never
 //! removes and re-adds an address or route on its way up.
 
+mod cluster;
 mod control;
 mod daemon;
 mod edit;
@@ -178,6 +179,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let epoch = std::time::Instant::now();
     let ipmp = ipmp::Ipmp::new(epoch);
+    let cluster = cluster::ClusterShell::start(&config, &observed, tx.clone(), epoch)
+        .map_err(|m| anyhow::anyhow!("{m}\nvipad did not start; nothing was changed"))?;
     drop(tx);
     let nft = if config.groups.is_empty() { Ok(()) } else { vipa_kernel::nft::available() };
     if let Err(why) = &nft {
@@ -210,6 +213,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         ipmp,
         arp_applied: None,
         nft,
+        cluster,
     };
     d.run(rx);
     let _ = std::fs::remove_file(&args.socket);

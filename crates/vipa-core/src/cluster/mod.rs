@@ -196,7 +196,13 @@ pub fn digest(dvipas: &[DvipaConfig]) -> u64 {
 impl Cluster {
     /// A node starting at `now`. `incarnation` must grow across restarts (the shell uses
     /// the wall clock); `present` are the DVIPAs the kernel still has from before.
-    pub fn new(config: ClusterConfig, mut dvipas: Vec<DvipaConfig>, now: Instant, incarnation: u64, present: &[IpAddr]) -> Cluster {
+    pub fn new(
+        config: ClusterConfig,
+        mut dvipas: Vec<DvipaConfig>,
+        now: Instant,
+        incarnation: u64,
+        present: &[IpAddr],
+    ) -> Cluster {
         dvipas.sort_by_key(|d| d.address);
         let n = dvipas.len();
         let held = dvipas.iter().map(|d| present.contains(&d.address)).collect();
@@ -240,7 +246,11 @@ impl Cluster {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let dead = self.config.dead_time();
         let deaths = self.peers.values().filter(|p| p.alive).map(|p| p.last_heard + dead);
-        [Some(self.next_heartbeat), self.syncing_until, Some(self.next_refresh)].into_iter().flatten().chain(deaths).min()
+        [Some(self.next_heartbeat), self.syncing_until, Some(self.next_refresh)]
+            .into_iter()
+            .flatten()
+            .chain(deaths)
+            .min()
     }
 
     fn heartbeat(&mut self) -> Heartbeat {
@@ -446,9 +456,10 @@ impl Cluster {
 
     /// The node holding DVIPA `i`, as far as this node knows.
     pub fn holder(&self, i: usize) -> Option<String> {
-        self.order(i).into_iter().find(|n| self.claims(n, i)).or_else(|| {
-            self.peers.iter().find(|(n, _)| self.claims(n, i)).map(|(n, _)| n.clone())
-        })
+        self.order(i)
+            .into_iter()
+            .find(|n| self.claims(n, i))
+            .or_else(|| self.peers.iter().find(|(n, _)| self.claims(n, i)).map(|(n, _)| n.clone()))
     }
 
     fn evaluate(&mut self, now: Instant) {

@@ -218,7 +218,8 @@ fn holder_death_is_taken_over_within_the_bound_by_the_best_backup() {
         let killed = s.t;
         s.run(ms(800));
         assert_eq!(s.holders(0), vec!["s2".to_string()], "seed {seed}");
-        let took = s.moves.iter().find(|m| m.0 >= killed && m.1 == "s2" && m.2 == 0 && m.3).map(|m| m.0 - killed).unwrap();
+        let took =
+            s.moves.iter().find(|m| m.0 >= killed && m.1 == "s2" && m.2 == 0 && m.3).map(|m| m.0 - killed).unwrap();
         // dead_after (10) × interval (10 ms) + one interval + latency + drift.
         assert!(took <= ms(100 + 10 + 3 + 3), "seed {seed}: took {took:?}");
         // Death counts from the last heartbeat heard, up to one interval before the kill.
@@ -288,7 +289,12 @@ fn minority_side_of_a_partition_releases_and_one_holder_remains_after_healing() 
             assert_eq!(s.holders(i).len(), 1, "seed {seed} dvipa {i}");
         }
         assert_eq!(s.holders(0), vec!["s1".to_string()], "immediate takeback after healing");
-        assert!(s.max_holders.iter().all(|m| *m == 1), "seed {seed}: two holders while healing: {:?} {:?}", s.max_holders, s.moves);
+        assert!(
+            s.max_holders.iter().all(|m| *m == 1),
+            "seed {seed}: two holders while healing: {:?} {:?}",
+            s.max_holders,
+            s.moves
+        );
     }
 }
 
@@ -349,7 +355,8 @@ fn replayed_and_own_name_heartbeats_are_dropped() {
     let mut a = Cluster::new(cluster_config("s1", 3, ms(10), Quorum::Majority), d.clone(), t0, 1, &[]);
     let mut b = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d, t0, 5, &[]);
     b.handle_timeout(t0);
-    let Some(Output::Heartbeat(h)) = std::iter::from_fn(|| b.poll_output()).find(|o| matches!(o, Output::Heartbeat(_))) else {
+    let Some(Output::Heartbeat(h)) = std::iter::from_fn(|| b.poll_output()).find(|o| matches!(o, Output::Heartbeat(_)))
+    else {
         panic!("no heartbeat")
     };
     a.receive(t0, h.clone());

@@ -14,6 +14,7 @@ use toml::Spanned;
 
 pub use crate::ipmp::GroupConfig;
 
+mod cluster;
 mod group;
 
 /// A validated configuration.
@@ -25,6 +26,10 @@ pub struct Config {
     pub vipas: Vec<VipaConfig>,
     /// `[[group]]` blocks: IPMP groups.
     pub groups: Vec<GroupConfig>,
+    /// `[cluster]`: membership between vipad instances.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// `[[dvipa]]` blocks, sorted by address.
+    pub dvipas: Vec<crate::cluster::DvipaConfig>,
 }
 
 /// One `[[vipa]]` block: AIX `vi0`.
@@ -96,6 +101,9 @@ struct RawConfig {
     vipa: Vec<Spanned<RawVipa>>,
     #[serde(default)]
     group: Vec<Spanned<group::RawGroup>>,
+    cluster: Option<Spanned<cluster::RawCluster>>,
+    #[serde(default)]
+    dvipa: Vec<Spanned<cluster::RawDvipa>>,
 }
 
 #[derive(Deserialize)]
@@ -154,7 +162,7 @@ impl Ctx<'_> {
 impl Config {
     /// An empty configuration: no VIPAs. What the daemon runs with before a file exists.
     pub fn empty() -> Config {
-        Config { node_name: None, vipas: Vec::new(), groups: Vec::new() }
+        Config { node_name: None, vipas: Vec::new(), groups: Vec::new(), cluster: None, dvipas: Vec::new() }
     }
 
     /// Parses and validates `text`, read from `file` (used in messages only).
@@ -297,9 +305,12 @@ impl Config {
         }
 
         let groups = group::parse_groups(&mut cx, &raw.group, &mut addrs, &nics);
+        let (cluster, mut dvipas) =
+            cluster::parse_cluster(&mut cx, raw.cluster.as_ref(), &raw.dvipa, node_name.as_deref(), &mut addrs);
+        dvipas.sort_by_key(|d| d.address);
 
         if cx.errors.is_empty() {
-            Ok(Config { node_name, vipas, groups })
+            Ok(Config { node_name, vipas, groups, cluster, dvipas })
         } else {
             cx.errors.sort_by_key(|e| (e.line, e.column));
             Err(ConfigErrors(cx.errors))

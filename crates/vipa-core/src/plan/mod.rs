@@ -221,7 +221,36 @@ pub fn plan_with_groups(
     mode: DeviceMode,
     groups: &[GroupRuntime],
 ) -> Plan {
-    let group_want = group::desired(config, observed, groups);
+    plan_runtime(config, observed, ledger, mode, groups, &[])
+}
+
+/// A DVIPA this node holds, and the device it goes on (`None`: `lo`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldDvipa {
+    pub address: IpAddr,
+    pub device: Option<String>,
+}
+
+/// Computes the operations with everything the daemon's state machines decided: IPMP
+/// groups' bindings and the DVIPAs this node holds.
+pub fn plan_runtime(
+    config: &Config,
+    observed: &Observed,
+    ledger: &Ledger,
+    mode: DeviceMode,
+    groups: &[GroupRuntime],
+    dvipas: &[HeldDvipa],
+) -> Plan {
+    let mut group_want = group::desired(config, observed, groups);
+    for d in dvipas {
+        let dev = match &d.device {
+            Some(n) => observed.link_by_name(n),
+            None => observed.loopback(),
+        };
+        if let Some(l) = dev {
+            group_want.addresses.insert((l.index, d.address), if d.address.is_ipv4() { 32 } else { 128 });
+        }
+    }
     let mut next = ledger.clone();
     let mut add_links = Vec::new();
     let mut add_addrs = Vec::new();

@@ -1,0 +1,304 @@
+//! `[cluster]` and `[[dvipa]]` (z/OS VIPADEFINE / VIPABACKUP).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::group::parse_duration;
+use super::{valid_ifname, Ctx};
+use crate::cluster::{ClusterConfig, DvipaConfig, Quorum, Takeback};
+
+/// The UDP port heartbeats use unless told otherwise.
+pub const DEFAULT_PORT: u16 = 5997;
+/// One heartbeat every 100 ms, as DESIGN.md's example.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
+/// Heartbeats missed before a node is dead: ten keeps a 20 % loss from ever looking like
+/// a death (0.2^10 ≈ 1e-7 per interval), and is 10 ms at 1 ms heartbeats.
+pub const DEFAULT_DEAD_AFTER: u32 = 10;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCluster {
+    peers: Option<Spanned<Vec<Spanned<String>>>>,
+    port: Option<Spanned<i64>>,
+    key_file: Option<Spanned<String>>,
+    heartbeat_interval: Option<Spanned<String>>,
+    dead_after: Option<Spanned<i64>>,
+    quorum: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDvipa {
+    address: Option<Spanned<String>>,
+    owner: Option<Spanned<String>>,
+    backups: Option<Spanned<BTreeMap<String, Spanned<i64>>>>,
+    takeback: Option<Spanned<String>>,
+    announce: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+fn valid_node(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 63
+        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+pub(crate) fn parse_cluster(
+    cx: &mut Ctx,
+    raw: Option<&Spanned<RawCluster>>,
+    dvipas: &[Spanned<RawDvipa>],
+    node: Option<&str>,
+    addrs: &mut BTreeMap<IpAddr, String>,
+) -> (Option<ClusterConfig>, Vec<DvipaConfig>) {
+    let Some(raw) = raw else {
+        if let Some(d) = dvipas.first() {
+            cx.err(
+                d.span().start,
+                "dvipa[0]",
+                "a [[dvipa]] needs a [cluster] table: its nodes decide together who holds it",
+            );
+        }
+        return (None, Vec::new());
+    };
+    let start = raw.span().start;
+    let c = raw.get_ref();
+    let me = match node {
+        Some(n) => n.to_string(),
+        None => {
+            cx.err(
+                start,
+                "cluster",
+                "a [cluster] needs this node's name: add [node] name = \"s1\", unique in the cluster",
+            );
+            String::new()
+        }
+    };
+    let port = match &c.port {
+        None => DEFAULT_PORT,
+        Some(p) if (1..=65535).contains(p.get_ref()) => *p.get_ref() as u16,
+        Some(p) => {
+            cx.err(p.span().start, "cluster.port", format!("{} is not a UDP port: use 1 to 65535", p.get_ref()));
+            DEFAULT_PORT
+        }
+    };
+    let mut peers = Vec::new();
+    let list = c.peers.as_ref().map(|l| l.get_ref().as_slice()).unwrap_or_default();
+    if list.is_empty() {
+        let at = c.peers.as_ref().map_or(start, |l| l.span().start);
+        cx.err(
+            at,
+            "cluster.peers",
+            "the cluster has no peers: list the other nodes' addresses, such as [\"198.18.1.12\", \"198.18.1.13\"]",
+        );
+    }
+    for (j, p) in list.iter().enumerate() {
+        let text = p.get_ref();
+        let parsed =
+            text.parse::<SocketAddr>().ok().or_else(|| text.parse::<IpAddr>().ok().map(|a| SocketAddr::new(a, port)));
+        match parsed {
+            Some(a) if !peers.contains(&a) => peers.push(a),
+            Some(_) => cx.err(p.span().start, format!("cluster.peers[{j}]"), format!("{text:?} is listed twice")),
+            None => cx.err(
+                p.span().start,
+                format!("cluster.peers[{j}]"),
+                format!("{text:?} is not an address: write \"198.18.1.12\", \"198.18.1.12:5997\" or \"[2001:db8::12]:5997\""),
+            ),
+        }
+    }
+    let key_file = match &c.key_file {
+        Some(k) if !k.get_ref().is_empty() => k.get_ref().clone(),
+        _ => {
+            cx.err(start, "cluster.key_file", "the cluster has no key_file: every heartbeat is authenticated with a shared key; make one with `vipactl cluster keygen /etc/vipa/cluster.key`, copy it to every node, and set key_file");
+            String::new()
+        }
+    };
+    let interval = match &c.heartbeat_interval {
+        None => DEFAULT_INTERVAL,
+        Some(s) => match parse_duration(s.get_ref()) {
+            Ok(d) if d >= Duration::from_millis(1) && d <= Duration::from_secs(10) => d,
+            Ok(_) => {
+                cx.err(
+                    s.span().start,
+                    "cluster.heartbeat_interval",
+                    format!("{:?} is out of range: use 1ms to 10s", s.get_ref()),
+                );
+                DEFAULT_INTERVAL
+            }
+            Err(m) => {
+                cx.err(s.span().start, "cluster.heartbeat_interval", m);
+                DEFAULT_INTERVAL
+            }
+        },
+    };
+    let dead_after = match &c.dead_after {
+        None => DEFAULT_DEAD_AFTER,
+        Some(n) if (2..=1000).contains(n.get_ref()) => *n.get_ref() as u32,
+        Some(n) => {
+            cx.err(
+                n.span().start,
+                "cluster.dead_after",
+                format!("{} is out of range: a node is dead after 2 to 1000 missed heartbeats", n.get_ref()),
+            );
+            DEFAULT_DEAD_AFTER
+        }
+    };
+    let quorum = match c.quorum.as_ref().map(|q| q.get_ref().as_str()) {
+        None | Some("majority") => Quorum::Majority,
+        Some("none") => Quorum::None,
+        Some(other) => {
+            let at = c.quorum.as_ref().map_or(start, |q| q.span().start);
+            cx.err(
+                at,
+                "cluster.quorum",
+                format!("{other:?} is not a quorum rule: use \"majority\", or \"none\" for a two-node cluster"),
+            );
+            Quorum::Majority
+        }
+    };
+    let cluster = ClusterConfig { me, peers, port, key_file, interval, dead_after, quorum };
+
+    let mut out = Vec::new();
+    for (i, block) in dvipas.iter().enumerate() {
+        let d = block.get_ref();
+        let at = block.span().start;
+        let key = |k: &str| format!("dvipa[{i}].{k}");
+        let Some(address) = &d.address else {
+            cx.err(at, format!("dvipa[{i}]"), "missing key `address`: the DVIPA, such as \"198.18.1.200\"");
+            continue;
+        };
+        let addr = match super::parse_host_address(address.get_ref()) {
+            Ok(a) => a,
+            Err(m) => {
+                cx.err(address.span().start, key("address"), m);
+                continue;
+            }
+        };
+        if let Some(other) = addrs.get(&addr) {
+            cx.err(
+                address.span().start,
+                key("address"),
+                format!("{addr} is already used by {other:?}: an address belongs to one VIPA, group or DVIPA"),
+            );
+            continue;
+        }
+        addrs.insert(addr, format!("dvipa {addr}"));
+        let Some(owner) = &d.owner else {
+            cx.err(at, key("owner"), "missing key `owner`: the node that holds the DVIPA first (VIPADEFINE)");
+            continue;
+        };
+        if !valid_node(owner.get_ref()) {
+            cx.err(owner.span().start, key("owner"), format!("{:?} is not a node name", owner.get_ref()));
+        }
+        let mut backups = Vec::new();
+        let mut seen = BTreeSet::new();
+        if let Some(b) = &d.backups {
+            for (node, rank) in b.get_ref() {
+                let k = format!("dvipa[{i}].backups.{node}");
+                if node == owner.get_ref() {
+                    cx.err(rank.span().start, k, format!("{node:?} is the owner; a backup is another node"));
+                } else if !(1..=254).contains(rank.get_ref()) {
+                    cx.err(
+                        rank.span().start,
+                        k,
+                        format!(
+                            "rank {} is out of range: VIPABACKUP ranks are 1 to 254, higher takes over first",
+                            rank.get_ref()
+                        ),
+                    );
+                } else if !valid_node(node) {
+                    cx.err(rank.span().start, k, format!("{node:?} is not a node name"));
+                } else if seen.insert(node.clone()) {
+                    backups.push((node.clone(), *rank.get_ref() as u8));
+                }
+            }
+        }
+        let takeback = match d.takeback.as_ref().map(|t| t.get_ref().as_str()) {
+            None | Some("immediate") => Takeback::Immediate,
+            Some("when-idle") => Takeback::WhenIdle,
+            Some("never") => Takeback::Never,
+            Some(other) => {
+                let at = d.takeback.as_ref().map_or(at, |t| t.span().start);
+                cx.err(
+                    at,
+                    key("takeback"),
+                    format!("{other:?} is not a takeback rule: use \"immediate\", \"when-idle\" or \"never\""),
+                );
+                Takeback::Immediate
+            }
+        };
+        let mut announce = Vec::new();
+        if let Some(list) = &d.announce {
+            for (j, n) in list.get_ref().iter().enumerate() {
+                if !valid_ifname(n.get_ref()) || n.get_ref() == "lo" {
+                    cx.err(
+                        n.span().start,
+                        format!("dvipa[{i}].announce[{j}]"),
+                        format!("{:?} is not a NIC name", n.get_ref()),
+                    );
+                } else {
+                    announce.push(n.get_ref().clone());
+                }
+            }
+        }
+        out.push(DvipaConfig { address: addr, owner: owner.get_ref().clone(), backups, takeback, announce });
+    }
+    (Some(cluster), out)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    const GOOD: &str = r#"
+[node]
+name = "s1"
+
+[cluster]
+peers = ["198.18.1.12", "198.18.1.13:6000"]
+key_file = "/etc/vipa/cluster.key"
+heartbeat_interval = "10ms"
+
+[[dvipa]]
+address = "198.18.1.200"
+owner = "s1"
+backups = { s2 = 200, s3 = 100 }
+takeback = "when-idle"
+announce = ["en1"]
+"#;
+
+    fn errs(text: &str) -> Vec<String> {
+        Config::parse("vipa.toml", text).unwrap_err().0.iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn a_cluster_parses() {
+        let c = Config::parse("vipa.toml", GOOD).unwrap();
+        let k = c.cluster.unwrap();
+        assert_eq!(k.me, "s1");
+        assert_eq!(k.peers[0].port(), 5997);
+        assert_eq!(k.peers[1].port(), 6000);
+        assert_eq!(k.interval.as_millis(), 10);
+        assert_eq!(c.dvipas[0].order(), ["s1", "s2", "s3"]);
+    }
+
+    #[test]
+    fn no_key_says_how_to_make_one() {
+        let e = errs(&GOOD.replace("key_file = \"/etc/vipa/cluster.key\"\n", ""));
+        assert!(e[0].contains("cluster.key_file") && e[0].contains("vipactl cluster keygen"), "{e:?}");
+    }
+
+    #[test]
+    fn bad_ranks_takeback_and_dvipa_without_cluster() {
+        let e = errs(&GOOD.replace("s3 = 100", "s3 = 255").replace("\"when-idle\"", "\"later\""));
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].contains("rank 255 is out of range"), "{e:?}");
+        assert!(e[1].contains("\"later\" is not a takeback rule"), "{e:?}");
+        let e = errs("[[dvipa]]\naddress = \"198.18.1.200\"\nowner = \"s1\"\n");
+        assert!(e[0].contains("needs a [cluster] table"), "{e:?}");
+        let e = errs(&GOOD.replace("[node]\nname = \"s1\"\n", ""));
+        assert!(e[0].contains("needs this node's name"), "{e:?}");
+    }
+}

@@ -1,0 +1,339 @@
+//! The daemon's side of the cluster: the UDP heartbeat transport, the key, the clock and
+//! the kernel facts (connections on a DVIPA) the pure [`vipa_core::cluster::Cluster`]
+//! needs; carrying out its outputs; and the views.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::sync::mpsc::Sender;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing::{debug, info, warn};
+use vipa_api::{ClusterView, DvipaView, MemberView};
+use vipa_core::cluster::{Cluster, Output, Quorum};
+use vipa_core::model::Observed;
+use vipa_core::plan::HeldDvipa;
+use vipa_core::Config;
+use vipa_wire::cluster::{Heartbeat, HeartbeatError};
+
+use crate::daemon::Input;
+
+/// Shortest key accepted, in bytes.
+pub const MIN_KEY: usize = 32;
+/// How often connections on held when-idle DVIPAs are counted.
+const IDLE_CHECK: Duration = Duration::from_millis(100);
+
+/// Reads and checks the cluster key: at least 32 bytes, not readable by others.
+pub fn load_key(path: &str) -> Result<Vec<u8>, String> {
+    let meta = fs::metadata(path).map_err(|e| {
+        format!("cluster key {path}: {e}; make one with `vipactl cluster keygen {path}` and copy it to every node")
+    })?;
+    if meta.permissions().mode() & 0o004 != 0 {
+        return Err(format!(
+            "cluster key {path} is readable by others (mode {:o}): chmod 600 {path}",
+            meta.permissions().mode() & 0o777
+        ));
+    }
+    let key = fs::read(path).map_err(|e| format!("cluster key {path}: {e}"))?;
+    if key.len() < MIN_KEY {
+        return Err(format!(
+            "cluster key {path} has {} bytes; at least {MIN_KEY} are needed: `vipactl cluster keygen {path}` makes one",
+            key.len()
+        ));
+    }
+    Ok(key)
+}
+
+pub struct ClusterShell {
+    pub core: Cluster,
+    key: Vec<u8>,
+    sock: UdpSocket,
+    announce: Vec<(IpAddr, Vec<String>)>,
+    next_idle_check: Instant,
+    addresses: BTreeMap<String, SocketAddr>,
+    logged_drop: Option<Instant>,
+}
+
+impl ClusterShell {
+    /// Binds the heartbeat socket and starts its receiver. `observed` tells which DVIPAs
+    /// the kernel still has from before this start.
+    pub fn start(
+        config: &Config,
+        observed: &Observed,
+        tx: Sender<Input>,
+        now: Instant,
+    ) -> Result<Option<ClusterShell>, String> {
+        let Some(c) = config.cluster.clone() else { return Ok(None) };
+        let key = load_key(&c.key_file)?;
+        let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), c.port))
+            .or_else(|_| UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], c.port))))
+            .map_err(|e| format!("cannot listen for heartbeats on UDP port {}: {e}", c.port))?;
+        let rx = sock.try_clone().map_err(|e| e.to_string())?;
+        thread::Builder::new()
+            .name("cluster".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    match rx.recv_from(&mut buf) {
+                        Ok((n, from)) => {
+                            if tx.send(Input::Cluster(buf[..n].to_vec(), from)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(_) => thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        let present: Vec<IpAddr> =
+            config.dvipas.iter().map(|d| d.address).filter(|a| observed.has_address(*a)).collect();
+        let incarnation =
+            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1);
+        info!(node = %c.me, peers = ?c.peers, interval_ms = c.interval.as_secs_f64() * 1e3, dead_after = c.dead_after, kept = ?present, "cluster starting; listening before claiming");
+        let core = Cluster::new(c, config.dvipas.clone(), now, incarnation, &present);
+        Ok(Some(ClusterShell {
+            core,
+            key,
+            sock,
+            announce: Vec::new(),
+            next_idle_check: now,
+            addresses: BTreeMap::new(),
+            logged_drop: None,
+        }))
+    }
+
+    /// Takes a changed `[cluster]` or `[[dvipa]]` list: the node starts listening again
+    /// (keeping what it holds) under a new incarnation. A different port or key file
+    /// needs a restart.
+    pub fn reconfigure(&mut self, config: &Config, observed: &Observed, now: Instant) -> Result<bool, String> {
+        let Some(c) = config.cluster.clone() else {
+            return Err("removing [cluster] needs a restart of vipad".into());
+        };
+        if c == self.core.config && config.dvipas == self.core.dvipas {
+            return Ok(false);
+        }
+        if c.port != self.core.config.port || c.key_file != self.core.config.key_file {
+            return Err("a new cluster port or key file needs a restart of vipad".into());
+        }
+        let present: Vec<IpAddr> =
+            config.dvipas.iter().map(|d| d.address).filter(|a| observed.has_address(*a)).collect();
+        let incarnation =
+            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1);
+        self.core = Cluster::new(c, config.dvipas.clone(), now, incarnation, &present);
+        info!("cluster configuration changed; listening before claiming");
+        Ok(true)
+    }
+
+    /// A datagram arrived: authenticated and parsed before anything else looks at it.
+    pub fn datagram(&mut self, now: Instant, bytes: &[u8], from: SocketAddr) {
+        match Heartbeat::parse(bytes, &self.key) {
+            Ok(h) => {
+                self.addresses.insert(h.node.clone(), from);
+                self.core.receive(now, h);
+            }
+            Err(e) => {
+                let d = &mut self.core.drops;
+                match e {
+                    HeartbeatError::Unauthenticated => d.unauthenticated += 1,
+                    HeartbeatError::Version(_) => d.wrong_version += 1,
+                    HeartbeatError::Malformed(_) => d.malformed += 1,
+                }
+                // One line a second at most: a flood must not flood the log.
+                if self.logged_drop.is_none_or(|t| now >= t + Duration::from_secs(1)) {
+                    self.logged_drop = Some(now);
+                    warn!(%from, error = %e, "cluster datagram dropped");
+                }
+            }
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let idle = self
+            .core
+            .dvipas
+            .iter()
+            .enumerate()
+            .any(|(i, d)| self.core.held[i] && d.takeback == vipa_core::cluster::Takeback::WhenIdle);
+        let t = self.core.poll_timeout();
+        if idle {
+            [t, Some(self.next_idle_check)].into_iter().flatten().min()
+        } else {
+            t
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.next_idle_check {
+            self.next_idle_check = now + IDLE_CHECK;
+            let addrs: Vec<IpAddr> = self.core.dvipas.iter().map(|d| d.address).collect();
+            if let Ok(counts) = vipa_kernel::conns::established(&addrs) {
+                for a in addrs {
+                    let busy = counts.get(&a).copied().unwrap_or(0) > 0;
+                    self.core.set_busy(now, a, busy);
+                }
+            }
+        }
+        if self.core.poll_timeout().is_some_and(|t| t <= now) {
+            self.core.handle_timeout(now);
+        }
+    }
+
+    /// Carries out the core's outputs; returns events for the stream and whether the
+    /// kernel's desired state changed.
+    pub fn drain(&mut self) -> (bool, Vec<String>) {
+        let mut dirty = false;
+        let mut events = Vec::new();
+        while let Some(o) = self.core.poll_output() {
+            match o {
+                Output::Heartbeat(h) => {
+                    let bytes = h.emit(&self.key);
+                    for p in &self.core.config.peers {
+                        if let Err(e) = self.sock.send_to(&bytes, p) {
+                            debug!(peer = %p, error = %e, "heartbeat not sent");
+                        }
+                    }
+                }
+                Output::Activate { index, cause } => {
+                    let d = &self.core.dvipas[index];
+                    info!(dvipa = %d.address, %cause, "DVIPA activated");
+                    events.push(format!("DVIPA {} activated: {cause}", d.address));
+                    self.announce.push((d.address, d.announce.clone()));
+                    dirty = true;
+                }
+                Output::Release { index, cause } => {
+                    let d = &self.core.dvipas[index];
+                    info!(dvipa = %d.address, %cause, "DVIPA released");
+                    events.push(format!("DVIPA {} released: {cause}", d.address));
+                    dirty = true;
+                }
+                Output::Announce { index } => {
+                    let d = &self.core.dvipas[index];
+                    self.announce.push((d.address, d.announce.clone()));
+                }
+                Output::Event(text) => {
+                    info!("{text}");
+                    events.push(text);
+                }
+            }
+        }
+        (dirty, events)
+    }
+
+    /// The DVIPAs this node holds, for the planner.
+    pub fn held(&self) -> Vec<HeldDvipa> {
+        self.core
+            .dvipas
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.core.held[*i])
+            .map(|(_, d)| HeldDvipa { address: d.address, device: d.announce.first().cloned() })
+            .collect()
+    }
+
+    /// Announcements due after activations, now that the kernel has the addresses.
+    pub fn announce(&mut self, observed: &Observed) {
+        for (addr, nics) in std::mem::take(&mut self.announce) {
+            if !observed.has_address(addr) {
+                continue;
+            }
+            for nic in nics {
+                let Some(l) = observed.link_by_name(&nic) else { continue };
+                let Some(mac) = l.mac else { continue };
+                if let Err(e) = vipa_kernel::announce::announce(&nic, l.index, mac, addr, 3) {
+                    warn!(address = %addr, interface = %nic, error = %e, "announcement failed");
+                }
+            }
+        }
+    }
+
+    pub fn view(&self, now: Instant) -> ClusterView {
+        let c = &self.core;
+        let mut members = vec![MemberView {
+            node: c.config.me.clone(),
+            state: "self".into(),
+            address: None,
+            last_heard_ms: None,
+            incarnation: None,
+            same_config: true,
+        }];
+        for (name, p) in &c.peers {
+            members.push(MemberView {
+                node: name.clone(),
+                state: if !p.alive {
+                    "dead"
+                } else if p.syncing {
+                    "listening"
+                } else {
+                    "alive"
+                }
+                .into(),
+                address: self.addresses.get(name).map(|a| a.ip().to_canonical().to_string()),
+                last_heard_ms: c.peer_age(now, name).map(|d| d.as_millis() as u64),
+                incarnation: Some(p.incarnation),
+                same_config: p.same_config,
+            });
+        }
+        let heard: Vec<IpAddr> = self.addresses.values().map(|a| a.ip().to_canonical()).collect();
+        for p in &c.config.peers {
+            if !heard.contains(&p.ip()) {
+                members.push(MemberView {
+                    node: "?".into(),
+                    state: "unknown".into(),
+                    address: Some(p.ip().to_string()),
+                    last_heard_ms: None,
+                    incarnation: None,
+                    same_config: false,
+                });
+            }
+        }
+        let d = &c.drops;
+        ClusterView {
+            node: c.config.me.clone(),
+            incarnation: 0,
+            quorum_rule: match c.config.quorum {
+                Quorum::Majority => "majority",
+                Quorum::None => "none",
+            }
+            .into(),
+            has_quorum: c.has_quorum(),
+            listening: c.syncing(),
+            heartbeat_interval_ms: c.config.interval.as_secs_f64() * 1e3,
+            dead_after: c.config.dead_after,
+            members,
+            dropped: [
+                ("unauthenticated", d.unauthenticated),
+                ("replayed", d.replayed),
+                ("malformed", d.malformed),
+                ("wrong_version", d.wrong_version),
+                ("own_name", d.foreign),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        }
+    }
+
+    pub fn dvipas(&self, now: Instant) -> Vec<DvipaView> {
+        let c = &self.core;
+        c.dvipas
+            .iter()
+            .enumerate()
+            .map(|(i, d)| DvipaView {
+                address: d.address.to_string(),
+                status: format!("{:?}", c.status(i)).to_uppercase(),
+                origin: if d.owner == c.config.me { "VIPADefine" } else { "VIPABackup" }.into(),
+                rank: d.rank(&c.config.me).filter(|r| *r != 255),
+                holder: c.holder(i),
+                since_secs: now.saturating_duration_since(c.since[i]).as_secs(),
+                takeback: match d.takeback {
+                    vipa_core::cluster::Takeback::Immediate => "immediate",
+                    vipa_core::cluster::Takeback::WhenIdle => "when-idle",
+                    vipa_core::cluster::Takeback::Never => "never",
+                }
+                .into(),
+            })
+            .collect()
+    }
+}
