@@ -395,3 +395,138 @@ pub fn stream(ns: &Netns, target: &str, ms: u64) -> StreamRun {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     StreamRun { proc: ns.spawn(cmd) }
 }
+
+/// A cluster lab: hosts `s1`..`sN` (198.18.1.11..) and a client (198.18.1.50) on one LAN
+/// bridge in its own namespace, each host with one NIC `en1`, a key, a config and a vipad.
+pub struct ClusterEnv {
+    pub lan: Netns,
+    pub hosts: Vec<Netns>,
+    pub client: Netns,
+    pub dir: PathBuf,
+}
+
+pub const CLUSTER_CLIENT: &str = "198.18.1.50";
+pub const DVIPA: &str = "198.18.1.200";
+
+impl ClusterEnv {
+    pub fn build(names: Names, n: usize) -> ClusterEnv {
+        let lan = ns(&names, "lan");
+        let hosts: Vec<Netns> = (1..=n).map(|i| ns(&names, &format!("s{i}"))).collect();
+        let client = ns(&names, "client");
+        let dir = std::env::temp_dir().join(format!("{}-vipa", lan.name));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("work dir");
+        lan.sh("ip link add br0 type bridge forward_delay 0 && ip link set br0 up");
+        for (i, h) in hosts.iter().enumerate() {
+            let k = i + 1;
+            lan.sh(&format!(
+                "ip link add s{k}-p type veth peer name en1 netns {} && ip link set s{k}-p master br0 up",
+                h.name
+            ));
+            h.sh(&format!("ip link set en1 up && ip addr add 198.18.1.{}/24 dev en1", 10 + k));
+        }
+        lan.sh(&format!(
+            "ip link add cl-p type veth peer name cl0 netns {} && ip link set cl-p master br0 up",
+            client.name
+        ));
+        client.sh("ip link set cl0 up && ip addr add 198.18.1.50/24 dev cl0");
+        let key = dir.join("cluster.key");
+        std::fs::write(&key, "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0\n").expect("key");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("key mode");
+        ClusterEnv { lan, hosts, client, dir }
+    }
+
+    pub fn host(&self, k: usize) -> &Netns {
+        &self.hosts[k - 1]
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.dir.join("cluster.key")
+    }
+
+    pub fn config_path(&self, k: usize) -> PathBuf {
+        self.dir.join(format!("s{k}.toml"))
+    }
+
+    pub fn socket_path(&self, k: usize) -> PathBuf {
+        self.dir.join(format!("s{k}.sock"))
+    }
+
+    /// Writes node `k`'s config: `[node]`, `[cluster]` (the other hosts as peers) and `rest`.
+    pub fn write_config(&self, k: usize, cluster_extra: &str, rest: &str) {
+        let peers: Vec<String> =
+            (1..=self.hosts.len()).filter(|&j| j != k).map(|j| format!("\"198.18.1.{}\"", 10 + j)).collect();
+        let text = format!(
+            "[node]\nname = \"s{k}\"\n\n[cluster]\npeers = [{}]\nkey_file = \"{}\"\n{cluster_extra}\n{rest}",
+            peers.join(", "),
+            self.key_path().display()
+        );
+        std::fs::write(self.config_path(k), text).expect("config");
+    }
+
+    pub fn start_vipad(&self, k: usize) -> Proc {
+        let dir = self.dir.join(format!("s{k}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        start_vipad_in(self.host(k), &dir, &self.config_path(k), &self.socket_path(k))
+    }
+
+    pub fn log(&self, k: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("s{k}")).join("vipad.log")).unwrap_or_default()
+    }
+
+    pub fn vipactl(&self, k: usize, args: &[&str]) -> Output {
+        Command::new(workspace_bin("vipactl"))
+            .arg("--socket")
+            .arg(self.socket_path(k))
+            .args(args)
+            .output()
+            .expect("vipactl")
+    }
+
+    /// Cuts host `k`'s cable (its NIC loses carrier).
+    pub fn cut(&self, k: usize) {
+        self.lan.sh(&format!("ip link set s{k}-p down"));
+    }
+
+    pub fn restore(&self, k: usize) {
+        self.lan.sh(&format!("ip link set s{k}-p up"));
+    }
+
+    /// Separates hosts `a` from every other host (the client still reaches everyone).
+    pub fn partition(&self, a: usize) {
+        let others: Vec<String> = (1..=self.hosts.len()).filter(|&j| j != a).map(|j| format!("s{j}-p")).collect();
+        self.lan.sh(&format!(
+            "nft add table bridge part && nft add chain bridge part f '{{ type filter hook forward priority 0; }}' && \
+             nft add rule bridge part f iifname s{a}-p oifname {{ {o} }} drop && \
+             nft add rule bridge part f oifname s{a}-p iifname {{ {o} }} drop",
+            o = others.join(", ")
+        ));
+    }
+
+    pub fn heal(&self) {
+        self.lan.sh("nft delete table bridge part");
+    }
+
+    /// Which hosts have the DVIPA on their NIC right now.
+    pub fn holders(&self, addr: &str) -> Vec<usize> {
+        (1..=self.hosts.len())
+            .filter(|&k| self.host(k).sh(&format!("ip -o addr show to {addr}")).contains(addr))
+            .collect()
+    }
+
+    /// The MAC of host `k`'s NIC.
+    pub fn mac(&self, k: usize) -> String {
+        self.host(k).ip_json("link show dev en1")[0]["address"].as_str().unwrap_or("").to_string()
+    }
+
+    pub fn client_neigh(&self, addr: &str) -> Option<String> {
+        let j = self.client.ip_json(&format!("neigh show {addr} dev cl0"));
+        j.as_array()?.first()?.get("lladdr")?.as_str().map(str::to_string)
+    }
+}
+
+impl Drop for ClusterEnv {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

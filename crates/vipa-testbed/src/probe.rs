@@ -18,8 +18,22 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 /// then has its bytes echoed. UDP datagrams are echoed.
 pub fn serve(port: u16, listen: Option<IpAddr>) -> io::Result<()> {
     let any = SocketAddr::new(listen.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), port);
-    let listener = TcpListener::bind(any)?;
-    let udp = UdpSocket::bind(any)?;
+    // A given address may not be on this host yet (a DVIPA held elsewhere): bind anyway.
+    let bind = |ty: Type, proto: Protocol| -> io::Result<Socket> {
+        let s = Socket::new(Domain::for_address(any), ty, Some(proto))?;
+        s.set_reuse_address(true)?;
+        if any.is_ipv6() {
+            s.set_freebind_v6(true)?;
+        } else {
+            s.set_freebind_v4(true)?;
+        }
+        s.bind(&SockAddr::from(any))?;
+        Ok(s)
+    };
+    let tcp = bind(Type::STREAM, Protocol::TCP)?;
+    tcp.listen(128)?;
+    let listener: TcpListener = tcp.into();
+    let udp: UdpSocket = bind(Type::DGRAM, Protocol::UDP)?.into();
     thread::spawn(move || {
         let mut buf = [0u8; 2048];
         while let Ok((n, from)) = udp.recv_from(&mut buf) {

@@ -4,6 +4,8 @@
 //! vipa-probe serve --port P [--listen ADDR]
 //! vipa-probe whoami --target ADDR:P [--bind ADDR]
 //! vipa-probe stream --target ADDR:P --duration-ms N [--interval-ms N]   (prints a JSON report)
+//! vipa-probe forge --target ADDR:P [--node NAME] [--count N]   (heartbeats with a wrong key)
+//! vipa-probe replay --target ADDR:P --pcap FILE                (UDP payloads of a capture, again)
 //! ```
 
 use std::net::SocketAddr;
@@ -37,8 +39,18 @@ fn main() -> ExitCode {
             probe::stream(target(), Duration::from_millis(ms), Duration::from_millis(every))
                 .map(|r| serde_json::to_string(&r).expect("report"))
         }
+        Some("forge") => {
+            // Heartbeats in the name of a node, claiming every DVIPA, signed with a wrong key.
+            let node = flag(&args, "--node").unwrap_or("s1");
+            let count: u32 = flag(&args, "--count").and_then(|c| c.parse().ok()).unwrap_or(50);
+            forge(target(), node, count)
+        }
+        Some("replay") => {
+            let pcap = flag(&args, "--pcap").expect("--pcap FILE");
+            replay(target(), pcap)
+        }
         _ => {
-            eprintln!("usage: vipa-probe serve|whoami|stream (see the source's header)");
+            eprintln!("usage: vipa-probe serve|whoami|stream|forge|replay (see the source's header)");
             return ExitCode::from(2);
         }
     };
@@ -52,4 +64,54 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn forge(to: SocketAddr, node: &str, count: u32) -> std::io::Result<String> {
+    use vipa_wire::cluster::{set_bit, Heartbeat};
+    let sock = std::net::UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+    let mut h = Heartbeat {
+        incarnation: u64::MAX / 2,
+        node: node.to_string(),
+        count: 64,
+        interval_us: 10_000,
+        ..Default::default()
+    };
+    for i in 0..64 {
+        set_bit(&mut h.held, i, true);
+    }
+    for seq in 0..count {
+        h.seq = u64::from(seq) + 1_000_000;
+        sock.send_to(&h.emit(b"not the cluster key, but 32 bytes!"), to)?;
+        // Garbage too, of every length up to 200 bytes.
+        let junk: Vec<u8> =
+            (0..(seq % 200) as usize).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seq as u8)).collect();
+        sock.send_to(&junk, to)?;
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(format!("sent {count} forged heartbeats and {count} junk datagrams"))
+}
+
+/// Sends again the UDP payloads of an Ethernet/IPv4 pcap file.
+fn replay(to: SocketAddr, path: &str) -> std::io::Result<String> {
+    let data = std::fs::read(path)?;
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    let mut at = 24;
+    let mut sent = 0;
+    while at + 16 <= data.len() {
+        let caplen = u32::from_le_bytes(data[at + 8..at + 12].try_into().expect("4 bytes")) as usize;
+        let frame = &data[at + 16..(at + 16 + caplen).min(data.len())];
+        at += 16 + caplen;
+        if frame.len() < 14 + 20 + 8 || frame[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        let ihl = usize::from(frame[14] & 0x0f) * 4;
+        if frame[14 + 9] != 17 || frame.len() < 14 + ihl + 8 {
+            continue;
+        }
+        let payload = &frame[14 + ihl + 8..];
+        sock.send_to(payload, to)?;
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(format!("replayed {sent} datagrams"))
 }

@@ -1,0 +1,232 @@
+//! Dynamic VIPAs across a cluster: three hosts and a client on a LAN bridge, each host
+//! with its own vipad (vipa-testbed's `ClusterEnv`).
+
+use std::time::{Duration, Instant};
+
+use vipa_testbed::lab::{serve_on, stream, ClusterEnv, Names, DVIPA};
+use vipa_testbed::{require_root, wait_for, workspace_bin, Proc};
+
+/// 10 ms heartbeats, dead after 10: a death is noticed after about 100 ms.
+const CLUSTER: &str = "heartbeat_interval = \"10ms\"\n";
+
+fn dvipa(takeback: &str) -> String {
+    format!(
+        "[[dvipa]]\naddress = \"{DVIPA}\"\nowner = \"s1\"\nbackups = {{ s2 = 200, s3 = 100 }}\ntakeback = \"{takeback}\"\nannounce = [\"en1\"]\n"
+    )
+}
+
+fn out(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn up(takeback: &str) -> (ClusterEnv, Vec<Proc>) {
+    require_root();
+    let env = ClusterEnv::build(Names::Unique, 3);
+    for k in 1..=3 {
+        env.write_config(k, CLUSTER, &dvipa(takeback));
+    }
+    let procs: Vec<Proc> = (1..=3).map(|k| env.start_vipad(k)).collect();
+    let ok = wait_for(Duration::from_secs(5), || (env.holders(DVIPA) == vec![1]).then_some(()));
+    assert!(ok.is_some(), "s1 never held it: {:?}\n{}", env.holders(DVIPA), env.log(1));
+    // Every node done listening after its start.
+    let ok = wait_for(Duration::from_secs(5), || {
+        (1..=3).all(|k| out(&env.vipactl(k, &["cluster"])).matches(" alive ").count() == 2).then_some(())
+    });
+    assert!(ok.is_some(), "{}", out(&env.vipactl(3, &["cluster"])));
+    (env, procs)
+}
+
+fn holder_is(env: &ClusterEnv, k: usize, within: Duration) -> Option<Duration> {
+    holder_among(env, k, &[1, 2, 3], within)
+}
+
+/// Waits until `k` is the only holder among the hosts `live` (a killed host's kernel keeps
+/// its copy, unreachable behind its cut cable).
+fn holder_among(env: &ClusterEnv, k: usize, live: &[usize], within: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    wait_for(within, || {
+        let h: Vec<usize> = env.holders(DVIPA).into_iter().filter(|h| live.contains(h)).collect();
+        (h == vec![k]).then(|| t.elapsed())
+    })
+}
+
+#[test]
+fn holder_death_is_taken_over_by_the_highest_backup_and_the_owner_takes_it_back() {
+    let (env, mut procs) = up("immediate");
+    let dyn1 = out(&env.vipactl(1, &["dvipa"]));
+    assert!(dyn1.contains("ACTIVE") && dyn1.contains("VIPADefine") && dyn1.contains(" s1 "), "{dyn1}");
+    let dyn2 = out(&env.vipactl(2, &["dvipa"]));
+    assert!(dyn2.contains("BACKUP") && dyn2.contains("VIPABackup") && dyn2.contains("200"), "{dyn2}");
+    let members = out(&env.vipactl(2, &["cluster"]));
+    assert!(members.contains("quorum yes") && members.matches("alive").count() == 2, "{members}");
+
+    let _srv = [serve_on(env.host(1), Some(DVIPA)), serve_on(env.host(2), Some(DVIPA))];
+    let run = stream(&env.client, DVIPA, 2500);
+    std::thread::sleep(Duration::from_millis(700));
+    // The host dies: every process killed, its link cut.
+    procs[0].kill();
+    env.cut(1);
+    let took = holder_among(&env, 2, &[2, 3], Duration::from_secs(3)).expect("s2 took over");
+    let r = run.report();
+    eprintln!("host death: s2 active after {took:?}; client UDP longest gap {:.1} ms", r.udp.max_gap_ms);
+    assert!(r.udp.max_gap_ms < 1000.0, "client outage {:.0} ms", r.udp.max_gap_ms);
+    assert!(r.udp.received > r.udp.sent / 2);
+    assert_eq!(env.client_neigh(DVIPA), Some(env.mac(2)), "the client follows the gratuitous ARP");
+    let dyn2 = out(&env.vipactl(2, &["dvipa"]));
+    assert!(dyn2.contains("ACTIVE"), "{dyn2}");
+    assert!(out(&env.vipactl(2, &["cluster"])).contains("dead"));
+
+    // The owner comes back: takeback through a handover, never two holders.
+    env.restore(1);
+    // s1's kernel still has the address from before it was killed.
+    assert_eq!(env.holders(DVIPA), vec![1, 2]);
+    procs[0] = env.start_vipad(1);
+    let run = stream(&env.client, DVIPA, 2500);
+    let mut both = 0;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(1500) {
+        let h = env.holders(DVIPA);
+        if h == vec![1] {
+            break;
+        }
+        if h.len() > 1 && t.elapsed() > Duration::from_millis(300) {
+            both += 1;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(env.holders(DVIPA), vec![1], "s1 took it back: {}", env.log(1));
+    assert_eq!(both, 0, "two holders after s1 gave up its stale copy");
+    let r = run.report();
+    eprintln!("takeback: client UDP longest gap {:.1} ms", r.udp.max_gap_ms);
+    assert_eq!(env.client_neigh(DVIPA), Some(env.mac(1)));
+    assert!(env.log(1).contains("stale copy from before the restart"), "{}", env.log(1));
+}
+
+#[test]
+fn link_cut_alone_moves_it_and_the_minority_releases() {
+    let (env, _procs) = up("immediate");
+    env.cut(1);
+    holder_is(&env, 2, Duration::from_secs(3)).expect("s2 took over");
+    // s1 runs on, alone: no quorum, so it gave the address up too.
+    let ok = wait_for(Duration::from_secs(2), || (!env.holders(DVIPA).contains(&1)).then_some(()));
+    assert!(ok.is_some(), "{:?}", env.holders(DVIPA));
+    assert!(out(&env.vipactl(1, &["cluster"])).contains("quorum NO"));
+    env.restore(1);
+    holder_is(&env, 1, Duration::from_secs(3)).expect("back on s1");
+}
+
+#[test]
+fn when_idle_waits_for_the_last_connection() {
+    let (env, mut procs) = up("when-idle");
+    procs[0].kill();
+    env.cut(1);
+    holder_among(&env, 2, &[2, 3], Duration::from_secs(3)).expect("s2 took over");
+    let _srv = serve_on(env.host(2), Some(DVIPA));
+    // A long TCP stream to the DVIPA, now held by s2.
+    let run = stream(&env.client, DVIPA, 2500);
+    std::thread::sleep(Duration::from_millis(300));
+    env.restore(1);
+    env.host(1).sh(&format!("ip addr del {DVIPA}/32 dev en1"));
+    procs[0] = env.start_vipad(1);
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(env.holders(DVIPA), vec![2], "busy: stays on s2");
+    let dyn2 = out(&env.vipactl(2, &["dvipa"]));
+    assert!(dyn2.contains("QUIESCING"), "{dyn2}");
+    let r = run.report();
+    assert!(r.tcp.error.is_none(), "the connection was not broken: {:?}", r.tcp.error);
+    holder_is(&env, 1, Duration::from_secs(3)).expect("idle: back to s1");
+}
+
+#[test]
+fn partition_minority_releases_and_one_holder_remains_after_healing() {
+    let (env, _procs) = up("immediate");
+    env.partition(1);
+    holder_is(&env, 2, Duration::from_secs(3)).expect("majority side took over");
+    env.heal();
+    holder_is(&env, 1, Duration::from_secs(3)).expect("one holder after healing: the owner");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(env.holders(DVIPA), vec![1]);
+    env.client.try_sh(&format!("ping -c1 -W1 {DVIPA}")).expect("client reaches the DVIPA");
+    assert_eq!(env.client_neigh(DVIPA), Some(env.mac(1)), "the client's ARP entry names the holder");
+}
+
+#[test]
+fn forged_and_replayed_heartbeats_move_nothing() {
+    let (env, _procs) = up("immediate");
+    // Capture real heartbeats on the LAN, then stop the owner's traffic... no: replay them.
+    let pcap = env.dir.join("hb.pcap");
+    let mut cap = env.lan.command("tcpdump");
+    cap.args(["-i", "br0", "-c", "30", "-w"]).arg(&pcap).args(["udp", "port", "5997"]);
+    cap.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut cap = env.lan.spawn(cap);
+    assert!(cap.wait_timeout(Duration::from_secs(5)).is_some(), "capture finished");
+    // An attacker on the LAN (the client's namespace will do) sends to s2 and s3.
+    for k in [2, 3] {
+        let to = format!("198.18.1.{}:5997", 10 + k);
+        let o = env
+            .client
+            .command(workspace_bin("vipa-probe"))
+            .args(["forge", "--target", &to, "--node", "s2"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let o = env
+            .client
+            .command(workspace_bin("vipa-probe"))
+            .args(["replay", "--target", &to, "--pcap"])
+            .arg(&pcap)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(env.holders(DVIPA), vec![1], "nothing moved");
+    let c = env.vipactl(2, &["--json", "cluster"]);
+    let j: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
+    assert!(j["dropped"]["unauthenticated"].as_u64().unwrap() >= 50, "{j}");
+    assert!(j["dropped"]["replayed"].as_u64().unwrap() > 0, "{j}");
+    assert!(env.vipactl(2, &["status"]).status.success(), "vipad runs on");
+}
+
+#[test]
+fn planned_move_hands_over() {
+    let (env, _procs) = up("immediate");
+    let o = env.vipactl(3, &["dvipa", "move", DVIPA, "s3"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    holder_is(&env, 3, Duration::from_secs(2)).expect("moved to s3");
+    let o = env.vipactl(3, &["dvipa", "move", DVIPA, "s9"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("s9 is neither the owner nor a backup"));
+    let o = env.vipactl(3, &["dvipa", "deactivate", DVIPA]);
+    assert!(o.status.success());
+    holder_is(&env, 1, Duration::from_secs(2)).expect("the owner takes it when s3 deactivates it");
+    assert!(out(&env.vipactl(3, &["dvipa"])).contains("DEACTIVATED"));
+}
+
+#[test]
+fn a_cluster_without_a_usable_key_does_not_start() {
+    require_root();
+    let env = ClusterEnv::build(Names::Unique, 2);
+    env.write_config(1, CLUSTER, &dvipa("immediate"));
+    std::fs::set_permissions(env.key_path(), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let o = env
+        .host(1)
+        .command(workspace_bin("vipad"))
+        .arg("--config")
+        .arg(env.config_path(1))
+        .arg("--socket")
+        .arg(env.socket_path(1))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("readable by others") && e.contains("chmod 600"), "{e}");
+    // keygen makes one, mode 600, and never overwrites.
+    let k = env.dir.join("new.key");
+    let g = std::process::Command::new(workspace_bin("vipactl")).args(["cluster", "keygen"]).arg(&k).output().unwrap();
+    assert!(g.status.success());
+    let meta = std::fs::metadata(&k).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o600);
+    assert_eq!(std::fs::read_to_string(&k).unwrap().trim().len(), 64);
+    let g = std::process::Command::new(workspace_bin("vipactl")).args(["cluster", "keygen"]).arg(&k).output().unwrap();
+    assert!(!g.status.success());
+}
