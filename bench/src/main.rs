@@ -5,13 +5,15 @@
 //! - the time from a foreign route change to its preferred source being restored;
 //! - cold start with 1,000 VIPAs and 4 NICs: time to converge, peak RSS, idle CPU.
 //!
-//! `vipa-bench [--runs N] [--only failover,repair,scale,ipmp-link,ipmp-silent,ipmp-cpu]`.
+//! `vipa-bench [--runs N] [--only failover,repair,scale,ipmp-link,ipmp-silent,ipmp-cpu,dvipa-outage,dvipa-scale]`.
 //! Not a test: numbers are reported, never asserted.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vipa_testbed::lab::{stream, LanEnv, Names, SampleEnv, DATA, SEED_CONFIG, VIPA, VIPA6};
+use vipa_testbed::lab::{
+    serve_on, stream, ClusterEnv, LanEnv, Names, SampleEnv, DATA, DVIPA, SEED_CONFIG, VIPA, VIPA6,
+};
 use vipa_testbed::{require_root, wait_for, workspace_bin, Netns};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -72,6 +74,18 @@ fn main() {
     if want("ipmp-cpu") {
         eprintln!("measuring IPMP probing CPU with 8 NICs at FDT 100 ms ...");
         ipmp_cpu(&mut rows);
+    }
+    if want("dvipa-outage") {
+        for interval in [100u64, 10, 1] {
+            eprintln!("measuring DVIPA outages at {interval} ms heartbeats ({runs} runs) ...");
+            dvipa_outage(runs, interval, &mut rows);
+        }
+    }
+    if want("dvipa-scale") {
+        for n in [1000usize, 10_000] {
+            eprintln!("measuring one takeover of {n} DVIPAs ...");
+            dvipa_scale(n, &mut rows);
+        }
     }
 
     let w0 = rows.iter().map(|r| r.what.len()).max().unwrap_or(0);
@@ -377,5 +391,131 @@ fn ipmp_cpu(rows: &mut Vec<Row>) {
         what: "IPMP: vipad CPU, 8 NICs probing at FDT 100 ms, over 20 s (system includes the simulated LAN)".into(),
         result: cpu,
         target: "< 2 %".into(),
+    });
+}
+
+fn dvipa_config(takeback: &str) -> String {
+    format!(
+        "[[dvipa]]\naddress = \"{DVIPA}\"\nowner = \"s1\"\nbackups = {{ s2 = 200, s3 = 100 }}\ntakeback = \"{takeback}\"\nannounce = [\"en1\"]\n"
+    )
+}
+
+/// Waits until host `k` is the only live holder of the DVIPA.
+fn only_holder(env: &ClusterEnv, k: usize, live: &[usize], within: Duration) -> bool {
+    wait_for(within, || {
+        let h: Vec<usize> = env.holders(DVIPA).into_iter().filter(|h| live.contains(h)).collect();
+        (h == vec![k]).then_some(())
+    })
+    .is_some()
+}
+
+fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>) {
+    let env = ClusterEnv::build(Names::Unique, 3);
+    let extra = format!("heartbeat_interval = \"{interval_ms}ms\"\n");
+    for k in 1..=3 {
+        env.write_config(k, &extra, &dvipa_config("immediate"));
+    }
+    let mut procs: Vec<vipa_testbed::Proc> = (1..=3).map(|k| env.start_vipad(k)).collect();
+    let _srv: Vec<_> = (1..=3).map(|k| serve_on(env.host(k), Some(DVIPA))).collect();
+    let settle = Duration::from_millis(interval_ms * 40 + 2000);
+    let stream_ms = interval_ms * 20 + 1500;
+    let (mut death, mut cut, mut moved) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        if !only_holder(&env, 1, &[1, 2, 3], settle) {
+            continue;
+        }
+        // Host death: processes killed, link cut.
+        let run = stream(&env.client, DVIPA, stream_ms);
+        std::thread::sleep(Duration::from_millis(500));
+        procs[0].kill();
+        env.cut(1);
+        let r = run.report();
+        death.push(r.udp.max_gap_ms);
+        env.host(1).sh(&format!("ip addr flush to {DVIPA}/32"));
+        env.restore(1);
+        procs[0] = env.start_vipad(1);
+        if !only_holder(&env, 1, &[1, 2, 3], settle) {
+            continue;
+        }
+        // Link cut only.
+        let run = stream(&env.client, DVIPA, stream_ms);
+        std::thread::sleep(Duration::from_millis(500));
+        env.cut(1);
+        let r = run.report();
+        cut.push(r.udp.max_gap_ms);
+        env.restore(1);
+        if !only_holder(&env, 1, &[1, 2, 3], settle) {
+            continue;
+        }
+        // Planned move and back.
+        let run = stream(&env.client, DVIPA, 1500);
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = env.vipactl(1, &["dvipa", "move", DVIPA, "s2"]);
+        let r = run.report();
+        moved.push(r.udp.max_gap_ms);
+        let _ = env.vipactl(1, &["dvipa", "move", DVIPA, "s1"]);
+    }
+    for (what, v) in [("holder host dies", death), ("holder's link is cut", cut), ("planned move", moved)] {
+        rows.push(Row {
+            what: format!("DVIPA, {interval_ms} ms heartbeats: client outage, {what} (median of {})", v.len()),
+            result: if v.is_empty() {
+                "n/a".into()
+            } else {
+                format!("{:.1} ms (runs {} ms)", median(v.clone()), range(&v))
+            },
+            target: match (what, interval_ms) {
+                ("holder host dies", 1) => "≤ 10 ms".into(),
+                ("planned move", _) => "≤ 2 ms".into(),
+                _ => "-".into(),
+            },
+        });
+    }
+}
+
+fn dvipa_scale(n: usize, rows: &mut Vec<Row>) {
+    let env = ClusterEnv::build(Names::Unique, 2);
+    let mut d = String::new();
+    for i in 0..n {
+        d.push_str(&format!(
+            "[[dvipa]]\naddress = \"198.19.{}.{}\"\nowner = \"s1\"\nbackups = {{ s2 = 100 }}\nannounce = [\"en1\"]\n",
+            i / 250,
+            i % 250 + 1
+        ));
+    }
+    for k in 1..=2 {
+        env.write_config(k, "heartbeat_interval = \"10ms\"\nquorum = \"none\"\n", &d);
+    }
+    let mut s1 = env.start_vipad(1);
+    let s2 = env.start_vipad(2);
+    let count = |k: usize| env.host(k).sh("ip -o -4 addr show dev en1 | wc -l").trim().parse::<usize>().unwrap_or(0);
+    let up = wait_for(Duration::from_secs(60), || (count(1) >= n + 1).then_some(()));
+    if up.is_none() {
+        rows.push(Row {
+            what: format!("{n} DVIPAs moved in one takeover"),
+            result: "s1 never held them all".into(),
+            target: "-".into(),
+        });
+        return;
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = s2.pid();
+    let t0 = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(10));
+    let t1 = cpu_ticks(pid);
+    if let (Some(a), Some(b)) = (t0, t1) {
+        rows.push(Row {
+            what: format!("{n} DVIPAs at 10 ms heartbeats: backup vipad CPU over 10 s idle"),
+            result: format!("{:.2} %", (b - a) as f64 / clk_tck() / 10.0 * 100.0),
+            target: if n == 1000 { "< 1 %".into() } else { "-".into() },
+        });
+    }
+    let start = Instant::now();
+    s1.kill();
+    env.cut(1);
+    let took = wait_for(Duration::from_secs(60), || (count(2) >= n + 1).then(|| start.elapsed()));
+    rows.push(Row {
+        what: format!("{n} DVIPAs moved in one takeover: kill to all on the backup (10 ms heartbeats, dead after 10)"),
+        result: took.map_or("not within 60 s".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3)),
+        target: if n == 10_000 { "≤ 500 ms".into() } else { "-".into() },
     });
 }

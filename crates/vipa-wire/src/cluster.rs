@@ -21,7 +21,7 @@
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! | held bitmap | busy bitmap | declined bitmap (⌈count/8⌉ each)  |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//! | pin count (16) | pins: DVIPA index (32), name length, name ... |
+//! | pin count (16) | pins: DVIPA index (32), name, stamp (64) ...   |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! |                  HMAC-SHA256 (256) over all of the above      |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
@@ -79,8 +79,9 @@ pub struct Heartbeat {
     pub busy: Vec<u8>,
     /// Bit i: the sender was told not to hold DVIPA i (deactivated).
     pub declined: Vec<u8>,
-    /// Planned moves: DVIPA index → node that is to hold it.
-    pub pins: Vec<(u32, String)>,
+    /// Planned moves: (DVIPA index, node that is to hold it, Lamport stamp; the highest
+    /// stamp wins).
+    pub pins: Vec<(u32, String, u64)>,
 }
 
 /// Reads bit `i` of a bitmap.
@@ -166,11 +167,12 @@ impl Heartbeat {
             b.extend_from_slice(&m);
         }
         b.extend_from_slice(&(self.pins.len().min(u16::MAX as usize) as u16).to_be_bytes());
-        for (i, n) in self.pins.iter().take(u16::MAX as usize) {
+        for (i, n, stamp) in self.pins.iter().take(u16::MAX as usize) {
             b.extend_from_slice(&i.to_be_bytes());
             let n = &n.as_bytes()[..n.len().min(MAX_NAME)];
             b.push(n.len() as u8);
             b.extend_from_slice(n);
+            b.extend_from_slice(&stamp.to_be_bytes());
         }
         let tag = mac(key).chain_update(&b).finalize().into_bytes();
         b.extend_from_slice(&tag);
@@ -218,7 +220,8 @@ impl Heartbeat {
             if i >= h.count {
                 return Err(HeartbeatError::Malformed("pin beyond the DVIPA list"));
             }
-            h.pins.push((i, r.name()?));
+            let name = r.name()?;
+            h.pins.push((i, name, r.u64()?));
         }
         if r.at != body.len() {
             return Err(HeartbeatError::Malformed("trailing bytes"));
@@ -242,7 +245,7 @@ mod tests {
             interval_us: 100_000,
             node: "s1".into(),
             count: 20,
-            pins: vec![(3, "s2".into())],
+            pins: vec![(3, "s2".into(), 9)],
             ..Default::default()
         };
         set_bit(&mut h.held, 0, true);

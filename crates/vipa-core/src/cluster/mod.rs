@@ -135,7 +135,7 @@ pub struct Peer {
     held: Vec<u8>,
     busy: Vec<u8>,
     declined: Vec<u8>,
-    pins: Vec<(u32, String)>,
+    pins: Vec<(u32, String, u64)>,
     pub alive: bool,
 }
 
@@ -159,8 +159,10 @@ pub struct Cluster {
     pub held: Vec<bool>,
     busy: Vec<bool>,
     pub declined: Vec<bool>,
-    /// Planned moves: DVIPA index → node.
-    pub pins: BTreeMap<usize, String>,
+    /// Planned moves: DVIPA index → (Lamport stamp, node). The highest stamp wins.
+    pub pins: BTreeMap<usize, (u64, String)>,
+    /// The highest pin stamp seen.
+    clock: u64,
     /// Released for a handover, and no new holder heard yet.
     moving: Vec<bool>,
     pub since: Vec<Instant>,
@@ -216,6 +218,7 @@ impl Cluster {
             busy: vec![false; n],
             declined: vec![false; n],
             pins: BTreeMap::new(),
+            clock: 0,
             moving: vec![false; n],
             since: vec![now; n],
             syncing_until: Some(now + sync),
@@ -264,7 +267,7 @@ impl Cluster {
             interval_us: self.config.interval.as_micros().min(u128::from(u32::MAX)) as u32,
             node: self.config.me.clone(),
             count: n as u32,
-            pins: self.pins.iter().map(|(i, node)| (*i as u32, node.clone())).collect(),
+            pins: self.pins.iter().map(|(i, (stamp, node))| (*i as u32, node.clone(), *stamp)).collect(),
             ..Default::default()
         };
         for i in 0..n {
@@ -295,6 +298,23 @@ impl Cluster {
             }
         }
         let same_config = h.digest == self.digest && h.count as usize == self.dvipas.len();
+        // Steady state: the same claims from a live peer change nothing; just note it.
+        if let Some(p) = self.peers.get_mut(&h.node) {
+            let syncing = h.flags & FLAG_SYNCING != 0;
+            if p.alive
+                && p.incarnation == h.incarnation
+                && p.syncing == syncing
+                && p.same_config == same_config
+                && p.held == h.held
+                && p.busy == h.busy
+                && p.declined == h.declined
+                && p.pins == h.pins
+            {
+                p.last_heard = now;
+                p.seq = h.seq;
+                return;
+            }
+        }
         let was = self.peers.get(&h.node).map(|p| (p.alive, p.incarnation, p.same_config));
         match was {
             None => self.out.push_back(Output::Event(format!("node {} joined", h.node))),
@@ -329,13 +349,21 @@ impl Cluster {
         self.evaluate(now);
     }
 
-    /// Pins announced by peers become ours too (the operator's move reaches every node).
+    /// Pins announced by peers become ours too (the operator's move reaches every node);
+    /// the newest (highest stamp, then node name) wins everywhere.
     fn adopt_pins(&mut self) {
+        let mut seen: Vec<(usize, u64, String)> = Vec::new();
         for p in self.peers.values().filter(|p| p.alive && p.same_config) {
-            for (i, node) in &p.pins {
-                let i = *i as usize;
-                if i < self.dvipas.len() && self.dvipas[i].rank(node).is_some() {
-                    self.pins.entry(i).or_insert_with(|| node.clone());
+            for (i, node, stamp) in &p.pins {
+                seen.push((*i as usize, *stamp, node.clone()));
+            }
+        }
+        for (i, stamp, node) in seen {
+            self.clock = self.clock.max(stamp);
+            if i < self.dvipas.len() && self.dvipas[i].rank(&node).is_some() {
+                let newer = self.pins.get(&i).is_none_or(|(s, n)| (stamp, &node) > (*s, n));
+                if newer {
+                    self.pins.insert(i, (stamp, node));
                 }
             }
         }
@@ -364,7 +392,7 @@ impl Cluster {
         for name in died {
             self.out.push_back(Output::Event(format!("node {name} is dead: no heartbeat for {} ms", dead.as_millis())));
             // A pin to a dead node no longer holds.
-            self.pins.retain(|_, n| *n != name);
+            self.pins.retain(|_, (_, n)| *n != name);
         }
         if self.syncing_until.is_some_and(|t| now >= t) {
             self.syncing_until = None;
@@ -424,7 +452,7 @@ impl Cluster {
         let alive = self.alive_nodes();
         let d = &self.dvipas[i];
         let mut order: Vec<String> = Vec::new();
-        if let Some(p) = self.pins.get(&i) {
+        if let Some((_, p)) = self.pins.get(&i) {
             order.push(p.clone());
         }
         for n in d.order() {
@@ -443,7 +471,7 @@ impl Cluster {
     pub fn desired(&self, i: usize) -> Option<String> {
         let order = self.order(i);
         let holder = order.iter().find(|n| self.claims(n, i)).cloned();
-        if self.pins.get(&i).is_some_and(|p| order.first() == Some(p)) {
+        if self.pins.get(&i).is_some_and(|(_, p)| order.first() == Some(p)) {
             return order.first().cloned();
         }
         let d = &self.dvipas[i];
@@ -539,7 +567,8 @@ impl Cluster {
         if !self.alive_nodes().contains(&node) {
             return Err(format!("{node} is not alive in this node's view of the cluster"));
         }
-        self.pins.insert(i, node.to_string());
+        self.clock += 1;
+        self.pins.insert(i, (self.clock, node.to_string()));
         self.evaluate(now);
         self.send_heartbeat(now);
         Ok(())
@@ -550,7 +579,8 @@ impl Cluster {
     pub fn deactivate(&mut self, now: Instant, addr: IpAddr) -> Result<(), String> {
         let i = self.index(addr).ok_or_else(|| format!("{addr} is not a DVIPA of this cluster"))?;
         self.declined[i] = true;
-        self.pins.retain(|j, n| *j != i || *n != self.config.me);
+        let me = self.config.me.clone();
+        self.pins.retain(|j, (_, n)| *j != i || *n != me);
         self.evaluate(now);
         self.send_heartbeat(now);
         Ok(())

@@ -338,11 +338,23 @@ fn planned_move_and_deactivation_hand_over_cleanly() {
     s.run(ms(600));
     assert_eq!(s.holders(0), vec!["s3".to_string()]);
     assert_eq!(s.max_holders[0], 1);
+    // Moved back from another node: the newer move wins on every node.
+    let now = s.local("s2");
+    s.nodes.get_mut("s2").unwrap().c.move_to(now, IpAddr::from([198, 18, 7, 1]), "s2").unwrap();
+    s.drain("s2");
+    s.run(ms(700));
+    assert_eq!(s.holders(0), vec!["s2".to_string()]);
+    let now = s.local("s3");
+    s.nodes.get_mut("s3").unwrap().c.move_to(now, IpAddr::from([198, 18, 7, 1]), "s3").unwrap();
+    s.drain("s3");
+    s.run(ms(800));
+    assert_eq!(s.holders(0), vec!["s3".to_string()]);
+    assert_eq!(s.max_holders[0], 1);
     let now = s.local("s3");
     assert!(s.nodes.get_mut("s3").unwrap().c.move_to(now, IpAddr::from([198, 18, 7, 9]), "s1").is_err());
     s.nodes.get_mut("s3").unwrap().c.deactivate(now, IpAddr::from([198, 18, 7, 1])).unwrap();
     s.drain("s3");
-    s.run(ms(700));
+    s.run(ms(900));
     assert_eq!(s.holders(0), vec!["s1".to_string()], "the owner takes it when the pinned node declines");
     assert_eq!(s.nodes["s3"].c.status(0), DvipaStatus::Deactivated);
     assert_eq!(s.max_holders[0], 1);
