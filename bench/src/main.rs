@@ -5,7 +5,7 @@
 //! - the time from a foreign route change to its preferred source being restored;
 //! - cold start with 1,000 VIPAs and 4 NICs: time to converge, peak RSS, idle CPU.
 //!
-//! `vipa-bench [--runs N] [--only failover,repair,scale,ipmp-link,ipmp-silent,ipmp-cpu,dvipa-outage,dvipa-scale]`.
+//! `vipa-bench [--runs N] [--only failover,repair,scale,ipmp-link,ipmp-silent,ipmp-cpu,dvipa-outage,keepalived,dvipa-scale]`.
 //! Not a test: numbers are reported, never asserted.
 
 use std::process::{Command, Stdio};
@@ -79,6 +79,16 @@ fn main() {
         for interval in [100u64, 10, 1] {
             eprintln!("measuring DVIPA outages at {interval} ms heartbeats ({runs} runs) ...");
             dvipa_outage(runs, interval, &mut rows);
+        }
+    }
+    if want("keepalived") {
+        if std::process::Command::new("keepalived").arg("--version").output().is_ok() {
+            for interval in [1000u64, 100, 10] {
+                eprintln!("measuring keepalived (VRRPv3) outages at {interval} ms adverts ({runs} runs) ...");
+                keepalived_outage(runs, interval, &mut rows);
+            }
+        } else {
+            eprintln!("keepalived is not installed: no comparison (scripts/bench installs it)");
         }
     }
     if want("dvipa-scale") {
@@ -429,8 +439,9 @@ fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>) {
         std::thread::sleep(Duration::from_millis(500));
         procs[0].kill();
         env.cut(1);
-        let r = run.report();
-        death.push(r.udp.max_gap_ms);
+        if let Ok(r) = run.try_report() {
+            death.push(r.udp.max_gap_ms);
+        }
         env.host(1).sh(&format!("ip addr flush to {DVIPA}/32"));
         env.restore(1);
         procs[0] = env.start_vipad(1);
@@ -441,8 +452,9 @@ fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>) {
         let run = stream(&env.client, DVIPA, stream_ms);
         std::thread::sleep(Duration::from_millis(500));
         env.cut(1);
-        let r = run.report();
-        cut.push(r.udp.max_gap_ms);
+        if let Ok(r) = run.try_report() {
+            cut.push(r.udp.max_gap_ms);
+        }
         env.restore(1);
         if !only_holder(&env, 1, &[1, 2, 3], settle) {
             continue;
@@ -451,8 +463,9 @@ fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>) {
         let run = stream(&env.client, DVIPA, 1500);
         std::thread::sleep(Duration::from_millis(500));
         let _ = env.vipactl(1, &["dvipa", "move", DVIPA, "s2"]);
-        let r = run.report();
-        moved.push(r.udp.max_gap_ms);
+        if let Ok(r) = run.try_report() {
+            moved.push(r.udp.max_gap_ms);
+        }
         let _ = env.vipactl(1, &["dvipa", "move", DVIPA, "s1"]);
     }
     for (what, v) in [("holder host dies", death), ("holder's link is cut", cut), ("planned move", moved)] {
@@ -518,4 +531,88 @@ fn dvipa_scale(n: usize, rows: &mut Vec<Row>) {
         result: took.map_or("not within 60 s".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3)),
         target: if n == 10_000 { "≤ 500 ms".into() } else { "-".into() },
     });
+}
+
+/// keepalived in host `k`: VRRPv3, the same address, priorities in the DVIPA's order.
+fn start_keepalived(env: &ClusterEnv, k: usize, interval_ms: u64) -> vipa_testbed::Proc {
+    let dir = env.dir.join(format!("ka{k}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let conf = dir.join("keepalived.conf");
+    let priority = [0, 150, 100, 50][k];
+    std::fs::write(
+        &conf,
+        format!(
+            "global_defs {{\n  router_id s{k}\n}}\nvrrp_instance VI_1 {{\n  state BACKUP\n  interface en1\n  virtual_router_id 51\n  version 3\n  priority {priority}\n  advert_int {}\n  virtual_ipaddress {{\n    {DVIPA}/32\n  }}\n}}\n",
+            interval_ms as f64 / 1000.0
+        ),
+    )
+    .expect("conf");
+    let mut cmd = env.host(k).command("keepalived");
+    cmd.args(["--dont-fork", "--vrrp", "--log-console", "--use-file"]).arg(&conf);
+    cmd.arg(format!("--pid={}", dir.join("k.pid").display()))
+        .arg(format!("--vrrp_pid={}", dir.join("v.pid").display()));
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    env.host(k).spawn(cmd)
+}
+
+/// Kills keepalived of host `k` outright: its VRRP child (by the pid file it wrote), then
+/// the parent.
+fn kill_keepalived(env: &ClusterEnv, k: usize, parent: &mut vipa_testbed::Proc) {
+    let pidfile = env.dir.join(format!("ka{k}")).join("v.pid");
+    if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+        let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+    parent.kill();
+}
+
+fn keepalived_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>) {
+    let env = ClusterEnv::build(Names::Unique, 3);
+    let mut procs: Vec<vipa_testbed::Proc> = (1..=3).map(|k| start_keepalived(&env, k, interval_ms)).collect();
+    let _srv: Vec<_> = (1..=3).map(|k| serve_on(env.host(k), Some(DVIPA))).collect();
+    let settle = Duration::from_millis(interval_ms * 20 + 3000);
+    let stream_ms = interval_ms * 6 + 1500;
+    let (mut death, mut cut, mut stop) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        if !only_holder(&env, 1, &[1, 2, 3], settle) {
+            continue;
+        }
+        let run = stream(&env.client, DVIPA, stream_ms);
+        std::thread::sleep(Duration::from_millis(500));
+        kill_keepalived(&env, 1, &mut procs[0]);
+        env.cut(1);
+        death.extend(run.try_report().ok().map(|r| r.udp.max_gap_ms));
+        env.host(1).sh(&format!("ip addr flush to {DVIPA}/32"));
+        env.restore(1);
+        procs[0] = start_keepalived(&env, 1, interval_ms);
+        if !only_holder(&env, 1, &[1, 2, 3], settle) {
+            continue;
+        }
+        let run = stream(&env.client, DVIPA, stream_ms);
+        std::thread::sleep(Duration::from_millis(500));
+        env.cut(1);
+        cut.extend(run.try_report().ok().map(|r| r.udp.max_gap_ms));
+        env.restore(1);
+        if !only_holder(&env, 1, &[1, 2, 3], settle) {
+            continue;
+        }
+        // Graceful stop: keepalived sends priority 0 and the backup takes over.
+        let run = stream(&env.client, DVIPA, stream_ms);
+        std::thread::sleep(Duration::from_millis(500));
+        procs[0].signal(15);
+        stop.extend(run.try_report().ok().map(|r| r.udp.max_gap_ms));
+        procs[0].wait_timeout(Duration::from_secs(5));
+        kill_keepalived(&env, 1, &mut procs[0]);
+        procs[0] = start_keepalived(&env, 1, interval_ms);
+    }
+    for (what, v) in [("holder host dies", death), ("holder's link is cut", cut), ("graceful stop", stop)] {
+        rows.push(Row {
+            what: format!("keepalived, {interval_ms} ms adverts: client outage, {what} (median of {})", v.len()),
+            result: if v.is_empty() {
+                "n/a".into()
+            } else {
+                format!("{:.1} ms (runs {} ms)", median(v.clone()), range(&v))
+            },
+            target: "(comparison)".into(),
+        });
+    }
 }

@@ -27,17 +27,30 @@ fn packet_addr(ifindex: u32, dst: [u8; 6]) -> SockAddr {
 
 /// Sends `count` gratuitous ARPs of each form for `ip` from `mac` out of `ifindex`.
 pub fn garp(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr, count: u32) -> io::Result<()> {
+    garp_many(ifindex, mac, &[ip], count)
+}
+
+/// The same for many addresses, over one socket: each round announces every address once,
+/// so the first round reaches neighbours before any repeat.
+pub fn garp_many(ifindex: u32, mac: [u8; 6], ips: &[Ipv4Addr], count: u32) -> io::Result<()> {
     let sock = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(i32::from(ETH_P_ARP.to_be()))))?;
     let dst = packet_addr(ifindex, [0xff; 6]);
     for _ in 0..count {
-        for op in [Operation::Request, Operation::Reply] {
-            let mut frame = [0u8; 14 + vipa_wire::arp::LEN];
-            frame[0..6].copy_from_slice(&[0xff; 6]);
-            frame[6..12].copy_from_slice(&mac);
-            frame[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
-            let repr = Repr::gratuitous(op, mac, ip);
-            repr.emit(&mut Packet::new_checked(&mut frame[14..]).map_err(io::Error::other)?);
-            sock.send_to(&frame, &dst)?;
+        for &ip in ips {
+            for op in [Operation::Request, Operation::Reply] {
+                let mut frame = [0u8; 14 + vipa_wire::arp::LEN];
+                frame[0..6].copy_from_slice(&[0xff; 6]);
+                frame[6..12].copy_from_slice(&mac);
+                frame[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
+                let repr = Repr::gratuitous(op, mac, ip);
+                repr.emit(&mut Packet::new_checked(&mut frame[14..]).map_err(io::Error::other)?);
+                match sock.send_to(&frame, &dst) {
+                    Ok(_) => {}
+                    // A full queue drops this copy; the next round sends it again.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                    Err(e) => return Err(e),
+                }
+            }
         }
     }
     Ok(())

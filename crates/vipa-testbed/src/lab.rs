@@ -190,6 +190,15 @@ pub struct StreamRun {
 }
 
 impl StreamRun {
+    /// The report, or why the stream could not run (no connection, say).
+    pub fn try_report(self) -> Result<crate::probe::StreamReport, String> {
+        let out = self.proc.output();
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    }
+
     pub fn report(self) -> crate::probe::StreamReport {
         let out = self.proc.output();
         assert!(out.status.success(), "stream failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -232,18 +232,43 @@ impl ClusterShell {
             .collect()
     }
 
-    /// Announcements due after activations, now that the kernel has the addresses.
+    /// Announcements due after activations, now that the kernel has the addresses: IPv4
+    /// ones in one batch per NIC, IPv6 ones one by one.
     pub fn announce(&mut self, observed: &Observed) {
+        let mut v4: BTreeMap<String, Vec<std::net::Ipv4Addr>> = BTreeMap::new();
         for (addr, nics) in std::mem::take(&mut self.announce) {
             if !observed.has_address(addr) {
                 continue;
             }
             for nic in nics {
-                let Some(l) = observed.link_by_name(&nic) else { continue };
-                let Some(mac) = l.mac else { continue };
-                if let Err(e) = vipa_kernel::announce::announce(&nic, l.index, mac, addr, 3) {
-                    warn!(address = %addr, interface = %nic, error = %e, "announcement failed");
+                match addr {
+                    IpAddr::V4(a) => v4.entry(nic).or_default().push(a),
+                    IpAddr::V6(_) => {
+                        let Some(l) = observed.link_by_name(&nic) else { continue };
+                        let Some(mac) = l.mac else { continue };
+                        if let Err(e) = vipa_kernel::announce::announce(&nic, l.index, mac, addr, 3) {
+                            warn!(address = %addr, interface = %nic, error = %e, "announcement failed");
+                        }
+                    }
                 }
+            }
+        }
+        for (nic, addrs) in v4 {
+            let Some(l) = observed.link_by_name(&nic) else { continue };
+            let Some(mac) = l.mac else { continue };
+            if let Err(e) = vipa_kernel::announce::garp_many(l.index, mac, &addrs, 3) {
+                warn!(interface = %nic, count = addrs.len(), error = %e, "announcement failed");
+            }
+        }
+    }
+
+    /// Sends our heartbeat if one is due: called during long kernel work (thousands of
+    /// addresses) so peers do not take a busy node for a dead one.
+    pub fn keepalive(&mut self, now: Instant) {
+        if let Some(h) = self.core.heartbeat_if_due(now) {
+            let bytes = h.emit(&self.key);
+            for p in &self.core.config.peers {
+                let _ = self.sock.send_to(&bytes, p);
             }
         }
     }

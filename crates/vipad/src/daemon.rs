@@ -245,13 +245,15 @@ impl Daemon {
                 break;
             }
             let mut progress = false;
-            for op in &plan.ops {
-                let observed = &self.observed;
-                let result = self.kernel.apply(op, |name| observed.link_by_name(name).map(|l| l.index));
-                match result {
-                    Ok(outcome) => {
-                        self.counters.changes_applied += 1;
-                        info!(change = %op, ?outcome, "applied");
+            for (n, op) in plan.ops.iter().enumerate() {
+                if n % 256 == 255 {
+                    // Thousands of addresses take a while: peers must not take us for dead.
+                    if let Some(c) = &mut self.cluster {
+                        c.keepalive(Instant::now());
+                    }
+                }
+                match self.apply_one(op) {
+                    Some(outcome) => {
                         changes.push(op.to_string());
                         if outcome != Outcome::AlreadyGone || matches!(op, Op::DelAddress { .. } | Op::DelRoute { .. })
                         {
@@ -259,11 +261,7 @@ impl Daemon {
                         }
                         progress = true;
                     }
-                    Err(e) => {
-                        self.counters.changes_failed += 1;
-                        failed = true;
-                        error!(change = %op, error = %e, "change failed");
-                    }
+                    None => failed = true,
                 }
             }
             self.set_ledger(plan.ledger);

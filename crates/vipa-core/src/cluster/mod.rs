@@ -278,6 +278,16 @@ impl Cluster {
         h
     }
 
+    /// The heartbeat due at `now`, if one is, for a shell busy with long kernel work; the
+    /// claims are this node's current ones.
+    pub fn heartbeat_if_due(&mut self, now: Instant) -> Option<Heartbeat> {
+        if now < self.next_heartbeat {
+            return None;
+        }
+        self.next_heartbeat = now + self.config.interval;
+        Some(self.heartbeat())
+    }
+
     fn send_heartbeat(&mut self, now: Instant) {
         let h = self.heartbeat();
         self.out.push_back(Output::Heartbeat(h));
