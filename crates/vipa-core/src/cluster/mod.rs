@@ -165,6 +165,9 @@ pub struct Cluster {
     clock: u64,
     /// Released for a handover, and no new holder heard yet.
     moving: Vec<bool>,
+    /// Another node was heard claiming an address this node keeps (a healed partition):
+    /// re-announced once, so neighbours point here again.
+    conflict: Vec<bool>,
     pub since: Vec<Instant>,
     syncing_until: Option<Instant>,
     had_quorum: bool,
@@ -220,6 +223,7 @@ impl Cluster {
             pins: BTreeMap::new(),
             clock: 0,
             moving: vec![false; n],
+            conflict: vec![false; n],
             since: vec![now; n],
             syncing_until: Some(now + sync),
             had_quorum: false,
@@ -328,7 +332,16 @@ impl Cluster {
         let was = self.peers.get(&h.node).map(|p| (p.alive, p.incarnation, p.same_config));
         match was {
             None => self.out.push_back(Output::Event(format!("node {} joined", h.node))),
-            Some((false, _, _)) => self.out.push_back(Output::Event(format!("node {} is alive again", h.node))),
+            Some((false, _, _)) => {
+                self.out.push_back(Output::Event(format!("node {} is alive again", h.node)));
+                // After a partition the other side may have announced our addresses:
+                // announce what this node holds again.
+                if !self.syncing() {
+                    for i in (0..self.dvipas.len()).filter(|&i| self.held[i]) {
+                        self.out.push_back(Output::Announce { index: i });
+                    }
+                }
+            }
             Some((true, inc, _)) if inc != h.incarnation => {
                 self.out.push_back(Output::Event(format!("node {} restarted", h.node)))
             }
@@ -548,8 +561,19 @@ impl Cluster {
                     self.held[i] = false;
                     self.since[i] = now;
                     self.moving[i] = cause.starts_with("handing over");
+                    self.conflict[i] = false;
                     self.out.push_back(Output::Release { index: i, cause });
                     changed = true;
+                } else if !others.is_empty() && !self.conflict[i] {
+                    // Kept against another claimant: tell the neighbours again.
+                    self.conflict[i] = true;
+                    self.out.push_back(Output::Event(format!(
+                        "{} also claims {}; this node keeps it and announces it again",
+                        others[0], self.dvipas[i].address
+                    )));
+                    self.out.push_back(Output::Announce { index: i });
+                } else if others.is_empty() {
+                    self.conflict[i] = false;
                 }
             } else if quorum && !self.declined[i] && desired.as_deref() == Some(me.as_str()) && others.is_empty() {
                 self.held[i] = true;

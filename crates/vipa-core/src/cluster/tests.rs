@@ -47,6 +47,8 @@ struct Sim {
     queue: Vec<(Duration, String, Heartbeat)>,
     /// (time, node, dvipa index, activated?)
     moves: Vec<(Duration, String, usize, bool)>,
+    /// (time, node, dvipa index) of re-announcements.
+    announced: Vec<(Duration, String, usize)>,
     /// Worst number of simultaneous holders seen per DVIPA at any instant after `watch`.
     max_holders: Vec<usize>,
     watch: Duration,
@@ -98,6 +100,7 @@ impl Sim {
             partition: BTreeMap::new(),
             queue: vec![],
             moves: vec![],
+            announced: vec![],
             max_holders: vec![0; count],
             watch: Duration::MAX,
         }
@@ -131,6 +134,7 @@ impl Sim {
                     node.kernel[index] = false;
                     self.moves.push((self.t, name.to_string(), index, false));
                 }
+                Output::Announce { index } => self.announced.push((self.t, name.to_string(), index)),
                 _ => {}
             }
         }
@@ -309,6 +313,7 @@ fn without_quorum_both_sides_hold_and_healing_leaves_one() {
     s.partition.clear();
     s.run(ms(1300));
     assert_eq!(s.holders(0), vec!["s1".to_string()]);
+    assert!(s.announced.iter().any(|(t, n, i)| *t >= ms(900) && n == "s1" && *i == 0), "the keeper announced again after healing");
 }
 
 #[test]
