@@ -416,6 +416,7 @@ pub struct ClusterEnv {
 
 pub const CLUSTER_CLIENT: &str = "198.18.1.50";
 pub const DVIPA: &str = "198.18.1.200";
+pub const DVIPA6: &str = "2001:db8:1::200";
 
 impl ClusterEnv {
     pub fn build(names: Names, n: usize) -> ClusterEnv {
@@ -432,13 +433,20 @@ impl ClusterEnv {
                 "ip link add s{k}-p type veth peer name en1 netns {} && ip link set s{k}-p master br0 up",
                 h.name
             ));
-            h.sh(&format!("ip link set en1 up && ip addr add 198.18.1.{}/24 dev en1", 10 + k));
+            h.sh(&format!(
+                "sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 && \
+                 ip link set en1 up && ip addr add 198.18.1.{}/24 dev en1 && ip addr add 2001:db8:1::{}/64 dev en1 nodad",
+                10 + k,
+                10 + k
+            ));
         }
         lan.sh(&format!(
             "ip link add cl-p type veth peer name cl0 netns {} && ip link set cl-p master br0 up",
             client.name
         ));
-        client.sh("ip link set cl0 up && ip addr add 198.18.1.50/24 dev cl0");
+        client.sh(
+            "ip link set cl0 up && ip addr add 198.18.1.50/24 dev cl0 && ip addr add 2001:db8:1::50/64 dev cl0 nodad",
+        );
         let key = dir.join("cluster.key");
         std::fs::write(&key, "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0\n").expect("key");
         std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("key mode");
@@ -519,7 +527,7 @@ impl ClusterEnv {
     /// Which hosts have the DVIPA on their NIC right now.
     pub fn holders(&self, addr: &str) -> Vec<usize> {
         (1..=self.hosts.len())
-            .filter(|&k| self.host(k).sh(&format!("ip -o addr show to {addr}")).contains(addr))
+            .filter(|&k| self.host(k).sh(&format!("ip -o addr show to {addr}")).contains(&format!(" {addr}/")))
             .collect()
     }
 

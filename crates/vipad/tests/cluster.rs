@@ -230,3 +230,31 @@ fn a_cluster_without_a_usable_key_does_not_start() {
     let g = std::process::Command::new(workspace_bin("vipactl")).args(["cluster", "keygen"]).arg(&k).output().unwrap();
     assert!(!g.status.success());
 }
+
+#[test]
+fn ipv6_dvipa_is_taken_over_with_an_unsolicited_na() {
+    use vipa_testbed::lab::DVIPA6;
+    require_root();
+    let env = ClusterEnv::build(Names::Unique, 3);
+    let d = format!(
+        "[[dvipa]]\naddress = \"{DVIPA6}\"\nowner = \"s1\"\nbackups = {{ s2 = 200, s3 = 100 }}\nannounce = [\"en1\"]\n"
+    );
+    for k in 1..=3 {
+        env.write_config(k, CLUSTER, &d);
+    }
+    let mut procs: Vec<Proc> = (1..=3).map(|k| env.start_vipad(k)).collect();
+    wait_for(Duration::from_secs(5), || (env.holders(DVIPA6) == vec![1]).then_some(())).expect("s1 holds it");
+    env.client.try_sh(&format!("ping -6 -c1 -W1 {DVIPA6}")).expect("reachable on s1");
+    assert_eq!(env.client_neigh(DVIPA6), Some(env.mac(1)));
+    procs[0].kill();
+    env.cut(1);
+    let ok = wait_for(Duration::from_secs(3), || {
+        let h: Vec<usize> = env.holders(DVIPA6).into_iter().filter(|h| *h != 1).collect();
+        (h == vec![2]).then_some(())
+    });
+    assert!(ok.is_some(), "{:?}", env.holders(DVIPA6));
+    // The client's entry moved without it asking: the unsolicited NA with Override did it.
+    let ok = wait_for(Duration::from_secs(1), || (env.client_neigh(DVIPA6) == Some(env.mac(2))).then_some(()));
+    assert!(ok.is_some(), "client neighbour entry: {:?}", env.client_neigh(DVIPA6));
+    env.client.try_sh(&format!("ping -6 -c1 -W1 {DVIPA6}")).expect("reachable on s2");
+}

@@ -313,7 +313,10 @@ fn without_quorum_both_sides_hold_and_healing_leaves_one() {
     s.partition.clear();
     s.run(ms(1300));
     assert_eq!(s.holders(0), vec!["s1".to_string()]);
-    assert!(s.announced.iter().any(|(t, n, i)| *t >= ms(900) && n == "s1" && *i == 0), "the keeper announced again after healing");
+    assert!(
+        s.announced.iter().any(|(t, n, i)| *t >= ms(900) && n == "s1" && *i == 0),
+        "the keeper announced again after healing"
+    );
 }
 
 #[test]
