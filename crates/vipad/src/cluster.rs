@@ -54,6 +54,8 @@ pub struct ClusterShell {
     next_idle_check: Instant,
     addresses: BTreeMap<String, SocketAddr>,
     logged_drop: Option<Instant>,
+    /// Whether some held DVIPA needs its connections counted (recomputed on moves).
+    watching: bool,
 }
 
 impl ClusterShell {
@@ -101,6 +103,7 @@ impl ClusterShell {
             next_idle_check: now,
             addresses: BTreeMap::new(),
             logged_drop: None,
+            watching: false,
         }))
     }
 
@@ -149,27 +152,36 @@ impl ClusterShell {
         }
     }
 
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        let idle = self
-            .core
+    /// DVIPAs whose connections matter: held here as a backup with `when-idle` takeback
+    /// (the owner gets them back once they are idle). Counting walks the kernel's whole TCP
+    /// table, so nothing else is counted.
+    fn watched(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        let me = &self.core.config.me;
+        self.core
             .dvipas
             .iter()
             .enumerate()
-            .any(|(i, d)| self.core.held[i] && d.takeback == vipa_core::cluster::Takeback::WhenIdle);
+            .filter(|(i, d)| {
+                self.core.held[*i] && d.takeback == vipa_core::cluster::Takeback::WhenIdle && d.owner != *me
+            })
+            .map(|(_, d)| d.address)
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
         let t = self.core.poll_timeout();
-        if idle {
-            [t, Some(self.next_idle_check)].into_iter().flatten().min()
-        } else {
+        if !self.watching {
             t
+        } else {
+            [t, Some(self.next_idle_check)].into_iter().flatten().min()
         }
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        if now >= self.next_idle_check {
+        if self.watching && now >= self.next_idle_check {
+            let watched: Vec<IpAddr> = self.watched().collect();
             self.next_idle_check = now + IDLE_CHECK;
-            let addrs: Vec<IpAddr> = self.core.dvipas.iter().map(|d| d.address).collect();
-            if let Ok(counts) = vipa_kernel::conns::established(&addrs) {
-                for a in addrs {
+            if let Ok(counts) = vipa_kernel::conns::established(&watched) {
+                for a in watched {
                     let busy = counts.get(&a).copied().unwrap_or(0) > 0;
                     self.core.set_busy(now, a, busy);
                 }
@@ -217,6 +229,10 @@ impl ClusterShell {
                     events.push(text);
                 }
             }
+        }
+        if dirty {
+            let watching = self.watched().next().is_some();
+            self.watching = watching;
         }
         (dirty, events)
     }

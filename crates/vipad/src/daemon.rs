@@ -24,6 +24,9 @@ use vipa_kernel::{Kernel, Outcome, Update};
 
 use crate::{edit, views};
 
+/// Plans larger than this are logged as one summary line, each change at debug level.
+const BULK: usize = 32;
+
 /// Everything the daemon reacts to.
 pub enum Input {
     Kernel(Vec<Update>),
@@ -138,7 +141,7 @@ impl Daemon {
                                 }
                                 // Route refreshes change no desired state: apply them now.
                                 for op in plan::carrier_changed(&self.config, before.as_ref(), after, &self.observed) {
-                                    self.apply_one(&op);
+                                    self.apply_one(&op, false);
                                 }
                             }
                             self.observed.apply(&event);
@@ -252,7 +255,7 @@ impl Daemon {
                         c.keepalive(Instant::now());
                     }
                 }
-                match self.apply_one(op) {
+                match self.apply_one(op, plan.ops.len() > BULK) {
                     Some(outcome) => {
                         changes.push(op.to_string());
                         if outcome != Outcome::AlreadyGone || matches!(op, Op::DelAddress { .. } | Op::DelRoute { .. })
@@ -263,6 +266,9 @@ impl Daemon {
                     }
                     None => failed = true,
                 }
+            }
+            if plan.ops.len() > BULK {
+                info!(changes = plan.ops.len(), first = %plan.ops[0], "applied a batch of changes");
             }
             self.set_ledger(plan.ledger);
             if failed {
@@ -323,13 +329,18 @@ impl Daemon {
         }
     }
 
-    /// Carries out one operation, logging and counting it; `None` when it failed.
-    fn apply_one(&mut self, op: &Op) -> Option<Outcome> {
+    /// Carries out one operation, logging and counting it; `None` when it failed. In
+    /// `bulk`, successes are logged at debug level (a summary follows at info).
+    fn apply_one(&mut self, op: &Op, bulk: bool) -> Option<Outcome> {
         let observed = &self.observed;
         match self.kernel.apply(op, |name| observed.link_by_name(name).map(|l| l.index)) {
             Ok(outcome) => {
                 self.counters.changes_applied += 1;
-                info!(change = %op, ?outcome, "applied");
+                if bulk {
+                    debug!(change = %op, ?outcome, "applied");
+                } else {
+                    info!(change = %op, ?outcome, "applied");
+                }
                 Some(outcome)
             }
             Err(e) => {
