@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vipa_testbed::lab::{
-    serve_on, stream, ClusterEnv, LanEnv, Names, SampleEnv, DATA, DVIPA, SEED_CONFIG, VIPA, VIPA6,
+    serve_on, stream, ClusterEnv, LanEnv, Names, SampleEnv, SingleHost, DATA, DVIPA, SEED_CONFIG, VIPA, VIPA6,
 };
 use vipa_testbed::{require_root, wait_for, workspace_bin, Netns};
 

@@ -3,9 +3,7 @@
 
 use std::net::IpAddr;
 
-use vipa_core::model::{
-    Address, Link, Observed, Op, Route, RouteKey, SysctlKey, SysctlKind, ADDR_PROTO_VIPA, PROTO_KERNEL,
-};
+use vipa_core::model::{Address, Link, Observed, Op, Route, RouteKey, SysctlKey, SysctlKind, PROTO_KERNEL};
 use vipa_core::{plan, Config, DeviceMode, Ledger};
 
 const BOOT: u8 = 3;

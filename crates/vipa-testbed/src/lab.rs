@@ -126,39 +126,6 @@ impl SampleEnv {
         self.lan.sh(&format!("ip link set {nic}-h up && ip link set {nic}-r up"));
     }
 
-    pub fn config_path(&self) -> PathBuf {
-        self.dir.join("vipa.toml")
-    }
-
-    pub fn socket_path(&self) -> PathBuf {
-        self.dir.join("vipad.sock")
-    }
-
-    pub fn write_config(&self, text: &str) {
-        std::fs::write(self.config_path(), text).expect("write config");
-    }
-
-    /// Starts vipad in the host with this environment's config and socket, and waits
-    /// until it answers. Its stderr goes to `dir/vipad.log`.
-    pub fn start_vipad(&self) -> Proc {
-        start_vipad_in(&self.host, &self.dir, &self.config_path(), &self.socket_path())
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("vipad.log")).unwrap_or_default()
-    }
-
-    /// Runs vipactl against this environment's vipad (vipactl needs no namespace: it
-    /// only talks to the socket).
-    pub fn vipactl(&self, args: &[&str]) -> Output {
-        Command::new(workspace_bin("vipactl"))
-            .arg("--socket")
-            .arg(self.socket_path())
-            .args(args)
-            .output()
-            .expect("vipactl")
-    }
-
     /// Starts a probe server in `ns` on [`PORT`].
     pub fn serve(&self, ns: &Netns) -> Proc {
         serve(ns)
@@ -203,6 +170,64 @@ impl StreamRun {
         let out = self.proc.output();
         assert!(out.status.success(), "stream failed: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("stream report")
+    }
+}
+
+/// One host running vipad with a config and socket in a work directory: the lab
+/// environments with a single vipad share these.
+pub trait SingleHost {
+    fn host_ns(&self) -> &Netns;
+    fn work_dir(&self) -> &std::path::Path;
+
+    fn config_path(&self) -> PathBuf {
+        self.work_dir().join("vipa.toml")
+    }
+
+    fn socket_path(&self) -> PathBuf {
+        self.work_dir().join("vipad.sock")
+    }
+
+    fn write_config(&self, text: &str) {
+        std::fs::write(self.config_path(), text).expect("write config");
+    }
+
+    /// Starts vipad in the host with this environment's config and socket, and waits
+    /// until it answers. Its stderr goes to `vipad.log` in the work directory.
+    fn start_vipad(&self) -> Proc {
+        start_vipad_in(self.host_ns(), self.work_dir(), &self.config_path(), &self.socket_path())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.work_dir().join("vipad.log")).unwrap_or_default()
+    }
+
+    /// Runs vipactl against this environment's vipad (vipactl needs no namespace: it
+    /// only talks to the socket).
+    fn vipactl(&self, args: &[&str]) -> Output {
+        Command::new(workspace_bin("vipactl"))
+            .arg("--socket")
+            .arg(self.socket_path())
+            .args(args)
+            .output()
+            .expect("vipactl")
+    }
+}
+
+impl SingleHost for SampleEnv {
+    fn host_ns(&self) -> &Netns {
+        &self.host
+    }
+    fn work_dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+}
+
+impl SingleHost for LanEnv {
+    fn host_ns(&self) -> &Netns {
+        &self.host
+    }
+    fn work_dir(&self) -> &std::path::Path {
+        &self.dir
     }
 }
 
@@ -302,35 +327,6 @@ impl LanEnv {
     pub fn client_neigh(&self, addr: &str) -> Option<String> {
         let j = self.client.ip_json(&format!("neigh show {addr} dev cl0"));
         j.as_array()?.first()?.get("lladdr")?.as_str().map(str::to_string)
-    }
-
-    pub fn config_path(&self) -> PathBuf {
-        self.dir.join("vipa.toml")
-    }
-
-    pub fn socket_path(&self) -> PathBuf {
-        self.dir.join("vipad.sock")
-    }
-
-    pub fn write_config(&self, text: &str) {
-        std::fs::write(self.config_path(), text).expect("write config");
-    }
-
-    pub fn start_vipad(&self) -> Proc {
-        start_vipad_in(&self.host, &self.dir, &self.config_path(), &self.socket_path())
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("vipad.log")).unwrap_or_default()
-    }
-
-    pub fn vipactl(&self, args: &[&str]) -> Output {
-        Command::new(workspace_bin("vipactl"))
-            .arg("--socket")
-            .arg(self.socket_path())
-            .args(args)
-            .output()
-            .expect("vipactl")
     }
 }
 

@@ -247,14 +247,7 @@ mod tests {
         let mut state: u32 = 0x1234_5678;
         for len in 0..64 {
             for _ in 0..200 {
-                let bytes: Vec<u8> = (0..len)
-                    .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 17;
-                        state ^= state << 5;
-                        state as u8
-                    })
-                    .collect();
+                let bytes = crate::noise(&mut state, len);
                 if let Ok(p) = Packet::new_checked(&bytes[..]) {
                     let _ = Repr::parse(&p);
                 }

@@ -291,14 +291,7 @@ mod tests {
     fn authenticated_garbage_is_malformed_not_a_panic() {
         let mut state: u32 = 0xace1;
         for len in 0..200 {
-            let body: Vec<u8> = (0..len)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 17;
-                    state ^= state << 5;
-                    state as u8
-                })
-                .collect();
+            let body = crate::noise(&mut state, len);
             let mut b = body.clone();
             b.extend_from_slice(&mac(KEY).chain_update(&body).finalize().into_bytes());
             assert!(Heartbeat::parse(&b, KEY).is_err());

@@ -24,3 +24,16 @@ pub enum WireError {
     #[error("not an Ethernet/IPv4 ARP packet (hardware {hardware}, protocol {protocol:#06x}, lengths {hlen}/{plen})")]
     Unsupported { hardware: u16, protocol: u16, hlen: u8, plen: u8 },
 }
+
+/// Deterministic noise for parser tests: the same bytes for the same seed, no RNG.
+#[cfg(test)]
+pub(crate) fn noise(state: &mut u32, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            *state ^= *state << 13;
+            *state ^= *state >> 17;
+            *state ^= *state << 5;
+            *state as u8
+        })
+        .collect()
+}

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use vipa_testbed::lab::{serve_on, stream, whoami, LanEnv, Names, DATA, DATA6};
+use vipa_testbed::lab::{serve_on, stream, whoami, LanEnv, Names, SingleHost, DATA, DATA6};
 use vipa_testbed::{require_root, wait_for, Proc};
 
 const GROUP: &str = r#"[[group]]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use vipa_testbed::lab::{
-    Names, SampleEnv, CLIENT, CLIENT6, HOST_EN1, HOST_EN1_6, HOST_EN5, HOST_EN5_6, SEED_CONFIG, VIPA, VIPA6,
+    Names, SampleEnv, SingleHost, CLIENT, CLIENT6, HOST_EN1, HOST_EN1_6, HOST_EN5, HOST_EN5_6, SEED_CONFIG, VIPA, VIPA6,
 };
 use vipa_testbed::{require_root, wait_for, Netns, Proc};
 

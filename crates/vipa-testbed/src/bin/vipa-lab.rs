@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use vipa_testbed::lab::{routing_table, Names, SampleEnv, SEED_CONFIG, VIPA, VIPA6};
+use vipa_testbed::lab::{routing_table, Names, SampleEnv, SingleHost, SEED_CONFIG, VIPA, VIPA6};
 use vipa_testbed::require_root;
 
 fn section(title: &str) {
