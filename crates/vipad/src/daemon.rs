@@ -24,6 +24,10 @@ use vipa_kernel::{Kernel, Outcome, Update};
 
 use crate::{edit, views};
 
+/// When an IPv6 route refresh after a carrier change is repeated.
+const REFRESH_AGAIN: [std::time::Duration; 2] =
+    [std::time::Duration::from_millis(20), std::time::Duration::from_millis(200)];
+
 /// Plans larger than this are logged as one summary line, each change at debug level.
 const BULK: usize = 32;
 
@@ -70,6 +74,10 @@ pub struct Daemon {
     pub arp_applied: Option<vipa_core::plan::ArpFilter>,
     pub nft: Result<(), String>,
     pub cluster: Option<crate::cluster::ClusterShell>,
+    /// IPv6 route refreshes to repeat after a carrier change: a socket that looked its
+    /// path up between the first refresh and the kernel marking the route `linkdown`
+    /// would otherwise stay on the dead NIC.
+    pub refresh_due: Vec<(Instant, Op)>,
 }
 
 /// Reads and validates a configuration file: syntax and model errors, then what the
@@ -108,10 +116,14 @@ impl Daemon {
         self.reconcile();
         loop {
             // Sleep until the next input or the next timer of IPMP groups or the cluster.
-            let deadline = [self.ipmp.poll_timeout(), self.cluster.as_ref().and_then(|c| c.poll_timeout())]
-                .into_iter()
-                .flatten()
-                .min();
+            let deadline = [
+                self.ipmp.poll_timeout(),
+                self.cluster.as_ref().and_then(|c| c.poll_timeout()),
+                self.refresh_due.iter().map(|(t, _)| *t).min(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let first = match deadline {
                 Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Ok(input) => Some(input),
@@ -139,9 +151,14 @@ impl Daemon {
                                 if before.as_ref().is_some_and(|b| b.carrier != after.carrier) {
                                     info!(interface = %after.name, carrier = after.carrier, "carrier changed");
                                 }
-                                // Route refreshes change no desired state: apply them now.
+                                // Route refreshes change no desired state: apply them now,
+                                // and twice more shortly after.
+                                let now = Instant::now();
                                 for op in plan::carrier_changed(&self.config, before.as_ref(), after, &self.observed) {
                                     self.apply_one(&op, false);
+                                    for later in REFRESH_AGAIN {
+                                        self.refresh_due.push((now + later, op.clone()));
+                                    }
                                 }
                             }
                             self.observed.apply(&event);
@@ -187,6 +204,11 @@ impl Daemon {
                 next = rx.try_recv().ok();
             }
             let now = Instant::now();
+            let due: Vec<Op> = self.refresh_due.iter().filter(|(t, _)| *t <= now).map(|(_, op)| op.clone()).collect();
+            self.refresh_due.retain(|(t, _)| *t > now);
+            for op in due {
+                self.apply_one(&op, true);
+            }
             if kernel_changed {
                 self.ipmp.observe(&self.observed, now);
             }

@@ -219,6 +219,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         arp_applied: None,
         nft,
         cluster,
+        refresh_due: Vec::new(),
     };
     d.run(rx);
     let _ = std::fs::remove_file(&args.socket);
