@@ -459,8 +459,8 @@ fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>) {
         if !only_holder(&env, 1, &[1, 2, 3], settle) {
             continue;
         }
-        // Planned move and back.
-        let run = stream(&env.client, DVIPA, 1500);
+        // Planned move and back, with probes every 200 µs to resolve a sub-millisecond gap.
+        let run = vipa_testbed::lab::stream_every(&env.client, DVIPA, 1500, 200);
         std::thread::sleep(Duration::from_millis(500));
         let _ = env.vipactl(1, &["dvipa", "move", DVIPA, "s2"]);
         if let Ok(r) = run.try_report() {
@@ -470,7 +470,11 @@ fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>) {
     }
     for (what, v) in [("holder host dies", death), ("holder's link is cut", cut), ("planned move", moved)] {
         rows.push(Row {
-            what: format!("DVIPA, {interval_ms} ms heartbeats: client outage, {what} (median of {})", v.len()),
+            what: format!(
+                "DVIPA, {interval_ms} ms heartbeats: client outage, {what}{} (median of {})",
+                if what == "planned move" { ", 200 µs probes" } else { "" },
+                v.len()
+            ),
             result: if v.is_empty() {
                 "n/a".into()
             } else {

@@ -395,8 +395,14 @@ pub fn whoami(ns: &Netns, target: &str, bind: Option<&str>) -> Result<String, St
 /// Starts a stream (TCP + 1 ms UDP probes) from `ns` to `target` for `ms` milliseconds;
 /// its report comes from [`StreamRun::report`].
 pub fn stream(ns: &Netns, target: &str, ms: u64) -> StreamRun {
+    stream_every(ns, target, ms, 1000)
+}
+
+/// A stream with probes every `every_us` microseconds, for outages near a millisecond.
+pub fn stream_every(ns: &Netns, target: &str, ms: u64, every_us: u64) -> StreamRun {
     let mut cmd = ns.command(workspace_bin("vipa-probe"));
     cmd.args(["stream", "--target", &sock(target).to_string(), "--duration-ms", &ms.to_string()]);
+    cmd.args(["--interval-us", &every_us.to_string()]);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     StreamRun { proc: ns.spawn(cmd) }
 }

@@ -161,8 +161,9 @@ pub fn cluster(c: &ClusterView) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "node {}  quorum {} ({}){}  heartbeat {} ms, dead after {} missed",
+        "node {} (incarnation {})  quorum {} ({}){}  heartbeat {} ms, dead after {} missed",
         c.node,
+        c.incarnation,
         if c.has_quorum { "yes" } else { "NO" },
         c.quorum_rule,
         if c.listening { "  listening before claiming" } else { "" },

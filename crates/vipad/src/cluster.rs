@@ -332,7 +332,7 @@ impl ClusterShell {
         let d = &c.drops;
         ClusterView {
             node: c.config.me.clone(),
-            incarnation: 0,
+            incarnation: c.incarnation(),
             quorum_rule: match c.config.quorum {
                 Quorum::Majority => "majority",
                 Quorum::None => "none",

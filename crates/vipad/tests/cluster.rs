@@ -60,6 +60,18 @@ fn holder_death_is_taken_over_by_the_highest_backup_and_the_owner_takes_it_back(
     let members = out(&env.vipactl(2, &["cluster"]));
     assert!(members.contains("quorum yes") && members.matches("alive").count() == 2, "{members}");
 
+    let incarnation_of_s1 = || -> u64 {
+        let j: serde_json::Value = serde_json::from_slice(&env.vipactl(2, &["--json", "cluster"]).stdout).unwrap();
+        j["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["node"] == "s1")
+            .and_then(|m| m["incarnation"].as_u64())
+            .unwrap_or(0)
+    };
+    let first_incarnation = incarnation_of_s1();
+    assert!(first_incarnation > 0);
     let _srv = [serve_on(env.host(1), Some(DVIPA)), serve_on(env.host(2), Some(DVIPA))];
     let run = stream(&env.client, DVIPA, 2500);
     std::thread::sleep(Duration::from_millis(700));
@@ -100,6 +112,7 @@ fn holder_death_is_taken_over_by_the_highest_backup_and_the_owner_takes_it_back(
     eprintln!("takeback: client UDP longest gap {:.1} ms", r.udp.max_gap_ms);
     assert_eq!(env.client_neigh(DVIPA), Some(env.mac(1)));
     assert!(env.log(1).contains("stale copy from before the restart"), "{}", env.log(1));
+    assert!(incarnation_of_s1() > first_incarnation, "a restart is a new incarnation");
 }
 
 #[test]

@@ -246,6 +246,11 @@ impl Cluster {
         self.dvipas.iter().position(|d| d.address == addr)
     }
 
+    /// This node's incarnation (grows with every start).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
     pub fn syncing(&self) -> bool {
         self.syncing_until.is_some()
     }

@@ -3,7 +3,7 @@
 //! ```text
 //! vipa-probe serve --port P [--listen ADDR]
 //! vipa-probe whoami --target ADDR:P [--bind ADDR]
-//! vipa-probe stream --target ADDR:P --duration-ms N [--interval-ms N]   (prints a JSON report)
+//! vipa-probe stream --target ADDR:P --duration-ms N [--interval-ms N | --interval-us N]   (JSON report)
 //! vipa-probe forge --target ADDR:P [--node NAME] [--count N]   (heartbeats with a wrong key)
 //! vipa-probe replay --target ADDR:P --pcap FILE                (UDP payloads of a capture, again)
 //! ```
@@ -35,8 +35,11 @@ fn main() -> ExitCode {
         }
         Some("stream") => {
             let ms = flag(&args, "--duration-ms").and_then(|p| p.parse().ok()).unwrap_or(1000);
-            let every = flag(&args, "--interval-ms").and_then(|p| p.parse().ok()).unwrap_or(1);
-            probe::stream(target(), Duration::from_millis(ms), Duration::from_millis(every))
+            let every_us: u64 = flag(&args, "--interval-us")
+                .and_then(|p| p.parse().ok())
+                .or_else(|| flag(&args, "--interval-ms").and_then(|p| p.parse::<u64>().ok()).map(|m| m * 1000))
+                .unwrap_or(1000);
+            probe::stream(target(), Duration::from_millis(ms), Duration::from_micros(every_us))
                 .map(|r| serde_json::to_string(&r).expect("report"))
         }
         Some("forge") => {
