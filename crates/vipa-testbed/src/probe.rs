@@ -103,8 +103,11 @@ pub struct StreamReport {
     pub duration_ms: f64,
 }
 
+/// The longest time without an arrival, from the first arrival (the first round trip and
+/// any address resolution before it are not an outage) to the end of sending; the whole
+/// duration when nothing arrived.
 fn gaps(start: Instant, end: Instant, arrivals: &[Instant]) -> (f64, f64) {
-    let mut prev = start;
+    let mut prev = arrivals.first().copied().filter(|&t| t <= end).unwrap_or(start);
     let mut best = (0.0, 0.0);
     for &t in arrivals.iter().filter(|&&t| t <= end).chain(std::iter::once(&end)) {
         let gap = t.saturating_duration_since(prev).as_secs_f64() * 1e3;
@@ -234,13 +237,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn gap_includes_head_and_tail() {
+    fn gap_counts_from_the_first_echo_and_includes_the_tail() {
         let s = Instant::now();
         let ms = |n| s + Duration::from_millis(n);
         let (g, at) = gaps(s, ms(100), &[ms(1), ms(2), ms(50), ms(51)]);
         assert!((g - 49.0).abs() < 0.01 && (at - 51.0).abs() < 0.01, "{g} at {at}");
         let (g, at) = gaps(s, ms(100), &[ms(1)]);
         assert!((g - 99.0).abs() < 0.01 && (at - 1.0).abs() < 0.01);
+        // A slow first echo is not an outage.
+        let (g, _) =
+            gaps(s, ms(20), &[ms(9), ms(10), ms(11), ms(12), ms(13), ms(14), ms(15), ms(16), ms(17), ms(18), ms(19)]);
+        assert!((g - 1.0).abs() < 0.01, "{g}");
+        let (g, _) = gaps(s, ms(20), &[]);
+        assert!((g - 20.0).abs() < 0.01, "{g}");
     }
 
     #[test]
