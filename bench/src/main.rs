@@ -5,7 +5,7 @@
 //! - the time from a foreign route change to its preferred source being restored;
 //! - cold start with 1,000 VIPAs and 4 NICs: time to converge, peak RSS, idle CPU.
 //!
-//! `vipa-bench [--runs N] [--only failover,repair,scale,ipmp-link,ipmp-silent,ipmp-cpu,dvipa-outage,keepalived,dvipa-scale]`.
+//! `vipa-bench [--runs N] [--only baseline,failover,repair,scale,ipmp-link,ipmp-silent,ipmp-cpu,dvipa-outage,keepalived,dvipa-scale]`.
 //! Not a test: numbers are reported, never asserted.
 
 use std::process::{Command, Stdio};
@@ -49,6 +49,10 @@ fn main() {
     let only: Option<String> = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let want = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == name));
     let mut rows = Vec::new();
+    if want("baseline") {
+        eprintln!("measuring an undisturbed stream (the floor of every gap below) ...");
+        baseline(runs, &mut rows);
+    }
     if want("failover") {
         eprintln!("measuring failover gaps ({runs} runs per family) ...");
         failover(runs, &mut rows);
@@ -618,6 +622,26 @@ fn keepalived_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>) {
                 format!("{:.1} ms (runs {} ms)", median(v.clone()), range(&v))
             },
             target: "(comparison)".into(),
+        });
+    }
+}
+
+/// The longest gap of a stream nothing disturbs: the measurement's own floor on this
+/// machine (scheduling of the sender, the echo server and the simulated LAN).
+fn baseline(runs: usize, rows: &mut Vec<Row>) {
+    let env = SampleEnv::build(Names::Unique);
+    env.write_config(SEED_CONFIG);
+    let _vipad = env.start_vipad();
+    let _srv = env.serve(&env.host);
+    for every in [1000u64, 200] {
+        let gaps: Vec<f64> = (0..runs)
+            .filter_map(|_| vipa_testbed::lab::stream_every(&env.client, VIPA, 1500, every).try_report().ok())
+            .map(|r| r.udp.max_gap_ms)
+            .collect();
+        rows.push(Row {
+            what: format!("baseline: undisturbed stream, probes every {every} µs, longest gap (median)"),
+            result: format!("{:.1} ms (runs {} ms)", median(gaps.clone()), range(&gaps)),
+            target: "(floor)".into(),
         });
     }
 }
