@@ -103,13 +103,17 @@ pub struct StreamReport {
     pub duration_ms: f64,
 }
 
-/// The longest time without an arrival, from the first arrival (the first round trip and
-/// any address resolution before it are not an outage) to the end of sending; the whole
-/// duration when nothing arrived.
+/// Echoes in the first moments are not measured: the first round trip and address
+/// resolution are not an outage. Faults are injected well after this.
+pub const WARMUP: Duration = Duration::from_millis(100);
+
+/// The longest time without an arrival between the end of the warm-up and the end of
+/// sending (the whole window when nothing arrived), and when it began, from `start`.
 fn gaps(start: Instant, end: Instant, arrivals: &[Instant]) -> (f64, f64) {
-    let mut prev = arrivals.first().copied().filter(|&t| t <= end).unwrap_or(start);
+    let from = (start + WARMUP).min(end);
+    let mut prev = from;
     let mut best = (0.0, 0.0);
-    for &t in arrivals.iter().filter(|&&t| t <= end).chain(std::iter::once(&end)) {
+    for &t in arrivals.iter().filter(|&&t| t >= from && t <= end).chain(std::iter::once(&end)) {
         let gap = t.saturating_duration_since(prev).as_secs_f64() * 1e3;
         if gap > best.0 {
             best = (gap, prev.duration_since(start).as_secs_f64() * 1e3);
@@ -237,19 +241,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn gap_counts_from_the_first_echo_and_includes_the_tail() {
+    fn gap_counts_after_the_warmup_and_includes_head_and_tail() {
         let s = Instant::now();
         let ms = |n| s + Duration::from_millis(n);
-        let (g, at) = gaps(s, ms(100), &[ms(1), ms(2), ms(50), ms(51)]);
-        assert!((g - 49.0).abs() < 0.01 && (at - 51.0).abs() < 0.01, "{g} at {at}");
-        let (g, at) = gaps(s, ms(100), &[ms(1)]);
-        assert!((g - 99.0).abs() < 0.01 && (at - 1.0).abs() < 0.01);
-        // A slow first echo is not an outage.
-        let (g, _) =
-            gaps(s, ms(20), &[ms(9), ms(10), ms(11), ms(12), ms(13), ms(14), ms(15), ms(16), ms(17), ms(18), ms(19)]);
+        let every = |a: u64, b: u64| (a..b).map(ms).collect::<Vec<_>>();
+        // A slow first echo (inside the warm-up) is not an outage.
+        let mut arrivals = every(30, 200);
+        let (g, _) = gaps(s, ms(200), &arrivals);
         assert!((g - 1.0).abs() < 0.01, "{g}");
-        let (g, _) = gaps(s, ms(20), &[]);
-        assert!((g - 20.0).abs() < 0.01, "{g}");
+        // An outage in the middle, and one at the end.
+        arrivals.retain(|t| *t < ms(120) || *t > ms(150));
+        let (g, at) = gaps(s, ms(200), &arrivals);
+        assert!((g - 32.0).abs() < 0.01 && (at - 119.0).abs() < 0.01, "{g} at {at}");
+        let (g, at) = gaps(s, ms(300), &every(30, 200));
+        assert!((g - 101.0).abs() < 0.01 && (at - 199.0).abs() < 0.01, "{g} at {at}");
+        // Echoes that only start late: the whole wait counts.
+        let (g, at) = gaps(s, ms(300), &every(250, 300));
+        assert!((g - 150.0).abs() < 0.01 && (at - 100.0).abs() < 0.01, "{g} at {at}");
+        let (g, _) = gaps(s, ms(300), &[]);
+        assert!((g - 200.0).abs() < 0.01, "{g}");
     }
 
     #[test]
