@@ -57,6 +57,23 @@ pub struct SampleEnv {
     pub dir: PathBuf,
 }
 
+/// The lan, host, router and client namespaces of a lab, IPv6 without DAD or router
+/// advertisements, and a fresh work directory named after the host.
+fn four_namespaces(names: &Names) -> (Netns, Netns, Netns, Netns, PathBuf) {
+    let lan = ns(names, "lan");
+    let host = ns(names, "host");
+    let router = ns(names, "router");
+    let client = ns(names, "client");
+    let dir = std::env::temp_dir().join(format!("{}-vipa", host.name));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("work dir");
+    for n in [&host, &router, &client] {
+        n.sh("sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 \
+              net.ipv6.conf.all.accept_ra=0 net.ipv6.conf.default.accept_ra=0");
+    }
+    (lan, host, router, client, dir)
+}
+
 fn ns(names: &Names, role: &str) -> Netns {
     match names {
         Names::Unique => Netns::new(role),
@@ -66,18 +83,7 @@ fn ns(names: &Names, role: &str) -> Netns {
 
 impl SampleEnv {
     pub fn build(names: Names) -> SampleEnv {
-        let lan = ns(&names, "lan");
-        let host = ns(&names, "host");
-        let router = ns(&names, "router");
-        let client = ns(&names, "client");
-        let dir = std::env::temp_dir().join(format!("{}-vipa", host.name));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("work dir");
-
-        for n in [&host, &router, &client] {
-            n.sh("sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 \
-                  net.ipv6.conf.all.accept_ra=0 net.ipv6.conf.default.accept_ra=0");
-        }
+        let (lan, host, router, client, dir) = four_namespaces(&names);
         router.sh("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
                    net.ipv4.conf.all.ignore_routes_with_linkdown=1 net.ipv6.conf.all.ignore_routes_with_linkdown=1 \
                    net.ipv6.conf.default.ignore_routes_with_linkdown=1");
@@ -262,17 +268,7 @@ pub const DATA6: &str = "2001:db8:1::5";
 
 impl LanEnv {
     pub fn build(names: Names, nics: usize) -> LanEnv {
-        let lan = ns(&names, "lan");
-        let host = ns(&names, "host");
-        let router = ns(&names, "router");
-        let client = ns(&names, "client");
-        let dir = std::env::temp_dir().join(format!("{}-vipa", host.name));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("work dir");
-        for n in [&host, &router, &client] {
-            n.sh("sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 \
-                  net.ipv6.conf.all.accept_ra=0 net.ipv6.conf.default.accept_ra=0");
-        }
+        let (lan, host, router, client, dir) = four_namespaces(&names);
         lan.sh("ip link add br0 type bridge forward_delay 0 && ip link set br0 up");
         for i in 1..=nics {
             lan.sh(&format!(
