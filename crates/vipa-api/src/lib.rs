@@ -245,6 +245,12 @@ pub struct StatusView {
     pub reloads: u64,
     pub last_reload_error: Option<String>,
     pub warnings: Vec<String>,
+    /// One line per IPMP group: name, state, active NICs.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// The cluster in one line (node, quorum, members alive, DVIPAs held), if configured.
+    #[serde(default)]
+    pub cluster: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

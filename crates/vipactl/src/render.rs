@@ -133,6 +133,12 @@ pub fn status(s: &StatusView) -> String {
         s.reloads,
         s.last_reload_error.as_ref().map_or(String::new(), |e| format!(", last one refused:\n{e}"))
     );
+    for g in &s.groups {
+        let _ = writeln!(out, "IPMP     {g}");
+    }
+    if let Some(c) = &s.cluster {
+        let _ = writeln!(out, "cluster  {c}");
+    }
     for w in &s.warnings {
         let _ = writeln!(out, "warning: {w}");
     }

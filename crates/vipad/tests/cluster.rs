@@ -57,6 +57,8 @@ fn holder_death_is_taken_over_by_the_highest_backup_and_the_owner_takes_it_back(
     assert!(dyn1.contains("ACTIVE") && dyn1.contains("VIPADefine") && dyn1.contains(" s1 "), "{dyn1}");
     let dyn2 = out(&env.vipactl(2, &["dvipa"]));
     assert!(dyn2.contains("BACKUP") && dyn2.contains("VIPABackup") && dyn2.contains("200"), "{dyn2}");
+    let status = out(&env.vipactl(1, &["status"]));
+    assert!(status.contains("cluster  node s1, quorum yes, 3/3 members alive, 1/1 DVIPAs held here"), "{status}");
     let members = out(&env.vipactl(2, &["cluster"]));
     assert!(members.contains("quorum yes") && members.matches("alive").count() == 2, "{members}");
 

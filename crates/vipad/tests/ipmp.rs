@@ -192,6 +192,8 @@ fn offline_of_the_last_usable_nic_is_refused() {
     assert!(o.status.success(), "{}", err(&o));
     assert_eq!(interfaces(&env)["en1"].4, "offline");
     assert!(inbound(&env).values().all(|n| n == "en2"));
+    let status = out(&env.vipactl(&["status"]));
+    assert!(status.contains("IPMP     prod degraded: active en2"), "{status}");
     let o = env.vipactl(&["offline", "en2"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
