@@ -545,11 +545,3 @@ impl Events {
         Ok(out)
     }
 }
-
-/// The route protocol number as `ip route` names it.
-pub fn protocol_name(p: u8) -> String {
-    match RouteProtocol::from(p) {
-        RouteProtocol::Other(n) => n.to_string(),
-        other => format!("{other:?}").to_lowercase(),
-    }
-}

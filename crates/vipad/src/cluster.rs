@@ -22,6 +22,8 @@ use crate::daemon::Input;
 
 /// Shortest key accepted, in bytes.
 pub const MIN_KEY: usize = 32;
+/// Gratuitous ARPs / NAs of each form per DVIPA activation or refresh.
+const ANNOUNCE_COUNT: u32 = 3;
 /// How often connections on held when-idle DVIPAs are counted.
 const IDLE_CHECK: Duration = Duration::from_millis(100);
 
@@ -248,34 +250,12 @@ impl ClusterShell {
             .collect()
     }
 
-    /// Announcements due after activations, now that the kernel has the addresses: IPv4
-    /// ones in one batch per NIC, IPv6 ones one by one.
+    /// Announcements due after activations, now that the kernel has the addresses.
     pub fn announce(&mut self, observed: &Observed) {
-        let mut v4: BTreeMap<String, Vec<std::net::Ipv4Addr>> = BTreeMap::new();
-        for (addr, nics) in std::mem::take(&mut self.announce) {
-            if !observed.has_address(addr) {
-                continue;
-            }
-            for nic in nics {
-                match addr {
-                    IpAddr::V4(a) => v4.entry(nic).or_default().push(a),
-                    IpAddr::V6(_) => {
-                        let Some(l) = observed.link_by_name(&nic) else { continue };
-                        let Some(mac) = l.mac else { continue };
-                        if let Err(e) = vipa_kernel::announce::announce(&nic, l.index, mac, addr, 3) {
-                            warn!(address = %addr, interface = %nic, error = %e, "announcement failed");
-                        }
-                    }
-                }
-            }
-        }
-        for (nic, addrs) in v4 {
-            let Some(l) = observed.link_by_name(&nic) else { continue };
-            let Some(mac) = l.mac else { continue };
-            if let Err(e) = vipa_kernel::announce::garp_many(l.index, mac, &addrs, 3) {
-                warn!(interface = %nic, count = addrs.len(), error = %e, "announcement failed");
-            }
-        }
+        let items = std::mem::take(&mut self.announce)
+            .into_iter()
+            .flat_map(|(addr, nics)| nics.into_iter().map(move |nic| (addr, nic, ANNOUNCE_COUNT)));
+        crate::announce::send(observed, items);
     }
 
     /// Sends our heartbeat if one is due: called during long kernel work (thousands of

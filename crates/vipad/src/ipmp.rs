@@ -312,14 +312,7 @@ impl Ipmp {
 
     /// Sends the announcements due after a move, now that the kernel has the binding.
     pub fn announce(&mut self, observed: &Observed) {
-        for (addr, nic, count) in std::mem::take(&mut self.announce) {
-            let Some(l) = observed.link_by_name(&nic) else { continue };
-            let Some(mac) = l.mac else { continue };
-            match vipa_kernel::announce::announce(&nic, l.index, mac, addr, count) {
-                Ok(()) => info!(address = %addr, interface = %nic, count, "announced"),
-                Err(e) => warn!(address = %addr, interface = %nic, error = %e, "announcement failed"),
-            }
-        }
+        crate::announce::send(observed, std::mem::take(&mut self.announce));
     }
 
     pub fn view(&self) -> IpmpView {

@@ -5,6 +5,7 @@
 //! then apply only the difference. A restarted or SIGKILLed vipad therefore never
 //! removes and re-adds an address or route on its way up.
 
+mod announce;
 mod cluster;
 mod control;
 mod daemon;

@@ -96,7 +96,7 @@ fn seed_sample_environment() {
     assert!(addrs.contains(&(VIPA.into(), 32, true)), "{addrs:?}");
     assert!(addrs.contains(&(VIPA6.into(), 128, true)), "{addrs:?}");
     let main = env.host.sh("ip -4 route show table main; ip -6 route show table main");
-    assert!(!main.contains("198.18.6.") || main.lines().all(|l| !l.starts_with("198.18.6")), "no VIPA route: {main}");
+    assert!(!main.lines().any(|l| l.starts_with("198.18.6.")), "no VIPA route: {main}");
     assert!(!main.lines().any(|l| l.starts_with("2001:db8:6:")), "no VIPA route: {main}");
 
     // Routed-mode sysctls on the source interfaces.
@@ -238,10 +238,10 @@ fn reload_and_restart_change_nothing_in_the_kernel() {
     let o = env.vipactl(&["reload"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("no kernel changes needed"), "{}", stdout(&o));
-    vipad.signal(libc_sighup());
+    vipad.signal(libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(300));
     // Graceful stop and start.
-    vipad.signal(15);
+    vipad.signal(libc::SIGTERM);
     assert!(vipad.wait_timeout(Duration::from_secs(5)).is_some(), "vipad did not stop on SIGTERM");
     let mut vipad = env.start_vipad();
     std::thread::sleep(Duration::from_millis(300));
@@ -254,10 +254,6 @@ fn reload_and_restart_change_nothing_in_the_kernel() {
     assert_eq!(events, "", "reload and restarts changed addresses or routes");
     assert_eq!(kernel_state(&env.host), before);
     assert!(env.log().matches("vipad started").count() >= 3);
-}
-
-fn libc_sighup() -> i32 {
-    1
 }
 
 #[test]

@@ -681,7 +681,7 @@ impl Cluster {
         }
     }
 
-    /// The dead time of peers' heartbeats as they say it (for views).
+    /// How long ago a peer's last heartbeat arrived (for views).
     pub fn peer_age(&self, now: Instant, name: &str) -> Option<Duration> {
         self.peers.get(name).map(|p| now.saturating_duration_since(p.last_heard))
     }

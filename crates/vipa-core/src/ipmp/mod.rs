@@ -493,12 +493,24 @@ impl Group {
                         seq: 0,
                     });
                 }
+                let missed_before = p.missed;
                 match p.next_target() {
                     Some(dst) => {
                         let seq = p.record_sent(now, dst, pi, r);
-                        self.out.push_back(Output::SendProbe { nic: name, v6: p.v6, src: p.test_addr, dst, seq });
+                        self.out.push_back(Output::SendProbe {
+                            nic: name.clone(),
+                            v6: p.v6,
+                            src: p.test_addr,
+                            dst,
+                            seq,
+                        });
                     }
                     None => p.schedule_next(now, pi, r),
+                }
+                if p.missed > missed_before {
+                    // in.mpathd: the daemon fell behind; skipped probes are reported.
+                    let n = p.missed - missed_before;
+                    self.out.push_back(Output::Message(format!("missed sending {n} probes on {name}")));
                 }
             }
             if ticked {

@@ -353,7 +353,7 @@ impl ProbeInstance {
     }
 
     /// A target failed while others answer (rule 10.1): a router target goes Dead and is
-    /// kept; a host target is removed. Returns the target.
+    /// kept; a host target is removed.
     pub fn fail_target(&mut self, now: Instant, addr: IpAddr) {
         if let Some(i) = self.targets.iter().position(|t| t.addr == addr) {
             if self.targets[i].kind == TargetKind::Host {

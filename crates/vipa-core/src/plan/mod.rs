@@ -206,22 +206,10 @@ fn sysctl_target(kind: SysctlKind, current: i64, all: i64) -> Option<i64> {
     }
 }
 
-/// Computes the operations that bring the kernel to the configuration (no IPMP group
-/// state: every group as if none of its NICs were active yet).
+/// Computes the operations that bring the kernel to the configuration, with no runtime
+/// state: IPMP groups as if none of their NICs were active yet, no DVIPA held.
 pub fn plan(config: &Config, observed: &Observed, ledger: &Ledger, mode: DeviceMode) -> Plan {
-    plan_with_groups(config, observed, ledger, mode, &[])
-}
-
-/// Computes the operations that bring the kernel to the configuration, with the IPMP
-/// groups' runtime state.
-pub fn plan_with_groups(
-    config: &Config,
-    observed: &Observed,
-    ledger: &Ledger,
-    mode: DeviceMode,
-    groups: &[GroupRuntime],
-) -> Plan {
-    plan_runtime(config, observed, ledger, mode, groups, &[])
+    plan_runtime(config, observed, ledger, mode, &[], &[])
 }
 
 /// A DVIPA this node holds, and the device it goes on (`None`: `lo`).
