@@ -104,7 +104,8 @@ pub struct ClusterView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberView {
     pub node: String,
-    /// `self`, `alive`, `listening`, `dead`, `unknown` (configured peer never heard).
+    /// `self`, `alive`, `suspect` (heartbeat late, being probed), `listening`, `dead`,
+    /// `unknown` (configured peer never heard).
     pub state: String,
     pub address: Option<String>,
     /// Milliseconds since its last heartbeat.
@@ -112,6 +113,9 @@ pub struct MemberView {
     pub incarnation: Option<u64>,
     /// Whether its [[dvipa]] list matches this node's.
     pub same_config: bool,
+    /// Smoothed round trip of its probes, in microseconds.
+    #[serde(default)]
+    pub rtt_us: Option<u64>,
 }
 
 /// One row of netstat VIPADYN.

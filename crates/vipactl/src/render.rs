@@ -167,7 +167,7 @@ pub fn cluster(c: &ClusterView) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "node {} (incarnation {})  quorum {} ({}){}  heartbeat {} ms, dead after {} missed",
+        "node {} (incarnation {})  quorum {} ({}){}  heartbeat {} ms, dead when probes go unanswered or after {} missed",
         c.node,
         c.incarnation,
         if c.has_quorum { "yes" } else { "NO" },
@@ -176,9 +176,14 @@ pub fn cluster(c: &ClusterView) -> String {
         c.heartbeat_interval_ms,
         c.dead_after
     );
-    let _ = writeln!(out, "{:<16} {:<10} {:<40} {:>12} {}", "NODE", "STATE", "ADDRESS", "LAST HEARD", "CONFIG");
+    let _ = writeln!(
+        out,
+        "{:<16} {:<10} {:<40} {:>12} {:>9} {}",
+        "NODE", "STATE", "ADDRESS", "LAST HEARD", "RTT", "CONFIG"
+    );
     for m in &c.members {
         let heard = m.last_heard_ms.map_or("-".to_string(), |ms| format!("{ms} ms ago"));
+        let rtt = m.rtt_us.map_or("-".to_string(), |us| format!("{:.2} ms", us as f64 / 1e3));
         let cfg = if m.state == "self" {
             ""
         } else if m.same_config {
@@ -188,11 +193,12 @@ pub fn cluster(c: &ClusterView) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<16} {:<10} {:<40} {:>12} {}",
+            "{:<16} {:<10} {:<40} {:>12} {:>9} {}",
             m.node,
             m.state,
             m.address.as_deref().unwrap_or("-"),
             heard,
+            rtt,
             cfg
         );
     }

@@ -209,6 +209,14 @@ impl ClusterShell {
                         }
                     }
                 }
+                Output::HeartbeatTo { node, heartbeat } => {
+                    // Only nodes already heard from are probed or answered.
+                    if let Some(to) = self.addresses.get(&node) {
+                        if let Err(e) = self.sock.send_to(&heartbeat.emit(&self.key), to) {
+                            debug!(peer = %to, error = %e, "probe not sent");
+                        }
+                    }
+                }
                 Output::Activate { index, cause } => {
                     let d = &self.core.dvipas[index];
                     info!(dvipa = %d.address, %cause, "DVIPA activated");
@@ -278,12 +286,15 @@ impl ClusterShell {
             last_heard_ms: None,
             incarnation: None,
             same_config: true,
+            rtt_us: None,
         }];
         for (name, p) in &c.peers {
             members.push(MemberView {
                 node: name.clone(),
                 state: if !p.alive {
                     "dead"
+                } else if p.suspect.is_some() {
+                    "suspect"
                 } else if p.syncing {
                     "listening"
                 } else {
@@ -294,6 +305,7 @@ impl ClusterShell {
                 last_heard_ms: c.peer_age(now, name).map(|d| d.as_millis() as u64),
                 incarnation: Some(p.incarnation),
                 same_config: p.same_config,
+                rtt_us: p.rtt.map(|(srtt, _)| srtt.as_micros() as u64),
             });
         }
         let heard: Vec<IpAddr> = self.addresses.values().map(|a| a.ip().to_canonical()).collect();
@@ -306,6 +318,7 @@ impl ClusterShell {
                     last_heard_ms: None,
                     incarnation: None,
                     same_config: false,
+                    rtt_us: None,
                 });
             }
         }

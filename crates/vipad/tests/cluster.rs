@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use vipa_testbed::lab::{serve_on, stream, ClusterEnv, Names, DVIPA};
 use vipa_testbed::{require_root, wait_for, workspace_bin, Proc};
 
-/// 10 ms heartbeats, dead after 10: a death is noticed after about 100 ms.
+/// 10 ms heartbeats: a death is noticed about one interval after the last heartbeat, once
+/// the probes sent to the late node go unanswered (or after 10 silent intervals at most).
 const CLUSTER: &str = "heartbeat_interval = \"10ms\"\n";
 
 fn dvipa(takeback: &str) -> String {
@@ -61,6 +62,10 @@ fn holder_death_is_taken_over_by_the_highest_backup_and_the_owner_takes_it_back(
     assert!(status.contains("cluster  node s1, quorum yes, 3/3 members alive, 1/1 DVIPAs held here"), "{status}");
     let members = out(&env.vipactl(2, &["cluster"]));
     assert!(members.contains("quorum yes") && members.matches("alive").count() == 2, "{members}");
+    // Each peer's round trip was measured when it joined.
+    let j: serde_json::Value = serde_json::from_slice(&env.vipactl(2, &["--json", "cluster"]).stdout).unwrap();
+    let rtts: Vec<u64> = j["members"].as_array().unwrap().iter().filter_map(|m| m["rtt_us"].as_u64()).collect();
+    assert!(rtts.len() == 2 && rtts.iter().all(|r| *r > 0 && *r < 100_000), "{members}");
 
     let incarnation_of_s1 = || -> u64 {
         let j: serde_json::Value = serde_json::from_slice(&env.vipactl(2, &["--json", "cluster"]).stdout).unwrap();
@@ -89,6 +94,9 @@ fn holder_death_is_taken_over_by_the_highest_backup_and_the_owner_takes_it_back(
     let dyn2 = out(&env.vipactl(2, &["dvipa"]));
     assert!(dyn2.contains("ACTIVE"), "{dyn2}");
     assert!(out(&env.vipactl(2, &["cluster"])).contains("dead"));
+    // Seen by probing, well before ten silent intervals.
+    assert!(env.log(2).contains("node s1 is dead: no heartbeat for"), "{}", env.log(2));
+    assert!(env.log(2).contains("none of 20 probes answered"), "{}", env.log(2));
 
     // The owner comes back: takeback through a handover, never two holders.
     env.restore(1);

@@ -18,16 +18,32 @@
 //!
 //! After a start, a node listens for one dead interval before claiming anything (it keeps
 //! addresses its kernel still has, and gives one up as soon as another node claims it).
+//!
+//! A peer is declared dead in one of two ways. When its heartbeat is late (one interval
+//! plus a grace from the arrival jitter seen), it becomes a *suspect*: it is sent
+//! [`PROBES`] probes (heartbeats asking for an immediate answer), spread over the first
+//! half of a confirmation window that covers several round trips, and it is dead when
+//! none is answered in that window. Ordinary loss costs a few probes (at 20 % loss, a probe
+//! and its answer both get through 64 % of the time: all 20 fail about once in 10⁹
+//! suspicions), while a dead peer is seen about one interval after its last heartbeat,
+//! not `dead_after` intervals. A peer silent for `dead_after` intervals is dead in any
+//! case.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use vipa_wire::cluster::{bit, Heartbeat, FLAG_SYNCING};
+use vipa_wire::cluster::{bit, Heartbeat, FLAG_PROBE, FLAG_SYNCING};
 
 /// How often a held address is announced again (gratuitous ARP / NA).
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Probes sent to a suspect before it is declared dead.
+pub const PROBES: u32 = 20;
+
+/// Heartbeat intervals between two round-trip measurements of a healthy peer.
+const RTT_EVERY: u32 = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -114,6 +130,9 @@ pub enum DvipaStatus {
 pub enum Output {
     /// Send this heartbeat to every peer.
     Heartbeat(Heartbeat),
+    /// Send this heartbeat to one peer only (a probe, or the answer to one), at the address
+    /// its last heartbeat came from.
+    HeartbeatTo { node: String, heartbeat: Heartbeat },
     /// Put the address in the kernel and announce it.
     Activate { index: usize, cause: String },
     /// Take the address out of the kernel.
@@ -137,6 +156,46 @@ pub struct Peer {
     declined: Vec<u8>,
     pins: Vec<(u32, String, u64)>,
     pub alive: bool,
+    /// Mean deviation of its heartbeats' arrival from the interval.
+    pub jitter: Duration,
+    /// Smoothed round trip and its mean deviation, from answered probes.
+    pub rtt: Option<(Duration, Duration)>,
+    /// Probes in flight: (our sequence number, when sent).
+    probes: VecDeque<(u64, Instant)>,
+    /// Its heartbeat is late and it is being probed.
+    pub suspect: Option<Suspicion>,
+    /// When its round trip is measured next.
+    next_rtt: Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Suspicion {
+    pub since: Instant,
+    pub sent: u32,
+    next: Instant,
+}
+
+/// When `p`, last heard at `p.last_heard`, becomes a suspect.
+fn suspect_at(p: &Peer, interval: Duration) -> Instant {
+    p.last_heard + interval + (interval / 10).max(p.jitter * 4).min(interval / 2)
+}
+
+/// How long a suspect has to answer one of its probes: at least 0.3 intervals and several
+/// round trips (one interval until a round trip has been measured).
+fn confirm_window(p: &Peer, interval: Duration) -> Duration {
+    match p.rtt {
+        None => interval,
+        Some((srtt, var)) => (interval * 3 / 10).max(srtt * 2 + var * 4),
+    }
+}
+
+/// `a + (b - a) / 8` on durations.
+fn smooth(a: Duration, b: Duration) -> Duration {
+    if b >= a {
+        a + (b - a) / 8
+    } else {
+        a - (a - b) / 8
+    }
 }
 
 /// Counters of dropped heartbeats, by cause.
@@ -262,8 +321,15 @@ impl Cluster {
     /// The next moment something is due: a heartbeat, the end of the start-up listening,
     /// a peer's death, a refresh.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let dead = self.config.dead_time();
-        let deaths = self.peers.values().filter(|p| p.alive).map(|p| p.last_heard + dead);
+        let (dead, interval) = (self.config.dead_time(), self.config.interval);
+        let deaths = self.peers.values().filter(|p| p.alive).map(|p| {
+            let next = match p.suspect {
+                None => suspect_at(p, interval),
+                Some(s) if s.sent < PROBES => s.next,
+                Some(s) => s.since + confirm_window(p, interval),
+            };
+            next.min(p.last_heard + dead).min(p.next_rtt)
+        });
         [Some(self.next_heartbeat), self.syncing_until, Some(self.next_refresh)]
             .into_iter()
             .flatten()
@@ -339,8 +405,28 @@ impl Cluster {
             }
         }
         let same_config = h.digest == self.digest && h.count as usize == self.dvipas.len();
-        // Steady state: the same claims from a live peer change nothing; just note it.
+        if h.flags & FLAG_PROBE != 0 {
+            // Answered before anything else: the prober is counting round trips.
+            let mut answer = self.heartbeat();
+            answer.echo = h.seq;
+            self.out.push_back(Output::HeartbeatTo { node: h.node.clone(), heartbeat: answer });
+        }
+        let interval = self.config.interval;
         if let Some(p) = self.peers.get_mut(&h.node) {
+            p.suspect = None;
+            if let Some(k) = p.probes.iter().position(|(seq, _)| *seq == h.echo) {
+                let sample = now.saturating_duration_since(p.probes[k].1);
+                p.rtt = Some(match p.rtt {
+                    None => (sample, sample / 2),
+                    Some((srtt, var)) => (smooth(srtt, sample), var * 3 / 4 + srtt.abs_diff(sample) / 4),
+                });
+                p.probes.clear();
+            }
+            let gap = now.saturating_duration_since(p.last_heard);
+            if p.alive && h.echo == 0 && h.flags & FLAG_PROBE == 0 && gap <= interval * 3 / 2 {
+                p.jitter = smooth(p.jitter, gap.abs_diff(interval));
+            }
+            // Steady state: the same claims from a live peer change nothing; just note it.
             let syncing = h.flags & FLAG_SYNCING != 0;
             if p.alive
                 && p.incarnation == h.incarnation
@@ -380,6 +466,9 @@ impl Cluster {
                 h.node
             )));
         }
+        let fresh = was.is_none_or(|w| !w.0 || w.1 != h.incarnation);
+        let old = self.peers.remove(&h.node);
+        let (jitter, rtt) = old.as_ref().map(|p| (p.jitter, p.rtt)).unwrap_or_default();
         self.peers.insert(
             h.node.clone(),
             Peer {
@@ -393,6 +482,12 @@ impl Cluster {
                 declined: h.declined,
                 pins: h.pins,
                 alive: true,
+                jitter,
+                rtt,
+                probes: old.map(|p| p.probes).unwrap_or_default(),
+                suspect: None,
+                // A new or returning peer has its round trip measured at once.
+                next_rtt: if fresh { now } else { now + interval * RTT_EVERY },
             },
         );
         self.adopt_pins();
@@ -431,18 +526,74 @@ impl Cluster {
         }
     }
 
-    pub fn handle_timeout(&mut self, now: Instant) {
-        let dead = self.config.dead_time();
+    /// Sends `node` a probe: a heartbeat asking for one back at once.
+    fn probe(&mut self, now: Instant, node: &str) {
+        let mut h = self.heartbeat();
+        h.flags |= FLAG_PROBE;
+        if let Some(p) = self.peers.get_mut(node) {
+            if p.probes.len() >= 2 * PROBES as usize {
+                p.probes.pop_front();
+            }
+            p.probes.push_back((h.seq, now));
+        }
+        self.out.push_back(Output::HeartbeatTo { node: node.to_string(), heartbeat: h });
+    }
+
+    /// Suspects late peers, probes suspects, and declares dead those that did not answer
+    /// (or were silent for the whole dead time). Returns the dead with the reason.
+    fn detect(&mut self, now: Instant) -> Vec<(String, String)> {
+        let (dead, interval) = (self.config.dead_time(), self.config.interval);
         let mut died = Vec::new();
-        let mut changed = false;
-        for (name, p) in &mut self.peers {
-            if p.alive && now >= p.last_heard + dead {
-                p.alive = false;
-                died.push(name.clone());
+        let mut probes = Vec::new();
+        for (name, p) in self.peers.iter_mut().filter(|(_, p)| p.alive) {
+            let silent = now.saturating_duration_since(p.last_heard);
+            if now >= p.last_heard + dead {
+                died.push((name.clone(), format!("no heartbeat for {} ms", silent.as_millis())));
+                continue;
+            }
+            if p.suspect.is_none() && now >= suspect_at(p, interval) {
+                p.suspect = Some(Suspicion { since: now, sent: 0, next: now });
+            }
+            let window = confirm_window(p, interval);
+            if let Some(s) = &mut p.suspect {
+                if s.sent >= PROBES && now >= s.since + window {
+                    died.push((
+                        name.clone(),
+                        format!(
+                            "no heartbeat for {:.1} ms and none of {PROBES} probes answered",
+                            silent.as_secs_f64() * 1e3
+                        ),
+                    ));
+                    continue;
+                }
+                // The probes go out over the first half of the window.
+                let spacing = window / (2 * PROBES);
+                while s.sent < PROBES && now >= s.next {
+                    s.sent += 1;
+                    s.next += spacing;
+                    probes.push(name.clone());
+                }
+            } else if now >= p.next_rtt {
+                p.next_rtt = now + interval * RTT_EVERY;
+                probes.push(name.clone());
             }
         }
-        for name in died {
-            self.out.push_back(Output::Event(format!("node {name} is dead: no heartbeat for {} ms", dead.as_millis())));
+        for name in probes {
+            self.probe(now, &name);
+        }
+        for (name, _) in &died {
+            if let Some(p) = self.peers.get_mut(name) {
+                p.alive = false;
+                p.suspect = None;
+            }
+        }
+        died
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut changed = false;
+        for (name, why) in self.detect(now) {
+            self.out.push_back(Output::Event(format!("node {name} is dead: {why}")));
             // A pin to a dead node no longer holds.
             self.pins.retain(|_, (_, n)| *n != name);
             changed = true;
@@ -521,6 +672,18 @@ impl Cluster {
         let listening = |n: &str| self.peers.get(n).is_some_and(|p| p.syncing);
         order.retain(|n| alive.contains(&n.as_str()) && !self.declines(n, i) && !listening(n));
         order
+    }
+
+    /// Whether a node before this one in DVIPA `i`'s configured order is alive but still
+    /// listening after its start. Nobody holding the address, that node gets it once it has
+    /// listened (at most a dead interval): at a cold start of the whole cluster, the node
+    /// that happens to finish listening first must not take every address.
+    fn first_listening(&self, i: usize) -> bool {
+        let me = self.config.me.as_str();
+        self.orders[i]
+            .iter()
+            .take_while(|n| n.as_str() != me)
+            .any(|n| self.peers.get(n).is_some_and(|p| p.alive && p.syncing && p.same_config && !bit(&p.declined, i)))
     }
 
     /// Who should hold DVIPA `i`, from this node's view.
@@ -609,7 +772,12 @@ impl Cluster {
                 } else if others.is_empty() {
                     self.conflict[i] = false;
                 }
-            } else if quorum && !self.declined[i] && desired.as_deref() == Some(me.as_str()) && others.is_empty() {
+            } else if quorum
+                && !self.declined[i]
+                && desired.as_deref() == Some(me.as_str())
+                && others.is_empty()
+                && !self.first_listening(i)
+            {
                 self.held[i] = true;
                 self.since[i] = now;
                 let cause = match self.dvipas[i].owner == me {
