@@ -45,6 +45,8 @@ pub const TYPE_HEARTBEAT: u8 = 1;
 pub const FLAG_SYNCING: u16 = 1;
 /// The sender missed the receiver's heartbeats and asks for one back at once.
 pub const FLAG_PROBE: u16 = 2;
+/// The sender's vipad is stopping: it holds nothing any more and is gone from now on.
+pub const FLAG_LEAVING: u16 = 4;
 pub const MAC_LEN: usize = 32;
 /// Longest node name.
 pub const MAX_NAME: usize = 63;

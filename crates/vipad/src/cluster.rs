@@ -58,6 +58,13 @@ pub struct ClusterShell {
     logged_drop: Option<Instant>,
     /// Whether some held DVIPA needs its connections counted (recomputed on moves).
     watching: bool,
+    /// DVIPAs released whose addresses the kernel may still have: until the kernel work is
+    /// done, heartbeats still claim them (a peer activating one now would make two holders).
+    releasing: Vec<usize>,
+    /// Heartbeats held back until then: one to every peer, and answers/probes by
+    /// (node, echo, flags).
+    pending_all: bool,
+    pending_to: Vec<(String, u64, u16)>,
 }
 
 impl ClusterShell {
@@ -106,6 +113,9 @@ impl ClusterShell {
             addresses: BTreeMap::new(),
             logged_drop: None,
             watching: false,
+            releasing: Vec::new(),
+            pending_all: false,
+            pending_to: Vec::new(),
         }))
     }
 
@@ -199,24 +209,23 @@ impl ClusterShell {
     pub fn drain(&mut self) -> (bool, Vec<String>) {
         let mut dirty = false;
         let mut events = Vec::new();
-        while let Some(o) = self.core.poll_output() {
+        let outputs: Vec<Output> = std::iter::from_fn(|| self.core.poll_output()).collect();
+        // A heartbeat without a released address's claim goes out only once the kernel no
+        // longer has the address (see `flush`).
+        for o in &outputs {
+            if let Output::Release { index, .. } = o {
+                self.releasing.push(*index);
+            }
+        }
+        let hold = !self.releasing.is_empty();
+        for o in outputs {
             match o {
-                Output::Heartbeat(h) => {
-                    let bytes = h.emit(&self.key);
-                    for p in &self.core.config.peers {
-                        if let Err(e) = self.sock.send_to(&bytes, p) {
-                            debug!(peer = %p, error = %e, "heartbeat not sent");
-                        }
-                    }
+                Output::Heartbeat(_) if hold => self.pending_all = true,
+                Output::HeartbeatTo { node, heartbeat } if hold => {
+                    self.pending_to.push((node, heartbeat.echo, heartbeat.flags))
                 }
-                Output::HeartbeatTo { node, heartbeat } => {
-                    // Only nodes already heard from are probed or answered.
-                    if let Some(to) = self.addresses.get(&node) {
-                        if let Err(e) = self.sock.send_to(&heartbeat.emit(&self.key), to) {
-                            debug!(peer = %to, error = %e, "probe not sent");
-                        }
-                    }
-                }
+                Output::Heartbeat(h) => self.send_all(&h),
+                Output::HeartbeatTo { node, heartbeat } => self.send_to(&node, &heartbeat),
                 Output::Activate { index, cause } => {
                     let d = &self.core.dvipas[index];
                     info!(dvipa = %d.address, %cause, "DVIPA activated");
@@ -247,6 +256,57 @@ impl ClusterShell {
         (dirty, events)
     }
 
+    fn send_all(&self, h: &Heartbeat) {
+        let bytes = h.emit(&self.key);
+        for p in &self.core.config.peers {
+            if let Err(e) = self.sock.send_to(&bytes, p) {
+                debug!(peer = %p, error = %e, "heartbeat not sent");
+            }
+        }
+    }
+
+    /// Only nodes already heard from are probed or answered.
+    fn send_to(&self, node: &str, h: &Heartbeat) {
+        if let Some(to) = self.addresses.get(node) {
+            if let Err(e) = self.sock.send_to(&h.emit(&self.key), to) {
+                debug!(peer = %to, error = %e, "probe not sent");
+            }
+        }
+    }
+
+    /// The kernel work is done: released addresses are gone, so the heartbeats held back
+    /// go out now, fresh.
+    pub fn flush(&mut self, now: Instant) {
+        self.releasing.clear();
+        if std::mem::take(&mut self.pending_all) {
+            let h = self.core.heartbeat_now(now);
+            self.send_all(&h);
+        }
+        for (node, echo, flags) in std::mem::take(&mut self.pending_to) {
+            let mut h = self.core.heartbeat_now(now);
+            (h.echo, h.flags) = (echo, h.flags | flags);
+            self.send_to(&node, &h);
+        }
+    }
+
+    /// vipad is stopping: DVIPAs another node can take are released; returns whether the
+    /// kernel must change before the leaving heartbeat goes out (through `flush`).
+    pub fn leave(&mut self, now: Instant) -> bool {
+        self.core.leave(now);
+        let (dirty, _) = self.drain();
+        dirty
+    }
+
+    /// After `leave` and the kernel work: the leaving heartbeat, three times (a lost one
+    /// only costs the peers a probe round).
+    pub fn say_goodbye(&mut self, now: Instant) {
+        self.flush(now);
+        for _ in 0..3 {
+            let h = self.core.heartbeat_now(now);
+            self.send_all(&h);
+        }
+    }
+
     /// The DVIPAs this node holds, for the planner.
     pub fn held(&self) -> Vec<HeldDvipa> {
         self.core
@@ -269,11 +329,15 @@ impl ClusterShell {
     /// Sends our heartbeat if one is due: called during long kernel work (thousands of
     /// addresses) so peers do not take a busy node for a dead one.
     pub fn keepalive(&mut self, now: Instant) {
-        if let Some(h) = self.core.heartbeat_if_due(now) {
-            let bytes = h.emit(&self.key);
-            for p in &self.core.config.peers {
-                let _ = self.sock.send_to(&bytes, p);
+        if let Some(mut h) = self.core.heartbeat_if_due(now) {
+            // Addresses being released are still in the kernel: still claimed.
+            for i in &self.releasing {
+                vipa_wire::cluster::set_bit(&mut h.held, *i, true);
             }
+            if !self.releasing.is_empty() {
+                self.pending_all = true;
+            }
+            self.send_all(&h);
         }
     }
 

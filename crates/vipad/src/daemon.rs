@@ -197,7 +197,17 @@ impl Daemon {
                         }
                     }
                     Input::Stop(signal) => {
-                        info!(signal, "stopping; addresses and routes stay in place for the next vipad");
+                        if let Some(c) = &mut self.cluster {
+                            if c.leave(Instant::now()) {
+                                self.reconcile();
+                            }
+                        }
+                        if let Some(c) = &mut self.cluster {
+                            c.say_goodbye(Instant::now());
+                            info!(signal, "stopping; DVIPAs a live peer can take were handed over; other addresses and routes stay in place for the next vipad");
+                        } else {
+                            info!(signal, "stopping; addresses and routes stay in place for the next vipad");
+                        }
                         return;
                     }
                 }
@@ -309,6 +319,7 @@ impl Daemon {
         // tens of milliseconds) follows, since the announcement already points them right.
         self.ipmp.announce(&self.observed);
         if let Some(c) = &mut self.cluster {
+            c.flush(Instant::now());
             c.announce(&self.observed);
         }
         if let Some(arp) = arp {

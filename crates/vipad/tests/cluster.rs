@@ -226,6 +226,29 @@ fn planned_move_hands_over() {
 }
 
 #[test]
+fn a_stopping_holder_hands_over_without_waiting_for_a_death() {
+    let (env, mut procs) = up("immediate");
+    let _srv = [serve_on(env.host(1), Some(DVIPA)), serve_on(env.host(2), Some(DVIPA))];
+    let run = stream(&env.client, DVIPA, 1500);
+    std::thread::sleep(Duration::from_millis(500));
+    procs[0].signal(libc::SIGTERM);
+    assert!(procs[0].wait_timeout(Duration::from_secs(5)).is_some(), "vipad stopped");
+    // s1's kernel gave the address up before it exited; s2 holds it: one holder.
+    assert!(!env.holders(DVIPA).contains(&1), "{}", env.log(1));
+    holder_is(&env, 2, Duration::from_secs(1)).expect("s2 took it");
+    let r = run.report();
+    eprintln!("graceful stop: client UDP longest gap {:.1} ms", r.udp.max_gap_ms);
+    assert!(r.udp.max_gap_ms < 1000.0);
+    assert_eq!(env.client_neigh(DVIPA), Some(env.mac(2)));
+    assert!(env.log(1).contains("vipad is stopping: handed over"), "{}", env.log(1));
+    assert!(env.log(2).contains("node s1 left the cluster"), "{}", env.log(2));
+    assert!(!env.log(2).contains("node s1 is dead"), "a stop is not a death: {}", env.log(2));
+    // Started again, s1 takes it back (immediate) through a handover.
+    procs[0] = env.start_vipad(1);
+    holder_is(&env, 1, Duration::from_secs(3)).expect("back on s1");
+}
+
+#[test]
 fn a_cluster_without_a_usable_key_does_not_start() {
     require_root();
     let env = ClusterEnv::build(Names::Unique, 2);

@@ -34,7 +34,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use vipa_wire::cluster::{bit, Heartbeat, FLAG_PROBE, FLAG_SYNCING};
+use vipa_wire::cluster::{bit, Heartbeat, FLAG_LEAVING, FLAG_PROBE, FLAG_SYNCING};
 
 /// How often a held address is announced again (gratuitous ARP / NA).
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(10);
@@ -238,6 +238,8 @@ pub struct Cluster {
     pub drops: Drops,
     /// The last heartbeat's bitmaps, reused while nothing they show changed.
     maps: Option<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+    /// vipad is stopping: heartbeats say so, and nothing is claimed any more.
+    leaving: bool,
 }
 
 /// FNV-1a over everything that must be identical on every node.
@@ -296,6 +298,7 @@ impl Cluster {
             out: VecDeque::new(),
             drops: Drops::default(),
             maps: None,
+            leaving: false,
             config,
             dvipas,
         }
@@ -341,7 +344,13 @@ impl Cluster {
         self.seq += 1;
         let n = self.dvipas.len();
         let mut h = Heartbeat {
-            flags: if self.syncing() { FLAG_SYNCING } else { 0 },
+            flags: if self.leaving {
+                FLAG_LEAVING
+            } else if self.syncing() {
+                FLAG_SYNCING
+            } else {
+                0
+            },
             incarnation: self.incarnation,
             seq: self.seq,
             digest: self.digest,
@@ -375,6 +384,31 @@ impl Cluster {
         h
     }
 
+    /// A heartbeat to send at once (after kernel work that had to come first); the next
+    /// regular one follows an interval later.
+    pub fn heartbeat_now(&mut self, now: Instant) -> Heartbeat {
+        self.next_heartbeat = now + self.config.interval;
+        self.heartbeat()
+    }
+
+    /// vipad is stopping: every DVIPA another live node can take is released (the
+    /// heartbeats that follow say this node is leaving, so that node activates at once);
+    /// one no other node can take stays in the kernel, as after a kill, for the next start.
+    pub fn leave(&mut self, now: Instant) {
+        let me = self.config.me.clone();
+        for i in 0..self.dvipas.len() {
+            if self.held[i] && self.order(i).iter().any(|n| *n != me) {
+                self.held[i] = false;
+                self.since[i] = now;
+                let cause = "vipad is stopping: handed over".to_string();
+                self.out.push_back(Output::Release { index: i, cause });
+            }
+        }
+        self.leaving = true;
+        self.maps = None;
+        self.send_heartbeat(now);
+    }
+
     /// The heartbeat due at `now`, if one is, for a shell busy with long kernel work; the
     /// claims are this node's current ones.
     pub fn heartbeat_if_due(&mut self, now: Instant) -> Option<Heartbeat> {
@@ -405,6 +439,22 @@ impl Cluster {
             }
         }
         let same_config = h.digest == self.digest && h.count as usize == self.dvipas.len();
+        if h.flags & FLAG_LEAVING != 0 {
+            // Its addresses are out of its kernel: the next in line takes them now.
+            if let Some(p) = self.peers.get_mut(&h.node) {
+                (p.incarnation, p.seq) = (h.incarnation, h.seq);
+                if p.alive {
+                    p.alive = false;
+                    p.suspect = None;
+                    p.held.iter_mut().for_each(|b| *b = 0);
+                    self.out.push_back(Output::Event(format!("node {} left the cluster (vipad stopped)", h.node)));
+                    let gone = h.node.clone();
+                    self.pins.retain(|_, (_, n)| *n != gone);
+                    self.evaluate(now);
+                }
+            }
+            return;
+        }
         if h.flags & FLAG_PROBE != 0 {
             // Answered before anything else: the prober is counting round trips.
             let mut answer = self.heartbeat();
@@ -777,6 +827,7 @@ impl Cluster {
                 && desired.as_deref() == Some(me.as_str())
                 && others.is_empty()
                 && !self.first_listening(i)
+                && !self.leaving
             {
                 self.held[i] = true;
                 self.since[i] = now;

@@ -377,6 +377,37 @@ fn no_flapping_at_twenty_percent_loss() {
 }
 
 #[test]
+fn a_stopping_node_hands_over_at_once_and_keeps_what_nobody_can_take() {
+    for seed in 1..20 {
+        let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
+        s.run(ms(500));
+        s.watch = s.t;
+        let now = s.local("s1");
+        s.nodes.get_mut("s1").unwrap().c.leave(now);
+        s.drain("s1");
+        let left = s.t;
+        assert!(s.holders(0).is_empty(), "released before anyone else takes it");
+        s.run(left + ms(5));
+        // No late heartbeat to wait for: the leaving heartbeat tells s2 (rank 200) at once.
+        assert_eq!(s.holders(0), vec!["s2".to_string()], "seed {seed}: {:?}", s.moves);
+        assert_eq!(s.max_holders[0], 1);
+        s.kill("s1");
+        s.run(ms(900));
+        assert_eq!(s.holders(0), vec!["s2".to_string()]);
+    }
+    // Alone (quorum none, the backup dead): nothing is released, as after a kill.
+    let d = dvipas(1, Takeback::Immediate);
+    let mut s = Sim::new(2, vec![DvipaConfig { backups: vec![("s2".into(), 100)], ..d[0].clone() }], Quorum::None, 5);
+    s.run(ms(500));
+    s.kill("s2");
+    s.run(ms(800));
+    let now = s.local("s1");
+    s.nodes.get_mut("s1").unwrap().c.leave(now);
+    s.drain("s1");
+    assert_eq!(s.holders(0), vec!["s1".to_string()]);
+}
+
+#[test]
 fn planned_move_and_deactivation_hand_over_cleanly() {
     let mut s = Sim::new(3, dvipas(1, Takeback::Immediate), Quorum::Majority, 9);
     s.run(ms(500));
