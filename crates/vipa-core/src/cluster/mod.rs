@@ -180,12 +180,12 @@ fn suspect_at(p: &Peer, interval: Duration) -> Instant {
     p.last_heard + interval + (interval / 10).max(p.jitter * 4).min(interval / 2)
 }
 
-/// How long a suspect has to answer one of its probes: at least 0.3 intervals and several
-/// round trips (one interval until a round trip has been measured).
+/// How long a suspect has to answer one of its probes: a tenth of an interval or several
+/// round trips, whichever is longer (half an interval until a round trip was measured).
 fn confirm_window(p: &Peer, interval: Duration) -> Duration {
     match p.rtt {
-        None => interval,
-        Some((srtt, var)) => (interval * 3 / 10).max(srtt * 2 + var * 4),
+        None => interval / 2,
+        Some((srtt, var)) => (interval / 10).max(srtt * 2 + var * 4),
     }
 }
 
