@@ -40,7 +40,8 @@ pub enum Input {
     /// A control connection wants the event stream.
     Subscribe(Sender<vipa_api::Event>),
     /// A datagram on the cluster port.
-    Cluster(Vec<u8>, std::net::SocketAddr),
+    /// A datagram on the heartbeat port, with the moment it arrived.
+    Cluster(Vec<u8>, std::net::SocketAddr, Instant),
     Reload,
     Stop(&'static str),
 }
@@ -173,9 +174,9 @@ impl Daemon {
                         kernel_changed = true;
                     }
                     Input::Subscribe(tx) => self.ipmp.subscribers.push(tx),
-                    Input::Cluster(bytes, from) => {
+                    Input::Cluster(bytes, from, at) => {
                         if let Some(c) = &mut self.cluster {
-                            c.datagram(Instant::now(), &bytes, from);
+                            c.datagram(at, &bytes, from);
                         }
                     }
                     Input::Control(req, reply) => {
