@@ -13,7 +13,6 @@
 //! |                  sequence (64, per message)                   |
 //! |                  config digest (64)                           |
 //! |                  echo (64): the sequence of the probe answered |
-//! |                  held (32): µs between the probe's arrival and the answer |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! |                  heartbeat interval, µs (32)                  |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
@@ -80,8 +79,6 @@ pub struct Heartbeat {
     pub digest: u64,
     /// The sequence number of the probe this heartbeat answers; 0 if none.
     pub echo: u64,
-    /// How long the answered probe waited in the sender before this answer, µs.
-    pub held_us: u32,
     pub interval_us: u32,
     pub node: String,
     pub count: u32,
@@ -169,7 +166,6 @@ impl Heartbeat {
         b.extend_from_slice(&self.seq.to_be_bytes());
         b.extend_from_slice(&self.digest.to_be_bytes());
         b.extend_from_slice(&self.echo.to_be_bytes());
-        b.extend_from_slice(&self.held_us.to_be_bytes());
         b.extend_from_slice(&self.interval_us.to_be_bytes());
         let name = &self.node.as_bytes()[..self.node.len().min(MAX_NAME)];
         b.push(name.len() as u8);
@@ -217,7 +213,6 @@ impl Heartbeat {
             seq: r.u64()?,
             digest: r.u64()?,
             echo: r.u64()?,
-            held_us: r.u32()?,
             interval_us: r.u32()?,
             node: r.name()?,
             count: r.u32()?,

@@ -65,8 +65,6 @@ pub struct ClusterShell {
     /// (node, echo, flags).
     pending_all: bool,
     pending_to: Vec<(String, u64, u16)>,
-    /// When probes arrived, by (node, sequence): answers say how long they waited here.
-    probe_arrivals: Vec<(String, u64, Instant)>,
 }
 
 impl ClusterShell {
@@ -91,7 +89,7 @@ impl ClusterShell {
                 loop {
                     match rx.recv_from(&mut buf) {
                         Ok((n, from)) => {
-                            if tx.send(Input::Cluster(buf[..n].to_vec(), from, Instant::now())).is_err() {
+                            if tx.send(Input::Cluster(buf[..n].to_vec(), from)).is_err() {
                                 return;
                             }
                         }
@@ -118,7 +116,6 @@ impl ClusterShell {
             releasing: Vec::new(),
             pending_all: false,
             pending_to: Vec::new(),
-            probe_arrivals: Vec::new(),
         }))
     }
 
@@ -149,12 +146,6 @@ impl ClusterShell {
         match Heartbeat::parse(bytes, &self.key) {
             Ok(h) => {
                 self.addresses.insert(h.node.clone(), from);
-                if h.flags & vipa_wire::cluster::FLAG_PROBE != 0 {
-                    if self.probe_arrivals.len() >= 64 {
-                        self.probe_arrivals.remove(0);
-                    }
-                    self.probe_arrivals.push((h.node.clone(), h.seq, now));
-                }
                 self.core.receive(now, h);
             }
             Err(e) => {
@@ -275,14 +266,7 @@ impl ClusterShell {
     }
 
     /// Only nodes already heard from are probed or answered.
-    fn send_to(&mut self, node: &str, h: &Heartbeat) {
-        let mut h = h.clone();
-        if h.echo != 0 {
-            if let Some(k) = self.probe_arrivals.iter().position(|(n, seq, _)| n == node && *seq == h.echo) {
-                let (_, _, at) = self.probe_arrivals.swap_remove(k);
-                h.held_us = at.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-            }
-        }
+    fn send_to(&self, node: &str, h: &Heartbeat) {
         if let Some(to) = self.addresses.get(node) {
             if let Err(e) = self.sock.send_to(&h.emit(&self.key), to) {
                 debug!(peer = %to, error = %e, "probe not sent");

@@ -40,8 +40,7 @@ pub enum Input {
     /// A control connection wants the event stream.
     Subscribe(Sender<vipa_api::Event>),
     /// A datagram on the cluster port.
-    /// A datagram on the heartbeat port, with the moment it arrived.
-    Cluster(Vec<u8>, std::net::SocketAddr, Instant),
+    Cluster(Vec<u8>, std::net::SocketAddr),
     Reload,
     Stop(&'static str),
 }
@@ -174,9 +173,9 @@ impl Daemon {
                         kernel_changed = true;
                     }
                     Input::Subscribe(tx) => self.ipmp.subscribers.push(tx),
-                    Input::Cluster(bytes, from, at) => {
+                    Input::Cluster(bytes, from) => {
                         if let Some(c) = &mut self.cluster {
-                            c.datagram(at, &bytes, from);
+                            c.datagram(Instant::now(), &bytes, from);
                         }
                     }
                     Input::Control(req, reply) => {

@@ -465,10 +465,7 @@ impl Cluster {
         if let Some(p) = self.peers.get_mut(&h.node) {
             p.suspect = None;
             if let Some(k) = p.probes.iter().position(|(seq, _)| *seq == h.echo) {
-                // The time the answer waited in the peer (busy with kernel work, say) is
-                // not network round trip.
-                let held = Duration::from_micros(u64::from(h.held_us));
-                let sample = now.saturating_duration_since(p.probes[k].1).saturating_sub(held);
+                let sample = now.saturating_duration_since(p.probes[k].1);
                 p.rtt = Some(match p.rtt {
                     None => (sample, sample / 2),
                     Some((srtt, var)) => (smooth(srtt, sample), var * 3 / 4 + srtt.abs_diff(sample) / 4),
