@@ -29,9 +29,10 @@
 //! ```
 //!
 //! The HMAC is checked before anything else is read, so unauthenticated bytes are never
-//! parsed. A heartbeat with [`FLAG_PROBE`] asks its receiver for an immediate heartbeat
-//! back, whose `echo` is the probe's sequence number (0 in every other heartbeat): that is
-//! how a node that missed a peer's heartbeat finds out at once whether the peer lives. 10,000 DVIPAs take 3,750 bytes of bitmaps: one datagram.
+//! parsed. A heartbeat with [`FLAG_PROBE`] asks its receiver for an immediate
+//! [`Heartbeat::answer`]: a message flagged [`FLAG_ANSWER`] that claims nothing and whose
+//! `echo` is the probe's sequence number (0 in every other message). That is how a node
+//! that missed a peer's heartbeat finds out at once whether the peer lives. 10,000 DVIPAs take 3,750 bytes of bitmaps: one datagram.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -47,6 +48,8 @@ pub const FLAG_SYNCING: u16 = 1;
 pub const FLAG_PROBE: u16 = 2;
 /// The sender's vipad is stopping: it holds nothing any more and is gone from now on.
 pub const FLAG_LEAVING: u16 = 4;
+/// The answer to a probe: proof of life only, no claims (see [`Heartbeat::answer`]).
+pub const FLAG_ANSWER: u16 = 8;
 pub const MAC_LEN: usize = 32;
 /// Longest node name.
 pub const MAX_NAME: usize = 63;
@@ -154,6 +157,20 @@ impl<'a> Reader<'a> {
 }
 
 impl Heartbeat {
+    /// The answer of node `node` (incarnation `incarnation`) to `probe`. It carries no claims
+    /// and no sequence number of its own: it counts only when its `echo` matches a probe
+    /// its receiver has outstanding, so a replayed answer proves nothing.
+    pub fn answer(node: &str, incarnation: u64, probe: &Heartbeat) -> Heartbeat {
+        Heartbeat {
+            flags: FLAG_ANSWER,
+            incarnation,
+            echo: probe.seq,
+            interval_us: probe.interval_us,
+            node: node.to_string(),
+            ..Default::default()
+        }
+    }
+
     /// The datagram, with its HMAC.
     pub fn emit(&self, key: &[u8]) -> Vec<u8> {
         let len = bitmap_len(self.count);

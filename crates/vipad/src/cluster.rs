@@ -7,6 +7,7 @@ use std::fs;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -16,7 +17,7 @@ use vipa_core::cluster::{Cluster, Output, Quorum};
 use vipa_core::model::Observed;
 use vipa_core::plan::HeldDvipa;
 use vipa_core::Config;
-use vipa_wire::cluster::{Heartbeat, HeartbeatError};
+use vipa_wire::cluster::{Heartbeat, HeartbeatError, FLAG_PROBE};
 
 use crate::daemon::Input;
 
@@ -61,10 +62,37 @@ pub struct ClusterShell {
     /// DVIPAs released whose addresses the kernel may still have: until the kernel work is
     /// done, heartbeats still claim them (a peer activating one now would make two holders).
     releasing: Vec<usize>,
-    /// Heartbeats held back until then: one to every peer, and answers/probes by
-    /// (node, echo, flags).
+    /// A heartbeat to every peer is held back until then.
     pending_all: bool,
-    pending_to: Vec<(String, u64, u16)>,
+    /// This node's name and incarnation, for the receiving thread's answers.
+    identity: Arc<Mutex<(String, u64)>>,
+}
+
+/// The receiving thread: authenticates and parses every datagram, answers probes at once
+/// (so a daemon held up in kernel work is not taken for dead), and hands the rest on.
+fn receive_loop(sock: UdpSocket, key: Vec<u8>, identity: Arc<Mutex<(String, u64)>>, tx: Sender<Input>) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, from) = match sock.recv_from(&mut buf) {
+            Ok(r) => r,
+            Err(_) => {
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let parsed = Heartbeat::parse(&buf[..n], &key);
+        if let Ok(h) = &parsed {
+            let (me, incarnation) = identity.lock().map(|i| i.clone()).unwrap_or_default();
+            if h.flags & FLAG_PROBE != 0 && h.node != me {
+                if let Err(e) = sock.send_to(&Heartbeat::answer(&me, incarnation, h).emit(&key), from) {
+                    debug!(peer = %from, error = %e, "probe not answered");
+                }
+            }
+        }
+        if tx.send(Input::Cluster(parsed, from)).is_err() {
+            return;
+        }
+    }
 }
 
 impl ClusterShell {
@@ -81,27 +109,16 @@ impl ClusterShell {
         let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), c.port))
             .or_else(|_| UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], c.port))))
             .map_err(|e| format!("cannot listen for heartbeats on UDP port {}: {e}", c.port))?;
-        let rx = sock.try_clone().map_err(|e| e.to_string())?;
-        thread::Builder::new()
-            .name("cluster".into())
-            .spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                loop {
-                    match rx.recv_from(&mut buf) {
-                        Ok((n, from)) => {
-                            if tx.send(Input::Cluster(buf[..n].to_vec(), from)).is_err() {
-                                return;
-                            }
-                        }
-                        Err(_) => thread::sleep(Duration::from_millis(10)),
-                    }
-                }
-            })
-            .map_err(|e| e.to_string())?;
         let present: Vec<IpAddr> =
             config.dvipas.iter().map(|d| d.address).filter(|a| observed.has_address(*a)).collect();
         let incarnation =
             SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1);
+        let identity = Arc::new(Mutex::new((c.me.clone(), incarnation)));
+        let (rx, rx_key, rx_identity) = (sock.try_clone().map_err(|e| e.to_string())?, key.clone(), identity.clone());
+        thread::Builder::new()
+            .name("cluster".into())
+            .spawn(move || receive_loop(rx, rx_key, rx_identity, tx))
+            .map_err(|e| e.to_string())?;
         info!(node = %c.me, peers = ?c.peers, interval_ms = c.interval.as_secs_f64() * 1e3, dead_after = c.dead_after, kept = ?present, "cluster starting; listening before claiming");
         let core = Cluster::new(c, config.dvipas.clone(), now, incarnation, &present);
         Ok(Some(ClusterShell {
@@ -115,7 +132,7 @@ impl ClusterShell {
             watching: false,
             releasing: Vec::new(),
             pending_all: false,
-            pending_to: Vec::new(),
+            identity,
         }))
     }
 
@@ -136,14 +153,17 @@ impl ClusterShell {
             config.dvipas.iter().map(|d| d.address).filter(|a| observed.has_address(*a)).collect();
         let incarnation =
             SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1);
+        if let Ok(mut id) = self.identity.lock() {
+            *id = (c.me.clone(), incarnation);
+        }
         self.core = Cluster::new(c, config.dvipas.clone(), now, incarnation, &present);
         info!("cluster configuration changed; listening before claiming");
         Ok(true)
     }
 
-    /// A datagram arrived: authenticated and parsed before anything else looks at it.
-    pub fn datagram(&mut self, now: Instant, bytes: &[u8], from: SocketAddr) {
-        match Heartbeat::parse(bytes, &self.key) {
+    /// A datagram arrived, authenticated and parsed by the receiving thread.
+    pub fn datagram(&mut self, now: Instant, parsed: Result<Heartbeat, HeartbeatError>, from: SocketAddr) {
+        match parsed {
             Ok(h) => {
                 self.addresses.insert(h.node.clone(), from);
                 self.core.receive(now, h);
@@ -221,11 +241,11 @@ impl ClusterShell {
         for o in outputs {
             match o {
                 Output::Heartbeat(_) if hold => self.pending_all = true,
-                Output::HeartbeatTo { node, heartbeat } if hold => {
-                    self.pending_to.push((node, heartbeat.echo, heartbeat.flags))
-                }
                 Output::Heartbeat(h) => self.send_all(&h),
-                Output::HeartbeatTo { node, heartbeat } => self.send_to(&node, &heartbeat),
+                Output::HeartbeatTo { node, mut heartbeat } => {
+                    self.still_claim(&mut heartbeat);
+                    self.send_to(&node, &heartbeat)
+                }
                 Output::Activate { index, cause } => {
                     let d = &self.core.dvipas[index];
                     info!(dvipa = %d.address, %cause, "DVIPA activated");
@@ -274,18 +294,13 @@ impl ClusterShell {
         }
     }
 
-    /// The kernel work is done: released addresses are gone, so the heartbeats held back
-    /// go out now, fresh.
+    /// The kernel work is done: released addresses are gone, so the heartbeat held back
+    /// goes out now, fresh.
     pub fn flush(&mut self, now: Instant) {
         self.releasing.clear();
         if std::mem::take(&mut self.pending_all) {
             let h = self.core.heartbeat_now(now);
             self.send_all(&h);
-        }
-        for (node, echo, flags) in std::mem::take(&mut self.pending_to) {
-            let mut h = self.core.heartbeat_now(now);
-            (h.echo, h.flags) = (echo, h.flags | flags);
-            self.send_to(&node, &h);
         }
     }
 
@@ -297,11 +312,10 @@ impl ClusterShell {
         dirty
     }
 
-    /// After `leave` and the kernel work: the leaving heartbeat, three times (a lost one
-    /// only costs the peers a probe round).
+    /// After `leave` and the kernel work (which sent the leaving heartbeat once): twice more,
+    /// since a lost one costs the peers a probe round.
     pub fn say_goodbye(&mut self, now: Instant) {
-        self.flush(now);
-        for _ in 0..3 {
+        for _ in 0..2 {
             let h = self.core.heartbeat_now(now);
             self.send_all(&h);
         }
@@ -330,14 +344,19 @@ impl ClusterShell {
     /// addresses) so peers do not take a busy node for a dead one.
     pub fn keepalive(&mut self, now: Instant) {
         if let Some(mut h) = self.core.heartbeat_if_due(now) {
-            // Addresses being released are still in the kernel: still claimed.
-            for i in &self.releasing {
-                vipa_wire::cluster::set_bit(&mut h.held, *i, true);
-            }
             if !self.releasing.is_empty() {
                 self.pending_all = true;
             }
+            self.still_claim(&mut h);
             self.send_all(&h);
+        }
+    }
+
+    /// Addresses being released are still in the kernel until the kernel work is done: a
+    /// heartbeat sent meanwhile still claims them.
+    fn still_claim(&self, h: &mut Heartbeat) {
+        for i in &self.releasing {
+            vipa_wire::cluster::set_bit(&mut h.held, *i, true);
         }
     }
 

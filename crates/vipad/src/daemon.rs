@@ -40,7 +40,7 @@ pub enum Input {
     /// A control connection wants the event stream.
     Subscribe(Sender<vipa_api::Event>),
     /// A datagram on the cluster port.
-    Cluster(Vec<u8>, std::net::SocketAddr),
+    Cluster(Result<vipa_wire::cluster::Heartbeat, vipa_wire::cluster::HeartbeatError>, std::net::SocketAddr),
     Reload,
     Stop(&'static str),
 }
@@ -173,9 +173,9 @@ impl Daemon {
                         kernel_changed = true;
                     }
                     Input::Subscribe(tx) => self.ipmp.subscribers.push(tx),
-                    Input::Cluster(bytes, from) => {
+                    Input::Cluster(parsed, from) => {
                         if let Some(c) = &mut self.cluster {
-                            c.datagram(Instant::now(), &bytes, from);
+                            c.datagram(Instant::now(), parsed, from);
                         }
                     }
                     Input::Control(req, reply) => {
@@ -197,13 +197,7 @@ impl Daemon {
                         }
                     }
                     Input::Stop(signal) => {
-                        if let Some(c) = &mut self.cluster {
-                            if c.leave(Instant::now()) {
-                                self.reconcile();
-                            }
-                        }
-                        if let Some(c) = &mut self.cluster {
-                            c.say_goodbye(Instant::now());
+                        if self.leave_cluster() {
                             info!(signal, "stopping; DVIPAs a live peer can take were handed over; other addresses and routes stay in place for the next vipad");
                         } else {
                             info!(signal, "stopping; addresses and routes stay in place for the next vipad");
@@ -234,6 +228,22 @@ impl Daemon {
                 self.reconcile();
             }
         }
+    }
+
+    /// On a stop: hands over the DVIPAs a live peer can take (out of the kernel first; the
+    /// reconcile sends the leaving heartbeat), then repeats it. False without a cluster.
+    fn leave_cluster(&mut self) -> bool {
+        let released = match &mut self.cluster {
+            Some(c) => c.leave(Instant::now()),
+            None => return false,
+        };
+        if released {
+            self.reconcile();
+        }
+        if let Some(c) = &mut self.cluster {
+            c.say_goodbye(Instant::now());
+        }
+        true
     }
 
     /// Dumps the kernel again and replaces the observed state.

@@ -23,10 +23,14 @@
 //! plus a grace from the arrival jitter seen), it becomes a *suspect*: it is sent
 //! [`PROBES`] probes (heartbeats asking for an immediate answer), spread over the first
 //! half of a confirmation window that covers several round trips, and it is dead when
-//! none is answered in that window. Ordinary loss costs a few probes (at 20 % loss, a probe
+//! none is answered in that window. Answers come from the peer's receiving thread, not
+//! from the work that sends its heartbeats: a peer whose daemon is held up (by the
+//! kernel's routing lock, say) still answers, and its addresses, still in its kernel,
+//! are not taken over under it. An answer ends a suspicion but is not a heartbeat: a
+//! peer that answers and sends nothing else is dead after the silence bound. Ordinary loss costs a few probes (at 20 % loss, a probe
 //! and its answer both get through 64 % of the time: all 20 fail about once in 10⁹
-//! suspicions), while a dead peer is seen about one interval after its last heartbeat,
-//! not `dead_after` intervals. A peer silent for `dead_after` intervals is dead in any
+//! suspicions), while a dead peer is seen an interval and a window (at least
+//! [`MIN_CONFIRM`]) after its last heartbeat, not `dead_after` intervals. A peer silent for `dead_after` intervals is dead in any
 //! case.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -34,7 +38,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use vipa_wire::cluster::{bit, Heartbeat, FLAG_LEAVING, FLAG_PROBE, FLAG_SYNCING};
+use vipa_wire::cluster::{bit, Heartbeat, FLAG_ANSWER, FLAG_LEAVING, FLAG_PROBE, FLAG_SYNCING};
 
 /// How often a held address is announced again (gratuitous ARP / NA).
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(10);
@@ -130,8 +134,8 @@ pub enum DvipaStatus {
 pub enum Output {
     /// Send this heartbeat to every peer.
     Heartbeat(Heartbeat),
-    /// Send this heartbeat to one peer only (a probe, or the answer to one), at the address
-    /// its last heartbeat came from.
+    /// Send this heartbeat to one peer only (a probe), at the address its last heartbeat
+    /// came from.
     HeartbeatTo { node: String, heartbeat: Heartbeat },
     /// Put the address in the kernel and announce it.
     Activate { index: usize, cause: String },
@@ -164,6 +168,9 @@ pub struct Peer {
     probes: VecDeque<(u64, Instant)>,
     /// Its heartbeat is late and it is being probed.
     pub suspect: Option<Suspicion>,
+    /// When it last answered a probe (or was last heard): the next suspicion starts an
+    /// interval after the later of the two, not at once again.
+    answered: Instant,
     /// When its round trip is measured next.
     next_rtt: Instant,
 }
@@ -175,18 +182,25 @@ pub struct Suspicion {
     next: Instant,
 }
 
-/// When `p`, last heard at `p.last_heard`, becomes a suspect.
+/// When `p` becomes a suspect: an interval and a grace after it was last heard from.
 fn suspect_at(p: &Peer, interval: Duration) -> Instant {
-    p.last_heard + interval + (interval / 10).max(p.jitter * 4).min(interval / 2)
+    p.last_heard.max(p.answered) + interval + (interval / 10).max(p.jitter * 4).min(interval / 2)
 }
 
-/// How long a suspect has to answer one of its probes: a tenth of an interval or several
-/// round trips, whichever is longer (half an interval until a round trip was measured).
+/// The shortest time a suspect has to answer: a whole host held up this long (its
+/// packets not delivered, its threads not run) is not dead. Hosts under load were seen
+/// held up for 20-30 ms.
+pub const MIN_CONFIRM: Duration = Duration::from_millis(30);
+
+/// How long a suspect has to answer one of its probes: a tenth of an interval, several
+/// round trips, or [`MIN_CONFIRM`], whichever is longest (at least half an interval until
+/// a round trip was measured).
 fn confirm_window(p: &Peer, interval: Duration) -> Duration {
-    match p.rtt {
+    let rtt = match p.rtt {
         None => interval / 2,
-        Some((srtt, var)) => (interval / 10).max(srtt * 2 + var * 4),
-    }
+        Some((srtt, var)) => srtt * 2 + var * 4,
+    };
+    (interval / 10).max(rtt).max(MIN_CONFIRM)
 }
 
 /// `a + (b - a) / 8` on durations.
@@ -432,6 +446,10 @@ impl Cluster {
             self.drops.foreign += 1;
             return;
         }
+        if h.flags & FLAG_ANSWER != 0 {
+            self.answered(now, &h);
+            return;
+        }
         if let Some(p) = self.peers.get(&h.node) {
             if h.incarnation < p.incarnation || (h.incarnation == p.incarnation && h.seq <= p.seq) {
                 self.drops.replayed += 1;
@@ -455,25 +473,11 @@ impl Cluster {
             }
             return;
         }
-        if h.flags & FLAG_PROBE != 0 {
-            // Answered before anything else: the prober is counting round trips.
-            let mut answer = self.heartbeat();
-            answer.echo = h.seq;
-            self.out.push_back(Output::HeartbeatTo { node: h.node.clone(), heartbeat: answer });
-        }
         let interval = self.config.interval;
         if let Some(p) = self.peers.get_mut(&h.node) {
             p.suspect = None;
-            if let Some(k) = p.probes.iter().position(|(seq, _)| *seq == h.echo) {
-                let sample = now.saturating_duration_since(p.probes[k].1);
-                p.rtt = Some(match p.rtt {
-                    None => (sample, sample / 2),
-                    Some((srtt, var)) => (smooth(srtt, sample), var * 3 / 4 + srtt.abs_diff(sample) / 4),
-                });
-                p.probes.clear();
-            }
             let gap = now.saturating_duration_since(p.last_heard);
-            if p.alive && h.echo == 0 && h.flags & FLAG_PROBE == 0 && gap <= interval * 3 / 2 {
+            if p.alive && h.flags & FLAG_PROBE == 0 && gap <= interval * 3 / 2 {
                 p.jitter = smooth(p.jitter, gap.abs_diff(interval));
             }
             // Steady state: the same claims from a live peer change nothing; just note it.
@@ -517,8 +521,7 @@ impl Cluster {
             )));
         }
         let fresh = was.is_none_or(|w| !w.0 || w.1 != h.incarnation);
-        let old = self.peers.remove(&h.node);
-        let (jitter, rtt) = old.as_ref().map(|p| (p.jitter, p.rtt)).unwrap_or_default();
+        let (jitter, rtt, probes) = self.peers.remove(&h.node).map(|p| (p.jitter, p.rtt, p.probes)).unwrap_or_default();
         self.peers.insert(
             h.node.clone(),
             Peer {
@@ -534,8 +537,9 @@ impl Cluster {
                 alive: true,
                 jitter,
                 rtt,
-                probes: old.map(|p| p.probes).unwrap_or_default(),
+                probes,
                 suspect: None,
+                answered: now,
                 // A new or returning peer has its round trip measured at once.
                 next_rtt: if fresh { now } else { now + interval * RTT_EVERY },
             },
@@ -574,6 +578,22 @@ impl Cluster {
                 self.send_heartbeat(now);
             }
         }
+    }
+
+    /// An answer to one of our probes: the peer lives (a suspicion ends) and the round trip
+    /// is measured. The first answer clears the outstanding probes, so the other answers of
+    /// the same round, and any replayed answer, match nothing and prove nothing.
+    fn answered(&mut self, now: Instant, h: &Heartbeat) {
+        let Some(p) = self.peers.get_mut(&h.node) else { return };
+        let Some(k) = p.probes.iter().position(|(seq, _)| *seq == h.echo) else { return };
+        let sample = now.saturating_duration_since(p.probes[k].1);
+        p.rtt = Some(match p.rtt {
+            None => (sample, sample / 2),
+            Some((srtt, var)) => (smooth(srtt, sample), var * 3 / 4 + srtt.abs_diff(sample) / 4),
+        });
+        p.probes.clear();
+        p.suspect = None;
+        p.answered = now;
     }
 
     /// Sends `node` a probe: a heartbeat asking for one back at once.

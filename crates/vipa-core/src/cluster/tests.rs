@@ -30,6 +30,9 @@ impl Rng {
 struct Node {
     c: Cluster,
     up: bool,
+    /// The daemon's state machine is held up (no heartbeats, no timers) while its receiving
+    /// thread still answers probes.
+    stalled: bool,
     /// What this node's kernel holds.
     kernel: Vec<bool>,
     drift: f64,
@@ -89,7 +92,7 @@ impl Sim {
             let name = format!("s{k}");
             let drift = (rng.unit() - 0.5) * 0.02;
             let c = Cluster::new(cluster_config(&name, n, ms(10), quorum), d.clone(), t0, 1, &[]);
-            nodes.insert(name, Node { c, up: true, kernel: vec![false; d.len()], drift });
+            nodes.insert(name, Node { c, up: true, stalled: false, kernel: vec![false; d.len()], drift });
         }
         let count = d.len();
         Sim {
@@ -130,13 +133,26 @@ impl Sim {
                 }
             };
             for to in names {
-                if self.partition.get(name) != self.partition.get(&to) || self.rng.unit() < self.loss {
-                    continue;
-                }
-                let lat = self.latency.0 + self.rng.next() % (self.latency.1 - self.latency.0 + 1);
-                self.queue.push((self.t + ms(lat), to, h.clone()));
+                self.send(name, &to, h.clone());
             }
         }
+    }
+
+    /// One datagram over the simulated LAN: lost, cut off by a partition, or delayed.
+    fn send(&mut self, from: &str, to: &str, h: Heartbeat) {
+        if self.partition.get(from) != self.partition.get(to) || self.rng.unit() < self.loss {
+            return;
+        }
+        let lat = self.latency.0 + self.rng.next() % (self.latency.1 - self.latency.0 + 1);
+        self.queue.push((self.t + ms(lat), to.to_string(), h));
+    }
+
+    /// Runs `f` on node `name`'s state machine at its local time, then carries out what it
+    /// asked for.
+    fn with(&mut self, name: &str, f: impl FnOnce(&mut Cluster, Instant)) {
+        let now = self.local(name);
+        f(&mut self.nodes.get_mut(name).unwrap().c, now);
+        self.drain(name);
     }
 
     fn act(&mut self, name: &str, o: Output) {
@@ -172,15 +188,25 @@ impl Sim {
             let due: Vec<_> = self.queue.iter().filter(|m| m.0 <= self.t).cloned().collect();
             self.queue.retain(|m| m.0 > self.t);
             for (_, to, h) in due {
-                if self.nodes[&to].up {
-                    let now = self.local(&to);
-                    self.nodes.get_mut(&to).unwrap().c.receive(now, h);
-                    self.drain(&to);
+                let (up, stalled, incarnation) = {
+                    let n = &self.nodes[&to];
+                    (n.up, n.stalled, n.c.incarnation())
+                };
+                if !up {
+                    continue;
+                }
+                // The receiving thread answers probes, whatever the state machine is doing.
+                if h.flags & vipa_wire::cluster::FLAG_PROBE != 0 {
+                    self.directed += 1;
+                    self.send(&to, &h.node.clone(), Heartbeat::answer(&to, incarnation, &h));
+                }
+                if !stalled {
+                    self.with(&to, |c, now| c.receive(now, h));
                 }
             }
             let names: Vec<String> = self.nodes.keys().cloned().collect();
             for name in names {
-                if !self.nodes[&name].up {
+                if !self.nodes[&name].up || self.nodes[&name].stalled {
                     continue;
                 }
                 let now = self.local(&name);
@@ -269,6 +295,29 @@ fn holder_death_is_taken_over_within_the_bound_by_the_best_backup() {
 }
 
 #[test]
+fn a_held_up_holder_that_still_answers_keeps_its_address_until_the_silence_bound() {
+    for seed in 1..20 {
+        let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
+        s.run(ms(500));
+        let before = s.moves.len();
+        // s1's daemon is held up for five intervals (its receiving thread answers probes):
+        // suspected and probed, but not dead, so nobody takes its address.
+        s.nodes.get_mut("s1").unwrap().stalled = true;
+        s.run(ms(550));
+        s.nodes.get_mut("s1").unwrap().stalled = false;
+        s.run(ms(700));
+        assert_eq!(s.moves.len(), before, "seed {seed}: {:?}", &s.moves[before..]);
+        assert_eq!(s.holders(0), vec!["s1".to_string()]);
+        // Held up beyond dead_after (10 intervals): dead by silence, answers or not.
+        s.nodes.get_mut("s1").unwrap().stalled = true;
+        let stalled = s.t;
+        s.run(ms(900));
+        let took = s.moves.iter().find(|m| m.0 >= stalled && m.1 == "s2" && m.2 == 0 && m.3).map(|m| m.0 - stalled);
+        assert!(took.is_some_and(|t| t >= ms(100 - 10 - 3) && t <= ms(100 + 10)), "seed {seed}: {took:?}");
+    }
+}
+
+#[test]
 fn owner_returning_gets_it_back_through_a_handover_without_two_holders() {
     for seed in 1..20 {
         let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
@@ -297,16 +346,16 @@ fn takeback_never_keeps_the_backup_and_when_idle_waits_for_idle() {
     s.run(ms(500));
     s.kill("s1");
     s.run(ms(800));
-    let now = s.local("s2");
-    s.nodes.get_mut("s2").unwrap().c.set_busy(now, IpAddr::from([198, 18, 7, 1]), true);
-    s.drain("s2");
+    s.with("s2", |c, now| {
+        c.set_busy(now, IpAddr::from([198, 18, 7, 1]), true);
+    });
     s.restart("s1", 2);
     s.run(ms(1500));
     assert_eq!(s.holders(0), vec!["s2".to_string()], "busy: stays");
     assert_eq!(s.nodes["s2"].c.status(0), DvipaStatus::Quiescing);
-    let now = s.local("s2");
-    s.nodes.get_mut("s2").unwrap().c.set_busy(now, IpAddr::from([198, 18, 7, 1]), false);
-    s.drain("s2");
+    s.with("s2", |c, now| {
+        c.set_busy(now, IpAddr::from([198, 18, 7, 1]), false);
+    });
     s.watch = s.t;
     s.run(ms(1700));
     assert_eq!(s.holders(0), vec!["s1".to_string()], "idle: back to the owner");
@@ -382,9 +431,9 @@ fn a_stopping_node_hands_over_at_once_and_keeps_what_nobody_can_take() {
         let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
         s.run(ms(500));
         s.watch = s.t;
-        let now = s.local("s1");
-        s.nodes.get_mut("s1").unwrap().c.leave(now);
-        s.drain("s1");
+        s.with("s1", |c, now| {
+            c.leave(now);
+        });
         let left = s.t;
         assert!(s.holders(0).is_empty(), "released before anyone else takes it");
         s.run(left + ms(5));
@@ -401,9 +450,9 @@ fn a_stopping_node_hands_over_at_once_and_keeps_what_nobody_can_take() {
     s.run(ms(500));
     s.kill("s2");
     s.run(ms(800));
-    let now = s.local("s1");
-    s.nodes.get_mut("s1").unwrap().c.leave(now);
-    s.drain("s1");
+    s.with("s1", |c, now| {
+        c.leave(now);
+    });
     assert_eq!(s.holders(0), vec!["s1".to_string()]);
 }
 
@@ -412,21 +461,21 @@ fn planned_move_and_deactivation_hand_over_cleanly() {
     let mut s = Sim::new(3, dvipas(1, Takeback::Immediate), Quorum::Majority, 9);
     s.run(ms(500));
     s.watch = s.t;
-    let now = s.local("s1");
-    s.nodes.get_mut("s1").unwrap().c.move_to(now, IpAddr::from([198, 18, 7, 1]), "s3").unwrap();
-    s.drain("s1");
+    s.with("s1", |c, now| {
+        c.move_to(now, IpAddr::from([198, 18, 7, 1]), "s3").unwrap();
+    });
     s.run(ms(600));
     assert_eq!(s.holders(0), vec!["s3".to_string()]);
     assert_eq!(s.max_holders[0], 1);
     // Moved back from another node: the newer move wins on every node.
-    let now = s.local("s2");
-    s.nodes.get_mut("s2").unwrap().c.move_to(now, IpAddr::from([198, 18, 7, 1]), "s2").unwrap();
-    s.drain("s2");
+    s.with("s2", |c, now| {
+        c.move_to(now, IpAddr::from([198, 18, 7, 1]), "s2").unwrap();
+    });
     s.run(ms(700));
     assert_eq!(s.holders(0), vec!["s2".to_string()]);
-    let now = s.local("s3");
-    s.nodes.get_mut("s3").unwrap().c.move_to(now, IpAddr::from([198, 18, 7, 1]), "s3").unwrap();
-    s.drain("s3");
+    s.with("s3", |c, now| {
+        c.move_to(now, IpAddr::from([198, 18, 7, 1]), "s3").unwrap();
+    });
     s.run(ms(800));
     assert_eq!(s.holders(0), vec!["s3".to_string()]);
     assert_eq!(s.max_holders[0], 1);
