@@ -462,12 +462,7 @@ impl Cluster {
             if let Some(p) = self.peers.get_mut(&h.node) {
                 (p.incarnation, p.seq) = (h.incarnation, h.seq);
                 if p.alive {
-                    p.alive = false;
-                    p.suspect = None;
-                    p.held.iter_mut().for_each(|b| *b = 0);
-                    self.out.push_back(Output::Event(format!("node {} left the cluster (vipad stopped)", h.node)));
-                    let gone = h.node.clone();
-                    self.pins.retain(|_, (_, n)| *n != gone);
+                    self.gone(&h.node, "left the cluster (vipad stopped)".into());
                     self.evaluate(now);
                 }
             }
@@ -651,21 +646,24 @@ impl Cluster {
         for name in probes {
             self.probe(now, &name);
         }
-        for (name, _) in &died {
-            if let Some(p) = self.peers.get_mut(name) {
-                p.alive = false;
-                p.suspect = None;
-            }
-        }
         died
+    }
+
+    /// Peer `name` is out of the cluster (dead or left): its claims no longer count (see
+    /// `claims`), nor does a pin to it.
+    fn gone(&mut self, name: &str, why: String) {
+        if let Some(p) = self.peers.get_mut(name) {
+            p.alive = false;
+            p.suspect = None;
+        }
+        self.pins.retain(|_, (_, n)| n != name);
+        self.out.push_back(Output::Event(format!("node {name} {why}")));
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut changed = false;
         for (name, why) in self.detect(now) {
-            self.out.push_back(Output::Event(format!("node {name} is dead: {why}")));
-            // A pin to a dead node no longer holds.
-            self.pins.retain(|_, (_, n)| *n != name);
+            self.gone(&name, format!("is dead: {why}"));
             changed = true;
         }
         if self.syncing_until.is_some_and(|t| now >= t) {
