@@ -439,6 +439,9 @@ fn only_holder(env: &ClusterEnv, k: usize, live: &[usize], within: Duration) -> 
     .is_some()
 }
 
+/// Probe period on planned moves, µs.
+const MOVE_PROBE_US: u64 = 200;
+
 /// A pause of 0.5 s plus a random part of one heartbeat interval: faults land at a random
 /// moment between two heartbeats (or adverts), so a median reflects the average phase.
 fn pause_before_fault(interval_ms: u64) {
@@ -489,13 +492,13 @@ fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians: &mu
         if !only_holder(&env, 1, &[1, 2, 3], settle) {
             continue;
         }
-        // Planned move and back, with probes every 200 µs to resolve a sub-millisecond gap.
-        let run = vipa_testbed::lab::stream_every(&env.client, DVIPA, 1500, 200);
+        // Planned move and back, with fast probes to resolve a sub-millisecond gap.
+        let run = vipa_testbed::lab::stream_every(&env.client, DVIPA, 1500, MOVE_PROBE_US);
         std::thread::sleep(Duration::from_millis(500));
         let _ = env.vipactl(1, &["dvipa", "move", DVIPA, "s2"]);
         if let Ok(r) = run.try_report() {
             moved.push(r.udp.max_gap_ms);
-            unanswered.push(r.udp.sent.saturating_sub(r.udp.received) as f64 * 0.2);
+            unanswered.push(r.udp.sent.saturating_sub(r.udp.received) as f64 * MOVE_PROBE_US as f64 / 1000.0);
         }
         let _ = env.vipactl(1, &["dvipa", "move", DVIPA, "s1"]);
         if !only_holder(&env, 1, &[1, 2, 3], settle) {
