@@ -4,7 +4,7 @@
 //! The kernel adapter converts netlink messages into these at its boundary; nothing here
 //! knows about netlink.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -18,8 +18,12 @@ pub const TABLE_LOCAL: u32 = 255;
 pub const TABLE_MAIN: u32 = 254;
 /// Route protocol of routes the kernel made itself (connected routes).
 pub const PROTO_KERNEL: u8 = 2;
-/// Route protocol vipa tags the routes it creates with (IPMP groups).
+/// Route protocol vipa tags the routes it creates with (IPMP groups, DVIPAs).
 pub const PROTO_VIPA: u8 = 0x56;
+/// Metric of the local routes that hold IPv4 DVIPAs ("AnyIP"): a metric of their own keeps
+/// them apart from the local route the kernel makes for an address, should the same
+/// address also be put on a device.
+pub const DVIPA_LOCAL_METRIC: u32 = 0x56;
 
 /// A network device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,8 +83,12 @@ impl fmt::Display for RouteKey {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
     pub key: RouteKey,
-    /// `RTN_UNICAST`; other types (local, broadcast, blackhole, ...) are never touched.
+    /// `RTN_UNICAST`; other types (local, broadcast, blackhole, ...) are never touched,
+    /// except vipa's own local routes.
     pub unicast: bool,
+    /// `RTN_LOCAL`: traffic to the destination is delivered to this host.
+    #[serde(default)]
+    pub local: bool,
     pub protocol: u8,
     /// `RT_SCOPE_LINK` (a connected route) rather than universe.
     pub scope_link: bool,
@@ -235,9 +243,24 @@ impl Observed {
         }
     }
 
-    /// Whether `addr` is configured on any device.
+    /// Whether the host has `addr`: configured on a device, or held by one of vipa's
+    /// local routes (a DVIPA).
     pub fn has_address(&self, addr: IpAddr) -> bool {
-        self.addresses.values().any(|a| a.addr == addr)
+        self.addresses.values().any(|a| a.addr == addr) || self.vipa_local_route(addr).is_some()
+    }
+
+    /// Every address the host has, as [`Observed::has_address`] sees them, for callers
+    /// asking about many.
+    pub fn local_addresses(&self) -> BTreeSet<IpAddr> {
+        let routes = self.routes.values().filter(|r| is_vipa_local(r)).map(|r| r.key.dst);
+        self.addresses.values().map(|a| a.addr).chain(routes).collect()
+    }
+
+    /// vipa's local route for `addr`, if the kernel has it.
+    pub fn vipa_local_route(&self, addr: IpAddr) -> Option<&Route> {
+        let len = if addr.is_ipv4() { 32 } else { 128 };
+        let key = RouteKey { table: TABLE_LOCAL, dst: addr, dst_len: len, tos: 0, metric: DVIPA_LOCAL_METRIC };
+        self.routes.get(&key).filter(|r| is_vipa_local(r))
     }
 
     /// The addresses of interface `ifindex` whose subnet contains `addr`.
@@ -264,7 +287,13 @@ pub fn same_prefix(a: IpAddr, b: IpAddr, len: u8) -> bool {
     }
 }
 
-/// A route vipa makes and owns: on-link (no gateway) over one or more interfaces.
+/// One of vipa's local routes (a DVIPA).
+pub fn is_vipa_local(r: &Route) -> bool {
+    r.local && r.protocol == PROTO_VIPA && r.key.table == TABLE_LOCAL
+}
+
+/// A route vipa makes and owns: on-link (no gateway) over one or more interfaces, or a
+/// local route that makes the host accept an address without putting it on a device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnedRoute {
     pub table: u32,
@@ -274,9 +303,27 @@ pub struct OwnedRoute {
     pub src: Option<IpAddr>,
     /// One interface, or the next hops of a multipath route (IPv4 only).
     pub oifs: Vec<u32>,
+    /// `local` in the local table rather than an on-link unicast route.
+    #[serde(default)]
+    pub local: bool,
 }
 
 impl OwnedRoute {
+    /// The local route that holds the IPv4 DVIPA `addr` on interface `oif`: the host
+    /// accepts, answers ARP for (with `arp_ignore` 0) and lets sockets bind the address,
+    /// and adding it costs a fraction of adding an address when thousands are held.
+    pub fn dvipa(addr: IpAddr, oif: u32) -> OwnedRoute {
+        OwnedRoute {
+            table: TABLE_LOCAL,
+            dst: addr,
+            dst_len: if addr.is_ipv4() { 32 } else { 128 },
+            metric: DVIPA_LOCAL_METRIC,
+            src: None,
+            oifs: vec![oif],
+            local: true,
+        }
+    }
+
     pub fn key(&self) -> RouteKey {
         RouteKey { table: self.table, dst: self.dst, dst_len: self.dst_len, tos: 0, metric: self.metric }
     }
@@ -285,9 +332,10 @@ impl OwnedRoute {
     pub fn to_route(&self) -> Route {
         Route {
             key: self.key(),
-            unicast: true,
+            unicast: !self.local,
+            local: self.local,
             protocol: PROTO_VIPA,
-            scope_link: true,
+            scope_link: !self.local,
             gateways: vec![],
             oifs: self.oifs.clone(),
             prefsrc: self.src,
@@ -361,6 +409,9 @@ impl fmt::Display for Op {
             Op::SetPrefsrc { key, prefsrc: Some(src) } => write!(f, "route {key}: preferred source {src}"),
             Op::SetPrefsrc { key, prefsrc: None } => write!(f, "route {key}: no preferred source"),
             Op::DelRoute { key } => write!(f, "delete route {key}"),
+            Op::AddRoute { route } if route.local => {
+                write!(f, "local route {} on ifindex {:?}", route.key(), route.oifs)
+            }
             Op::AddRoute { route } => {
                 write!(f, "route {} via ifindex {:?}", route.key(), route.oifs)?;
                 match route.src {

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use vipa_core::model::{Address, Link, Observed, Op, Route, RouteKey, SysctlKey, SysctlKind, PROTO_KERNEL};
+use vipa_core::model::{Address, Link, Observed, Op, OwnedRoute, Route, RouteKey, SysctlKey, SysctlKind, PROTO_KERNEL};
 use vipa_core::{plan, Config, DeviceMode, Ledger};
 
 const BOOT: u8 = 3;
@@ -31,6 +31,7 @@ fn route(dst: &str, len: u8, metric: u32, gw: Option<&str>, oif: u32, src: Optio
     Route {
         key: RouteKey { table: 254, dst: ip(dst), dst_len: len, tos: 0, metric },
         unicast: true,
+        local: false,
         protocol: proto,
         scope_link: gw.is_none(),
         gateways: gw.map(ip).into_iter().collect(),
@@ -337,4 +338,94 @@ fn carrier_change_refreshes_ipv6_routes_of_that_nic_only() {
     let mut eth9_down = eth9.clone();
     eth9_down.carrier = false;
     assert!(vipa_core::plan::carrier_changed(&c, Some(&eth9), &eth9_down, &o).is_empty());
+}
+
+const DVIPAS: &str = r#"
+[node]
+name = "s1"
+
+[cluster]
+peers = ["198.18.1.12"]
+key_file = "/etc/vipa/cluster.key"
+
+[[dvipa]]
+address = "198.18.1.200"
+owner = "s1"
+announce = ["en1"]
+
+[[dvipa]]
+address = "2001:db8:1::200"
+owner = "s1"
+announce = ["en1"]
+"#;
+
+fn held(c: &Config) -> Vec<plan::HeldDvipa> {
+    c.dvipas.iter().map(|d| plan::HeldDvipa { address: d.address, device: d.announce.first().cloned() }).collect()
+}
+
+fn plan_held(c: &Config, o: &Observed, held: &[plan::HeldDvipa]) -> Vec<Op> {
+    plan::plan_runtime(c, o, &Ledger::default(), DeviceMode::Loopback, &[], held).ops
+}
+
+#[test]
+fn ipv4_dvipas_are_local_routes_and_ipv6_ones_addresses() {
+    let c = config(DVIPAS);
+    let mut o = seed_host();
+    let ops = plan_held(&c, &o, &held(&c));
+    assert_eq!(
+        ops,
+        vec![
+            Op::AddAddress { ifindex: 2, addr: ip("2001:db8:1::200"), prefix_len: 128 },
+            Op::AddRoute { route: OwnedRoute::dvipa(ip("198.18.1.200"), 2) },
+        ]
+    );
+    apply(&mut o, &ops);
+    assert!(o.has_address(ip("198.18.1.200")) && o.local_addresses().contains(&ip("198.18.1.200")));
+    assert!(plan_held(&c, &o, &held(&c)).is_empty(), "converged");
+    // Released: the route and the address go.
+    let ops = plan_held(&c, &o, &[]);
+    assert_eq!(ops.len(), 2, "{ops:?}");
+    assert!(ops.contains(&Op::DelRoute { key: OwnedRoute::dvipa(ip("198.18.1.200"), 2).key() }));
+    apply(&mut o, &ops);
+    assert!(!o.has_address(ip("198.18.1.200")) && !o.has_address(ip("2001:db8:1::200")));
+    assert!(plan_held(&c, &o, &[]).is_empty());
+}
+
+#[test]
+fn an_ipv4_dvipa_is_an_address_where_the_kernel_would_not_answer_arp_for_a_route() {
+    let c = config(DVIPAS);
+    let v4 = [plan::HeldDvipa { address: ip("198.18.1.200"), device: Some("en1".into()) }];
+    let as_address = vec![Op::AddAddress { ifindex: 2, addr: ip("198.18.1.200"), prefix_len: 32 }];
+    let arp_ignore = |ifname: &str| SysctlKey { ifname: ifname.into(), kind: SysctlKind::ArpIgnore };
+    for (ifname, value) in [("en1", 1), ("all", 1), ("en1", 3)] {
+        let mut o = seed_host();
+        o.sysctls.insert(arp_ignore(ifname), value);
+        assert_eq!(plan_held(&c, &o, &v4), as_address, "{ifname} arp_ignore {value}");
+    }
+    // Not known: the safe choice.
+    let mut o = seed_host();
+    o.sysctls.remove(&arp_ignore("en1"));
+    assert_eq!(plan_held(&c, &o, &v4), as_address);
+    // A static VIPA on en1 is about to raise arp_ignore there.
+    let with_vipa = config(&format!("{DVIPAS}{SEED}"));
+    let ops = plan_held(&with_vipa, &seed_host(), &v4);
+    assert!(ops.contains(&as_address[0]), "{ops:?}");
+    // The planner reads what it needs to decide.
+    let keys = plan::wanted_sysctls(&c, &seed_host(), &Ledger::default());
+    assert!(keys.contains(&arp_ignore("en1")));
+    // Once arp_ignore is back at 0, the route replaces the address, added before the
+    // address goes so the host never stops answering.
+    let mut o = seed_host();
+    o.sysctls.insert(arp_ignore("en1"), 1);
+    let ops = plan_held(&c, &o, &v4);
+    apply(&mut o, &ops);
+    o.sysctls.insert(arp_ignore("en1"), 0);
+    let ops = plan_held(&c, &o, &v4);
+    assert_eq!(
+        ops,
+        vec![
+            Op::AddRoute { route: OwnedRoute::dvipa(ip("198.18.1.200"), 2) },
+            Op::DelAddress { ifindex: 2, addr: ip("198.18.1.200") },
+        ]
+    );
 }

@@ -344,8 +344,8 @@ fn owned_route_message(r: &OwnedRoute) -> RouteMessage {
     m.header.destination_prefix_length = r.dst_len;
     m.header.table = if r.table < 256 { r.table as u8 } else { 252 };
     m.header.protocol = RouteProtocol::from(PROTO_VIPA);
-    m.header.scope = RouteScope::Link;
-    m.header.kind = RouteType::Unicast;
+    (m.header.scope, m.header.kind) =
+        if r.local { (RouteScope::Host, RouteType::Local) } else { (RouteScope::Link, RouteType::Unicast) };
     m.attributes.push(RouteAttribute::Table(r.table));
     m.attributes.push(RouteAttribute::Destination(RouteAddress::from(r.dst)));
     m.attributes.push(RouteAttribute::Priority(r.metric));
@@ -461,6 +461,7 @@ fn convert_route(m: &RouteMessage) -> Option<Route> {
     Some(Route {
         key: RouteKey { table, dst, dst_len: m.header.destination_prefix_length, tos: m.header.tos, metric },
         unicast: m.header.kind == RouteType::Unicast,
+        local: m.header.kind == RouteType::Local,
         protocol: u8::from(m.header.protocol),
         scope_link: m.header.scope == RouteScope::Link,
         gateways,

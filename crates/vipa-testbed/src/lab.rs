@@ -431,8 +431,10 @@ impl ClusterEnv {
                 "ip link add s{k}-p type veth peer name en1 netns {} && ip link set s{k}-p master br0 up",
                 h.name
             ));
+            // arp_ignore 0 whatever the machine's defaults: IPv4 DVIPAs are local routes.
             h.sh(&format!(
                 "sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 && \
+                 sysctl -qw net.ipv4.conf.all.arp_ignore=0 net.ipv4.conf.en1.arp_ignore=0 && \
                  ip link set en1 up && ip addr add 198.18.1.{}/24 dev en1 && ip addr add 2001:db8:1::{}/64 dev en1 nodad",
                 10 + k,
                 10 + k
@@ -522,11 +524,10 @@ impl ClusterEnv {
         self.lan.sh("nft delete table bridge part");
     }
 
-    /// Which hosts have the DVIPA on their NIC right now.
+    /// Which hosts accept the DVIPA right now: the kernel has a local route for it, whether
+    /// vipa's own or the one of an address on a device.
     pub fn holders(&self, addr: &str) -> Vec<usize> {
-        (1..=self.hosts.len())
-            .filter(|&k| self.host(k).sh(&format!("ip -o addr show to {addr}")).contains(&format!(" {addr}/")))
-            .collect()
+        (1..=self.hosts.len()).filter(|&k| self.host(k).has_local(addr)).collect()
     }
 
     /// The MAC of host `k`'s NIC.

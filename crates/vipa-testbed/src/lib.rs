@@ -122,6 +122,28 @@ impl Netns {
         Proc { child: Some(child) }
     }
 
+    /// Whether the namespace accepts `addr` as its own: a local route for it, which an
+    /// address on a device and vipa's DVIPA route both are.
+    pub fn has_local(&self, addr: &str) -> bool {
+        let family = if addr.contains(':') { "-6" } else { "-4" };
+        self.sh(&format!("ip {family} route show table local type local {addr}")).starts_with(&format!("local {addr} "))
+    }
+
+    /// Takes `addr` out of the kernel behind vipad's back, as a reboot would: vipa's local
+    /// route for it and any address.
+    pub fn drop_local(&self, addr: &str) {
+        let len = if addr.contains(':') { 128 } else { 32 };
+        self.sh(&format!(
+            "ip route del table local local {addr}/{len} proto 86 metric 86 2>/dev/null; \
+             for d in $(ip -o addr show to {addr}/{len} | cut -d' ' -f2); do ip addr del {addr}/{len} dev $d; done; true"
+        ));
+    }
+
+    /// How many IPv4 addresses the namespace accepts on `dev` (addresses and local routes).
+    pub fn local_count(&self, dev: &str) -> usize {
+        self.sh(&format!("ip -4 route show table local type local dev {dev}")).lines().count()
+    }
+
     /// `ip -j` output parsed.
     pub fn ip_json(&self, args: &str) -> serde_json::Value {
         let out = self.sh(&format!("ip -j {args}"));

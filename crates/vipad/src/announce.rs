@@ -10,8 +10,13 @@ use vipa_core::model::Observed;
 /// Announces each (address, NIC, repeat count) that the kernel holds by now.
 pub fn send(observed: &Observed, items: impl IntoIterator<Item = (IpAddr, String, u32)>) {
     let mut v4: BTreeMap<(String, u32), Vec<Ipv4Addr>> = BTreeMap::new();
+    let mut items = items.into_iter().peekable();
+    if items.peek().is_none() {
+        return;
+    }
+    let held = observed.local_addresses();
     for (addr, nic, count) in items {
-        if !observed.has_address(addr) {
+        if !held.contains(&addr) {
             continue;
         }
         match addr {

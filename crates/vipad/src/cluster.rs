@@ -68,6 +68,13 @@ pub struct ClusterShell {
     identity: Arc<Mutex<(String, u64)>>,
 }
 
+/// The DVIPAs the kernel still has from before (a vipad that was killed, or a changed
+/// configuration).
+fn kept(config: &Config, observed: &Observed) -> Vec<IpAddr> {
+    let held = observed.local_addresses();
+    config.dvipas.iter().map(|d| d.address).filter(|a| held.contains(a)).collect()
+}
+
 /// The receiving thread: authenticates and parses every datagram, answers probes at once
 /// (so a daemon held up in kernel work is not taken for dead), and hands the rest on.
 fn receive_loop(sock: UdpSocket, key: Vec<u8>, identity: Arc<Mutex<(String, u64)>>, tx: Sender<Input>) {
@@ -109,8 +116,7 @@ impl ClusterShell {
         let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), c.port))
             .or_else(|_| UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], c.port))))
             .map_err(|e| format!("cannot listen for heartbeats on UDP port {}: {e}", c.port))?;
-        let present: Vec<IpAddr> =
-            config.dvipas.iter().map(|d| d.address).filter(|a| observed.has_address(*a)).collect();
+        let present = kept(config, observed);
         let incarnation =
             SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1);
         let identity = Arc::new(Mutex::new((c.me.clone(), incarnation)));
@@ -149,8 +155,7 @@ impl ClusterShell {
         if c.port != self.core.config.port || c.key_file != self.core.config.key_file {
             return Err("a new cluster port or key file needs a restart of vipad".into());
         }
-        let present: Vec<IpAddr> =
-            config.dvipas.iter().map(|d| d.address).filter(|a| observed.has_address(*a)).collect();
+        let present = kept(config, observed);
         let incarnation =
             SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1);
         if let Ok(mut id) = self.identity.lock() {

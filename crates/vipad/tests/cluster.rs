@@ -54,6 +54,10 @@ fn holder_among(env: &ClusterEnv, k: usize, live: &[usize], within: Duration) ->
 #[test]
 fn holder_death_is_taken_over_by_the_highest_backup_and_the_owner_takes_it_back() {
     let (env, mut procs) = up("immediate");
+    // Held by a local route, not an address on the NIC.
+    assert!(env.host(1).sh(&format!("ip -o addr show to {DVIPA}")).is_empty());
+    let route = env.host(1).sh("ip route show table local proto 86");
+    assert!(route.contains(&format!("local {DVIPA} dev en1 ")), "{route}");
     let dyn1 = out(&env.vipactl(1, &["dvipa"]));
     assert!(dyn1.contains("ACTIVE") && dyn1.contains("VIPADefine") && dyn1.contains(" s1 "), "{dyn1}");
     let dyn2 = out(&env.vipactl(2, &["dvipa"]));
@@ -126,6 +130,23 @@ fn holder_death_is_taken_over_by_the_highest_backup_and_the_owner_takes_it_back(
 }
 
 #[test]
+fn a_nic_that_ignores_arp_for_other_nics_addresses_gets_the_dvipa_as_an_address() {
+    let (env, mut procs) = up("immediate");
+    // Under arp_ignore 1 the kernel answers ARP only for addresses on the NIC itself, so
+    // s2 must put the DVIPA there when it takes over.
+    env.host(2).sh("sysctl -qw net.ipv4.conf.en1.arp_ignore=1");
+    procs[0].kill();
+    env.cut(1);
+    holder_among(&env, 2, &[2, 3], Duration::from_secs(3)).expect("s2 took over");
+    let addrs = env.host(2).sh(&format!("ip -o addr show dev en1 to {DVIPA}"));
+    assert!(addrs.contains(&format!(" {DVIPA}/32 ")), "{addrs}");
+    assert!(env.host(2).sh("ip route show table local proto 86").is_empty());
+    env.client.sh(&format!("ip neigh flush dev cl0 to {DVIPA}"));
+    env.client.try_sh(&format!("ping -c1 -W1 {DVIPA}")).expect("the client resolves and reaches it on s2");
+    assert_eq!(env.client_neigh(DVIPA), Some(env.mac(2)));
+}
+
+#[test]
 fn link_cut_alone_moves_it_and_the_minority_releases() {
     let (env, _procs) = up("immediate");
     env.cut(1);
@@ -149,7 +170,7 @@ fn when_idle_waits_for_the_last_connection() {
     let run = stream(&env.client, DVIPA, 2500);
     std::thread::sleep(Duration::from_millis(300));
     env.restore(1);
-    env.host(1).sh(&format!("ip addr del {DVIPA}/32 dev en1"));
+    env.host(1).drop_local(DVIPA);
     procs[0] = env.start_vipad(1);
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(env.holders(DVIPA), vec![2], "busy: stays on s2");

@@ -116,8 +116,15 @@ pub fn desired(config: &Config, observed: &Observed, runtime: &[GroupRuntime]) -
         for (net, len, src) in subnets {
             let oifs: Vec<u32> = if net.is_ipv4() { active.clone() } else { active.iter().take(1).copied().collect() };
             if !oifs.is_empty() {
-                let r =
-                    OwnedRoute { table: TABLE_MAIN, dst: net, dst_len: len, metric: DATA_METRIC, src: Some(src), oifs };
+                let r = OwnedRoute {
+                    table: TABLE_MAIN,
+                    dst: net,
+                    dst_len: len,
+                    metric: DATA_METRIC,
+                    src: Some(src),
+                    oifs,
+                    local: false,
+                };
                 d.routes.insert(r.key(), r);
             }
             for (k, _, i) in &members {
@@ -128,6 +135,7 @@ pub fn desired(config: &Config, observed: &Observed, runtime: &[GroupRuntime]) -
                     metric: PROBE_METRIC + *k as u32,
                     src: Some(src),
                     oifs: vec![*i],
+                    local: false,
                 };
                 d.routes.insert(r.key(), r);
             }

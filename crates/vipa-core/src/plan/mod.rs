@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, VipaConfig};
 use crate::model::{
-    Observed, Op, Route, RouteKey, SysctlKey, SysctlKind, ADDR_PROTO_VIPA, PROTO_KERNEL, PROTO_VIPA, TABLE_LOCAL,
-    TABLE_MAIN,
+    is_vipa_local, Link, Observed, Op, OwnedRoute, Route, RouteKey, SysctlKey, SysctlKind, ADDR_PROTO_VIPA,
+    PROTO_KERNEL, PROTO_VIPA, TABLE_LOCAL, TABLE_MAIN,
 };
 
 /// Where VIPA addresses live.
@@ -145,11 +145,18 @@ pub fn route_vipa<'a>(r: &Route, config: &'a Config, observed: &Observed) -> Opt
 }
 
 /// The sysctls the planner needs to see: every managed kind on every present source
-/// interface, the `all` values, and whatever the ledger holds.
+/// interface, the `all` values, whatever the ledger holds, and `arp_ignore` of the NICs
+/// IPv4 DVIPAs go on.
 pub fn wanted_sysctls(config: &Config, observed: &Observed, ledger: &Ledger) -> Vec<SysctlKey> {
     let mut keys: BTreeSet<SysctlKey> = ledger.sysctls.keys().cloned().collect();
     for kind in SysctlKind::ALL {
         keys.insert(SysctlKey { ifname: "all".into(), kind });
+    }
+    // Read only: whether an IPv4 DVIPA can be a local route on its NIC.
+    for d in config.dvipas.iter().filter(|d| d.address.is_ipv4()) {
+        if let Some(nic) = d.announce.first().filter(|n| observed.link_by_name(n).is_some()) {
+            keys.insert(SysctlKey { ifname: nic.clone(), kind: SysctlKind::ArpIgnore });
+        }
     }
     for (nic, kinds) in managed_sysctls(config) {
         if observed.link_by_name(&nic).is_some() {
@@ -212,6 +219,24 @@ pub fn plan(config: &Config, observed: &Observed, ledger: &Ledger, mode: DeviceM
     plan_runtime(config, observed, ledger, mode, &[], &[])
 }
 
+/// Whether the IPv4 DVIPA `addr` on `dev` is held by a local route ("AnyIP") rather than
+/// an address on the device. Adding an address walks the device's address list, so
+/// thousands of them take seconds; a local route takes microseconds. The kernel answers
+/// ARP for a local route only while the receiving NIC's effective `arp_ignore` is 0 (for
+/// an address on that NIC also under 1 and 3), so anything else, or a value vipa is about
+/// to raise for a static VIPA or does not know, keeps the address. IPv6 always takes the
+/// address: the kernel answers neighbour solicitations only for addresses on the device.
+fn dvipa_as_route(addr: IpAddr, dev: &Link, observed: &Observed, managed: &[(String, Vec<SysctlKind>)]) -> bool {
+    if !addr.is_ipv4() || dev.loopback {
+        return false;
+    }
+    let value = |ifname: &str| {
+        observed.sysctls.get(&SysctlKey { ifname: ifname.to_string(), kind: SysctlKind::ArpIgnore }).copied()
+    };
+    let raised = managed.iter().any(|(nic, kinds)| *nic == dev.name && kinds.contains(&SysctlKind::ArpIgnore));
+    matches!((value(&dev.name), value("all")), (Some(0), Some(0))) && !raised
+}
+
 /// A DVIPA this node holds, and the device it goes on (`None`: `lo`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeldDvipa {
@@ -229,14 +254,20 @@ pub fn plan_runtime(
     groups: &[GroupRuntime],
     dvipas: &[HeldDvipa],
 ) -> Plan {
-    let mut group_want = group::desired(config, observed, groups);
+    let mut want = group::desired(config, observed, groups);
+    let managed_nics = managed_sysctls(config);
     for d in dvipas {
         let dev = match &d.device {
             Some(n) => observed.link_by_name(n),
             None => observed.loopback(),
         };
         if let Some(l) = dev {
-            group_want.addresses.insert((l.index, d.address), if d.address.is_ipv4() { 32 } else { 128 });
+            if dvipa_as_route(d.address, l, observed, &managed_nics) {
+                let r = OwnedRoute::dvipa(d.address, l.index);
+                want.routes.insert(r.key(), r);
+            } else {
+                want.addresses.insert((l.index, d.address), if d.address.is_ipv4() { 32 } else { 128 });
+            }
         }
     }
     let mut next = ledger.clone();
@@ -267,7 +298,7 @@ pub fn plan_runtime(
 
     // Addresses.
     let ifname = |index: u32| observed.links.get(&index).map(|l| l.name.clone()).unwrap_or_default();
-    let mut wanted: BTreeMap<(u32, IpAddr), u8> = group_want.addresses.clone();
+    let mut wanted: BTreeMap<(u32, IpAddr), u8> = want.addresses.clone();
     for v in &config.vipas {
         let Some(dev) = vipa_device(v, observed, mode) else {
             continue;
@@ -307,21 +338,22 @@ pub fn plan_runtime(
     };
     let vipa_addr = |addr: IpAddr| config.vipas.iter().any(|v| v.addresses.contains(&addr)) || leaving.contains(&addr);
 
-    // vipa's own routes (IPMP groups).
-    for (key, want) in &group_want.routes {
+    // vipa's own routes (IPMP groups, DVIPAs).
+    for (key, w) in &want.routes {
         let same = observed.routes.get(key).is_some_and(|r| {
             let mut a = r.oifs.clone();
-            let mut b = want.oifs.clone();
+            let mut b = w.oifs.clone();
             a.sort_unstable();
             b.sort_unstable();
-            r.protocol == PROTO_VIPA && a == b && r.prefsrc == want.src && r.gateways.is_empty()
+            r.protocol == PROTO_VIPA && r.local == w.local && a == b && r.prefsrc == w.src && r.gateways.is_empty()
         });
         if !same {
-            routes.push(Op::AddRoute { route: want.clone() });
+            routes.push(Op::AddRoute { route: w.clone() });
         }
     }
     for r in observed.routes.values() {
-        if r.protocol == PROTO_VIPA && r.key.table == TABLE_MAIN && !group_want.routes.contains_key(&r.key) {
+        let ours = r.protocol == PROTO_VIPA && r.key.table == TABLE_MAIN || is_vipa_local(r);
+        if ours && !want.routes.contains_key(&r.key) {
             routes.push(Op::DelRoute { key: r.key });
         }
     }
@@ -420,7 +452,7 @@ pub fn plan_runtime(
     ops.extend(sysctls);
     ops.extend(del_addrs);
     ops.extend(del_links);
-    Plan { ops, ledger: next, arp: group_want.arp }
+    Plan { ops, ledger: next, arp: want.arp }
 }
 
 /// What to do when a link's carrier changes. IPv4 drops cached routes on its own; IPv6
