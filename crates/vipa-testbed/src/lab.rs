@@ -500,6 +500,26 @@ impl ClusterEnv {
             .expect("vipactl")
     }
 
+    /// Moves each veth's receive work into a kernel thread of its own (GRO on, threaded
+    /// NAPI). A plain veth runs the receiving side's whole stack, the bridge and the peer
+    /// host's UDP receive included, inside the sender's system call, so a CPU figure for
+    /// the sending process counts the simulated LAN's work; on a real NIC that work is the
+    /// wire's and the receiving machine's. Needs `ethtool`.
+    pub fn thread_receive(&self) {
+        let each = |ns: &Netns, devs: &[String]| {
+            for d in devs {
+                ns.sh(&format!("ethtool -K {d} gro on >/dev/null && echo 1 > /sys/class/net/{d}/threaded"));
+            }
+        };
+        let ports: Vec<String> =
+            (1..=self.hosts.len()).map(|k| format!("s{k}-p")).chain(["cl-p".to_string()]).collect();
+        each(&self.lan, &ports);
+        for h in &self.hosts {
+            each(h, &["en1".to_string()]);
+        }
+        each(&self.client, &["cl0".to_string()]);
+    }
+
     /// Cuts host `k`'s cable (its NIC loses carrier).
     pub fn cut(&self, k: usize) {
         self.lan.sh(&format!("ip link set s{k}-p down"));
