@@ -475,7 +475,7 @@ fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians: &mu
         if let Ok(r) = run.try_report() {
             death.push(r.udp.max_gap_ms);
         }
-        env.host(1).sh(&format!("ip addr flush to {DVIPA}/32"));
+        env.host(1).drop_local(DVIPA);
         env.restore(1);
         procs[0] = env.start_vipad(1);
         if !only_holder(&env, 1, &[1, 2, 3], settle) {
@@ -659,7 +659,7 @@ fn keepalived_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians
         kill_keepalived(&env, 1, &mut procs[0]);
         env.cut(1);
         death.extend(run.try_report().ok().map(|r| r.udp.max_gap_ms));
-        env.host(1).sh(&format!("ip addr flush to {DVIPA}/32"));
+        env.host(1).drop_local(DVIPA);
         env.restore(1);
         procs[0] = start_keepalived(&env, 1, interval_ms);
         if !only_holder(&env, 1, &[1, 2, 3], settle) {
