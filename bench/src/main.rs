@@ -431,10 +431,15 @@ fn dvipa_config(takeback: &str) -> String {
 }
 
 /// Waits until host `k` is the only live holder of the DVIPA.
-fn only_holder(env: &ClusterEnv, k: usize, live: &[usize], within: Duration) -> bool {
+/// Waits until s1 alone holds the DVIPA and the client reaches it there: its ARP entry
+/// names s1 and a ping is answered. A stream started before the client's view settled
+/// can lose its first SYN in the handover and start a second late, after the fault.
+fn s1_ready(env: &ClusterEnv, within: Duration) -> bool {
+    let mac = env.mac(1);
     wait_for(within, || {
-        let h: Vec<usize> = env.holders(DVIPA).into_iter().filter(|h| live.contains(h)).collect();
-        (h == vec![k]).then_some(())
+        let alone = env.holders(DVIPA) == vec![1];
+        let reached = alone && env.client.try_sh(&format!("ping -c1 -W1 {DVIPA}")).is_ok();
+        (reached && env.client_neigh(DVIPA).as_deref() == Some(mac.as_str())).then_some(())
     })
     .is_some()
 }
@@ -464,21 +469,22 @@ fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians: &mu
     let (mut death, mut cut, mut moved, mut unanswered, mut stop) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
-        if !only_holder(&env, 1, &[1, 2, 3], settle) {
+        if !s1_ready(&env, settle) {
             continue;
         }
         // Host death: processes killed, link cut.
         let run = stream(&env.client, DVIPA, stream_ms);
         pause_before_fault(interval_ms);
-        procs[0].kill();
+        // The cable first: the host is gone for everyone at once, as when it dies.
         env.cut(1);
+        procs[0].kill();
         if let Ok(r) = run.try_report() {
             death.push(r.udp.max_gap_ms);
         }
         env.host(1).drop_local(DVIPA);
         env.restore(1);
         procs[0] = env.start_vipad(1);
-        if !only_holder(&env, 1, &[1, 2, 3], settle) {
+        if !s1_ready(&env, settle) {
             continue;
         }
         // Link cut only.
@@ -489,7 +495,7 @@ fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians: &mu
             cut.push(r.udp.max_gap_ms);
         }
         env.restore(1);
-        if !only_holder(&env, 1, &[1, 2, 3], settle) {
+        if !s1_ready(&env, settle) {
             continue;
         }
         // Planned move and back, with fast probes to resolve a sub-millisecond gap.
@@ -501,7 +507,7 @@ fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians: &mu
             unanswered.push(r.udp.sent.saturating_sub(r.udp.received) as f64 * MOVE_PROBE_US as f64 / 1000.0);
         }
         let _ = env.vipactl(1, &["dvipa", "move", DVIPA, "s1"]);
-        if !only_holder(&env, 1, &[1, 2, 3], settle) {
+        if !s1_ready(&env, settle) {
             continue;
         }
         // Graceful stop (SIGTERM): the holder hands over and says it is leaving.
@@ -651,18 +657,18 @@ fn keepalived_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians
     let stream_ms = interval_ms * 6 + 1500;
     let (mut death, mut cut, mut stop) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
-        if !only_holder(&env, 1, &[1, 2, 3], settle) {
+        if !s1_ready(&env, settle) {
             continue;
         }
         let run = stream(&env.client, DVIPA, stream_ms);
         pause_before_fault(interval_ms);
-        kill_keepalived(&env, 1, &mut procs[0]);
         env.cut(1);
+        kill_keepalived(&env, 1, &mut procs[0]);
         death.extend(run.try_report().ok().map(|r| r.udp.max_gap_ms));
         env.host(1).drop_local(DVIPA);
         env.restore(1);
         procs[0] = start_keepalived(&env, 1, interval_ms);
-        if !only_holder(&env, 1, &[1, 2, 3], settle) {
+        if !s1_ready(&env, settle) {
             continue;
         }
         let run = stream(&env.client, DVIPA, stream_ms);
@@ -670,7 +676,7 @@ fn keepalived_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians
         env.cut(1);
         cut.extend(run.try_report().ok().map(|r| r.udp.max_gap_ms));
         env.restore(1);
-        if !only_holder(&env, 1, &[1, 2, 3], settle) {
+        if !s1_ready(&env, settle) {
             continue;
         }
         // Graceful stop: keepalived sends priority 0 and the backup takes over.
