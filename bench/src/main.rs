@@ -430,7 +430,6 @@ fn dvipa_config(takeback: &str) -> String {
     )
 }
 
-/// Waits until host `k` is the only live holder of the DVIPA.
 /// Waits until s1 alone holds the DVIPA and the client reaches it there: its ARP entry
 /// names s1 and a ping is answered. A stream started before the client's view settled
 /// can lose its first SYN in the handover and start a second late, after the fault.
