@@ -5,7 +5,7 @@
 //! - the time from a foreign route change to its preferred source being restored;
 //! - cold start with 1,000 VIPAs and 4 NICs: time to converge, peak RSS, idle CPU.
 //!
-//! `vipa-bench [--runs N] [--only baseline,failover,repair,scale,ipmp-link,ipmp-silent,ipmp-cpu,dvipa-outage,keepalived,dvipa-scale]`.
+//! `vipa-bench [--runs N] [--only baseline,failover,repair,scale,ipmp-link,ipmp-silent,ipmp-cpu,dvipa-outage,keepalived,dvipa-scale] [--intervals 1000,100,10,1]`.
 //! Not a test: numbers are reported, never asserted.
 
 use std::process::{Command, Stdio};
@@ -48,6 +48,15 @@ fn main() {
         args.iter().position(|a| a == "--runs").and_then(|i| args.get(i + 1)).and_then(|n| n.parse().ok()).unwrap_or(5);
     let only: Option<String> = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let want = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == name));
+    // Heartbeat/advert intervals of the cluster sections, in ms (all by default).
+    let intervals: Option<Vec<u64>> = args
+        .iter()
+        .position(|a| a == "--intervals")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect());
+    let at = |all: &[u64]| -> Vec<u64> {
+        all.iter().copied().filter(|i| intervals.as_ref().is_none_or(|v| v.contains(i))).collect()
+    };
     let mut rows = Vec::new();
     if want("baseline") {
         eprintln!("measuring an undisturbed stream (the floor of every gap below) ...");
@@ -82,14 +91,14 @@ fn main() {
     // Medians by (system, interval in ms, case), for the side-by-side rows.
     let mut medians: Vec<(&str, u64, &str, f64)> = Vec::new();
     if want("dvipa-outage") {
-        for interval in [1000u64, 100, 10, 1] {
+        for interval in at(&[1000, 100, 10, 1]) {
             eprintln!("measuring DVIPA outages at {interval} ms heartbeats ({runs} runs) ...");
             dvipa_outage(runs, interval, &mut rows, &mut medians);
         }
     }
     if want("keepalived") {
         if std::process::Command::new("keepalived").arg("--version").output().is_ok() {
-            for interval in [1000u64, 100, 10] {
+            for interval in at(&[1000, 100, 10]) {
                 eprintln!("measuring keepalived (VRRPv3) outages at {interval} ms adverts ({runs} runs) ...");
                 keepalived_outage(runs, interval, &mut rows, &mut medians);
             }
