@@ -160,7 +160,8 @@ pub struct Peer {
     declined: Vec<u8>,
     pins: Vec<(u32, String, u64)>,
     pub alive: bool,
-    /// Mean deviation of its heartbeats' arrival from the interval.
+    /// How late its heartbeats usually arrive (smoothed lateness beyond the interval; an
+    /// early one, sent at once on a change, counts as on time).
     pub jitter: Duration,
     /// Smoothed round trip and its mean deviation, from answered probes.
     pub rtt: Option<(Duration, Duration)>,
@@ -473,7 +474,8 @@ impl Cluster {
             p.suspect = None;
             let gap = now.saturating_duration_since(p.last_heard);
             if p.alive && h.flags & FLAG_PROBE == 0 && gap <= interval * 3 / 2 {
-                p.jitter = smooth(p.jitter, gap.abs_diff(interval));
+                // Lateness only: a heartbeat sent early on a change is on time.
+                p.jitter = smooth(p.jitter, gap.saturating_sub(interval));
             }
             // Steady state: the same claims from a live peer change nothing; just note it.
             let syncing = h.flags & FLAG_SYNCING != 0;
