@@ -214,7 +214,7 @@ impl Observed {
                     Address { ifindex: *ifindex, addr: *addr, prefix_len: *prefix_len, proto: ADDR_PROTO_VIPA },
                 );
             }
-            Op::DelAddress { ifindex, addr } => {
+            Op::DelAddress { ifindex, addr, .. } => {
                 self.addresses.remove(&(*ifindex, *addr));
                 // The kernel deletes the routes that use a deleted address as source.
                 self.routes.retain(|_, r| r.prefsrc != Some(*addr));
@@ -390,9 +390,11 @@ pub enum Op {
     RefreshRoute {
         key: RouteKey,
     },
+    /// Delete an address; the kernel matches the prefix length it was added with.
     DelAddress {
         ifindex: u32,
         addr: IpAddr,
+        prefix_len: u8,
     },
     DelDummy {
         name: String,
@@ -421,8 +423,8 @@ impl fmt::Display for Op {
             }
             Op::SetSysctl { key, value } => write!(f, "{key} = {value}"),
             Op::RefreshRoute { key } => write!(f, "refresh route {key} so connections look up their path again"),
-            Op::DelAddress { ifindex, addr } => {
-                write!(f, "delete address {addr} from ifindex {ifindex}")
+            Op::DelAddress { ifindex, addr, prefix_len } => {
+                write!(f, "delete address {addr}/{prefix_len} from ifindex {ifindex}")
             }
             Op::DelDummy { name } => write!(f, "delete dummy device {name}"),
         }

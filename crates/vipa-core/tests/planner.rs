@@ -425,7 +425,7 @@ fn an_ipv4_dvipa_is_an_address_where_the_kernel_would_not_answer_arp_for_a_route
         ops,
         vec![
             Op::AddRoute { route: OwnedRoute::dvipa(ip("198.18.1.200"), 2) },
-            Op::DelAddress { ifindex: 2, addr: ip("198.18.1.200") },
+            Op::DelAddress { ifindex: 2, addr: ip("198.18.1.200"), prefix_len: 32 },
         ]
     );
 }

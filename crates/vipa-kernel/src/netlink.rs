@@ -193,10 +193,9 @@ impl Kernel {
                 NLM_F_CREATE | NLM_F_EXCL,
                 RouteNetlinkMessage::NewAddress(address_message(*ifindex, *addr, *prefix_len, true)),
             ),
-            Op::DelAddress { ifindex, addr } => self.request(
-                0,
-                RouteNetlinkMessage::DelAddress(address_message(*ifindex, *addr, full_prefix(*addr), false)),
-            ),
+            Op::DelAddress { ifindex, addr, prefix_len } => {
+                self.request(0, RouteNetlinkMessage::DelAddress(address_message(*ifindex, *addr, *prefix_len, false)))
+            }
             Op::SetPrefsrc { key, prefsrc } => {
                 let Some(raw) = self.routes.get(key) else {
                     return Ok(Outcome::AlreadyGone);
@@ -312,14 +311,6 @@ fn with_prefsrc(raw: &RouteMessage, prefsrc: Option<IpAddr>) -> RouteMessage {
         m.attributes.push(RouteAttribute::PrefSource(RouteAddress::from(src)));
     }
     m
-}
-
-fn full_prefix(addr: IpAddr) -> u8 {
-    if addr.is_ipv4() {
-        32
-    } else {
-        128
-    }
 }
 
 fn address_message(ifindex: u32, addr: IpAddr, prefix_len: u8, create: bool) -> AddressMessage {

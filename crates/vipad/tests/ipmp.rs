@@ -274,6 +274,14 @@ fn bad_group_config_is_refused_and_changes_nothing() {
     assert!(err(&o).contains("test address 198.18.9.12/24 is outside the subnet of en2"), "{}", err(&o));
     assert_eq!(env.host.sh("ip -o addr; ip route; ip -6 route"), before);
     assert_eq!(group_state(&env), "ok");
+    // A good reload without the group takes every address of it away, the /24 test
+    // addresses and the /64 data address included.
+    env.write_config("");
+    let o = env.vipactl(&["reload"]);
+    assert!(o.status.success(), "{}", err(&o));
+    for a in ["198.18.1.5", "198.18.1.11", "198.18.1.12", "2001:db8:1::5"] {
+        assert_eq!(env.host.sh(&format!("ip -o addr show to {a}")), "", "{a} is still there\n{}", env.log());
+    }
 }
 
 #[test]

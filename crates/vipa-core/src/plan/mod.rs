@@ -323,7 +323,7 @@ pub fn plan_runtime(
     for (&(ifindex, addr), a) in &observed.addresses {
         let ours = a.proto == ADDR_PROTO_VIPA || ledger.addresses.contains(&(ifname(ifindex), addr));
         if ours && !desired.contains(&(ifindex, addr)) {
-            del_addrs.push(Op::DelAddress { ifindex, addr });
+            del_addrs.push(Op::DelAddress { ifindex, addr, prefix_len: a.prefix_len });
             // An address that moves (IPv6 data addresses) is not leaving the host.
             if !desired.iter().any(|&(_, a)| a == addr) {
                 leaving.insert(addr);
