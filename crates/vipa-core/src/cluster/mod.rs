@@ -341,12 +341,13 @@ impl Cluster {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let (dead, interval) = (self.config.dead_time(), self.config.interval);
         let deaths = self.peers.values().filter(|p| p.alive).map(|p| {
+            // The round trip is measured only while the peer is not a suspect (`detect`).
             let next = match p.suspect {
-                None => suspect_at(p, interval),
+                None => suspect_at(p, interval).min(p.next_rtt),
                 Some(s) if s.sent < PROBES => s.next,
                 Some(s) => s.since + confirm_window(p, interval),
             };
-            next.min(p.last_heard + dead).min(p.next_rtt)
+            next.min(p.last_heard + dead)
         });
         [Some(self.next_heartbeat), self.syncing_until, Some(self.next_refresh)]
             .into_iter()

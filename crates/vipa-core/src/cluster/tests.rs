@@ -213,6 +213,10 @@ impl Sim {
                 let node = self.nodes.get_mut(&name).unwrap();
                 if node.c.poll_timeout().is_some_and(|t| t <= now) {
                     node.c.handle_timeout(now);
+                    // Whatever was due is done: the daemon would otherwise wake at once,
+                    // again and again.
+                    let next = node.c.poll_timeout();
+                    assert!(next.is_none_or(|t| t > now), "{name}: still due after handling: {next:?} <= {now:?}");
                 }
                 self.drain(&name);
             }
