@@ -22,7 +22,7 @@
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! | held bitmap | busy bitmap | declined bitmap (⌈count/8⌉ each)  |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//! | pin count (16) | pins: DVIPA index (32), name, stamp (64) ...   |
+//! | pin count (16) | pins: DVIPA index (32), name (empty: ended), stamp (64) ... |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! |                  HMAC-SHA256 (256) over all of the above      |
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
@@ -147,8 +147,15 @@ impl<'a> Reader<'a> {
         Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
     fn name(&mut self) -> Result<String, HeartbeatError> {
+        let s = self.name_or_empty()?;
+        if s.is_empty() {
+            return Err(HeartbeatError::Malformed("bad name length"));
+        }
+        Ok(s)
+    }
+    fn name_or_empty(&mut self) -> Result<String, HeartbeatError> {
         let n = usize::from(self.u8()?);
-        if n == 0 || n > MAX_NAME {
+        if n > MAX_NAME {
             return Err(HeartbeatError::Malformed("bad name length"));
         }
         let s = std::str::from_utf8(self.take(n)?).map_err(|_| HeartbeatError::Malformed("name not UTF-8"))?;
@@ -248,7 +255,8 @@ impl Heartbeat {
             if i >= h.count {
                 return Err(HeartbeatError::Malformed("pin beyond the DVIPA list"));
             }
-            let name = r.name()?;
+            // An empty name is a move that ended.
+            let name = r.name_or_empty()?;
             h.pins.push((i, name, r.u64()?));
         }
         if r.at != body.len() {
@@ -274,7 +282,7 @@ mod tests {
             interval_us: 100_000,
             node: "s1".into(),
             count: 20,
-            pins: vec![(3, "s2".into(), 9)],
+            pins: vec![(3, "s2".into(), 9), (5, String::new(), 10)],
             ..Default::default()
         };
         set_bit(&mut h.held, 0, true);

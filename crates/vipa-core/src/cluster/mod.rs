@@ -235,7 +235,9 @@ pub struct Cluster {
     pub held: Vec<bool>,
     busy: Vec<bool>,
     pub declined: Vec<bool>,
-    /// Planned moves: DVIPA index → (Lamport stamp, node). The highest stamp wins.
+    /// Planned moves: DVIPA index → (Lamport stamp, node). The highest stamp wins; an
+    /// empty node is a move that ended (deactivated there, or the node died), so that the
+    /// end reaches every node as the move did.
     pub pins: BTreeMap<usize, (u64, String)>,
     /// The highest pin stamp seen.
     clock: u64,
@@ -557,7 +559,7 @@ impl Cluster {
         }
         for (i, stamp, node) in seen {
             self.clock = self.clock.max(stamp);
-            if i < self.dvipas.len() && self.dvipas[i].rank(&node).is_some() {
+            if i < self.dvipas.len() && (node.is_empty() || self.dvipas[i].rank(&node).is_some()) {
                 let newer = self.pins.get(&i).is_none_or(|(s, n)| (stamp, &node) > (*s, n));
                 if newer {
                     self.pins.insert(i, (stamp, node));
@@ -659,7 +661,10 @@ impl Cluster {
             p.alive = false;
             p.suspect = None;
         }
-        self.pins.retain(|_, (_, n)| n != name);
+        let ended: Vec<usize> = self.pins.iter().filter(|(_, (_, n))| n == name).map(|(i, _)| *i).collect();
+        for i in ended {
+            self.unpin(i);
+        }
         self.out.push_back(Output::Event(format!("node {name} {why}")));
     }
 
@@ -730,8 +735,8 @@ impl Cluster {
     fn order(&self, i: usize) -> Vec<String> {
         let alive = self.alive_nodes();
         let mut order: Vec<String> = Vec::new();
-        if let Some((_, p)) = self.pins.get(&i) {
-            order.push(p.clone());
+        if let Some(p) = self.pinned(i) {
+            order.push(p.to_string());
         }
         for n in &self.orders[i] {
             if !order.iter().any(|o| o == n) {
@@ -761,7 +766,7 @@ impl Cluster {
     pub fn desired(&self, i: usize) -> Option<String> {
         let order = self.order(i);
         let holder = order.iter().find(|n| self.claims(n, i)).cloned();
-        if self.pins.get(&i).is_some_and(|(_, p)| order.first() == Some(p)) {
+        if self.pinned(i).is_some_and(|p| order.first().is_some_and(|o| o == p)) {
             return order.first().cloned();
         }
         let d = &self.dvipas[i];
@@ -875,8 +880,7 @@ impl Cluster {
         if !self.alive_nodes().contains(&node) {
             return Err(format!("{node} is not alive in this node's view of the cluster"));
         }
-        self.clock += 1;
-        self.pins.insert(i, (self.clock, node.to_string()));
+        self.pin(i, node);
         self.evaluate(now);
         self.send_heartbeat(now);
         Ok(())
@@ -887,8 +891,9 @@ impl Cluster {
     pub fn deactivate(&mut self, now: Instant, addr: IpAddr) -> Result<(), String> {
         let i = self.index(addr).ok_or_else(|| format!("{addr} is not a DVIPA of this cluster"))?;
         self.declined[i] = true;
-        let me = self.config.me.clone();
-        self.pins.retain(|j, (_, n)| *j != i || *n != me);
+        if self.pinned(i) == Some(self.config.me.as_str()) {
+            self.unpin(i);
+        }
         self.evaluate(now);
         self.send_heartbeat(now);
         Ok(())
@@ -900,6 +905,21 @@ impl Cluster {
         self.evaluate(now);
         self.send_heartbeat(now);
         Ok(())
+    }
+
+    /// A planned move of DVIPA `i` to `node`, newer than any seen; `""` ends the move.
+    fn pin(&mut self, i: usize, node: &str) {
+        self.clock += 1;
+        self.pins.insert(i, (self.clock, node.to_string()));
+    }
+
+    fn unpin(&mut self, i: usize) {
+        self.pin(i, "");
+    }
+
+    /// The node a planned move of DVIPA `i` points at, if any.
+    pub fn pinned(&self, i: usize) -> Option<&str> {
+        self.pins.get(&i).map(|(_, n)| n.as_str()).filter(|n| !n.is_empty())
     }
 
     /// VIPADYN status of DVIPA `i` on this node.

@@ -491,6 +491,24 @@ fn planned_move_and_deactivation_hand_over_cleanly() {
     assert_eq!(s.holders(0), vec!["s1".to_string()], "the owner takes it when the pinned node declines");
     assert_eq!(s.nodes["s3"].c.status(0), DvipaStatus::Deactivated);
     assert_eq!(s.max_holders[0], 1);
+    // Deactivating ended the move to s3 on every node: reactivated, s3 is a backup again
+    // and the owner keeps the address.
+    s.with("s3", |c, now| c.reactivate(now, IpAddr::from([198, 18, 7, 1])).unwrap());
+    s.run(ms(1100));
+    assert_eq!(s.holders(0), vec!["s1".to_string()]);
+    assert!(s.nodes.values().all(|n| n.c.pinned(0).is_none()), "a pin survived the deactivation");
+    // A move to a node that then dies ends with its death: when it returns, the owner
+    // keeps the address.
+    s.with("s1", |c, now| c.move_to(now, IpAddr::from([198, 18, 7, 1]), "s2").unwrap());
+    s.run(ms(1300));
+    assert_eq!(s.holders(0), vec!["s2".to_string()]);
+    s.kill("s2");
+    s.run(ms(1700));
+    assert_eq!(s.holders(0), vec!["s1".to_string()]);
+    s.restart("s2", 2);
+    s.run(ms(2500));
+    assert_eq!(s.holders(0), vec!["s1".to_string()], "the move to s2 came back with s2");
+    assert_eq!(s.max_holders[0], 1);
 }
 
 #[test]
