@@ -197,20 +197,24 @@ fn partition_minority_releases_and_one_holder_remains_after_healing() {
 #[test]
 fn forged_and_replayed_heartbeats_move_nothing() {
     let (env, _procs) = up("immediate");
-    // Capture real heartbeats on the LAN, then stop the owner's traffic... no: replay them.
+    // Real heartbeats captured on the LAN, to replay.
     let pcap = env.dir.join("hb.pcap");
     let mut cap = env.lan.command("tcpdump");
     cap.args(["-i", "br0", "-c", "30", "-w"]).arg(&pcap).args(["udp", "port", "5997"]);
     cap.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     let mut cap = env.lan.spawn(cap);
     assert!(cap.wait_timeout(Duration::from_secs(5)).is_some(), "capture finished");
-    // An attacker on the LAN (the client's namespace will do) sends to s2 and s3.
-    for k in [2, 3] {
+    // An attacker on the LAN (the client's namespace will do) sends to every node: claims
+    // in s2's name, and to the backups word that the holder s1 left the cluster, which,
+    // believed, would make s2 take the address at once.
+    for k in [1, 2, 3] {
         let to = format!("198.18.1.{}:5997", 10 + k);
+        let (node, leaving) = if k == 1 { ("s2", None) } else { ("s1", Some("--leaving")) };
         let o = env
             .client
             .command(workspace_bin("vipa-probe"))
-            .args(["forge", "--target", &to, "--node", "s2"])
+            .args(["forge", "--target", &to, "--node", node])
+            .args(leaving)
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -225,11 +229,13 @@ fn forged_and_replayed_heartbeats_move_nothing() {
     }
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(env.holders(DVIPA), vec![1], "nothing moved");
-    let c = env.vipactl(2, &["--json", "cluster"]);
-    let j: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
-    assert!(j["dropped"]["unauthenticated"].as_u64().unwrap() >= 50, "{j}");
-    assert!(j["dropped"]["replayed"].as_u64().unwrap() > 0, "{j}");
-    assert!(env.vipactl(2, &["status"]).status.success(), "vipad runs on");
+    for k in 1..=3 {
+        let c = env.vipactl(k, &["--json", "cluster"]);
+        let j: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
+        assert!(j["dropped"]["unauthenticated"].as_u64().unwrap() >= 50, "s{k}: {j}");
+        assert!(j["dropped"]["replayed"].as_u64().unwrap() > 0, "s{k}: {j}");
+        assert!(env.vipactl(k, &["status"]).status.success(), "vipad runs on on s{k}");
+    }
 }
 
 #[test]

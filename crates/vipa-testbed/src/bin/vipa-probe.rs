@@ -4,7 +4,7 @@
 //! vipa-probe serve --port P [--listen ADDR]
 //! vipa-probe whoami --target ADDR:P [--bind ADDR]
 //! vipa-probe stream --target ADDR:P --duration-ms N [--interval-ms N | --interval-us N]   (JSON report)
-//! vipa-probe forge --target ADDR:P [--node NAME] [--count N]   (heartbeats with a wrong key)
+//! vipa-probe forge --target ADDR:P [--node NAME] [--count N] [--leaving]   (heartbeats with a wrong key)
 //! vipa-probe replay --target ADDR:P --pcap FILE                (UDP payloads of a capture, again)
 //! ```
 
@@ -43,10 +43,11 @@ fn main() -> ExitCode {
                 .map(|r| serde_json::to_string(&r).expect("report"))
         }
         Some("forge") => {
-            // Heartbeats in the name of a node, claiming every DVIPA, signed with a wrong key.
+            // Heartbeats in the name of a node, claiming every DVIPA (or saying it leaves the
+            // cluster), signed with a wrong key.
             let node = flag(&args, "--node").unwrap_or("s1");
             let count: u32 = flag(&args, "--count").and_then(|c| c.parse().ok()).unwrap_or(50);
-            forge(target(), node, count)
+            forge(target(), node, count, args.iter().any(|a| a == "--leaving"))
         }
         Some("replay") => {
             let pcap = flag(&args, "--pcap").expect("--pcap FILE");
@@ -69,14 +70,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn forge(to: SocketAddr, node: &str, count: u32) -> std::io::Result<String> {
-    use vipa_wire::cluster::{set_bit, Heartbeat};
+fn forge(to: SocketAddr, node: &str, count: u32, leaving: bool) -> std::io::Result<String> {
+    use vipa_wire::cluster::{set_bit, Heartbeat, FLAG_LEAVING};
     let sock = std::net::UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
     let mut h = Heartbeat {
         incarnation: u64::MAX / 2,
         node: node.to_string(),
         count: 64,
         interval_us: 10_000,
+        flags: if leaving { FLAG_LEAVING } else { 0 },
         ..Default::default()
     };
     for i in 0..64 {
@@ -85,7 +87,7 @@ fn forge(to: SocketAddr, node: &str, count: u32) -> std::io::Result<String> {
     for seq in 0..count {
         h.seq = u64::from(seq) + 1_000_000;
         sock.send_to(&h.emit(b"not the cluster key, but 32 bytes!"), to)?;
-        // Garbage too, of every length up to 200 bytes.
+        // Garbage too, of every length below `count`.
         let junk: Vec<u8> =
             (0..(seq % 200) as usize).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seq as u8)).collect();
         sock.send_to(&junk, to)?;
