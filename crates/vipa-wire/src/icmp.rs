@@ -123,6 +123,15 @@ mod tests {
     }
 
     #[test]
+    fn checksum_matches_known_answers() {
+        // RFC 1071's worked example, and an odd length (the last byte is padded).
+        assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), !0xddf2);
+        assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6]), !0xdcfb);
+        // An echo request as ping sends it: type 8, id 0x0a2b, seq 1, checksum 0xedd3.
+        assert_eq!(checksum(&[8, 0, 0, 0, 0x0a, 0x2b, 0, 1]), 0xedd3);
+    }
+
+    #[test]
     fn ping_reply_from_a_capture_parses() {
         // An IPv4 echo reply laid out as a raw socket receives it (IP header included):
         // id 0x0a2b, seq 1, 8 bytes of payload.
