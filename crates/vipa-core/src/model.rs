@@ -243,24 +243,11 @@ impl Observed {
         }
     }
 
-    /// Whether the host has `addr`: configured on a device, or held by one of vipa's
-    /// local routes (a DVIPA).
-    pub fn has_address(&self, addr: IpAddr) -> bool {
-        self.addresses.values().any(|a| a.addr == addr) || self.vipa_local_route(addr).is_some()
-    }
-
-    /// Every address the host has, as [`Observed::has_address`] sees them, for callers
-    /// asking about many.
+    /// Every address the host has: configured on a device, or held by one of vipa's local
+    /// routes (a DVIPA).
     pub fn local_addresses(&self) -> BTreeSet<IpAddr> {
         let routes = self.routes.values().filter(|r| is_vipa_local(r)).map(|r| r.key.dst);
         self.addresses.values().map(|a| a.addr).chain(routes).collect()
-    }
-
-    /// vipa's local route for `addr`, if the kernel has it.
-    pub fn vipa_local_route(&self, addr: IpAddr) -> Option<&Route> {
-        let len = if addr.is_ipv4() { 32 } else { 128 };
-        let key = RouteKey { table: TABLE_LOCAL, dst: addr, dst_len: len, tos: 0, metric: DVIPA_LOCAL_METRIC };
-        self.routes.get(&key).filter(|r| is_vipa_local(r))
     }
 
     /// The addresses of interface `ifindex` whose subnet contains `addr`.

@@ -219,15 +219,15 @@ pub fn plan(config: &Config, observed: &Observed, ledger: &Ledger, mode: DeviceM
     plan_runtime(config, observed, ledger, mode, &[], &[])
 }
 
-/// Whether the IPv4 DVIPA `addr` on `dev` is held by a local route ("AnyIP") rather than
-/// an address on the device. Adding an address walks the device's address list, so
+/// Whether IPv4 DVIPAs on `dev` are held by local routes ("AnyIP") rather than addresses
+/// on the device. Adding an address walks the device's address list, so
 /// thousands of them take seconds; a local route takes microseconds. The kernel answers
 /// ARP for a local route only while the receiving NIC's effective `arp_ignore` is 0 (for
 /// an address on that NIC also under 1 and 3), so anything else, or a value vipa is about
 /// to raise for a static VIPA or does not know, keeps the address. IPv6 always takes the
 /// address: the kernel answers neighbour solicitations only for addresses on the device.
-fn dvipa_as_route(addr: IpAddr, dev: &Link, observed: &Observed, managed: &[(String, Vec<SysctlKind>)]) -> bool {
-    if !addr.is_ipv4() || dev.loopback {
+fn dvipas_as_routes(dev: &Link, observed: &Observed, managed: &[(String, Vec<SysctlKind>)]) -> bool {
+    if dev.loopback {
         return false;
     }
     let value = |ifname: &str| {
@@ -256,13 +256,16 @@ pub fn plan_runtime(
 ) -> Plan {
     let mut want = group::desired(config, observed, groups);
     let managed_nics = managed_sysctls(config);
+    // By device: thousands of DVIPAs share a few NICs.
+    let mut as_routes: BTreeMap<u32, bool> = BTreeMap::new();
     for d in dvipas {
         let dev = match &d.device {
             Some(n) => observed.link_by_name(n),
             None => observed.loopback(),
         };
         if let Some(l) = dev {
-            if dvipa_as_route(d.address, l, observed, &managed_nics) {
+            let routes = *as_routes.entry(l.index).or_insert_with(|| dvipas_as_routes(l, observed, &managed_nics));
+            if d.address.is_ipv4() && routes {
                 let r = OwnedRoute::dvipa(d.address, l.index);
                 want.routes.insert(r.key(), r);
             } else {
@@ -298,7 +301,7 @@ pub fn plan_runtime(
 
     // Addresses.
     let ifname = |index: u32| observed.links.get(&index).map(|l| l.name.clone()).unwrap_or_default();
-    let mut wanted: BTreeMap<(u32, IpAddr), u8> = want.addresses.clone();
+    let mut wanted: BTreeMap<(u32, IpAddr), u8> = std::mem::take(&mut want.addresses);
     for v in &config.vipas {
         let Some(dev) = vipa_device(v, observed, mode) else {
             continue;
@@ -307,9 +310,9 @@ pub fn plan_runtime(
             wanted.insert((dev.index, addr), if addr.is_ipv4() { 32 } else { 128 });
         }
     }
-    let mut desired: BTreeSet<(u32, IpAddr)> = BTreeSet::new();
+    // Every address wanted, whichever device: what a deletion elsewhere keeps on the host.
+    let kept: BTreeSet<IpAddr> = wanted.keys().map(|&(_, a)| a).collect();
     for (&(ifindex, addr), &prefix_len) in &wanted {
-        desired.insert((ifindex, addr));
         let name = ifname(ifindex);
         match observed.addresses.get(&(ifindex, addr)) {
             None => add_addrs.push(Op::AddAddress { ifindex, addr, prefix_len }),
@@ -322,30 +325,27 @@ pub fn plan_runtime(
     let mut leaving: BTreeSet<IpAddr> = BTreeSet::new();
     for (&(ifindex, addr), a) in &observed.addresses {
         let ours = a.proto == ADDR_PROTO_VIPA || ledger.addresses.contains(&(ifname(ifindex), addr));
-        if ours && !desired.contains(&(ifindex, addr)) {
+        if ours && !wanted.contains_key(&(ifindex, addr)) {
             del_addrs.push(Op::DelAddress { ifindex, addr, prefix_len: a.prefix_len });
             // An address that moves (IPv6 data addresses) is not leaving the host.
-            if !desired.iter().any(|&(_, a)| a == addr) {
+            if !kept.contains(&addr) {
                 leaving.insert(addr);
             }
             next.addresses.remove(&(ifname(ifindex), addr));
         }
     }
     next.addresses
-        .retain(|(dev, addr)| observed.link_by_name(dev).is_some_and(|l| desired.contains(&(l.index, *addr))));
-    let present = |addr: IpAddr| {
-        !leaving.contains(&addr) && (observed.has_address(addr) || desired.iter().any(|&(_, a)| a == addr))
-    };
+        .retain(|(dev, addr)| observed.link_by_name(dev).is_some_and(|l| wanted.contains_key(&(l.index, *addr))));
+    let held = observed.local_addresses();
+    let present = |addr: IpAddr| !leaving.contains(&addr) && (held.contains(&addr) || kept.contains(&addr));
     let vipa_addr = |addr: IpAddr| config.vipas.iter().any(|v| v.addresses.contains(&addr)) || leaving.contains(&addr);
 
     // vipa's own routes (IPMP groups, DVIPAs).
     for (key, w) in &want.routes {
         let same = observed.routes.get(key).is_some_and(|r| {
-            let mut a = r.oifs.clone();
-            let mut b = w.oifs.clone();
-            a.sort_unstable();
-            b.sort_unstable();
-            r.protocol == PROTO_VIPA && r.local == w.local && a == b && r.prefsrc == w.src && r.gateways.is_empty()
+            // Next hops in any order (each interface once).
+            let hops = r.oifs.len() == w.oifs.len() && w.oifs.iter().all(|o| r.oifs.contains(o));
+            r.protocol == PROTO_VIPA && r.local == w.local && hops && r.prefsrc == w.src && r.gateways.is_empty()
         });
         if !same {
             routes.push(Op::AddRoute { route: w.clone() });
@@ -412,14 +412,14 @@ pub fn plan_runtime(
     let value =
         |ifname: &str, kind: SysctlKind| observed.sysctls.get(&SysctlKey { ifname: ifname.to_string(), kind }).copied();
     let mut managed: BTreeSet<SysctlKey> = BTreeSet::new();
-    for (nic, kinds) in managed_sysctls(config) {
-        if observed.link_by_name(&nic).is_none() {
+    for (nic, kinds) in &managed_nics {
+        if observed.link_by_name(nic).is_none() {
             continue;
         }
-        for kind in kinds {
+        for &kind in kinds {
             let key = SysctlKey { ifname: nic.clone(), kind };
             managed.insert(key.clone());
-            let Some(current) = value(&nic, kind) else {
+            let Some(current) = value(nic, kind) else {
                 continue;
             };
             let all = if kind.v6() { 0 } else { value("all", kind).unwrap_or(0) };
