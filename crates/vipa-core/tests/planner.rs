@@ -431,3 +431,28 @@ fn an_ipv4_dvipa_is_an_address_where_the_kernel_would_not_answer_arp_for_a_route
         ]
     );
 }
+
+#[test]
+fn a_group_drops_arp_only_for_ipv4_addresses_bound_elsewhere() {
+    let group = |data: &str| {
+        config(&format!(
+            "[[group]]\nname = \"prod\"\ninterfaces = [\"en1\", \"en5\"]\ndata_addresses = [{data}]\nfailure_detection_time = \"1s\"\n"
+        ))
+    };
+    let rt = |c: &Config| {
+        vec![plan::GroupRuntime {
+            name: "prod".into(),
+            active: vec!["en1".into(), "en5".into()],
+            binding: c.groups[0].data_addresses.iter().map(|(a, _)| (*a, Some("en1".to_string()))).collect(),
+        }]
+    };
+    // IPv6 only: nothing for ARP to drop, so no filter at all.
+    let c = group("\"2001:db8:1::5/64\"");
+    let p = plan::plan_runtime(&c, &seed_host(), &Ledger::default(), DeviceMode::Loopback, &rt(&c), &[]);
+    assert!(p.arp.is_empty(), "{:?}", p.arp);
+    // IPv4 bound to en1: en5 must not answer for it, en1 has nothing to drop.
+    let c = group("\"198.18.1.5/24\"");
+    let p = plan::plan_runtime(&c, &seed_host(), &Ledger::default(), DeviceMode::Loopback, &rt(&c), &[]);
+    assert_eq!(p.arp.drop.keys().collect::<Vec<_>>(), ["en5"]);
+    assert_eq!(p.arp.drop["en5"], vec!["198.18.1.5".parse::<std::net::Ipv4Addr>().unwrap()]);
+}

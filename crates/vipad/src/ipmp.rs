@@ -93,6 +93,11 @@ impl Ipmp {
 
     /// Feeds link states and router targets from the observed kernel.
     pub fn observe(&mut self, observed: &Observed, now: Instant) {
+        // Without groups nothing here is needed, and a host holding thousands of DVIPA
+        // routes would walk them all on every kernel event.
+        if self.groups.is_empty() {
+            return;
+        }
         for g in self.groups.values_mut() {
             for nic in g.config.interfaces.clone() {
                 let link = observed.link_by_name(&nic).map(|l| l.up && l.carrier);

@@ -54,8 +54,6 @@ pub struct GroupDesired {
     pub addresses: BTreeMap<(u32, IpAddr), u8>,
     pub routes: BTreeMap<RouteKey, OwnedRoute>,
     pub arp: ArpFilter,
-    /// Member NICs that exist.
-    pub members: Vec<String>,
 }
 
 fn network(addr: IpAddr, len: u8) -> IpAddr {
@@ -79,7 +77,6 @@ pub fn desired(config: &Config, observed: &Observed, runtime: &[GroupRuntime]) -
         let index = |name: &str| observed.link_by_name(name).map(|l| l.index);
         let members: Vec<(usize, String, u32)> =
             g.interfaces.iter().enumerate().filter_map(|(k, n)| index(n).map(|i| (k, n.clone(), i))).collect();
-        d.members.extend(members.iter().map(|(_, n, _)| n.clone()));
         let active: Vec<u32> = rt.map(|r| r.active.iter().filter_map(|n| index(n)).collect()).unwrap_or_default();
 
         for &(addr, _) in &g.data_addresses {
@@ -154,7 +151,9 @@ pub fn desired(config: &Config, observed: &Observed, runtime: &[GroupRuntime]) -
                     IpAddr::V6(_) => None,
                 })
                 .collect();
-            d.arp.drop.insert(nic.clone(), drop);
+            if !drop.is_empty() {
+                d.arp.drop.insert(nic.clone(), drop);
+            }
         }
     }
     d
