@@ -464,6 +464,42 @@ fn pause_before_fault(interval_ms: u64) {
     std::thread::sleep(Duration::from_millis(500) + Duration::from_micros(jitter));
 }
 
+/// The client's longest gap while `fault` strikes the cluster at a random moment of the
+/// interval (`None`: the stream could not run).
+fn gap_during(env: &ClusterEnv, interval_ms: u64, fault: impl FnOnce()) -> Option<f64> {
+    let run = stream(&env.client, DVIPA, interval_ms * 6 + 1500);
+    pause_before_fault(interval_ms);
+    fault();
+    run.try_report().ok().map(|r| r.udp.max_gap_ms)
+}
+
+/// One row per case, `system` at `interval_ms` ("DVIPA, 10 ms heartbeats"); the medians of
+/// the outage cases go to the side-by-side rows.
+fn outage_rows(
+    system: &'static str,
+    label: String,
+    interval_ms: u64,
+    cases: Vec<(&'static str, Vec<f64>)>,
+    target: impl Fn(&str) -> String,
+    rows: &mut Vec<Row>,
+    medians: &mut Vec<(&str, u64, &str, f64)>,
+) {
+    for (what, v) in cases {
+        if !v.is_empty() && !what.starts_with("planned") {
+            medians.push((system, interval_ms, what, median(v.clone())));
+        }
+        rows.push(Row {
+            what: format!("{label}: client outage, {what} (median of {})", v.len()),
+            result: if v.is_empty() {
+                "n/a".into()
+            } else {
+                format!("{:.1} ms (runs {} ms)", median(v.clone()), range(&v))
+            },
+            target: target(what),
+        });
+    }
+}
+
 fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians: &mut Vec<(&str, u64, &str, f64)>) {
     let env = ClusterEnv::build(Names::Unique, 3);
     let extra = format!("heartbeat_interval = \"{interval_ms}ms\"\n");
@@ -473,22 +509,18 @@ fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians: &mu
     let mut procs: Vec<vipa_testbed::Proc> = (1..=3).map(|k| env.start_vipad(k)).collect();
     let _srv: Vec<_> = (1..=3).map(|k| serve_on(env.host(k), Some(DVIPA))).collect();
     let settle = Duration::from_millis(interval_ms * 40 + 2000);
-    let stream_ms = interval_ms * 6 + 1500;
     let (mut death, mut cut, mut moved, mut unanswered, mut stop) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         if !s1_ready(&env, settle) {
             continue;
         }
-        // Host death: processes killed, link cut.
-        let run = stream(&env.client, DVIPA, stream_ms);
-        pause_before_fault(interval_ms);
-        // The cable first: the host is gone for everyone at once, as when it dies.
-        env.cut(1);
-        procs[0].kill();
-        if let Ok(r) = run.try_report() {
-            death.push(r.udp.max_gap_ms);
-        }
+        // Host death: the cable first (the host is gone for everyone at once, as when it
+        // dies), then its processes.
+        death.extend(gap_during(&env, interval_ms, || {
+            env.cut(1);
+            procs[0].kill();
+        }));
         env.host(1).drop_local(DVIPA);
         env.restore(1);
         procs[0] = env.start_vipad(1);
@@ -496,12 +528,7 @@ fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians: &mu
             continue;
         }
         // Link cut only.
-        let run = stream(&env.client, DVIPA, stream_ms);
-        pause_before_fault(interval_ms);
-        env.cut(1);
-        if let Ok(r) = run.try_report() {
-            cut.push(r.udp.max_gap_ms);
-        }
+        cut.extend(gap_during(&env, interval_ms, || env.cut(1)));
         env.restore(1);
         if !s1_ready(&env, settle) {
             continue;
@@ -519,40 +546,24 @@ fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians: &mu
             continue;
         }
         // Graceful stop (SIGTERM): the holder hands over and says it is leaving.
-        let run = stream(&env.client, DVIPA, stream_ms);
-        pause_before_fault(interval_ms);
-        procs[0].signal(15);
-        if let Ok(r) = run.try_report() {
-            stop.push(r.udp.max_gap_ms);
-        }
+        stop.extend(gap_during(&env, interval_ms, || procs[0].signal(15)));
         procs[0].wait_timeout(Duration::from_secs(5));
         procs[0] = env.start_vipad(1);
     }
-    let cases = [
+    let cases = vec![
         ("holder host dies", death),
         ("holder's link is cut", cut),
         ("graceful stop", stop),
         ("planned move, 200 µs probes, longest gap", moved),
         ("planned move, 200 µs probes, unanswered (lost × 200 µs)", unanswered),
     ];
-    for (what, v) in cases {
-        if !v.is_empty() && !what.starts_with("planned") {
-            medians.push(("vipa", interval_ms, what, median(v.clone())));
-        }
-        rows.push(Row {
-            what: format!("DVIPA, {interval_ms} ms heartbeats: client outage, {what} (median of {})", v.len()),
-            result: if v.is_empty() {
-                "n/a".into()
-            } else {
-                format!("{:.1} ms (runs {} ms)", median(v.clone()), range(&v))
-            },
-            target: match (what, interval_ms) {
-                ("holder host dies", 1) => "≤ 10 ms".into(),
-                (w, _) if w.starts_with("planned") => "≤ 2 ms".into(),
-                _ => "-".into(),
-            },
-        });
-    }
+    let target = |what: &str| match (what, interval_ms) {
+        ("holder host dies", 1) => "≤ 10 ms".into(),
+        (w, _) if w.starts_with("planned") => "≤ 2 ms".into(),
+        _ => "-".into(),
+    };
+    let label = format!("DVIPA, {interval_ms} ms heartbeats");
+    outage_rows("vipa", label, interval_ms, cases, target, rows, medians);
 }
 
 fn dvipa_scale(n: usize, rows: &mut Vec<Row>) {
@@ -623,8 +634,37 @@ fn dvipa_scale(n: usize, rows: &mut Vec<Row>) {
     });
 }
 
+/// A keepalived we started: the parent and the VRRP child it forks, both killed when this
+/// drops (also on a panic), the child only if it is still the parent's.
+struct Keepalived {
+    parent: vipa_testbed::Proc,
+    vrrp_pidfile: std::path::PathBuf,
+}
+
+impl Keepalived {
+    /// Kills it outright, as a crash would: the VRRP child, then the parent.
+    fn kill(&mut self) {
+        let child = std::fs::read_to_string(&self.vrrp_pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok());
+        // The pid file outlives a killed child: only a process whose parent is ours is it.
+        let ppid = |pid: i32| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse::<i32>().ok()
+        };
+        if let Some(pid) = child.filter(|&pid| ppid(pid) == Some(self.parent.pid())) {
+            let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+        self.parent.kill();
+    }
+}
+
+impl Drop for Keepalived {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// keepalived in host `k`: VRRPv3, the same address, priorities in the DVIPA's order.
-fn start_keepalived(env: &ClusterEnv, k: usize, interval_ms: u64) -> vipa_testbed::Proc {
+fn start_keepalived(env: &ClusterEnv, k: usize, interval_ms: u64) -> Keepalived {
     let dir = env.dir.join(format!("ka{k}"));
     std::fs::create_dir_all(&dir).expect("dir");
     let conf = dir.join("keepalived.conf");
@@ -644,72 +684,42 @@ fn start_keepalived(env: &ClusterEnv, k: usize, interval_ms: u64) -> vipa_testbe
     cmd.arg(format!("--pid={}", dir.join("k.pid").display()))
         .arg(format!("--vrrp_pid={}", dir.join("v.pid").display()));
     cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-    env.host(k).spawn(cmd)
-}
-
-/// Kills keepalived of host `k` outright: its VRRP child (by the pid file it wrote), then
-/// the parent.
-fn kill_keepalived(env: &ClusterEnv, k: usize, parent: &mut vipa_testbed::Proc) {
-    let pidfile = env.dir.join(format!("ka{k}")).join("v.pid");
-    if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
-        let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-    }
-    parent.kill();
+    Keepalived { parent: env.host(k).spawn(cmd), vrrp_pidfile: dir.join("v.pid") }
 }
 
 fn keepalived_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians: &mut Vec<(&str, u64, &str, f64)>) {
     let env = ClusterEnv::build(Names::Unique, 3);
-    let mut procs: Vec<vipa_testbed::Proc> = (1..=3).map(|k| start_keepalived(&env, k, interval_ms)).collect();
+    let mut procs: Vec<Keepalived> = (1..=3).map(|k| start_keepalived(&env, k, interval_ms)).collect();
     let _srv: Vec<_> = (1..=3).map(|k| serve_on(env.host(k), Some(DVIPA))).collect();
     let settle = Duration::from_millis(interval_ms * 20 + 3000);
-    let stream_ms = interval_ms * 6 + 1500;
     let (mut death, mut cut, mut stop) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         if !s1_ready(&env, settle) {
             continue;
         }
-        let run = stream(&env.client, DVIPA, stream_ms);
-        pause_before_fault(interval_ms);
-        env.cut(1);
-        kill_keepalived(&env, 1, &mut procs[0]);
-        death.extend(run.try_report().ok().map(|r| r.udp.max_gap_ms));
+        death.extend(gap_during(&env, interval_ms, || {
+            env.cut(1);
+            procs[0].kill();
+        }));
         env.host(1).drop_local(DVIPA);
         env.restore(1);
         procs[0] = start_keepalived(&env, 1, interval_ms);
         if !s1_ready(&env, settle) {
             continue;
         }
-        let run = stream(&env.client, DVIPA, stream_ms);
-        pause_before_fault(interval_ms);
-        env.cut(1);
-        cut.extend(run.try_report().ok().map(|r| r.udp.max_gap_ms));
+        cut.extend(gap_during(&env, interval_ms, || env.cut(1)));
         env.restore(1);
         if !s1_ready(&env, settle) {
             continue;
         }
         // Graceful stop: keepalived sends priority 0 and the backup takes over.
-        let run = stream(&env.client, DVIPA, stream_ms);
-        pause_before_fault(interval_ms);
-        procs[0].signal(15);
-        stop.extend(run.try_report().ok().map(|r| r.udp.max_gap_ms));
-        procs[0].wait_timeout(Duration::from_secs(5));
-        kill_keepalived(&env, 1, &mut procs[0]);
+        stop.extend(gap_during(&env, interval_ms, || procs[0].parent.signal(15)));
+        procs[0].parent.wait_timeout(Duration::from_secs(5));
         procs[0] = start_keepalived(&env, 1, interval_ms);
     }
-    for (what, v) in [("holder host dies", death), ("holder's link is cut", cut), ("graceful stop", stop)] {
-        if !v.is_empty() {
-            medians.push(("keepalived", interval_ms, what, median(v.clone())));
-        }
-        rows.push(Row {
-            what: format!("keepalived, {interval_ms} ms adverts: client outage, {what} (median of {})", v.len()),
-            result: if v.is_empty() {
-                "n/a".into()
-            } else {
-                format!("{:.1} ms (runs {} ms)", median(v.clone()), range(&v))
-            },
-            target: "(comparison)".into(),
-        });
-    }
+    let cases = vec![("holder host dies", death), ("holder's link is cut", cut), ("graceful stop", stop)];
+    let label = format!("keepalived, {interval_ms} ms adverts");
+    outage_rows("keepalived", label, interval_ms, cases, |_| "(comparison)".into(), rows, medians);
 }
 
 /// The longest gap of a stream nothing disturbs: the measurement's own floor on this
