@@ -92,7 +92,7 @@ fn holder_death_is_taken_over_by_the_highest_backup_and_the_owner_takes_it_back(
     let took = holder_among(&env, 2, &[2, 3], Duration::from_secs(3)).expect("s2 took over");
     let r = run.report();
     eprintln!("host death: s2 active after {took:?}; client UDP longest gap {:.1} ms", r.udp.max_gap_ms);
-    assert!(r.udp.max_gap_ms < 1000.0, "client outage {:.0} ms", r.udp.max_gap_ms);
+    assert!(r.udp.max_gap_ms < 500.0, "client outage {:.0} ms", r.udp.max_gap_ms);
     assert!(r.udp.received > r.udp.sent / 2);
     assert_eq!(env.client_neigh(DVIPA), Some(env.mac(2)), "the client follows the gratuitous ARP");
     let dyn2 = out(&env.vipactl(2, &["dvipa"]));
@@ -108,22 +108,26 @@ fn holder_death_is_taken_over_by_the_highest_backup_and_the_owner_takes_it_back(
     assert_eq!(env.holders(DVIPA), vec![1, 2]);
     procs[0] = env.start_vipad(1);
     let run = stream(&env.client, DVIPA, 2500);
-    let mut both = 0;
+    // First s1 gives its stale copy up (s2 alone, while s1 listens), then s2 hands over.
+    let (mut gave_up, mut both) = (false, 0);
     let t = Instant::now();
     while t.elapsed() < Duration::from_millis(1500) {
         let h = env.holders(DVIPA);
         if h == vec![1] {
             break;
         }
-        if h.len() > 1 && t.elapsed() > Duration::from_millis(300) {
+        gave_up |= h == vec![2];
+        if gave_up && h.len() > 1 {
             both += 1;
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    assert!(gave_up, "s1 never gave its stale copy up: {}", env.log(1));
     assert_eq!(env.holders(DVIPA), vec![1], "s1 took it back: {}", env.log(1));
     assert_eq!(both, 0, "two holders after s1 gave up its stale copy");
     let r = run.report();
     eprintln!("takeback: client UDP longest gap {:.1} ms", r.udp.max_gap_ms);
+    assert!(r.udp.max_gap_ms < 500.0, "takeback outage {:.0} ms", r.udp.max_gap_ms);
     assert_eq!(env.client_neigh(DVIPA), Some(env.mac(1)));
     assert!(env.log(1).contains("stale copy from before the restart"), "{}", env.log(1));
     assert!(incarnation_of_s1() > first_incarnation, "a restart is a new incarnation");
@@ -265,7 +269,7 @@ fn a_stopping_holder_hands_over_without_waiting_for_a_death() {
     holder_is(&env, 2, Duration::from_secs(1)).expect("s2 took it");
     let r = run.report();
     eprintln!("graceful stop: client UDP longest gap {:.1} ms", r.udp.max_gap_ms);
-    assert!(r.udp.max_gap_ms < 1000.0);
+    assert!(r.udp.max_gap_ms < 250.0, "graceful stop outage {:.0} ms", r.udp.max_gap_ms);
     assert_eq!(env.client_neigh(DVIPA), Some(env.mac(2)));
     assert!(env.log(1).contains("vipad is stopping: handed over"), "{}", env.log(1));
     assert!(env.log(2).contains("node s1 left the cluster"), "{}", env.log(2));

@@ -133,6 +133,8 @@ fn silent_failure_is_found_by_probes_and_repaired() {
     env.silence("en1");
     let detected = wait_state(&env, "en1", "failed", Duration::from_secs(5)).expect("silent failure detected");
     eprintln!("silent failure detected after {detected:?} (FDT 1 s, probe interval 142 ms)");
+    // in.mpathd's promise: a failure is found within the failure detection time.
+    assert!(detected <= Duration::from_millis(1500), "detected after {detected:?}, FDT 1 s");
     assert_eq!(interfaces(&env)["en1"].2, "up", "the link stayed up: probes found it");
     assert_eq!(interfaces(&env)["en1"].3, "failed");
     assert_eq!(inbound(&env).get(DATA).map(String::as_str), Some("en2"));
@@ -148,6 +150,7 @@ fn silent_failure_is_found_by_probes_and_repaired() {
     // Ten answered probes repair it (about 1.4 s at FDT 1 s).
     let repaired = wait_state(&env, "en1", "ok", Duration::from_secs(6)).expect("repaired");
     eprintln!("repaired after {repaired:?}");
+    assert!(repaired <= Duration::from_secs(3), "repaired after {repaired:?}");
     assert_eq!(interfaces(&env)["en1"].0, "yes", "failback: used again");
 }
 
@@ -158,6 +161,9 @@ fn without_failback_a_repaired_nic_stays_inactive() {
     wait_state(&env, "en1", "failed", Duration::from_secs(5)).expect("failed");
     env.unsilence();
     wait_state(&env, "en1", "ok", Duration::from_secs(6)).expect("repaired");
+    // Repaired, and it stays out of use: no failback a moment later either.
+    let back = wait_for(Duration::from_secs(1), || (interfaces(&env)["en1"].0 == "yes").then_some(()));
+    assert!(back.is_none(), "en1 was used again without failback");
     let i = interfaces(&env);
     assert_eq!(i["en1"].0, "no", "{i:?}");
     assert!(i["en1"].1.starts_with('i'), "INACTIVE flag: {i:?}");
