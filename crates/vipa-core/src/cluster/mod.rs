@@ -521,7 +521,14 @@ impl Cluster {
             )));
         }
         let fresh = was.is_none_or(|w| !w.0 || w.1 != h.incarnation);
-        let (jitter, rtt, probes) = self.peers.remove(&h.node).map(|p| (p.jitter, p.rtt, p.probes)).unwrap_or_default();
+        let old = self.peers.remove(&h.node);
+        // A new or returning peer has its round trip measured at once; a known one keeps
+        // its schedule, however often its claims change.
+        let next_rtt = match &old {
+            Some(p) if !fresh => p.next_rtt,
+            _ => now,
+        };
+        let (jitter, rtt, probes) = old.map(|p| (p.jitter, p.rtt, p.probes)).unwrap_or_default();
         self.peers.insert(
             h.node.clone(),
             Peer {
@@ -540,8 +547,7 @@ impl Cluster {
                 probes,
                 suspect: None,
                 answered: now,
-                // A new or returning peer has its round trip measured at once.
-                next_rtt: if fresh { now } else { now + interval * RTT_EVERY },
+                next_rtt,
             },
         );
         self.adopt_pins();
@@ -764,7 +770,11 @@ impl Cluster {
 
     /// Who should hold DVIPA `i`, from this node's view.
     pub fn desired(&self, i: usize) -> Option<String> {
-        let order = self.order(i);
+        self.desired_in(i, &self.order(i))
+    }
+
+    /// [`Cluster::desired`] with DVIPA `i`'s candidate order already at hand.
+    fn desired_in(&self, i: usize, order: &[String]) -> Option<String> {
         let holder = order.iter().find(|n| self.claims(n, i)).cloned();
         if self.pinned(i).is_some_and(|p| order.first().is_some_and(|o| o == p)) {
             return order.first().cloned();
@@ -796,8 +806,8 @@ impl Cluster {
         }
         self.had_quorum = quorum;
         let mut changed = false;
+        let me = self.config.me.clone();
         for i in 0..self.dvipas.len() {
-            let me = self.config.me.clone();
             let others: Vec<String> = self.peers.keys().filter(|n| self.claims(n, i)).cloned().collect();
             if !others.is_empty() {
                 self.moving[i] = false;
@@ -815,25 +825,26 @@ impl Cluster {
             if self.dvipas[i].rank(&me).is_none() {
                 continue;
             }
-            let desired = self.desired(i);
             let order = self.order(i);
+            let desired = self.desired_in(i, &order);
             let pos = |n: &str| order.iter().position(|o| o == n).unwrap_or(usize::MAX);
             if self.held[i] {
-                let cause = if !quorum {
-                    Some("no quorum: this node sees no majority of the cluster".to_string())
+                // Why to release, and whether it is a handover (the address is moving).
+                let release = if !quorum {
+                    Some(("no quorum: this node sees no majority of the cluster".to_string(), false))
                 } else if self.declined[i] {
-                    Some("deactivated by the operator".to_string())
+                    Some(("deactivated by the operator".to_string(), false))
                 } else if let Some(o) = others.iter().find(|o| pos(o) < pos(&me)) {
-                    Some(format!("{o} also holds it and comes first"))
+                    Some((format!("{o} also holds it and comes first"), false))
                 } else if desired.as_deref() != Some(me.as_str()) {
-                    desired.as_ref().map(|d| format!("handing over to {d}"))
+                    desired.as_ref().map(|d| (format!("handing over to {d}"), true))
                 } else {
                     None
                 };
-                if let Some(cause) = cause {
+                if let Some((cause, handover)) = release {
                     self.held[i] = false;
                     self.since[i] = now;
-                    self.moving[i] = cause.starts_with("handing over");
+                    self.moving[i] = handover;
                     self.conflict[i] = false;
                     self.out.push_back(Output::Release { index: i, cause });
                     changed = true;

@@ -523,18 +523,24 @@ fn replayed_and_own_name_heartbeats_are_dropped() {
         panic!("no heartbeat")
     };
     a.receive(t0, h.clone());
-    a.receive(t0, h.clone());
+    assert_eq!(a.holder(0), None, "s2 claims nothing yet");
+    // The same sequence number again, now claiming the DVIPA: a replay, acted on not at all.
+    let mut replayed = h.clone();
+    vipa_wire::cluster::set_bit(&mut replayed.held, 0, true);
+    a.receive(t0, replayed.clone());
     assert_eq!(a.drops.replayed, 1);
-    let mut old = h.clone();
+    let mut old = replayed.clone();
     old.incarnation = 4;
     old.seq = 99;
     a.receive(t0, old);
     assert_eq!(a.drops.replayed, 2, "an older incarnation is a replay");
-    let mut me = h;
+    let mut me = replayed;
     me.node = "s1".into();
     me.seq = 100;
     a.receive(t0, me);
     assert_eq!(a.drops.foreign, 1);
+    assert_eq!(a.holder(0), None, "a dropped heartbeat changed what s1 believes");
+    assert_eq!(a.peers["s2"].seq, h.seq);
 }
 
 #[test]

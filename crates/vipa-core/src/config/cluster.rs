@@ -40,12 +40,6 @@ pub(crate) struct RawDvipa {
     announce: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
-fn valid_node(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 63
-        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-}
-
 pub(crate) fn parse_cluster(
     cx: &mut Ctx,
     raw: Option<&Spanned<RawCluster>>,
@@ -189,7 +183,7 @@ pub(crate) fn parse_cluster(
             cx.err(at, key("owner"), "missing key `owner`: the node that holds the DVIPA first (VIPADEFINE)");
             continue;
         };
-        if !valid_node(owner.get_ref()) {
+        if !super::valid_node_name(owner.get_ref()) {
             cx.err(owner.span().start, key("owner"), format!("{:?} is not a node name", owner.get_ref()));
         }
         let mut backups = Vec::new();
@@ -208,7 +202,7 @@ pub(crate) fn parse_cluster(
                             rank.get_ref()
                         ),
                     );
-                } else if !valid_node(node) {
+                } else if !super::valid_node_name(node) {
                     cx.err(rank.span().start, k, format!("{node:?} is not a node name"));
                 } else if seen.insert(node.clone()) {
                     backups.push((node.clone(), *rank.get_ref() as u8));
