@@ -3,7 +3,7 @@
 
 use std::io;
 use std::mem;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV6};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use vipa_wire::arp::{Operation, Packet, Repr};
@@ -25,13 +25,9 @@ fn packet_addr(ifindex: u32, dst: [u8; 6]) -> SockAddr {
     }
 }
 
-/// Sends `count` gratuitous ARPs of each form for `ip` from `mac` out of `ifindex`.
-pub fn garp(ifindex: u32, mac: [u8; 6], ip: Ipv4Addr, count: u32) -> io::Result<()> {
-    garp_many(ifindex, mac, &[ip], count)
-}
-
-/// The same for many addresses, over one socket: each round announces every address once,
-/// so the first round reaches neighbours before any repeat.
+/// Sends `count` gratuitous ARPs of each form for each of `ips` from `mac` out of
+/// `ifindex`, over one socket: each round announces every address once, so the first
+/// round reaches neighbours before any repeat.
 pub fn garp_many(ifindex: u32, mac: [u8; 6], ips: &[Ipv4Addr], count: u32) -> io::Result<()> {
     let sock = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(i32::from(ETH_P_ARP.to_be()))))?;
     let dst = packet_addr(ifindex, [0xff; 6]);
@@ -71,12 +67,4 @@ pub fn unsolicited_na(ifname: &str, ifindex: u32, mac: [u8; 6], ip: Ipv6Addr, co
         sock.send_to(&msg, &dst)?;
     }
     Ok(())
-}
-
-/// Announces `addr` from the NIC `ifname` (index `ifindex`, hardware address `mac`).
-pub fn announce(ifname: &str, ifindex: u32, mac: [u8; 6], addr: IpAddr, count: u32) -> io::Result<()> {
-    match addr {
-        IpAddr::V4(a) => garp(ifindex, mac, a, count),
-        IpAddr::V6(a) => unsolicited_na(ifname, ifindex, mac, a, count),
-    }
 }

@@ -21,10 +21,10 @@ pub fn send(observed: &Observed, items: impl IntoIterator<Item = (IpAddr, String
         }
         match addr {
             IpAddr::V4(a) => v4.entry((nic, count)).or_default().push(a),
-            IpAddr::V6(_) => {
+            IpAddr::V6(a) => {
                 let Some(l) = observed.link_by_name(&nic) else { continue };
                 let Some(mac) = l.mac else { continue };
-                match vipa_kernel::announce::announce(&nic, l.index, mac, addr, count) {
+                match vipa_kernel::announce::unsolicited_na(&nic, l.index, mac, a, count) {
                     Ok(()) => info!(address = %addr, interface = %nic, count, "announced"),
                     Err(e) => warn!(address = %addr, interface = %nic, error = %e, "announcement failed"),
                 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, info, warn};
 use vipa_api::{ClusterView, DvipaView, MemberView};
-use vipa_core::cluster::{Cluster, Output, Quorum};
+use vipa_core::cluster::{Cluster, ClusterConfig, Output, Quorum};
 use vipa_core::model::Observed;
 use vipa_core::plan::HeldDvipa;
 use vipa_core::Config;
@@ -68,6 +68,25 @@ pub struct ClusterShell {
     identity: Arc<Mutex<(String, u64)>>,
 }
 
+/// Whether a running cluster (`None`: none) can take the configuration's `[cluster]`
+/// without a restart of vipad.
+pub fn change_allowed(running: Option<&ClusterConfig>, new: Option<&ClusterConfig>) -> Result<(), String> {
+    match (running, new) {
+        (None, None) => Ok(()),
+        (None, Some(_)) => Err("adding [cluster] needs a restart of vipad".into()),
+        (Some(_), None) => Err("removing [cluster] needs a restart of vipad".into()),
+        (Some(c), Some(n)) if n.port != c.port || n.key_file != c.key_file => {
+            Err("a new cluster port or key file needs a restart of vipad".into())
+        }
+        (Some(_), Some(_)) => Ok(()),
+    }
+}
+
+/// A new incarnation: the wall clock in microseconds, so that a restart's is higher.
+fn new_incarnation() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1)
+}
+
 /// The DVIPAs the kernel still has from before (a vipad that was killed, or a changed
 /// configuration).
 fn kept(config: &Config, observed: &Observed) -> Vec<IpAddr> {
@@ -117,8 +136,7 @@ impl ClusterShell {
             .or_else(|_| UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], c.port))))
             .map_err(|e| format!("cannot listen for heartbeats on UDP port {}: {e}", c.port))?;
         let present = kept(config, observed);
-        let incarnation =
-            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1);
+        let incarnation = new_incarnation();
         let identity = Arc::new(Mutex::new((c.me.clone(), incarnation)));
         let (rx, rx_key, rx_identity) = (sock.try_clone().map_err(|e| e.to_string())?, key.clone(), identity.clone());
         thread::Builder::new()
@@ -146,18 +164,13 @@ impl ClusterShell {
     /// (keeping what it holds) under a new incarnation. A different port or key file
     /// needs a restart.
     pub fn reconfigure(&mut self, config: &Config, observed: &Observed, now: Instant) -> Result<bool, String> {
-        let Some(c) = config.cluster.clone() else {
-            return Err("removing [cluster] needs a restart of vipad".into());
-        };
+        change_allowed(Some(&self.core.config), config.cluster.as_ref())?;
+        let Some(c) = config.cluster.clone() else { return Ok(false) };
         if c == self.core.config && config.dvipas == self.core.dvipas {
             return Ok(false);
         }
-        if c.port != self.core.config.port || c.key_file != self.core.config.key_file {
-            return Err("a new cluster port or key file needs a restart of vipad".into());
-        }
         let present = kept(config, observed);
-        let incarnation =
-            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1);
+        let incarnation = new_incarnation();
         if let Ok(mut id) = self.identity.lock() {
             *id = (c.me.clone(), incarnation);
         }

@@ -435,21 +435,9 @@ impl Daemon {
 
     /// Whether a new configuration's cluster part can be taken without a restart.
     fn cluster_check(&self, config: &Config) -> Result<(), String> {
-        match (&self.cluster, &config.cluster) {
-            (None, None) => Ok(()),
-            (None, Some(_)) => Err("adding [cluster] needs a restart of vipad; the running configuration stays".into()),
-            (Some(_), None) => {
-                Err("removing [cluster] needs a restart of vipad; the running configuration stays".into())
-            }
-            (Some(c), Some(new)) => {
-                if new.port != c.core.config.port || new.key_file != c.core.config.key_file {
-                    Err("a new cluster port or key file needs a restart of vipad; the running configuration stays"
-                        .into())
-                } else {
-                    Ok(())
-                }
-            }
-        }
+        let running = self.cluster.as_ref().map(|c| &c.core.config);
+        crate::cluster::change_allowed(running, config.cluster.as_ref())
+            .map_err(|e| format!("{e}; the running configuration stays"))
     }
 
     /// Brings the IPMP groups and the cluster in line with the configuration just adopted.
