@@ -1,7 +1,7 @@
 //! Established TCP connections per local address, for when-idle takeback. Read from
 //! `/proc/net/tcp` and `/proc/net/tcp6` of the daemon's network namespace.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -26,13 +26,15 @@ fn local_addr(field: &str) -> Option<IpAddr> {
 }
 
 /// Counts established connections whose local address is one of `addrs`.
-pub fn count(text: &str, addrs: &[IpAddr], into: &mut BTreeMap<IpAddr, usize>) {
+pub fn count(text: &str, addrs: &BTreeSet<IpAddr>, into: &mut BTreeMap<IpAddr, usize>) {
     for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 4 || f[3] != ESTABLISHED {
+        // sl, local address, remote address, state.
+        let mut f = line.split_whitespace().skip(1);
+        let (Some(local), Some(_), Some(state)) = (f.next(), f.next(), f.next()) else { continue };
+        if state != ESTABLISHED {
             continue;
         }
-        if let Some(a) = local_addr(f[1]) {
+        if let Some(a) = local_addr(local) {
             if addrs.contains(&a) {
                 *into.entry(a).or_default() += 1;
             }
@@ -40,7 +42,7 @@ pub fn count(text: &str, addrs: &[IpAddr], into: &mut BTreeMap<IpAddr, usize>) {
     }
 }
 
-pub fn established(addrs: &[IpAddr]) -> io::Result<BTreeMap<IpAddr, usize>> {
+pub fn established(addrs: &BTreeSet<IpAddr>) -> io::Result<BTreeMap<IpAddr, usize>> {
     let mut out = BTreeMap::new();
     for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
         match std::fs::read_to_string(path) {
@@ -64,12 +66,12 @@ mod tests {
    2: 0B0112C6:9C40 320112C6:1B58 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0 20 4 30 10 -1\n";
         let mut m = BTreeMap::new();
         let a: IpAddr = "198.18.1.200".parse().unwrap();
-        count(tcp, &[a], &mut m);
+        count(tcp, &BTreeSet::from([a]), &mut m);
         assert_eq!(m.get(&a), Some(&1), "the listener (0A) does not count");
         let v6 = "  sl  local_address rem_address st\n   0: B80D0120000000000000000005000000:1B58 B80D0120000000000000000064000000:D431 01 0\n";
         let b: IpAddr = "2001:db8::5".parse().unwrap();
         let mut m = BTreeMap::new();
-        count(v6, &[b], &mut m);
+        count(v6, &BTreeSet::from([b]), &mut m);
         assert_eq!(m.get(&b), Some(&1));
     }
 }

@@ -205,7 +205,7 @@ impl ClusterShell {
     /// DVIPAs whose connections matter: held here as a backup with `when-idle` takeback
     /// (the owner gets them back once they are idle). Counting walks the kernel's whole TCP
     /// table, so nothing else is counted.
-    fn watched(&self) -> impl Iterator<Item = IpAddr> + '_ {
+    fn watched(&self) -> impl Iterator<Item = (usize, IpAddr)> + '_ {
         let me = &self.core.config.me;
         self.core
             .dvipas
@@ -214,7 +214,7 @@ impl ClusterShell {
             .filter(|(i, d)| {
                 self.core.held[*i] && d.takeback == vipa_core::cluster::Takeback::WhenIdle && d.owner != *me
             })
-            .map(|(_, d)| d.address)
+            .map(|(i, d)| (i, d.address))
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
@@ -228,13 +228,12 @@ impl ClusterShell {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.watching && now >= self.next_idle_check {
-            let watched: Vec<IpAddr> = self.watched().collect();
+            let watched: Vec<(usize, IpAddr)> = self.watched().collect();
             self.next_idle_check = now + IDLE_CHECK;
-            if let Ok(counts) = vipa_kernel::conns::established(&watched) {
-                for a in watched {
-                    let busy = counts.get(&a).copied().unwrap_or(0) > 0;
-                    self.core.set_busy(now, a, busy);
-                }
+            let addrs = watched.iter().map(|&(_, a)| a).collect();
+            if let Ok(counts) = vipa_kernel::conns::established(&addrs) {
+                let busy = watched.into_iter().map(|(i, a)| (i, counts.get(&a).is_some_and(|&n| n > 0)));
+                self.core.set_busy(now, busy);
             }
         }
         if self.core.poll_timeout().is_some_and(|t| t <= now) {

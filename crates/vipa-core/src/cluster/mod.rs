@@ -574,15 +574,20 @@ impl Cluster {
         }
     }
 
-    /// Whether the shell sees TCP connections on DVIPA `addr` here (for when-idle).
-    pub fn set_busy(&mut self, now: Instant, addr: IpAddr, busy: bool) {
-        if let Some(i) = self.index(addr) {
-            if self.busy[i] != busy {
-                self.busy[i] = busy;
-                self.maps = None;
-                self.evaluate(now);
-                self.send_heartbeat(now);
+    /// Whether the shell sees TCP connections on DVIPA `i` here (for when-idle), for any
+    /// number of DVIPAs at once: one evaluation and one heartbeat for all that changed.
+    pub fn set_busy(&mut self, now: Instant, busy: impl IntoIterator<Item = (usize, bool)>) {
+        let mut changed = false;
+        for (i, b) in busy {
+            if i < self.busy.len() && self.busy[i] != b {
+                self.busy[i] = b;
+                changed = true;
             }
+        }
+        if changed {
+            self.maps = None;
+            self.evaluate(now);
+            self.send_heartbeat(now);
         }
     }
 

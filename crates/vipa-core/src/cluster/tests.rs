@@ -351,14 +351,14 @@ fn takeback_never_keeps_the_backup_and_when_idle_waits_for_idle() {
     s.kill("s1");
     s.run(ms(800));
     s.with("s2", |c, now| {
-        c.set_busy(now, IpAddr::from([198, 18, 7, 1]), true);
+        c.set_busy(now, [(0, true)]);
     });
     s.restart("s1", 2);
     s.run(ms(1500));
     assert_eq!(s.holders(0), vec!["s2".to_string()], "busy: stays");
     assert_eq!(s.nodes["s2"].c.status(0), DvipaStatus::Quiescing);
     s.with("s2", |c, now| {
-        c.set_busy(now, IpAddr::from([198, 18, 7, 1]), false);
+        c.set_busy(now, [(0, false)]);
     });
     s.watch = s.t;
     s.run(ms(1700));
