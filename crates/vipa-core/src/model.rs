@@ -14,6 +14,15 @@ use serde::{Deserialize, Serialize};
 pub const ADDR_PROTO_VIPA: u8 = 0x56;
 /// Routing table numbers the kernel reserves for local and broadcast routes.
 pub const TABLE_LOCAL: u32 = 255;
+/// The prefix length of a single address: 32 for IPv4, 128 for IPv6.
+pub fn host_prefix_len(addr: IpAddr) -> u8 {
+    if addr.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
 /// The main routing table.
 pub const TABLE_MAIN: u32 = 254;
 /// Route protocol of routes the kernel made itself (connected routes).
@@ -303,7 +312,7 @@ impl OwnedRoute {
         OwnedRoute {
             table: TABLE_LOCAL,
             dst: addr,
-            dst_len: if addr.is_ipv4() { 32 } else { 128 },
+            dst_len: host_prefix_len(addr),
             metric: DVIPA_LOCAL_METRIC,
             src: None,
             oifs: vec![oif],

@@ -30,7 +30,7 @@ impl ProbeSocket {
             Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4))?
         };
         sock.bind_device(Some(ifname.as_bytes()))?;
-        let scope = if matches!(src, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80) { ifindex } else { 0 };
+        let scope = if matches!(src, IpAddr::V6(a) if a.is_unicast_link_local()) { ifindex } else { 0 };
         match src {
             IpAddr::V4(a) => {
                 sock.bind(&SockAddr::from(SocketAddr::new(IpAddr::V4(a), 0)))?;
@@ -80,7 +80,7 @@ impl ProbeSocket {
         let to = match dst {
             IpAddr::V4(a) => SockAddr::from(SocketAddr::new(IpAddr::V4(a), 0)),
             IpAddr::V6(a) => {
-                let link_local = a.segments()[0] & 0xffc0 == 0xfe80 || a.is_multicast();
+                let link_local = a.is_unicast_link_local() || a.is_multicast();
                 SockAddr::from(SocketAddrV6::new(a, 0, 0, if link_local { self.ifindex } else { 0 }))
             }
         };

@@ -13,7 +13,7 @@ pub fn vipa_view(v: &VipaConfig, config: &Config, observed: &Observed, ledger: &
         .iter()
         .map(|a| AddressView {
             address: a.to_string(),
-            prefix_len: if a.is_ipv4() { 32 } else { 128 },
+            prefix_len: vipa_core::model::host_prefix_len(*a),
             active: dev.is_some_and(|d| observed.addresses.contains_key(&(d.index, *a))),
         })
         .collect();

@@ -68,7 +68,7 @@ fn parse_prefixed(text: &str) -> Result<(IpAddr, u8), String> {
     let addr: IpAddr = a.parse().map_err(|_| {
         format!("{text:?} is not an address with a prefix, such as \"198.18.1.5/24\" or \"2001:db8:1::5/64\"")
     })?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let max = crate::model::host_prefix_len(addr);
     let len: u8 = l
         .parse()
         .ok()
@@ -217,7 +217,7 @@ pub(crate) fn parse_groups(
                     match parse_prefixed(&text) {
                         Err(m) => cx.err(at, k.clone(), m),
                         Ok((a, l)) => {
-                            let link_local = matches!(a, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+                            let link_local = matches!(a, IpAddr::V6(v6) if v6.is_unicast_link_local());
                             let in_subnet = data_addresses
                                 .iter()
                                 .any(|&(d, dl)| d.is_ipv4() == a.is_ipv4() && dl == l && same_prefix(d, a, l));
@@ -259,7 +259,7 @@ pub(crate) fn parse_groups(
             let k = format!("group[{i}].probe_targets[{j}]");
             match text.parse::<IpAddr>() {
                 Err(_) => cx.err(at, k, format!("{text:?} is not an IP address")),
-                Ok(a) if !data_addresses.iter().any(|&(d, l)| same_prefix(d, a, l)) && !matches!(a, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80) => {
+                Ok(a) if !data_addresses.iter().any(|&(d, l)| same_prefix(d, a, l)) && !matches!(a, IpAddr::V6(v6) if v6.is_unicast_link_local()) => {
                     cx.err(at, k, format!("probe target {a} is not on the group's link: it must be inside the subnet of a data address"))
                 }
                 Ok(a) => probe_targets.push(a),

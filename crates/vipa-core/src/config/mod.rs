@@ -366,7 +366,7 @@ pub fn parse_host_address(text: &str) -> Result<IpAddr, String> {
                 Some("a loopback address")
             } else if a.is_multicast() {
                 Some("a multicast address")
-            } else if a.segments()[0] & 0xffc0 == 0xfe80 {
+            } else if a.is_unicast_link_local() {
                 Some("a link-local address")
             } else if a.to_ipv4_mapped().is_some() {
                 Some("an IPv4-mapped address")

@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, VipaConfig};
 use crate::model::{
-    is_vipa_local, Link, Observed, Op, OwnedRoute, Route, RouteKey, SysctlKey, SysctlKind, ADDR_PROTO_VIPA,
-    PROTO_KERNEL, PROTO_VIPA, TABLE_LOCAL, TABLE_MAIN,
+    host_prefix_len, is_vipa_local, Link, Observed, Op, OwnedRoute, Route, RouteKey, SysctlKey, SysctlKind,
+    ADDR_PROTO_VIPA, PROTO_KERNEL, PROTO_VIPA, TABLE_LOCAL, TABLE_MAIN,
 };
 
 /// Where VIPA addresses live.
@@ -269,7 +269,7 @@ pub fn plan_runtime(
                 let r = OwnedRoute::dvipa(d.address, l.index);
                 want.routes.insert(r.key(), r);
             } else {
-                want.addresses.insert((l.index, d.address), if d.address.is_ipv4() { 32 } else { 128 });
+                want.addresses.insert((l.index, d.address), host_prefix_len(d.address));
             }
         }
     }
@@ -307,7 +307,7 @@ pub fn plan_runtime(
             continue;
         };
         for &addr in &v.addresses {
-            wanted.insert((dev.index, addr), if addr.is_ipv4() { 32 } else { 128 });
+            wanted.insert((dev.index, addr), host_prefix_len(addr));
         }
     }
     // Every address wanted, whichever device: what a deletion elsewhere keeps on the host.
