@@ -256,13 +256,9 @@ pub struct LanEnv {
     pub host: Netns,
     pub router: Netns,
     pub client: Netns,
-    pub nics: usize,
     pub dir: PathBuf,
 }
 
-pub const LAN_CLIENT: &str = "198.18.1.100";
-pub const LAN_CLIENT6: &str = "2001:db8:1::64";
-pub const LAN_ROUTER: &str = "198.18.1.254";
 pub const DATA: &str = "198.18.1.5";
 pub const DATA6: &str = "2001:db8:1::5";
 
@@ -289,7 +285,7 @@ impl LanEnv {
         client.sh(
             "ip link set cl0 up && ip addr add 198.18.1.100/24 dev cl0 && ip addr add 2001:db8:1::64/64 dev cl0 nodad",
         );
-        LanEnv { lan, host, router, client, nics, dir }
+        LanEnv { lan, host, router, client, dir }
     }
 
     /// Pulls the host's `nic` cable: the host side loses carrier.
@@ -316,13 +312,12 @@ impl LanEnv {
 
     /// The MAC address of the host's `nic`.
     pub fn mac(&self, nic: &str) -> String {
-        self.host.ip_json(&format!("link show dev {nic}"))[0]["address"].as_str().unwrap_or("").to_string()
+        self.host.mac(nic)
     }
 
     /// The client's neighbour entry for `addr`: its MAC, if any.
     pub fn client_neigh(&self, addr: &str) -> Option<String> {
-        let j = self.client.ip_json(&format!("neigh show {addr} dev cl0"));
-        j.as_array()?.first()?.get("lladdr")?.as_str().map(str::to_string)
+        self.client.neigh(addr, "cl0")
     }
 }
 
@@ -412,7 +407,6 @@ pub struct ClusterEnv {
     pub dir: PathBuf,
 }
 
-pub const CLUSTER_CLIENT: &str = "198.18.1.50";
 pub const DVIPA: &str = "198.18.1.200";
 pub const DVIPA6: &str = "2001:db8:1::200";
 
@@ -552,12 +546,11 @@ impl ClusterEnv {
 
     /// The MAC of host `k`'s NIC.
     pub fn mac(&self, k: usize) -> String {
-        self.host(k).ip_json("link show dev en1")[0]["address"].as_str().unwrap_or("").to_string()
+        self.host(k).mac("en1")
     }
 
     pub fn client_neigh(&self, addr: &str) -> Option<String> {
-        let j = self.client.ip_json(&format!("neigh show {addr} dev cl0"));
-        j.as_array()?.first()?.get("lladdr")?.as_str().map(str::to_string)
+        self.client.neigh(addr, "cl0")
     }
 }
 

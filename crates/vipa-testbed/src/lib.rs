@@ -144,6 +144,17 @@ impl Netns {
         self.sh(&format!("ip -4 route show table local type local dev {dev}")).lines().count()
     }
 
+    /// The hardware address of `dev`.
+    pub fn mac(&self, dev: &str) -> String {
+        self.ip_json(&format!("link show dev {dev}"))[0]["address"].as_str().unwrap_or("").to_string()
+    }
+
+    /// The neighbour entry for `addr` on `dev`: its MAC, if any.
+    pub fn neigh(&self, addr: &str, dev: &str) -> Option<String> {
+        let j = self.ip_json(&format!("neigh show {addr} dev {dev}"));
+        j.as_array()?.first()?.get("lladdr")?.as_str().map(str::to_string)
+    }
+
     /// `ip -j` output parsed.
     pub fn ip_json(&self, args: &str) -> serde_json::Value {
         let out = self.sh(&format!("ip -j {args}"));
