@@ -249,12 +249,35 @@ pub struct StatusView {
     pub reloads: u64,
     pub last_reload_error: Option<String>,
     pub warnings: Vec<String>,
-    /// One line per IPMP group: name, state, active NICs.
+    /// Each IPMP group in brief.
     #[serde(default)]
-    pub groups: Vec<String>,
-    /// The cluster in one line (node, quorum, members alive, DVIPAs held), if configured.
+    pub groups: Vec<GroupSummary>,
+    /// The cluster in brief, if configured.
     #[serde(default)]
-    pub cluster: Option<String>,
+    pub cluster: Option<ClusterSummary>,
+}
+
+/// An IPMP group on the status page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSummary {
+    pub group: String,
+    pub state: String,
+    pub active: Vec<String>,
+}
+
+/// The cluster on the status page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSummary {
+    pub node: String,
+    pub has_quorum: bool,
+    /// Members alive, this node included, of `members`.
+    pub alive: usize,
+    pub members: usize,
+    /// DVIPAs held here, of `dvipas`.
+    pub held: usize,
+    pub dvipas: usize,
+    /// Still listening after its start (claims nothing yet).
+    pub listening: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

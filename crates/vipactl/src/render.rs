@@ -134,10 +134,21 @@ pub fn status(s: &StatusView) -> String {
         s.last_reload_error.as_ref().map_or(String::new(), |e| format!(", last one refused:\n{e}"))
     );
     for g in &s.groups {
-        let _ = writeln!(out, "IPMP     {g}");
+        let active = if g.active.is_empty() { "-".to_string() } else { g.active.join(" ") };
+        let _ = writeln!(out, "IPMP     {} {}: active {active}", g.group, g.state);
     }
     if let Some(c) = &s.cluster {
-        let _ = writeln!(out, "cluster  {c}");
+        let _ = writeln!(
+            out,
+            "cluster  node {}, quorum {}, {}/{} members alive, {}/{} DVIPAs held here{}",
+            c.node,
+            if c.has_quorum { "yes" } else { "NO" },
+            c.alive,
+            c.members,
+            c.held,
+            c.dvipas,
+            if c.listening { ", listening" } else { "" }
+        );
     }
     for w in &s.warnings {
         let _ = writeln!(out, "warning: {w}");

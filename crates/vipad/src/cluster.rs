@@ -377,6 +377,20 @@ impl ClusterShell {
         }
     }
 
+    /// The cluster in brief, for the status page.
+    pub fn summary(&self) -> vipa_api::ClusterSummary {
+        let c = &self.core;
+        vipa_api::ClusterSummary {
+            node: c.config.me.clone(),
+            has_quorum: c.has_quorum(),
+            alive: 1 + c.peers.values().filter(|p| p.alive).count(),
+            members: c.config.size(),
+            held: c.held.iter().filter(|h| **h).count(),
+            dvipas: c.dvipas.len(),
+            listening: c.syncing(),
+        }
+    }
+
     pub fn view(&self, now: Instant) -> ClusterView {
         let c = &self.core;
         let mut members = vec![MemberView {

@@ -614,29 +614,10 @@ impl Daemon {
                 .ipmp
                 .view()
                 .groups
-                .iter()
-                .map(|g| {
-                    format!(
-                        "{} {}: active {}",
-                        g.group,
-                        g.state,
-                        if g.active.is_empty() { "-".into() } else { g.active.join(" ") }
-                    )
-                })
+                .into_iter()
+                .map(|g| vipa_api::GroupSummary { group: g.group, state: g.state, active: g.active })
                 .collect(),
-            cluster: self.cluster.as_ref().map(|c| {
-                let v = c.view(Instant::now());
-                let alive = v.members.iter().filter(|m| m.state == "alive" || m.state == "self").count();
-                let held = c.core.held.iter().filter(|h| **h).count();
-                format!(
-                    "node {}, quorum {}, {alive}/{} members alive, {held}/{} DVIPAs held here{}",
-                    v.node,
-                    if v.has_quorum { "yes" } else { "NO" },
-                    c.core.config.size(),
-                    c.core.dvipas.len(),
-                    if v.listening { ", listening" } else { "" }
-                )
-            }),
+            cluster: self.cluster.as_ref().map(|c| c.summary()),
         }
     }
 }
