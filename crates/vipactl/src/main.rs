@@ -159,13 +159,7 @@ fn main() -> ExitCode {
     };
     let response = match vipa_api::call(&cli.socket, &request) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("vipactl: cannot talk to vipad at {}: {e}", cli.socket.display());
-            if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::ConnectionRefused {
-                eprintln!("vipactl: is vipad running? (give its socket with --socket)");
-            }
-            return ExitCode::from(2);
-        }
+        Err(e) => return connect_error(&cli.socket, &e),
     };
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&response).expect("views serialise"));
@@ -242,8 +236,12 @@ fn keygen(file: &std::path::Path) -> ExitCode {
     }
 }
 
-fn connect_error(cli: &Cli, e: &std::io::Error) -> ExitCode {
-    eprintln!("vipactl: cannot contact vipad at {}: {e} -- is vipad running?", cli.socket.display());
+/// vipad could not be reached: what failed, and a hint when nothing listens there.
+fn connect_error(socket: &std::path::Path, e: &std::io::Error) -> ExitCode {
+    eprintln!("vipactl: cannot talk to vipad at {}: {e}", socket.display());
+    if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::ConnectionRefused {
+        eprintln!("vipactl: is vipad running? (give its socket with --socket)");
+    }
     ExitCode::from(2)
 }
 
@@ -258,7 +256,7 @@ fn ipmp(cli: &Cli, (g, i, a, t, p): (bool, bool, bool, bool, bool), fields: Opti
             eprintln!("vipactl: unexpected answer from vipad");
             return ExitCode::FAILURE;
         }
-        Err(e) => return connect_error(cli, &e),
+        Err(e) => return connect_error(&cli.socket, &e),
     };
     if p {
         return probes(cli, &view, fields, parsable);
@@ -334,7 +332,7 @@ fn probes(cli: &Cli, view: &vipa_api::IpmpView, fields: Option<&str>, parsable: 
     });
     match r {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => connect_error(cli, &e),
+        Err(e) => connect_error(&cli.socket, &e),
     }
 }
 
@@ -352,6 +350,6 @@ fn events(cli: &Cli) -> ExitCode {
     });
     match r {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => connect_error(cli, &e),
+        Err(e) => connect_error(&cli.socket, &e),
     }
 }
