@@ -5,7 +5,7 @@
 //! - the time from a foreign route change to its preferred source being restored;
 //! - cold start with 1,000 VIPAs and 4 NICs: time to converge, peak RSS, idle CPU.
 //!
-//! `vipa-bench [--runs N] [--only baseline,failover,repair,scale,ipmp-link,ipmp-silent,ipmp-cpu,dvipa-outage,keepalived,dvipa-scale] [--intervals 1000,100,10,1]`.
+//! `vipa-bench [--runs N] [--only baseline,failover,repair,scale,ipmp-link,ipmp-silent,ipmp-cpu,dvipa-outage,keepalived,dvipa-scale] [--intervals 1000,100,10,1] [--dvipas 1000,10000]`.
 //! Not a test: numbers are reported, never asserted.
 
 use std::process::{Command, Stdio};
@@ -49,14 +49,17 @@ fn main() {
     let only: Option<String> = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
     let want = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == name));
     // Heartbeat/advert intervals of the cluster sections, in ms (all by default).
-    let intervals: Option<Vec<u64>> = args
-        .iter()
-        .position(|a| a == "--intervals")
-        .and_then(|i| args.get(i + 1))
-        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect());
-    let at = |all: &[u64]| -> Vec<u64> {
-        all.iter().copied().filter(|i| intervals.as_ref().is_none_or(|v| v.contains(i))).collect()
+    let list = |flag: &str| -> Option<Vec<u64>> {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
     };
+    let (intervals, dvipas) = (list("--intervals"), list("--dvipas"));
+    let pick = |chosen: &Option<Vec<u64>>, all: &[u64]| -> Vec<u64> {
+        all.iter().copied().filter(|i| chosen.as_ref().is_none_or(|v| v.contains(i))).collect()
+    };
+    let at = |all: &[u64]| pick(&intervals, all);
     let mut rows = Vec::new();
     if want("baseline") {
         eprintln!("measuring an undisturbed stream (the floor of every gap below) ...");
@@ -121,9 +124,9 @@ fn main() {
         });
     }
     if want("dvipa-scale") {
-        for n in [1000usize, 10_000] {
+        for n in pick(&dvipas, &[1000, 10_000]) {
             eprintln!("measuring one takeover of {n} DVIPAs ...");
-            dvipa_scale(n, &mut rows);
+            dvipa_scale(n as usize, &mut rows);
         }
     }
 
@@ -227,6 +230,18 @@ fn proc_field(pid: i32, key: &str) -> Option<u64> {
 
 fn cpu_ticks(pid: i32) -> Option<u64> {
     cpu_split(pid).map(|(u, s)| u + s)
+}
+
+/// Context switches of all a process's threads so far: each is a wake-up or a preemption.
+fn switches(pid: i32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let status = std::fs::read_to_string(task.ok()?.path().join("status")).ok()?;
+        for key in ["voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"] {
+            total += status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse::<u64>().ok())?;
+        }
+    }
+    Some(total)
 }
 
 /// (user, system) clock ticks of a process.
@@ -594,14 +609,20 @@ fn dvipa_scale(n: usize, rows: &mut Vec<Row>) {
     }
     std::thread::sleep(Duration::from_secs(1));
     let mut idle = |pid: i32, what: String, target: &str| {
-        let t0 = cpu_split(pid);
+        let (t0, w0) = (cpu_split(pid), switches(pid));
         std::thread::sleep(Duration::from_secs(10));
-        let t1 = cpu_split(pid);
-        if let (Some(a), Some(b)) = (t0, t1) {
+        let (t1, w1) = (cpu_split(pid), switches(pid));
+        if let (Some(a), Some(b), Some(w0), Some(w1)) = (t0, t1, w0, w1) {
             let pct = |t: u64| t as f64 / clk_tck() / 10.0 * 100.0;
             rows.push(Row {
                 what,
-                result: format!("{:.2} % ({:.2} + {:.2})", pct(b.0 + b.1 - a.0 - a.1), pct(b.0 - a.0), pct(b.1 - a.1)),
+                result: format!(
+                    "{:.2} % ({:.2} + {:.2}), {} switches/s",
+                    pct(b.0 + b.1 - a.0 - a.1),
+                    pct(b.0 - a.0),
+                    pct(b.1 - a.1),
+                    (w1 - w0) / 10
+                ),
                 target: target.into(),
             });
         }

@@ -493,6 +493,13 @@ impl Cluster {
             {
                 p.last_heard = now;
                 p.seq = h.seq;
+                // Our own heartbeat, when due within half an interval, goes out with this
+                // one's arrival: nodes fall into step, and one wake-up per interval both
+                // hears and sends (an early heartbeat is on time for its receivers). A
+                // probe comes off schedule, so it is not followed.
+                if h.flags & FLAG_PROBE == 0 && self.next_heartbeat <= now + interval / 2 {
+                    self.next_heartbeat = self.next_heartbeat.min(now);
+                }
                 return;
             }
         }

@@ -57,6 +57,11 @@ struct Sim {
     watch: Duration,
     /// Heartbeats sent to one node only (probes and their answers).
     directed: usize,
+    /// (time, node) of each moment a node's state machine heard or sent a heartbeat: the
+    /// daemon's wake-ups.
+    busy_at: Vec<(Duration, String)>,
+    /// (time, node) of each heartbeat sent to all peers.
+    sent_at: Vec<(Duration, String)>,
 }
 
 fn cluster_config(me: &str, n: usize, interval: Duration, quorum: Quorum) -> ClusterConfig {
@@ -109,6 +114,8 @@ impl Sim {
             max_holders: vec![0; count],
             watch: Duration::MAX,
             directed: 0,
+            busy_at: vec![],
+            sent_at: vec![],
         }
     }
 
@@ -122,7 +129,11 @@ impl Sim {
             let node = self.nodes.get_mut(name).unwrap();
             let Some(o) = node.c.poll_output() else { break };
             let (names, h) = match o {
-                Output::Heartbeat(h) => (self.nodes.keys().filter(|n| *n != name).cloned().collect(), h),
+                Output::Heartbeat(h) => {
+                    self.busy_at.push((self.t, name.to_string()));
+                    self.sent_at.push((self.t, name.to_string()));
+                    (self.nodes.keys().filter(|n| *n != name).cloned().collect(), h)
+                }
                 Output::HeartbeatTo { node, heartbeat } => {
                     self.directed += 1;
                     (vec![node], heartbeat)
@@ -201,6 +212,7 @@ impl Sim {
                     self.send(&to, &h.node.clone(), Heartbeat::answer(&to, incarnation, &h));
                 }
                 if !stalled {
+                    self.busy_at.push((self.t, to.clone()));
                     self.with(&to, |c, now| c.receive(now, h));
                 }
             }
@@ -588,4 +600,31 @@ fn heartbeats_sent_early_on_a_change_do_not_widen_the_grace() {
     // With a constant latency, a heartbeat is late only by the simulator's 1 ms step and
     // the clocks' drift (≤ 1 %); counting early ones as deviations took it to ~1.9 ms.
     assert!(worst < ms(3) / 2, "jitter rose to {worst:?}");
+}
+
+#[test]
+fn nodes_fall_into_step_so_each_wakes_at_most_twice_an_interval() {
+    for seed in 1..10 {
+        let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
+        s.latency = (1, 1);
+        // Out of step to begin with: s2 and s3 restart 3 and 6 ms into an interval.
+        s.run(ms(303));
+        s.restart("s2", 2);
+        s.run(ms(306));
+        s.restart("s3", 2);
+        s.run(ms(2000));
+        let (busy, sent) = (s.busy_at.len(), s.sent_at.len());
+        s.run(ms(3000));
+        for name in ["s1", "s2", "s3"] {
+            let mut wakes: Vec<Duration> =
+                s.busy_at[busy..].iter().filter(|(_, n)| n == name).map(|(t, _)| *t).collect();
+            wakes.dedup();
+            // 100 intervals (clocks drift by up to 1 %). Out of step, a node wakes three
+            // times an interval: for each peer's heartbeat and for its own.
+            assert!(wakes.len() <= 2 * 102, "seed {seed}: {name} woke {} times in 100 intervals", wakes.len());
+            // Sending early never turns into sending more often.
+            let heartbeats = s.sent_at[sent..].iter().filter(|(_, n)| n == name).count();
+            assert!(heartbeats <= 102, "seed {seed}: {name} sent {heartbeats} heartbeats in 100 intervals");
+        }
+    }
 }
