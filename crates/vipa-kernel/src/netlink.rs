@@ -18,6 +18,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressProtocol, AddressScope};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteNextHop, RouteNextHopFlags, RouteProtocol, RouteScope,
     RouteType,
@@ -148,6 +149,32 @@ impl Kernel {
         let mut out = Vec::new();
         self.receive(seq, |m| out.push(m)).map_err(KernelError::Dump)?;
         Ok(out)
+    }
+
+    /// Deletes the neighbour entries on `ifindex` the kernel is still resolving or failed
+    /// to resolve. A host that lost its link kept trying to reach the peers it talked to;
+    /// once it holds an address again, its replies to such a peer would wait for the next
+    /// try, up to a second away. Without the entry, the first reply resolves at once.
+    /// Returns how many went.
+    pub fn forget_unresolved_neighbours(&mut self, ifindex: u32) -> Result<usize, KernelError> {
+        let mut gone = 0;
+        for m in self.dump(RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()))? {
+            let RouteNetlinkMessage::NewNeighbour(n) = m else { continue };
+            if n.header.ifindex != ifindex
+                || !matches!(n.header.state, NeighbourState::Incomplete | NeighbourState::Failed)
+            {
+                continue;
+            }
+            let mut del = NeighbourMessage::default();
+            del.header = n.header.clone();
+            del.attributes =
+                n.attributes.into_iter().filter(|a| matches!(a, NeighbourAttribute::Destination(_))).collect();
+            // Gone meanwhile (resolved or expired) is as good.
+            if self.request(0, RouteNetlinkMessage::DelNeighbour(del)).is_ok() {
+                gone += 1;
+            }
+        }
+        Ok(gone)
     }
 
     /// Everything vipa looks at, as a list of updates (links, then addresses, then routes).

@@ -1,13 +1,20 @@
 //! The daemon's side of the cluster: the UDP heartbeat transport, the key, the clock and
 //! the kernel facts (connections on a DVIPA) the pure [`vipa_core::cluster::Cluster`]
 //! needs; carrying out its outputs; and the views.
+//!
+//! The cluster runs on its own thread, which waits for a datagram or the core's next
+//! timer, feeds the core and sends what it says to send. It tells the main thread only
+//! what concerns the kernel, the announcements or the event stream, so an idle cluster
+//! never wakes the main thread, and heartbeats and probe answers go on while the main
+//! thread is busy with kernel work. Both threads reach the state through one mutex, held
+//! for moments only: never across kernel work.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,14 +24,17 @@ use vipa_core::cluster::{Cluster, ClusterConfig, Output, Quorum};
 use vipa_core::model::Observed;
 use vipa_core::plan::HeldDvipa;
 use vipa_core::Config;
-use vipa_wire::cluster::{Heartbeat, HeartbeatError, FLAG_PROBE};
+use vipa_wire::cluster::{Heartbeat, HeartbeatError, FLAG_LEAVING, FLAG_PROBE};
 
 use crate::daemon::Input;
 
 /// Shortest key accepted, in bytes.
 pub const MIN_KEY: usize = 32;
-/// Gratuitous ARPs / NAs of each form per DVIPA activation or refresh.
+/// Gratuitous ARPs of each form / NAs per DVIPA activation or re-announcement.
 const ANNOUNCE_COUNT: u32 = 3;
+/// The same for the periodic refresh: neighbours that have it right need no more, and with
+/// thousands of DVIPAs the refresh is most of an idle holder's work.
+const REFRESH_COUNT: u32 = 1;
 /// How often connections on held when-idle DVIPAs are counted.
 const IDLE_CHECK: Duration = Duration::from_millis(100);
 
@@ -53,19 +63,55 @@ pub struct ClusterShell {
     pub core: Cluster,
     key: Vec<u8>,
     sock: UdpSocket,
-    announce: Vec<(IpAddr, Vec<String>)>,
+    /// Announcements (with their repeat count) due once the kernel has applied the state
+    /// of the version given.
+    announce: Vec<(u64, IpAddr, Vec<String>, u32)>,
     next_idle_check: Instant,
     addresses: BTreeMap<String, SocketAddr>,
     logged_drop: Option<Instant>,
     /// Whether some held DVIPA needs its connections counted (recomputed on moves).
     watching: bool,
-    /// DVIPAs released whose addresses the kernel may still have: until the kernel work is
-    /// done, heartbeats still claim them (a peer activating one now would make two holders).
-    releasing: Vec<usize>,
-    /// A heartbeat to every peer is held back until then.
+    /// Counts the changes of what this node holds; the main thread plans from one version
+    /// and says which it has applied.
+    version: u64,
+    /// DVIPAs released (with the version that released them) whose addresses the kernel
+    /// may still have: until the kernel work for that version is done, heartbeats still
+    /// claim them (a peer activating one now would make two holders).
+    releasing: Vec<(usize, u64)>,
+    /// A fresh heartbeat to every peer is due when the last of those is done.
     pending_all: bool,
-    /// This node's name and incarnation, for the receiving thread's answers.
-    identity: Arc<Mutex<(String, u64)>>,
+    /// The version the kernel has (see `applied`).
+    kernel_has: u64,
+}
+
+/// What the cluster thread tells the main thread.
+#[derive(Debug, Default)]
+pub struct News {
+    /// What this node holds changed: the kernel must follow.
+    pub kernel: bool,
+    /// Lines for the event stream.
+    pub events: Vec<String>,
+    /// Announcements are due.
+    pub announce: bool,
+}
+
+impl News {
+    fn any(&self) -> bool {
+        self.kernel || self.announce || !self.events.is_empty()
+    }
+}
+
+/// The main thread's hold on the cluster.
+pub struct ClusterHandle(Arc<Mutex<ClusterShell>>);
+
+impl ClusterHandle {
+    pub fn lock(&self) -> MutexGuard<'_, ClusterShell> {
+        lock(&self.0)
+    }
+}
+
+fn lock(m: &Mutex<ClusterShell>) -> MutexGuard<'_, ClusterShell> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Whether a running cluster (`None`: none) can take the configuration's `[cluster]`
@@ -94,70 +140,81 @@ fn kept(config: &Config, observed: &Observed) -> Vec<IpAddr> {
     config.dvipas.iter().map(|d| d.address).filter(|a| held.contains(a)).collect()
 }
 
-/// The receiving thread: authenticates and parses every datagram, answers probes at once
-/// (so a daemon held up in kernel work is not taken for dead), and hands the rest on.
-fn receive_loop(sock: UdpSocket, key: Vec<u8>, identity: Arc<Mutex<(String, u64)>>, tx: Sender<Input>) {
+/// The cluster thread: waits for a datagram (authenticated and parsed before the state is
+/// touched) or the core's next timer, hands either to the core, carries out its outputs,
+/// and sends the main thread the news.
+fn cluster_loop(shared: Arc<Mutex<ClusterShell>>, sock: UdpSocket, key: Vec<u8>, tx: Sender<Input>) {
     let mut buf = vec![0u8; 65536];
     loop {
-        let (n, from) = match sock.recv_from(&mut buf) {
-            Ok(r) => r,
-            Err(_) => {
-                thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        let parsed = Heartbeat::parse(&buf[..n], &key);
-        if let Ok(h) = &parsed {
-            let (me, incarnation) = identity.lock().map(|i| i.clone()).unwrap_or_default();
-            if h.flags & FLAG_PROBE != 0 && h.node != me {
-                if let Err(e) = sock.send_to(&Heartbeat::answer(&me, incarnation, h).emit(&key), from) {
-                    debug!(peer = %from, error = %e, "probe not answered");
+        let deadline = lock(&shared).poll_timeout();
+        let wait = deadline.map(|t| t.saturating_duration_since(Instant::now()));
+        let received = if wait.is_some_and(|w| w.is_zero()) {
+            None
+        } else {
+            let _ = sock.set_read_timeout(wait);
+            match sock.recv_from(&mut buf) {
+                Ok((n, from)) => Some((Heartbeat::parse(&buf[..n], &key), from)),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => None,
+                Err(e) => {
+                    debug!(error = %e, "cluster socket");
+                    thread::sleep(Duration::from_millis(10));
+                    None
                 }
             }
-        }
-        if tx.send(Input::Cluster(parsed, from)).is_err() {
+        };
+        let now = Instant::now();
+        let news = {
+            let mut shell = lock(&shared);
+            if let Some((parsed, from)) = received {
+                shell.datagram(now, parsed, from);
+            }
+            shell.handle_timeout(now);
+            shell.drain()
+        };
+        if news.any() && tx.send(Input::Cluster(news)).is_err() {
             return;
         }
     }
 }
 
 impl ClusterShell {
-    /// Binds the heartbeat socket and starts its receiver. `observed` tells which DVIPAs
-    /// the kernel still has from before this start.
+    /// Binds the heartbeat socket and starts the cluster thread. `observed` tells which
+    /// DVIPAs the kernel still has from before this start.
     pub fn start(
         config: &Config,
         observed: &Observed,
         tx: Sender<Input>,
         now: Instant,
-    ) -> Result<Option<ClusterShell>, String> {
+    ) -> Result<Option<ClusterHandle>, String> {
         let Some(c) = config.cluster.clone() else { return Ok(None) };
         let key = load_key(&c.key_file)?;
         let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), c.port))
             .or_else(|_| UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], c.port))))
             .map_err(|e| format!("cannot listen for heartbeats on UDP port {}: {e}", c.port))?;
         let present = kept(config, observed);
-        let incarnation = new_incarnation();
-        let identity = Arc::new(Mutex::new((c.me.clone(), incarnation)));
-        let (rx, rx_key, rx_identity) = (sock.try_clone().map_err(|e| e.to_string())?, key.clone(), identity.clone());
-        thread::Builder::new()
-            .name("cluster".into())
-            .spawn(move || receive_loop(rx, rx_key, rx_identity, tx))
-            .map_err(|e| e.to_string())?;
         info!(node = %c.me, peers = ?c.peers, interval_ms = c.interval.as_secs_f64() * 1e3, dead_after = c.dead_after, kept = ?present, "cluster starting; listening before claiming");
-        let core = Cluster::new(c, config.dvipas.clone(), now, incarnation, &present);
-        Ok(Some(ClusterShell {
+        let core = Cluster::new(c, config.dvipas.clone(), now, new_incarnation(), &present);
+        let rx = sock.try_clone().map_err(|e| e.to_string())?;
+        let shared = Arc::new(Mutex::new(ClusterShell {
             core,
-            key,
+            key: key.clone(),
             sock,
             announce: Vec::new(),
             next_idle_check: now,
             addresses: BTreeMap::new(),
             logged_drop: None,
             watching: false,
+            version: 0,
             releasing: Vec::new(),
             pending_all: false,
-            identity,
-        }))
+            kernel_has: 0,
+        }));
+        let thread_shared = shared.clone();
+        thread::Builder::new()
+            .name("cluster".into())
+            .spawn(move || cluster_loop(thread_shared, rx, key, tx))
+            .map_err(|e| e.to_string())?;
+        Ok(Some(ClusterHandle(shared)))
     }
 
     /// Takes a changed `[cluster]` or `[[dvipa]]` list: the node starts listening again
@@ -170,19 +227,21 @@ impl ClusterShell {
             return Ok(false);
         }
         let present = kept(config, observed);
-        let incarnation = new_incarnation();
-        if let Ok(mut id) = self.identity.lock() {
-            *id = (c.me.clone(), incarnation);
-        }
-        self.core = Cluster::new(c, config.dvipas.clone(), now, incarnation, &present);
+        self.core = Cluster::new(c, config.dvipas.clone(), now, new_incarnation(), &present);
         info!("cluster configuration changed; listening before claiming");
         Ok(true)
     }
 
-    /// A datagram arrived, authenticated and parsed by the receiving thread.
-    pub fn datagram(&mut self, now: Instant, parsed: Result<Heartbeat, HeartbeatError>, from: SocketAddr) {
+    /// A datagram arrived, authenticated and parsed. A probe is answered at once.
+    fn datagram(&mut self, now: Instant, parsed: Result<Heartbeat, HeartbeatError>, from: SocketAddr) {
         match parsed {
             Ok(h) => {
+                if h.flags & FLAG_PROBE != 0 && h.node != self.core.config.me {
+                    let answer = Heartbeat::answer(&self.core.config.me, self.core.incarnation(), &h);
+                    if let Err(e) = self.sock.send_to(&answer.emit(&self.key), from) {
+                        debug!(peer = %from, error = %e, "probe not answered");
+                    }
+                }
                 self.addresses.insert(h.node.clone(), from);
                 self.core.receive(now, h);
             }
@@ -217,7 +276,7 @@ impl ClusterShell {
             .map(|(i, d)| (i, d.address))
     }
 
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    fn poll_timeout(&self) -> Option<Instant> {
         let t = self.core.poll_timeout();
         if !self.watching {
             t
@@ -226,7 +285,7 @@ impl ClusterShell {
         }
     }
 
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         if self.watching && now >= self.next_idle_check {
             let watched: Vec<(usize, IpAddr)> = self.watched().collect();
             self.next_idle_check = now + IDLE_CHECK;
@@ -241,56 +300,78 @@ impl ClusterShell {
         }
     }
 
-    /// Carries out the core's outputs; returns events for the stream and whether the
-    /// kernel's desired state changed.
-    pub fn drain(&mut self) -> (bool, Vec<String>) {
-        let mut dirty = false;
-        let mut events = Vec::new();
+    /// Carries out the core's outputs: heartbeats go out, moves become news for the main
+    /// thread.
+    pub fn drain(&mut self) -> News {
+        let mut news = News::default();
         let outputs: Vec<Output> = std::iter::from_fn(|| self.core.poll_output()).collect();
-        // A heartbeat without a released address's claim goes out only once the kernel no
-        // longer has the address (see `flush`).
+        if outputs.iter().any(|o| matches!(o, Output::Activate { .. } | Output::Release { .. })) {
+            self.version += 1;
+            news.kernel = true;
+        }
+        let version = self.version;
         for o in &outputs {
             if let Output::Release { index, .. } = o {
-                self.releasing.push(*index);
+                self.releasing.push((*index, version));
             }
         }
-        let hold = !self.releasing.is_empty();
         for o in outputs {
             match o {
-                Output::Heartbeat(_) if hold => self.pending_all = true,
-                Output::Heartbeat(h) => self.send_all(&h),
-                Output::HeartbeatTo { node, mut heartbeat } => {
-                    self.still_claim(&mut heartbeat);
-                    self.send_to(&node, &heartbeat)
+                Output::Heartbeat(h) => {
+                    if let Some(h) = self.outgoing(h) {
+                        self.send_all(&h);
+                    }
+                }
+                Output::HeartbeatTo { node, heartbeat } => {
+                    if let Some(h) = self.outgoing(heartbeat) {
+                        self.send_to(&node, &h);
+                    }
                 }
                 Output::Activate { index, cause } => {
                     let d = &self.core.dvipas[index];
                     info!(dvipa = %d.address, %cause, "DVIPA activated");
-                    events.push(format!("DVIPA {} activated: {cause}", d.address));
-                    self.announce.push((d.address, d.announce.clone()));
-                    dirty = true;
+                    news.events.push(format!("DVIPA {} activated: {cause}", d.address));
+                    self.announce.push((version, d.address, d.announce.clone(), ANNOUNCE_COUNT));
                 }
                 Output::Release { index, cause } => {
                     let d = &self.core.dvipas[index];
                     info!(dvipa = %d.address, %cause, "DVIPA released");
-                    events.push(format!("DVIPA {} released: {cause}", d.address));
-                    dirty = true;
+                    news.events.push(format!("DVIPA {} released: {cause}", d.address));
                 }
-                Output::Announce { index } => {
+                Output::Announce { index, refresh } => {
                     let d = &self.core.dvipas[index];
-                    self.announce.push((d.address, d.announce.clone()));
+                    let count = if refresh { REFRESH_COUNT } else { ANNOUNCE_COUNT };
+                    self.announce.push((version, d.address, d.announce.clone(), count));
+                    news.announce = true;
                 }
                 Output::Event(text) => {
                     info!("{text}");
-                    events.push(text);
+                    news.events.push(text);
                 }
             }
         }
-        if dirty {
+        if news.kernel {
             let watching = self.watched().next().is_some();
             self.watching = watching;
         }
-        (dirty, events)
+        news
+    }
+
+    /// A heartbeat as it may leave while released addresses may still be in the kernel: it
+    /// still claims them, and a fresh one follows when the kernel is done. A leaving one
+    /// (which tells peers to take everything at once) waits for that.
+    fn outgoing(&mut self, mut h: Heartbeat) -> Option<Heartbeat> {
+        if self.releasing.is_empty() {
+            return Some(h);
+        }
+        self.pending_all = true;
+        if h.flags & FLAG_LEAVING != 0 {
+            return None;
+        }
+        for (i, _) in &self.releasing {
+            vipa_wire::cluster::set_bit(&mut h.held, *i, true);
+        }
+        Some(h)
     }
 
     fn send_all(&self, h: &Heartbeat) {
@@ -311,22 +392,37 @@ impl ClusterShell {
         }
     }
 
-    /// The kernel work is done: released addresses are gone, so the heartbeat held back
-    /// goes out now, fresh.
-    pub fn flush(&mut self, now: Instant) {
-        self.releasing.clear();
-        if std::mem::take(&mut self.pending_all) {
+    /// The kernel has what this node held at `version`: addresses released until then are
+    /// gone, so once none is left a fresh heartbeat goes out (without their claims).
+    pub fn applied(&mut self, now: Instant, version: u64) {
+        self.kernel_has = version;
+        self.releasing.retain(|(_, v)| *v > version);
+        if self.releasing.is_empty() && std::mem::take(&mut self.pending_all) {
             let h = self.core.heartbeat_now(now);
             self.send_all(&h);
         }
     }
 
+    /// The announcements due: of addresses the kernel has (activated at a version it has);
+    /// and the NICs where this node has just taken an address (not merely refreshed it).
+    pub fn announcements(&mut self) -> (Vec<(IpAddr, String, u32)>, BTreeSet<String>) {
+        let kernel_has = self.kernel_has;
+        let (due, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.announce).into_iter().partition(|a| a.0 <= kernel_has);
+        self.announce = later;
+        let taken = due.iter().filter(|a| a.3 != REFRESH_COUNT).flat_map(|a| a.2.iter().cloned()).collect();
+        let items = due
+            .into_iter()
+            .flat_map(|(_, addr, nics, count)| nics.into_iter().map(move |nic| (addr, nic, count)))
+            .collect();
+        (items, taken)
+    }
+
     /// vipad is stopping: DVIPAs another node can take are released; returns whether the
-    /// kernel must change before the leaving heartbeat goes out (through `flush`).
+    /// kernel must change before the leaving heartbeat goes out (through `applied`).
     pub fn leave(&mut self, now: Instant) -> bool {
         self.core.leave(now);
-        let (dirty, _) = self.drain();
-        dirty
+        self.drain().kernel
     }
 
     /// After `leave` and the kernel work (which sent the leaving heartbeat once): twice more,
@@ -338,43 +434,17 @@ impl ClusterShell {
         }
     }
 
-    /// The DVIPAs this node holds, for the planner.
-    pub fn held(&self) -> Vec<HeldDvipa> {
-        self.core
+    /// The DVIPAs this node holds, for the planner, and the version they are.
+    pub fn held(&self) -> (Vec<HeldDvipa>, u64) {
+        let held = self
+            .core
             .dvipas
             .iter()
             .enumerate()
             .filter(|(i, _)| self.core.held[*i])
             .map(|(_, d)| HeldDvipa { address: d.address, device: d.announce.first().cloned() })
-            .collect()
-    }
-
-    /// Announcements due after activations, now that the kernel has the addresses.
-    pub fn announce(&mut self, observed: &Observed) {
-        let items = std::mem::take(&mut self.announce)
-            .into_iter()
-            .flat_map(|(addr, nics)| nics.into_iter().map(move |nic| (addr, nic, ANNOUNCE_COUNT)));
-        crate::announce::send(observed, items);
-    }
-
-    /// Sends our heartbeat if one is due: called during long kernel work (thousands of
-    /// addresses) so peers do not take a busy node for a dead one.
-    pub fn keepalive(&mut self, now: Instant) {
-        if let Some(mut h) = self.core.heartbeat_if_due(now) {
-            if !self.releasing.is_empty() {
-                self.pending_all = true;
-            }
-            self.still_claim(&mut h);
-            self.send_all(&h);
-        }
-    }
-
-    /// Addresses being released are still in the kernel until the kernel work is done: a
-    /// heartbeat sent meanwhile still claims them.
-    fn still_claim(&self, h: &mut Heartbeat) {
-        for i in &self.releasing {
-            vipa_wire::cluster::set_bit(&mut h.held, *i, true);
-        }
+            .collect();
+        (held, self.version)
     }
 
     /// The cluster in brief, for the status page.

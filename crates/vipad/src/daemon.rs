@@ -39,8 +39,8 @@ pub enum Input {
     Control(Request, Sender<Response>),
     /// A control connection wants the event stream.
     Subscribe(Sender<vipa_api::Event>),
-    /// A datagram on the cluster port.
-    Cluster(Result<vipa_wire::cluster::Heartbeat, vipa_wire::cluster::HeartbeatError>, std::net::SocketAddr),
+    /// What the cluster thread decided that concerns the kernel or the event stream.
+    Cluster(crate::cluster::News),
     Reload,
     Stop(&'static str),
 }
@@ -73,7 +73,7 @@ pub struct Daemon {
     /// The ARP filter last given to nftables, and whether nftables works here.
     pub arp_applied: Option<vipa_core::plan::ArpFilter>,
     pub nft: Result<(), String>,
-    pub cluster: Option<crate::cluster::ClusterShell>,
+    pub cluster: Option<crate::cluster::ClusterHandle>,
     /// IPv6 route refreshes to repeat after a carrier change: a socket that looked its
     /// path up between the first refresh and the kernel marking the route `linkdown`
     /// would otherwise stay on the dead NIC.
@@ -115,15 +115,10 @@ impl Daemon {
         self.ipmp.drain(&self.observed);
         self.reconcile();
         loop {
-            // Sleep until the next input or the next timer of IPMP groups or the cluster.
-            let deadline = [
-                self.ipmp.poll_timeout(),
-                self.cluster.as_ref().and_then(|c| c.poll_timeout()),
-                self.refresh_due.iter().map(|(t, _)| *t).min(),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
+            // Sleep until the next input or the next timer of IPMP groups (the cluster has
+            // its own thread).
+            let deadline =
+                [self.ipmp.poll_timeout(), self.refresh_due.iter().map(|(t, _)| *t).min()].into_iter().flatten().min();
             let first = match deadline {
                 Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Ok(input) => Some(input),
@@ -137,6 +132,7 @@ impl Daemon {
             };
             let mut dirty = false;
             let mut kernel_changed = false;
+            let mut announce = false;
             let mut next = first;
             // Take everything already queued before planning once.
             while let Some(input) = next.take() {
@@ -173,10 +169,12 @@ impl Daemon {
                         kernel_changed = true;
                     }
                     Input::Subscribe(tx) => self.ipmp.subscribers.push(tx),
-                    Input::Cluster(parsed, from) => {
-                        if let Some(c) = &mut self.cluster {
-                            c.datagram(Instant::now(), parsed, from);
+                    Input::Cluster(news) => {
+                        for e in news.events {
+                            self.ipmp.publish("cluster", e);
                         }
+                        dirty |= news.kernel;
+                        announce |= news.announce;
                     }
                     Input::Control(req, reply) => {
                         if kernel_changed {
@@ -221,11 +219,10 @@ impl Daemon {
             if self.ipmp.drain(&self.observed) {
                 dirty = true;
             }
-            if self.drain_cluster(now) {
-                dirty = true;
-            }
             if dirty {
                 self.reconcile();
+            } else if announce {
+                self.announce_cluster();
             }
         }
     }
@@ -233,15 +230,15 @@ impl Daemon {
     /// On a stop: hands over the DVIPAs a live peer can take (out of the kernel first; the
     /// reconcile sends the leaving heartbeat), then repeats it. False without a cluster.
     fn leave_cluster(&mut self) -> bool {
-        let released = match &mut self.cluster {
-            Some(c) => c.leave(Instant::now()),
+        let released = match &self.cluster {
+            Some(c) => c.lock().leave(Instant::now()),
             None => return false,
         };
         if released {
             self.reconcile();
         }
-        if let Some(c) = &mut self.cluster {
-            c.say_goodbye(Instant::now());
+        if let Some(c) = &self.cluster {
+            c.lock().say_goodbye(Instant::now());
         }
         true
     }
@@ -278,11 +275,13 @@ impl Daemon {
         let mut changes = Vec::new();
         let mut failed = false;
         let mut arp = None;
+        let mut held_version = 0;
         // One round normally suffices; a second covers what the first made possible.
         for _round in 0..3 {
             self.refresh_sysctls();
             let runtime = self.ipmp.runtime();
-            let held = self.cluster.as_ref().map(|c| c.held()).unwrap_or_default();
+            let (held, version) = self.cluster.as_ref().map(|c| c.lock().held()).unwrap_or_default();
+            held_version = version;
             let plan = plan::plan_runtime(&self.config, &self.observed, &self.ledger, self.mode, &runtime, &held);
             arp = Some(plan.arp.clone());
             if plan.ops.is_empty() {
@@ -290,15 +289,9 @@ impl Daemon {
                 break;
             }
             let mut progress = false;
-            for (n, op) in plan.ops.iter().enumerate() {
-                if n > 0 {
-                    // Thousands of addresses take a while: heartbeats stay on time, so peers
-                    // do not suspect this node (they would probe it, and the probes are
-                    // answered only after this work).
-                    if let Some(c) = &mut self.cluster {
-                        c.keepalive(Instant::now());
-                    }
-                }
+            // Thousands of addresses take a while; the cluster thread keeps the heartbeats
+            // going meanwhile.
+            for op in &plan.ops {
                 match self.apply_one(op, plan.ops.len() > BULK) {
                     Some(outcome) => {
                         changes.push(op.to_string());
@@ -328,26 +321,33 @@ impl Daemon {
         // Neighbours hear of a move once the kernel holds it; the ARP filter (an nft run,
         // tens of milliseconds) follows, since the announcement already points them right.
         self.ipmp.announce(&self.observed);
-        if let Some(c) = &mut self.cluster {
-            c.flush(Instant::now());
-            c.announce(&self.observed);
+        if let Some(c) = &self.cluster {
+            c.lock().applied(Instant::now(), held_version);
         }
+        self.announce_cluster();
         if let Some(arp) = arp {
             self.apply_arp_filter(&arp);
         }
         changes
     }
 
-    /// Runs the cluster's timers and carries out its outputs; true when the kernel's
-    /// desired state changed.
-    fn drain_cluster(&mut self, now: Instant) -> bool {
-        let Some(c) = &mut self.cluster else { return false };
-        c.handle_timeout(now);
-        let (dirty, events) = c.drain();
-        for e in events {
-            self.ipmp.publish("cluster", e);
+    /// Announces the DVIPAs that are due, now that the kernel has them.
+    fn announce_cluster(&mut self) {
+        let Some(c) = &self.cluster else { return };
+        let (items, taken) = c.lock().announcements();
+        // Replies to peers the kernel failed to reach while this node was cut off must not
+        // wait for its next try (see `forget_unresolved_neighbours`).
+        for nic in taken {
+            let Some(index) = self.observed.link_by_name(&nic).map(|l| l.index) else { continue };
+            match self.kernel.forget_unresolved_neighbours(index) {
+                Ok(0) => {}
+                Ok(n) => {
+                    info!(interface = %nic, entries = n, "unresolved neighbour entries dropped, to be resolved afresh")
+                }
+                Err(e) => warn!(interface = %nic, error = %e, "cannot list neighbour entries"),
+            }
         }
-        dirty
+        crate::announce::send(&self.observed, items);
     }
 
     /// Gives nftables the IPMP ARP filter when it changed.
@@ -435,16 +435,16 @@ impl Daemon {
 
     /// Whether a new configuration's cluster part can be taken without a restart.
     fn cluster_check(&self, config: &Config) -> Result<(), String> {
-        let running = self.cluster.as_ref().map(|c| &c.core.config);
-        crate::cluster::change_allowed(running, config.cluster.as_ref())
+        let running = self.cluster.as_ref().map(|c| c.lock().core.config.clone());
+        crate::cluster::change_allowed(running.as_ref(), config.cluster.as_ref())
             .map_err(|e| format!("{e}; the running configuration stays"))
     }
 
     /// Brings the IPMP groups and the cluster in line with the configuration just adopted.
     fn sync_groups(&mut self) {
         let now = Instant::now();
-        if let Some(c) = &mut self.cluster {
-            if let Err(e) = c.reconfigure(&self.config, &self.observed, now) {
+        if let Some(c) = &self.cluster {
+            if let Err(e) = c.lock().reconfigure(&self.config, &self.observed, now) {
                 warn!(error = %e, "cluster configuration not taken");
             }
         }
@@ -519,11 +519,11 @@ impl Daemon {
             Request::DeleteVipa { name } => self.edit_config(|doc| edit::delete_vipa(doc, &name)),
             Request::Ipmp => Response::Ipmp(self.ipmp.view()),
             Request::Cluster => match &self.cluster {
-                Some(c) => Response::Cluster(c.view(Instant::now())),
+                Some(c) => Response::Cluster(c.lock().view(Instant::now())),
                 None => Response::Error { message: "no [cluster] is configured on this node".into() },
             },
             Request::Dvipas => match &self.cluster {
-                Some(c) => Response::Dvipas { dvipas: c.dvipas(Instant::now()) },
+                Some(c) => Response::Dvipas { dvipas: c.lock().dvipas(Instant::now()) },
                 None => Response::Dvipas { dvipas: vec![] },
             },
             Request::DvipaMove { address, node } => self.dvipa_admin(&address, |c, now, a| c.move_to(now, a, &node)),
@@ -548,17 +548,22 @@ impl Daemon {
         address: &str,
         f: impl FnOnce(&mut vipa_core::cluster::Cluster, Instant, std::net::IpAddr) -> Result<(), String>,
     ) -> Response {
-        let Some(c) = &mut self.cluster else {
+        let Some(c) = &self.cluster else {
             return Response::Error { message: "no [cluster] is configured on this node".into() };
         };
         let Ok(addr) = address.parse::<std::net::IpAddr>() else {
             return Response::Error { message: format!("{address:?} is not an IP address") };
         };
-        let now = Instant::now();
-        if let Err(message) = f(&mut c.core, now, addr) {
-            return Response::Error { message };
+        let news = {
+            let mut shell = c.lock();
+            if let Err(message) = f(&mut shell.core, Instant::now(), addr) {
+                return Response::Error { message };
+            }
+            shell.drain()
+        };
+        for e in news.events {
+            self.ipmp.publish("cluster", e);
         }
-        self.drain_cluster(now);
         self.reconcile();
         Response::Done { message: format!("{addr}: done; `vipactl dvipa` shows the result") }
     }
@@ -617,7 +622,7 @@ impl Daemon {
                 .into_iter()
                 .map(|g| vipa_api::GroupSummary { group: g.group, state: g.state, active: g.active })
                 .collect(),
-            cluster: self.cluster.as_ref().map(|c| c.summary()),
+            cluster: self.cluster.as_ref().map(|c| c.lock().summary()),
         }
     }
 }

@@ -141,8 +141,9 @@ pub enum Output {
     Activate { index: usize, cause: String },
     /// Take the address out of the kernel.
     Release { index: usize, cause: String },
-    /// Announce a held address again.
-    Announce { index: usize },
+    /// Announce a held address again: after a conflict or a healed partition (in full),
+    /// or as the periodic refresh (`refresh`: once is enough).
+    Announce { index: usize, refresh: bool },
     /// A membership change, for the log and the event stream.
     Event(String),
 }
@@ -427,16 +428,6 @@ impl Cluster {
         self.send_heartbeat(now);
     }
 
-    /// The heartbeat due at `now`, if one is, for a shell busy with long kernel work; the
-    /// claims are this node's current ones.
-    pub fn heartbeat_if_due(&mut self, now: Instant) -> Option<Heartbeat> {
-        if now < self.next_heartbeat {
-            return None;
-        }
-        self.next_heartbeat = now + self.config.interval;
-        Some(self.heartbeat())
-    }
-
     fn send_heartbeat(&mut self, now: Instant) {
         let h = self.heartbeat();
         self.out.push_back(Output::Heartbeat(h));
@@ -512,7 +503,7 @@ impl Cluster {
                 // announce what this node holds again.
                 if !self.syncing() {
                     for i in (0..self.dvipas.len()).filter(|&i| self.held[i]) {
-                        self.out.push_back(Output::Announce { index: i });
+                        self.out.push_back(Output::Announce { index: i, refresh: false });
                     }
                 }
             }
@@ -706,7 +697,7 @@ impl Cluster {
             self.next_refresh = now + REFRESH_INTERVAL;
             for i in 0..self.dvipas.len() {
                 if self.held[i] && !self.syncing() {
-                    self.out.push_back(Output::Announce { index: i });
+                    self.out.push_back(Output::Announce { index: i, refresh: true });
                 }
             }
         }
@@ -867,7 +858,7 @@ impl Cluster {
                         "{} also claims {}; this node keeps it and announces it again",
                         others[0], self.dvipas[i].address
                     )));
-                    self.out.push_back(Output::Announce { index: i });
+                    self.out.push_back(Output::Announce { index: i, refresh: false });
                 } else if others.is_empty() {
                     self.conflict[i] = false;
                 }

@@ -177,7 +177,7 @@ impl Sim {
                 node.kernel[index] = false;
                 self.moves.push((self.t, name.to_string(), index, false));
             }
-            Output::Announce { index } => self.announced.push((self.t, name.to_string(), index)),
+            Output::Announce { index, .. } => self.announced.push((self.t, name.to_string(), index)),
             _ => {}
         }
     }
