@@ -144,6 +144,7 @@ fn kept(config: &Config, observed: &Observed) -> Vec<IpAddr> {
 /// touched) or the core's next timer, hands either to the core, carries out its outputs,
 /// and sends the main thread the news.
 fn cluster_loop(shared: Arc<Mutex<ClusterShell>>, sock: UdpSocket, key: Vec<u8>, tx: Sender<Input>) {
+    above_the_main_thread();
     let mut buf = vec![0u8; 65536];
     loop {
         let deadline = lock(&shared).poll_timeout();
@@ -154,7 +155,14 @@ fn cluster_loop(shared: Arc<Mutex<ClusterShell>>, sock: UdpSocket, key: Vec<u8>,
             let _ = sock.set_read_timeout(wait);
             match sock.recv_from(&mut buf) {
                 Ok((n, from)) => Some((Heartbeat::parse(&buf[..n], &key), from)),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => None,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    None
+                }
                 Err(e) => {
                     debug!(error = %e, "cluster socket");
                     thread::sleep(Duration::from_millis(10));
@@ -173,6 +181,21 @@ fn cluster_loop(shared: Arc<Mutex<ClusterShell>>, sock: UdpSocket, key: Vec<u8>,
         };
         if news.any() && tx.send(Input::Cluster(news)).is_err() {
             return;
+        }
+    }
+}
+
+/// Under real-time scheduling (heartbeats of 10 ms or less), the cluster thread runs one
+/// priority above the rest of vipad: the main thread's kernel work cannot hold up a
+/// heartbeat or a probe answer, even on one CPU.
+fn above_the_main_thread() {
+    // SAFETY: both calls read or set this thread's scheduling only; `param` is only read.
+    unsafe {
+        if libc::sched_getscheduler(0) == libc::SCHED_RR {
+            let param = libc::sched_param { sched_priority: 11 };
+            if libc::sched_setscheduler(0, libc::SCHED_RR, &param) != 0 {
+                debug!(error = %std::io::Error::last_os_error(), "cluster thread keeps the daemon's priority");
+            }
         }
     }
 }
@@ -226,7 +249,9 @@ impl ClusterShell {
         if c == self.core.config && config.dvipas == self.core.dvipas {
             return Ok(false);
         }
-        let present = kept(config, observed);
+        // An address being released is on its way out, not a copy to keep.
+        let leaving: BTreeSet<IpAddr> = self.releasing.iter().map(|(i, _)| self.core.dvipas[*i].address).collect();
+        let present: Vec<IpAddr> = kept(config, observed).into_iter().filter(|a| !leaving.contains(a)).collect();
         self.core = Cluster::new(c, config.dvipas.clone(), now, new_incarnation(), &present);
         info!("cluster configuration changed; listening before claiming");
         Ok(true)
@@ -318,14 +343,12 @@ impl ClusterShell {
         for o in outputs {
             match o {
                 Output::Heartbeat(h) => {
-                    if let Some(h) = self.outgoing(h) {
-                        self.send_all(&h);
-                    }
+                    let h = self.outgoing(h);
+                    self.send_all(&h);
                 }
                 Output::HeartbeatTo { node, heartbeat } => {
-                    if let Some(h) = self.outgoing(heartbeat) {
-                        self.send_to(&node, &h);
-                    }
+                    let h = self.outgoing(heartbeat);
+                    self.send_to(&node, &h);
                 }
                 Output::Activate { index, cause } => {
                     let d = &self.core.dvipas[index];
@@ -358,20 +381,19 @@ impl ClusterShell {
     }
 
     /// A heartbeat as it may leave while released addresses may still be in the kernel: it
-    /// still claims them, and a fresh one follows when the kernel is done. A leaving one
-    /// (which tells peers to take everything at once) waits for that.
-    fn outgoing(&mut self, mut h: Heartbeat) -> Option<Heartbeat> {
+    /// still claims them, and a fresh one follows when the kernel is done.
+    fn outgoing(&mut self, mut h: Heartbeat) -> Heartbeat {
         if self.releasing.is_empty() {
-            return Some(h);
+            return h;
         }
         self.pending_all = true;
-        if h.flags & FLAG_LEAVING != 0 {
-            return None;
-        }
+        // "Leaving" tells peers to take everything at once: not yet. Until then the node is
+        // an ordinary live holder (silence would get it declared dead).
+        h.flags &= !FLAG_LEAVING;
         for (i, _) in &self.releasing {
             vipa_wire::cluster::set_bit(&mut h.held, *i, true);
         }
-        Some(h)
+        h
     }
 
     fn send_all(&self, h: &Heartbeat) {
@@ -422,7 +444,8 @@ impl ClusterShell {
     /// kernel must change before the leaving heartbeat goes out (through `applied`).
     pub fn leave(&mut self, now: Instant) -> bool {
         self.core.leave(now);
-        self.drain().kernel
+        // Also a release the main thread has not carried out yet (its news still queued).
+        self.drain().kernel || !self.releasing.is_empty() || self.version > self.kernel_has
     }
 
     /// After `leave` and the kernel work (which sent the leaving heartbeat once): twice more,
@@ -430,6 +453,7 @@ impl ClusterShell {
     pub fn say_goodbye(&mut self, now: Instant) {
         for _ in 0..2 {
             let h = self.core.heartbeat_now(now);
+            let h = self.outgoing(h);
             self.send_all(&h);
         }
     }

@@ -2,13 +2,16 @@
 //!
 //! ```text
 //!  netlink events thread ──Input::Kernel / Input::Resync──┐
-//!  control socket threads ──Input::Control(req, reply)────┼──> channel ──> Daemon::run (this thread)
-//!  signal thread ──────────Input::Signal──────────────────┘                 │
+//!  control socket threads ──Input::Control(req, reply)────┤
+//!  signal thread ──────────Input::Signal──────────────────┼──> channel ──> Daemon::run (this thread)
+//!  cluster thread ─────────Input::Cluster(news)───────────┘                 │
 //!                                                                          plan ─> Kernel::apply
 //! ```
 //!
 //! Every other thread only turns I/O into an [`Input`]; only this thread reads or
-//! changes the configuration, the observed kernel state and the ledger.
+//! changes the configuration, the observed kernel state and the ledger. The cluster
+//! thread keeps the cluster's state (see `cluster.rs`); this thread reads what it holds
+//! when it plans.
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -484,11 +484,15 @@ impl Cluster {
             {
                 p.last_heard = now;
                 p.seq = h.seq;
-                // Our own heartbeat, when due within half an interval, goes out with this
-                // one's arrival: nodes fall into step, and one wake-up per interval both
-                // hears and sends (an early heartbeat is on time for its receivers). A
-                // probe comes off schedule, so it is not followed.
-                if h.flags & FLAG_PROBE == 0 && self.next_heartbeat <= now + interval / 2 {
+                // Our own heartbeat, when due within half an interval less the round trip,
+                // goes out with this one's arrival: nodes fall into step, and one wake-up
+                // per interval both hears and sends (an early heartbeat is on time for its
+                // receivers). Less the round trip, so that our heartbeat cannot in turn pull
+                // the peer's next one forward (it would, over and over, were the round trip
+                // half an interval). A probe comes off schedule, so it is not followed; nor
+                // is a peer whose round trip is not known yet.
+                let window = p.rtt.map(|(srtt, _)| (interval / 2).saturating_sub(srtt));
+                if h.flags & FLAG_PROBE == 0 && window.is_some_and(|w| self.next_heartbeat <= now + w) {
                     self.next_heartbeat = self.next_heartbeat.min(now);
                 }
                 return;

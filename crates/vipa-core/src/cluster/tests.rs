@@ -628,3 +628,22 @@ fn nodes_fall_into_step_so_each_wakes_at_most_twice_an_interval() {
         }
     }
 }
+
+#[test]
+fn with_a_round_trip_of_half_an_interval_nodes_do_not_pull_each_other_forward() {
+    for seed in 1..10 {
+        let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
+        // 3 ms each way at 10 ms heartbeats: a node that sent on hearing a peer would pull
+        // that peer's next heartbeat forward in turn, every 6 ms.
+        s.latency = (3, 3);
+        s.run(ms(303));
+        s.restart("s2", 2);
+        s.run(ms(2000));
+        let sent = s.sent_at.len();
+        s.run(ms(3000));
+        for name in ["s1", "s2", "s3"] {
+            let heartbeats = s.sent_at[sent..].iter().filter(|(_, n)| n == name).count();
+            assert!(heartbeats <= 102, "seed {seed}: {name} sent {heartbeats} heartbeats in 100 intervals");
+        }
+    }
+}
