@@ -146,23 +146,20 @@ fn kept(config: &Config, observed: &Observed) -> Vec<IpAddr> {
 fn cluster_loop(shared: Arc<Mutex<ClusterShell>>, sock: UdpSocket, key: Vec<u8>, tx: Sender<Input>) {
     above_the_main_thread();
     let mut buf = vec![0u8; 65536];
+    // Waiting is done by `ppoll` (a high-resolution timer); a receive timeout on the socket
+    // would be rounded to the kernel's tick (4 ms here), too coarse for 1 ms heartbeats.
+    if let Err(e) = sock.set_nonblocking(true) {
+        warn!(error = %e, "cluster socket stays blocking");
+    }
     loop {
         let deadline = lock(&shared).poll_timeout();
         let wait = deadline.map(|t| t.saturating_duration_since(Instant::now()));
-        let received = if wait.is_some_and(|w| w.is_zero()) {
+        let received = if wait.is_some_and(|w| w.is_zero()) || !readable(&sock, wait) {
             None
         } else {
-            let _ = sock.set_read_timeout(wait);
             match sock.recv_from(&mut buf) {
                 Ok((n, from)) => Some((Heartbeat::parse(&buf[..n], &key), from)),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    None
-                }
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => None,
                 Err(e) => {
                     debug!(error = %e, "cluster socket");
                     thread::sleep(Duration::from_millis(10));
@@ -183,6 +180,18 @@ fn cluster_loop(shared: Arc<Mutex<ClusterShell>>, sock: UdpSocket, key: Vec<u8>,
             return;
         }
     }
+}
+
+/// Waits until `sock` has a datagram (or an error to report) or `wait` is over (`None`: no
+/// limit); true if it has.
+fn readable(sock: &UdpSocket, wait: Option<Duration>) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let ts = wait.map(|w| libc::timespec { tv_sec: w.as_secs() as libc::time_t, tv_nsec: w.subsec_nanos() as _ });
+    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: one valid pollfd, a timespec that outlives the call (or null), no signal mask.
+    let rc = unsafe { libc::ppoll(&mut fd, 1, ts_ptr, std::ptr::null()) };
+    rc > 0
 }
 
 /// Under real-time scheduling (heartbeats of 10 ms or less), the cluster thread runs one
