@@ -151,8 +151,8 @@ fn cluster_loop(shared: Arc<Mutex<ClusterShell>>, sock: UdpSocket, key: Vec<u8>,
     if let Err(e) = sock.set_nonblocking(true) {
         warn!(error = %e, "cluster socket stays blocking");
     }
+    let mut deadline = lock(&shared).poll_timeout();
     loop {
-        let deadline = lock(&shared).poll_timeout();
         let wait = deadline.map(|t| t.saturating_duration_since(Instant::now()));
         let received = if wait.is_some_and(|w| w.is_zero()) || !readable(&sock, wait) {
             None
@@ -174,7 +174,9 @@ fn cluster_loop(shared: Arc<Mutex<ClusterShell>>, sock: UdpSocket, key: Vec<u8>,
                 shell.datagram(now, parsed, from);
             }
             shell.handle_timeout(now);
-            shell.drain()
+            let news = shell.drain();
+            deadline = shell.poll_timeout();
+            news
         };
         if news.any() && tx.send(Input::Cluster(news)).is_err() {
             return;
