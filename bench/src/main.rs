@@ -29,6 +29,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// A table cell: the median in ms with `decimals`, and the range of the runs.
+fn median_cell(v: &[f64], decimals: usize) -> String {
+    format!("{:.*} ms (runs {} ms)", decimals, median(v.to_vec()), range(v))
+}
+
 fn range(v: &[f64]) -> String {
     let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -159,12 +164,12 @@ fn failover(runs: usize, rows: &mut Vec<Row>) {
         }
         rows.push(Row {
             what: format!("{family}: 1 ms UDP probes to the VIPA, longest gap on en1 cut (median)"),
-            result: format!("{:.1} ms (runs {} ms)", median(udp.clone()), range(&udp)),
+            result: median_cell(&udp, 1),
             target: "a few ms".into(),
         });
         rows.push(Row {
             what: format!("{family}: TCP stream to the VIPA, longest gap on en1 cut (median)"),
-            result: format!("{:.1} ms (runs {} ms)", median(tcp.clone()), range(&tcp)),
+            result: median_cell(&tcp, 1),
             target: "a few ms".into(),
         });
     }
@@ -214,11 +219,7 @@ fn repair(rows: &mut Vec<Row>) {
     }
     rows.push(Row {
         what: format!("foreign `ip route replace` → preferred source restored (median of {})", deltas.len()),
-        result: if deltas.is_empty() {
-            "no repairs seen".into()
-        } else {
-            format!("{:.2} ms (runs {} ms)", median(deltas.clone()), range(&deltas))
-        },
+        result: if deltas.is_empty() { "no repairs seen".into() } else { median_cell(&deltas, 2) },
         target: "≤ 10 ms".into(),
     });
 }
@@ -379,7 +380,7 @@ fn ipmp_link(runs: usize, rows: &mut Vec<Row>) {
     }
     rows.push(Row {
         what: "IPMP: 1 ms probes to a data address, outage when its NIC loses link (median)".into(),
-        result: format!("{:.1} ms (runs {} ms)", median(gaps.clone()), range(&gaps)),
+        result: median_cell(&gaps, 1),
         target: "≤ 5 ms".into(),
     });
 }
@@ -412,11 +413,7 @@ fn ipmp_silent(runs: usize, fdt_ms: u64, rows: &mut Vec<Row>) {
     }
     rows.push(Row {
         what: format!("IPMP: silent loss detected, FDT {fdt_ms} ms (median of {})", detect.len()),
-        result: if detect.is_empty() {
-            "not detected".into()
-        } else {
-            format!("{:.0} ms (runs {} ms)", median(detect.clone()), range(&detect))
-        },
+        result: if detect.is_empty() { "not detected".into() } else { median_cell(&detect, 0) },
         target: format!("≤ {fdt_ms} ms"),
     });
 }
@@ -491,11 +488,7 @@ fn outage_rows(
         }
         rows.push(Row {
             what: format!("{label}: client outage, {what} (median of {})", v.len()),
-            result: if v.is_empty() {
-                "n/a".into()
-            } else {
-                format!("{:.1} ms (runs {} ms)", median(v.clone()), range(&v))
-            },
+            result: if v.is_empty() { "n/a".into() } else { median_cell(&v, 1) },
             target: target(what),
         });
     }
@@ -725,7 +718,7 @@ fn baseline(runs: usize, rows: &mut Vec<Row>) {
             .collect();
         rows.push(Row {
             what: format!("baseline: undisturbed stream, probes every {every} µs, longest gap (median)"),
-            result: format!("{:.1} ms (runs {} ms)", median(gaps.clone()), range(&gaps)),
+            result: median_cell(&gaps, 1),
             target: "(floor)".into(),
         });
     }
