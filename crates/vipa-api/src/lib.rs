@@ -116,6 +116,15 @@ pub struct MemberView {
     /// Smoothed round trip of its probes, in microseconds.
     #[serde(default)]
     pub rtt_us: Option<u64>,
+    /// How long it has to answer probes once suspected before it is dead, in microseconds.
+    #[serde(default)]
+    pub confirm_us: Option<u64>,
+    /// Whether that window is learned from its punctuality (else the 30 ms start value).
+    #[serde(default)]
+    pub confirm_learned: bool,
+    /// The worst delay seen from it in the last five to ten minutes, in microseconds.
+    #[serde(default)]
+    pub held_up_us: Option<u64>,
 }
 
 /// One row of netstat VIPADYN.

@@ -189,12 +189,16 @@ pub fn cluster(c: &ClusterView) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<16} {:<10} {:<40} {:>12} {:>9} {}",
-        "NODE", "STATE", "ADDRESS", "LAST HEARD", "RTT", "CONFIG"
+        "{:<16} {:<10} {:<40} {:>12} {:>9} {:>10} {}",
+        "NODE", "STATE", "ADDRESS", "LAST HEARD", "RTT", "CONFIRM", "CONFIG"
     );
     for m in &c.members {
         let heard = m.last_heard_ms.map_or("-".to_string(), |ms| format!("{ms} ms ago"));
         let rtt = m.rtt_us.map_or("-".to_string(), |us| format!("{:.2} ms", us as f64 / 1e3));
+        // An asterisk: the start value, until the peer's punctuality is known.
+        let confirm = m.confirm_us.map_or("-".to_string(), |us| {
+            format!("{:.1} ms{}", us as f64 / 1e3, if m.confirm_learned { "" } else { "*" })
+        });
         let cfg = if m.state == "self" {
             ""
         } else if m.same_config {
@@ -204,12 +208,13 @@ pub fn cluster(c: &ClusterView) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<16} {:<10} {:<40} {:>12} {:>9} {}",
+            "{:<16} {:<10} {:<40} {:>12} {:>9} {:>10} {}",
             m.node,
             m.state,
             m.address.as_deref().unwrap_or("-"),
             heard,
             rtt,
+            confirm,
             cfg
         );
     }

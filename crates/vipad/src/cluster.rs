@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, info, warn};
 use vipa_api::{ClusterView, DvipaView, MemberView};
-use vipa_core::cluster::{Cluster, ClusterConfig, Output, Quorum};
+use vipa_core::cluster::{confirm_window, Cluster, ClusterConfig, Output, Quorum};
 use vipa_core::model::Observed;
 use vipa_core::plan::HeldDvipa;
 use vipa_core::Config;
@@ -506,6 +506,9 @@ impl ClusterShell {
             incarnation: None,
             same_config: true,
             rtt_us: None,
+            confirm_us: None,
+            confirm_learned: false,
+            held_up_us: None,
         }];
         for (name, p) in &c.peers {
             members.push(MemberView {
@@ -525,6 +528,9 @@ impl ClusterShell {
                 incarnation: Some(p.incarnation),
                 same_config: p.same_config,
                 rtt_us: p.rtt.map(|(srtt, _)| srtt.as_micros() as u64),
+                confirm_us: Some(confirm_window(p, c.config.interval).as_micros() as u64),
+                confirm_learned: p.punctuality_known,
+                held_up_us: Some(p.held_up.worst().as_micros() as u64),
             });
         }
         let heard: Vec<IpAddr> = self.addresses.values().map(|a| a.ip().to_canonical()).collect();
@@ -538,6 +544,9 @@ impl ClusterShell {
                     incarnation: None,
                     same_config: false,
                     rtt_us: None,
+                    confirm_us: None,
+                    confirm_learned: false,
+                    held_up_us: None,
                 });
             }
         }

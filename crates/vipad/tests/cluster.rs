@@ -110,7 +110,7 @@ fn holder_death_is_taken_over_by_the_highest_backup_and_the_owner_takes_it_back(
     // s1's kernel still has the address from before it was killed.
     assert_eq!(env.holders(DVIPA), vec![1, 2]);
     // It comes back with its services.
-    srv1 = serve_on(env.host(1), Some(DVIPA));
+    let _srv1_back = serve_on(env.host(1), Some(DVIPA));
     procs[0] = env.start_vipad(1);
     let run = stream(&env.client, DVIPA, 2500);
     // First s1 gives its stale copy up (s2 alone, while s1 listens), then s2 hands over.
@@ -363,4 +363,41 @@ fn the_holder_refreshes_its_announcement_so_a_wrong_neighbour_entry_is_corrected
     // The refresh comes every 10 s (REFRESH_INTERVAL), with no other change in the cluster.
     let fixed = wait_for(Duration::from_secs(12), || (env.client_neigh(DVIPA) == Some(env.mac(1))).then_some(()));
     assert!(fixed.is_some(), "client's entry is still {:?}\n{}", env.client_neigh(DVIPA), env.log(1));
+}
+
+/// s2's view of s1 in `vipactl --json cluster`.
+fn member(env: &ClusterEnv, k: usize, node: &str) -> serde_json::Value {
+    let j: serde_json::Value = serde_json::from_slice(&env.vipactl(k, &["--json", "cluster"]).stdout).unwrap();
+    j["members"].as_array().unwrap().iter().find(|m| m["node"] == node).cloned().unwrap_or_default()
+}
+
+#[test]
+fn once_the_holder_is_known_to_be_punctual_its_death_is_confirmed_in_its_learned_window() {
+    let (env, mut procs) = up("immediate");
+    // Until s1 has been heard for 10 s, s2 gives it the 30 ms start value (marked `*`).
+    let s1 = member(&env, 2, "s1");
+    assert_eq!((s1["confirm_us"].as_u64(), s1["confirm_learned"].as_bool()), (Some(30_000), Some(false)), "{s1}");
+    let members = out(&env.vipactl(2, &["cluster"]));
+    assert!(members.contains("CONFIRM") && members.contains("30.0 ms*"), "{members}");
+    let learned = wait_for(Duration::from_secs(15), || {
+        let (s1, s3) = (member(&env, 2, "s1"), member(&env, 2, "s3"));
+        (s1["confirm_learned"] == true && s3["confirm_learned"] == true).then_some(s1)
+    })
+    .expect("s2 never learned its peers' punctuality");
+    let members = out(&env.vipactl(2, &["cluster"]));
+    assert!(!members.contains("ms*"), "both peers learned: {members}");
+    // Learned from what s2 saw: twice the worst delay, at least 1 ms.
+    let (window, held_up) = (learned["confirm_us"].as_u64().unwrap(), learned["held_up_us"].as_u64().unwrap());
+    assert!(window >= 1000 && window >= 2 * held_up, "{learned}");
+    // The host dies: s2 sees it dead an interval, a grace (at most half an interval) and
+    // the window after the last heartbeat, plus scheduling slack: no longer the 30 ms floor.
+    env.cut(1);
+    procs[0].kill();
+    holder_among(&env, 2, &[2, 3], Duration::from_secs(3)).expect("s2 took over");
+    let log = env.log(2);
+    let line = log.lines().find(|l| l.contains("node s1 is dead: no heartbeat for")).expect("a death by probing");
+    let silent: f64 = line.split("no heartbeat for ").nth(1).and_then(|r| r.split(" ms").next()).unwrap().parse().unwrap();
+    let window_now = member(&env, 2, "s1")["confirm_us"].as_u64().unwrap() as f64 / 1e3;
+    assert!(silent <= 10.0 + 5.0 + window_now + 5.0, "dead after {silent} ms of silence, window {window_now} ms: {line}");
+    eprintln!("learned window {window} µs (worst delay {held_up} µs); s1 dead after {silent} ms of silence");
 }

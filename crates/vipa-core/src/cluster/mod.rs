@@ -29,9 +29,11 @@
 //! are not taken over under it. An answer ends a suspicion but is not a heartbeat: a
 //! peer that answers and sends nothing else is dead after the silence bound. Ordinary loss costs a few probes (at 20 % loss, a probe
 //! and its answer both get through 64 % of the time: all 20 fail about once in 10⁹
-//! suspicions), while a dead peer is seen an interval and a window (at least
-//! [`MIN_CONFIRM`]) after its last heartbeat, not `dead_after` intervals. A peer silent for `dead_after` intervals is dead in any
-//! case.
+//! suspicions), while a dead peer is seen an interval and a window after its last
+//! heartbeat, not `dead_after` intervals. The window covers the longest a live peer may be
+//! held up: [`MIN_CONFIRM`] until the peer has been heard for [`LEARN`], then twice the
+//! worst delay seen from it (see [`confirm_window`]). A peer silent for `dead_after`
+//! intervals is dead in any case.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
@@ -175,6 +177,10 @@ pub struct Peer {
     answered: Instant,
     /// When its round trip is measured next.
     next_rtt: Instant,
+    /// When it was first heard (its punctuality is known [`LEARN`] later).
+    known_since: Instant,
+    pub punctuality_known: bool,
+    pub held_up: HeldUp,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -189,20 +195,64 @@ fn suspect_at(p: &Peer, interval: Duration) -> Instant {
     p.last_heard.max(p.answered) + interval + (interval / 10).max(p.jitter * 4).min(interval / 2)
 }
 
-/// The shortest time a suspect has to answer: a whole host held up this long (its
-/// packets not delivered, its threads not run) is not dead. Hosts under load were seen
-/// held up for 20-30 ms.
+/// The shortest time a suspect has to answer while its punctuality is not known yet: a
+/// whole host held up this long (its packets not delivered, its threads not run) is not
+/// dead. Test hosts under load were seen held up for 20-30 ms.
 pub const MIN_CONFIRM: Duration = Duration::from_millis(30);
 
+/// How long a peer is heard before its punctuality is known: from then on its
+/// confirmation window is learned (see [`confirm_window`]).
+pub const LEARN: Duration = Duration::from_secs(10);
+
+/// The shortest learned confirmation window.
+pub const LEARNED_MIN_CONFIRM: Duration = Duration::from_millis(1);
+
+/// How long a delay is remembered: the worst of this period and of the one before counts.
+const HELD_UP_MEMORY: Duration = Duration::from_secs(300);
+
+/// The worst delay seen from a peer: how late a heartbeat arrived, or how long a
+/// suspicion of it took to clear.
+#[derive(Debug, Clone, Copy)]
+pub struct HeldUp {
+    worst: Duration,
+    before: Duration,
+    period: Instant,
+}
+
+impl HeldUp {
+    fn new(now: Instant) -> HeldUp {
+        HeldUp { worst: Duration::ZERO, before: Duration::ZERO, period: now }
+    }
+
+    fn note(&mut self, now: Instant, delay: Duration) {
+        if now >= self.period + HELD_UP_MEMORY {
+            self.before = if now < self.period + HELD_UP_MEMORY * 2 { self.worst } else { Duration::ZERO };
+            self.worst = Duration::ZERO;
+            self.period = now;
+        }
+        self.worst = self.worst.max(delay);
+    }
+
+    /// The worst delay of the last five to ten minutes.
+    pub fn worst(&self) -> Duration {
+        self.worst.max(self.before)
+    }
+}
+
 /// How long a suspect has to answer one of its probes: a tenth of an interval, several
-/// round trips, or [`MIN_CONFIRM`], whichever is longest (at least half an interval until
-/// a round trip was measured).
-fn confirm_window(p: &Peer, interval: Duration) -> Duration {
+/// round trips (at least half an interval until a round trip was measured), or the hold-up
+/// the peer may be in without being dead, whichever is longest. That hold-up is
+/// [`MIN_CONFIRM`] until the peer has been heard for [`LEARN`]; then twice the worst delay
+/// seen from it in the last five to ten minutes, at least [`LEARNED_MIN_CONFIRM`]: a peer
+/// whose heartbeats come on time is confirmed dead within a few milliseconds, one seen
+/// held up gets that long again, twice over.
+pub fn confirm_window(p: &Peer, interval: Duration) -> Duration {
     let rtt = match p.rtt {
         None => interval / 2,
         Some((srtt, var)) => srtt * 2 + var * 4,
     };
-    (interval / 10).max(rtt).max(MIN_CONFIRM)
+    let held_up = if p.punctuality_known { (p.held_up.worst() * 2).max(LEARNED_MIN_CONFIRM) } else { MIN_CONFIRM };
+    (interval / 10).max(rtt).max(held_up)
 }
 
 /// `a + (b - a) / 8` on durations.
@@ -463,14 +513,23 @@ impl Cluster {
             }
             return;
         }
-        let interval = self.config.interval;
+        let (interval, dead) = (self.config.interval, self.config.dead_time());
         if let Some(p) = self.peers.get_mut(&h.node) {
-            p.suspect = None;
+            if let Some(s) = p.suspect.take() {
+                p.held_up.note(now, now.saturating_duration_since(s.since));
+            }
             let gap = now.saturating_duration_since(p.last_heard);
             if p.alive && h.flags & FLAG_PROBE == 0 && gap <= interval * 3 / 2 {
                 // Lateness only: a heartbeat sent early on a change is on time.
-                p.jitter = smooth(p.jitter, gap.saturating_sub(interval));
+                let late = gap.saturating_sub(interval);
+                p.jitter = smooth(p.jitter, late);
+                p.held_up.note(now, late);
+            } else if !p.alive && p.incarnation == h.incarnation && gap < dead {
+                // Declared dead, back within the silence bound: held up, or cut off for a
+                // moment (the two look alike). It gets the start value again, at least.
+                p.held_up.note(now, gap.saturating_sub(interval).min(MIN_CONFIRM / 2));
             }
+            p.punctuality_known = now >= p.known_since + LEARN;
             // Steady state: the same claims from a live peer change nothing; just note it.
             let syncing = h.flags & FLAG_SYNCING != 0;
             if p.alive
@@ -530,6 +589,8 @@ impl Cluster {
             Some(p) if !fresh => p.next_rtt,
             _ => now,
         };
+        let (known_since, held_up, punctuality_known) =
+            old.as_ref().map_or((now, HeldUp::new(now), false), |p| (p.known_since, p.held_up, p.punctuality_known));
         let (jitter, rtt, probes) = old.map(|p| (p.jitter, p.rtt, p.probes)).unwrap_or_default();
         self.peers.insert(
             h.node.clone(),
@@ -550,6 +611,9 @@ impl Cluster {
                 suspect: None,
                 answered: now,
                 next_rtt,
+                known_since,
+                punctuality_known,
+                held_up,
             },
         );
         self.adopt_pins();
@@ -605,7 +669,9 @@ impl Cluster {
             Some((srtt, var)) => (smooth(srtt, sample), var * 3 / 4 + srtt.abs_diff(sample) / 4),
         });
         p.probes.clear();
-        p.suspect = None;
+        if let Some(s) = p.suspect.take() {
+            p.held_up.note(now, now.saturating_duration_since(s.since));
+        }
         p.answered = now;
     }
 

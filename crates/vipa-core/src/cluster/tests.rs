@@ -33,6 +33,9 @@ struct Node {
     /// The daemon's state machine is held up (no heartbeats, no timers) while its receiving
     /// thread still answers probes.
     stalled: bool,
+    /// The whole host is held up: nothing runs, nothing is answered, what is sent to it
+    /// waits until it runs again.
+    frozen: bool,
     /// What this node's kernel holds.
     kernel: Vec<bool>,
     drift: f64,
@@ -97,7 +100,7 @@ impl Sim {
             let name = format!("s{k}");
             let drift = (rng.unit() - 0.5) * 0.02;
             let c = Cluster::new(cluster_config(&name, n, ms(10), quorum), d.clone(), t0, 1, &[]);
-            nodes.insert(name, Node { c, up: true, stalled: false, kernel: vec![false; d.len()], drift });
+            nodes.insert(name, Node { c, up: true, stalled: false, frozen: false, kernel: vec![false; d.len()], drift });
         }
         let count = d.len();
         Sim {
@@ -196,8 +199,10 @@ impl Sim {
     fn run(&mut self, until: Duration) {
         while self.t < until {
             self.t += ms(1);
-            let due: Vec<_> = self.queue.iter().filter(|m| m.0 <= self.t).cloned().collect();
-            self.queue.retain(|m| m.0 > self.t);
+            let frozen: Vec<String> = self.nodes.iter().filter(|(_, n)| n.frozen).map(|(k, _)| k.clone()).collect();
+            let waits = |m: &(Duration, String, Heartbeat), t: Duration| m.0 > t || frozen.contains(&m.1);
+            let due: Vec<_> = self.queue.iter().filter(|m| !waits(m, self.t)).cloned().collect();
+            self.queue.retain(|m| waits(m, self.t));
             for (_, to, h) in due {
                 let (up, stalled, incarnation) = {
                     let n = &self.nodes[&to];
@@ -218,7 +223,7 @@ impl Sim {
             }
             let names: Vec<String> = self.nodes.keys().cloned().collect();
             for name in names {
-                if !self.nodes[&name].up || self.nodes[&name].stalled {
+                if !self.nodes[&name].up || self.nodes[&name].stalled || self.nodes[&name].frozen {
                     continue;
                 }
                 let now = self.local(&name);
@@ -307,6 +312,72 @@ fn holder_death_is_taken_over_within_the_bound_by_the_best_backup() {
         // Far sooner than dead_after (10) silent intervals; never before a heartbeat is late.
         assert!(took < ms(100 - 10), "seed {seed}: took {took:?}");
         assert!(took >= ms(10 - 3), "seed {seed}: taken over before a heartbeat was missed: {took:?}");
+    }
+}
+
+#[test]
+fn once_a_peer_is_known_to_be_punctual_its_death_is_confirmed_within_milliseconds() {
+    for seed in 1..8 {
+        let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
+        s.latency = (1, 1);
+        s.run(ms(500));
+        let p = &s.nodes["s2"].c.peers["s1"];
+        assert!(!p.punctuality_known);
+        assert_eq!(confirm_window(p, ms(10)), MIN_CONFIRM, "seed {seed}: the start value until it is known");
+        s.run(LEARN + ms(1000));
+        let p = &s.nodes["s2"].c.peers["s1"];
+        assert!(p.punctuality_known, "seed {seed}");
+        // Heartbeats a millisecond on the way, never late: the window is the round trip's
+        // (2 ms, twice over), not 30 ms.
+        let window = confirm_window(p, ms(10));
+        assert!(window <= ms(6), "seed {seed}: window {window:?}, worst delay {:?}", p.held_up.worst());
+        s.kill("s1");
+        let killed = s.t;
+        s.run(killed + ms(300));
+        assert_eq!(s.holders(0), vec!["s2".to_string()], "seed {seed}");
+        let took =
+            s.moves.iter().find(|m| m.0 >= killed && m.1 == "s2" && m.2 == 0 && m.3).map(|m| m.0 - killed).unwrap();
+        // The last heartbeat a millisecond after the kill, an interval and a grace, the
+        // window, a step of the simulator and drift.
+        assert!(took <= ms(1 + 10 + 2 + 2) + window, "seed {seed}: took {took:?} (window {window:?})");
+    }
+}
+
+/// Freezes s1's whole host for `ms_held` at `at` (nothing runs or is answered; what is
+/// sent to it waits), and returns the DVIPA moves that followed.
+fn moves_after_holdup(s: &mut Sim, at: Duration, ms_held: u64) -> Vec<(Duration, String, usize, bool)> {
+    s.run(at);
+    let before = s.moves.len();
+    s.nodes.get_mut("s1").unwrap().frozen = true;
+    s.run(at + ms(ms_held));
+    s.nodes.get_mut("s1").unwrap().frozen = false;
+    s.run(at + ms(1000));
+    s.moves[before..].to_vec()
+}
+
+#[test]
+fn a_peer_seen_held_up_is_given_as_long_again_and_one_never_seen_is_not() {
+    for seed in 1..8 {
+        // Held up for 20 ms while its punctuality is still being learned: the 30 ms start
+        // value covers it, and it is remembered.
+        let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
+        s.latency = (1, 1);
+        assert_eq!(moves_after_holdup(&mut s, ms(3000), 20), vec![], "seed {seed}: held up while learning");
+        let p = &s.nodes["s2"].c.peers["s1"];
+        assert!(p.held_up.worst() >= ms(8), "seed {seed}: worst delay {:?}", p.held_up.worst());
+        // Once known, the same hold-up again moves nothing.
+        assert_eq!(moves_after_holdup(&mut s, LEARN + ms(2000), 20), vec![], "seed {seed}: held up again");
+        assert_eq!(s.holders(0), vec!["s1".to_string()]);
+
+        // The price of a learned window: a peer never seen held up, held up for the first
+        // time longer than its window, is taken for dead, and gets its address back when
+        // it is heard again (takeback). Then it is given that long.
+        let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
+        s.latency = (1, 1);
+        let moved = moves_after_holdup(&mut s, LEARN + ms(2000), 20);
+        assert!(moved.iter().any(|m| m.1 == "s2" && m.2 == 0 && m.3), "seed {seed}: {moved:?}");
+        assert_eq!(s.holders(0), vec!["s1".to_string()], "seed {seed}: taken back");
+        assert_eq!(moves_after_holdup(&mut s, LEARN + ms(4000), 20), vec![], "seed {seed}: held up again");
     }
 }
 
