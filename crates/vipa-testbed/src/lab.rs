@@ -498,11 +498,16 @@ impl ClusterEnv {
     /// NAPI). A plain veth runs the receiving side's whole stack, the bridge and the peer
     /// host's UDP receive included, inside the sender's system call, so a CPU figure for
     /// the sending process counts the simulated LAN's work; on a real NIC that work is the
-    /// wire's and the receiving machine's. Needs `ethtool`.
+    /// wire's and the receiving machine's. A veth takes a UDP datagram from a socket to
+    /// its NAPI thread only if the receiving end forwards UDP through GRO
+    /// (`rx-udp-gro-forwarding`); without it, heartbeats and pings still ran the LAN in
+    /// the sender. Needs `ethtool`.
     pub fn thread_receive(&self) {
         let each = |ns: &Netns, devs: &[String]| {
             for d in devs {
-                ns.sh(&format!("ethtool -K {d} gro on >/dev/null && echo 1 > /sys/class/net/{d}/threaded"));
+                ns.sh(&format!(
+                    "ethtool -K {d} gro on rx-udp-gro-forwarding on >/dev/null && echo 1 > /sys/class/net/{d}/threaded"
+                ));
             }
         };
         let ports: Vec<String> =
