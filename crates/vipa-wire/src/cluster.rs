@@ -48,6 +48,12 @@ pub const FLAG_PROBE: u16 = 2;
 pub const FLAG_LEAVING: u16 = 4;
 /// The answer to a probe: proof of life only, no claims (see [`Heartbeat::answer`]).
 pub const FLAG_ANSWER: u16 = 8;
+/// Nothing new: the sender's claims and flags are those of its last heartbeat. A receiver
+/// may read it late, by its arrival time; everything else wants reading at once.
+pub const FLAG_ROUTINE: u16 = 16;
+/// Where the low byte of the flags is in a datagram (for a socket filter that tells
+/// routine heartbeats from the rest before they are authenticated).
+pub const FLAGS_LOW_BYTE: u32 = 7;
 pub const MAC_LEN: usize = 32;
 /// Longest node name.
 pub const MAX_NAME: usize = 63;
@@ -294,6 +300,15 @@ mod tests {
         assert_eq!(p.pins, h.pins);
         assert_eq!((p.seq, p.incarnation, p.echo, p.node.as_str()), (42, 7, 41, "s1"));
         assert_eq!(p.flags, FLAG_PROBE);
+    }
+
+    #[test]
+    fn the_routine_flag_is_where_a_socket_filter_looks() {
+        let mut h = sample();
+        h.flags = FLAG_ROUTINE;
+        assert_eq!(h.emit(KEY)[FLAGS_LOW_BYTE as usize], FLAG_ROUTINE as u8);
+        h.flags = FLAG_PROBE;
+        assert_eq!(h.emit(KEY)[FLAGS_LOW_BYTE as usize] & FLAG_ROUTINE as u8, 0);
     }
 
     #[test]

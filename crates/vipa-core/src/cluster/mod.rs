@@ -40,7 +40,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use vipa_wire::cluster::{bit, Heartbeat, FLAG_ANSWER, FLAG_LEAVING, FLAG_PROBE, FLAG_SYNCING};
+use vipa_wire::cluster::{bit, Heartbeat, FLAG_ANSWER, FLAG_LEAVING, FLAG_PROBE, FLAG_ROUTINE, FLAG_SYNCING};
 
 /// How often a held address is announced again (gratuitous ARP / NA).
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(10);
@@ -179,6 +179,9 @@ pub struct Peer {
     next_rtt: Instant,
     /// When it was first heard (its punctuality is known [`LEARN`] later).
     known_since: Instant,
+    /// Its death would change something here: it holds a DVIPA this node is in the order
+    /// of, or quorum counts it. Only then is a late heartbeat noticed on time.
+    pub watched: bool,
     pub punctuality_known: bool,
     pub held_up: HeldUp,
 }
@@ -308,7 +311,17 @@ pub struct Cluster {
     maps: Option<(Vec<u8>, Vec<u8>, Vec<u8>)>,
     /// vipad is stopping: heartbeats say so, and nothing is claimed any more.
     leaving: bool,
+    /// The DVIPAs this node is in the order of (owner or backup), as a bitmap.
+    mine: Vec<u8>,
+    /// What the last heartbeat sent said (flags, held, busy, declined, pins): the next
+    /// one that says the same is routine.
+    last_said: Option<Said>,
+    /// A routine heartbeat of the peer this node keeps step with was heard since the last
+    /// wake (see `handle_timeout`).
+    leader_heard: bool,
 }
+
+type Said = (u16, Vec<u8>, Vec<u8>, Vec<u8>, Vec<(u32, String, u64)>);
 
 /// FNV-1a over everything that must be identical on every node.
 pub fn digest(dvipas: &[DvipaConfig]) -> u64 {
@@ -367,6 +380,17 @@ impl Cluster {
             drops: Drops::default(),
             maps: None,
             leaving: false,
+            mine: {
+                let mut m = vec![0u8; n.div_ceil(8)];
+                for (i, d) in dvipas.iter().enumerate() {
+                    if d.rank(&config.me).is_some() {
+                        vipa_wire::cluster::set_bit(&mut m, i, true);
+                    }
+                }
+                m
+            },
+            last_said: None,
+            leader_heard: false,
             config,
             dvipas,
         }
@@ -395,7 +419,10 @@ impl Cluster {
         let (dead, interval) = (self.config.dead_time(), self.config.interval);
         let deaths = self.peers.values().filter(|p| p.alive).map(|p| {
             // The round trip is measured only while the peer is not a suspect (`detect`).
+            // A peer whose death would change nothing here is checked when this node wakes
+            // anyway (its own heartbeats, at least once an interval), not on time.
             let next = match p.suspect {
+                None if !p.watched => p.next_rtt,
                 None => suspect_at(p, interval).min(p.next_rtt),
                 Some(s) if s.sent < PROBES => s.next,
                 Some(s) => s.since + confirm_window(p, interval),
@@ -454,9 +481,10 @@ impl Cluster {
     }
 
     /// A heartbeat to send at once (after kernel work that had to come first); the next
-    /// regular one follows an interval later.
+    /// regular one follows an interval later. It is never routine, nor is the next one.
     pub fn heartbeat_now(&mut self, now: Instant) -> Heartbeat {
         self.next_heartbeat = now + self.config.interval;
+        self.last_said = None;
         self.heartbeat()
     }
 
@@ -479,7 +507,12 @@ impl Cluster {
     }
 
     fn send_heartbeat(&mut self, now: Instant) {
-        let h = self.heartbeat();
+        let mut h = self.heartbeat();
+        let said = (h.flags, h.held.clone(), h.busy.clone(), h.declined.clone(), h.pins.clone());
+        if h.flags == 0 && self.last_said.as_ref() == Some(&said) {
+            h.flags |= FLAG_ROUTINE;
+        }
+        self.last_said = Some(said);
         self.out.push_back(Output::Heartbeat(h));
         self.next_heartbeat = now + self.config.interval;
     }
@@ -514,6 +547,7 @@ impl Cluster {
             return;
         }
         let (interval, dead) = (self.config.interval, self.config.dead_time());
+        let from_leader = self.leader() == Some(h.node.as_str());
         if let Some(p) = self.peers.get_mut(&h.node) {
             if let Some(s) = p.suspect.take() {
                 p.held_up.note(now, now.saturating_duration_since(s.since));
@@ -543,6 +577,9 @@ impl Cluster {
             {
                 p.last_heard = now;
                 p.seq = h.seq;
+                if h.flags & FLAG_ROUTINE != 0 && from_leader {
+                    self.leader_heard = true;
+                }
                 // Our own heartbeat, when due within half an interval less the round trip,
                 // goes out with this one's arrival: nodes fall into step, and one wake-up
                 // per interval both hears and sends (an early heartbeat is on time for its
@@ -589,6 +626,8 @@ impl Cluster {
             Some(p) if !fresh => p.next_rtt,
             _ => now,
         };
+        let watched = self.config.quorum == Quorum::Majority
+            || h.held.iter().zip(&self.mine).any(|(theirs, mine)| theirs & mine != 0);
         let (known_since, held_up, punctuality_known) =
             old.as_ref().map_or((now, HeldUp::new(now), false), |p| (p.known_since, p.held_up, p.punctuality_known));
         let (jitter, rtt, probes) = old.map(|p| (p.jitter, p.rtt, p.probes)).unwrap_or_default();
@@ -614,6 +653,7 @@ impl Cluster {
                 known_since,
                 punctuality_known,
                 held_up,
+                watched,
             },
         );
         self.adopt_pins();
@@ -771,9 +811,28 @@ impl Cluster {
                 }
             }
         }
+        // Keeping step with the leader: when its heartbeat was read in this wake, ours goes
+        // out in it too, unless it was just sent. A node that reads routine heartbeats only
+        // when it wakes (vipad, when its kernel steers them to a socket of their own) then
+        // wakes once an interval: to check on the leader, whose heartbeat has just come,
+        // and to send its own. Only the leader's, so two nodes never pull each other.
+        let interval = self.config.interval;
+        if std::mem::take(&mut self.leader_heard) && self.next_heartbeat <= now + interval - interval / 10 {
+            self.next_heartbeat = now;
+        }
         if now >= self.next_heartbeat {
             self.send_heartbeat(now);
         }
+    }
+
+    /// The peer whose heartbeats this node sends its own with: the live, watched peer with
+    /// the lowest name, if that is lower than this node's.
+    fn leader(&self) -> Option<&str> {
+        self.peers
+            .iter()
+            .find(|(_, p)| p.alive && p.watched)
+            .map(|(n, _)| n.as_str())
+            .filter(|n| *n < self.config.me.as_str())
     }
 
     fn alive_nodes(&self) -> Vec<&str> {
