@@ -14,6 +14,7 @@ pub mod conns;
 pub mod netlink;
 pub mod nft;
 pub mod probe;
+pub mod steer;
 pub mod sysctl;
 
 pub use netlink::{EventError, Events, Kernel, Outcome, Update};

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,7 +24,7 @@ use vipa_core::cluster::{confirm_window, Cluster, ClusterConfig, Output, Quorum}
 use vipa_core::model::Observed;
 use vipa_core::plan::HeldDvipa;
 use vipa_core::Config;
-use vipa_wire::cluster::{Heartbeat, HeartbeatError, FLAG_LEAVING, FLAG_PROBE};
+use vipa_wire::cluster::{Heartbeat, HeartbeatError, FLAGS_LOW_BYTE, FLAG_LEAVING, FLAG_PROBE, FLAG_ROUTINE};
 
 use crate::daemon::Input;
 
@@ -143,9 +143,18 @@ fn kept(config: &Config, observed: &Observed) -> Vec<IpAddr> {
 /// The cluster thread: waits for a datagram (authenticated and parsed before the state is
 /// touched) or the core's next timer, hands either to the core, carries out its outputs,
 /// and sends the main thread the news.
-fn cluster_loop(shared: Arc<Mutex<ClusterShell>>, sock: UdpSocket, key: Vec<u8>, tx: Sender<Input>) {
+fn cluster_loop(
+    shared: Arc<Mutex<ClusterShell>>,
+    sock: UdpSocket,
+    routine: Option<UdpSocket>,
+    key: Vec<u8>,
+    tx: Sender<Input>,
+) {
     above_the_main_thread();
     let mut buf = vec![0u8; 65536];
+    // The time the state was last brought to: a routine heartbeat read late is dated by its
+    // arrival, but never before that.
+    let mut last = Instant::now();
     // Waiting is done by `ppoll` (a high-resolution timer); a receive timeout on the socket
     // would be rounded to the kernel's tick (4 ms here), too coarse for 1 ms heartbeats.
     if let Err(e) = sock.set_nonblocking(true) {
@@ -168,8 +177,28 @@ fn cluster_loop(shared: Arc<Mutex<ClusterShell>>, sock: UdpSocket, key: Vec<u8>,
             }
         };
         let now = Instant::now();
+        // Routine heartbeats wait in their socket until this thread wakes anyway.
+        let mut late = Vec::new();
+        if let Some(r) = &routine {
+            while late.len() < 256 {
+                match vipa_kernel::steer::recv_stamped(r, &mut buf) {
+                    Ok((n, from, stamp)) => late.push((arrived(now, stamp).max(last), Heartbeat::parse(&buf[..n], &key), from)),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        if e.kind() != std::io::ErrorKind::WouldBlock {
+                            debug!(error = %e, "cluster socket (routine heartbeats)");
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        last = now;
         let news = {
             let mut shell = lock(&shared);
+            for (at, parsed, from) in late {
+                shell.datagram(at, parsed, from);
+            }
             if let Some((parsed, from)) = received {
                 shell.datagram(now, parsed, from);
             }
@@ -182,6 +211,13 @@ fn cluster_loop(shared: Arc<Mutex<ClusterShell>>, sock: UdpSocket, key: Vec<u8>,
             return;
         }
     }
+}
+
+/// When a datagram stamped `stamp` by the kernel (wall clock) arrived, on the monotonic
+/// clock: `now` less its age, if it has a sensible one (at most a second).
+fn arrived(now: Instant, stamp: Option<SystemTime>) -> Instant {
+    let age = stamp.and_then(|s| SystemTime::now().duration_since(s).ok()).filter(|a| *a <= Duration::from_secs(1));
+    age.and_then(|a| now.checked_sub(a)).unwrap_or(now)
 }
 
 /// Waits until `sock` has a datagram (or an error to report) or `wait` is over (`None`: no
@@ -222,9 +258,13 @@ impl ClusterShell {
     ) -> Result<Option<ClusterHandle>, String> {
         let Some(c) = config.cluster.clone() else { return Ok(None) };
         let key = load_key(&c.key_file)?;
-        let sock = UdpSocket::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), c.port))
-            .or_else(|_| UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], c.port))))
+        let steered = vipa_kernel::steer::bind(c.port, FLAGS_LOW_BYTE, FLAG_ROUTINE as u8)
             .map_err(|e| format!("cannot listen for heartbeats on UDP port {}: {e}", c.port))?;
+        match &steered.fallback {
+            None => info!("routine heartbeats go to a socket of their own, read when the cluster thread wakes anyway"),
+            Some(why) => info!(%why, "routine heartbeats are read as they come, which wakes the cluster thread for each"),
+        }
+        let (sock, routine) = (steered.prompt, steered.routine);
         let present = kept(config, observed);
         info!(node = %c.me, peers = ?c.peers, interval_ms = c.interval.as_secs_f64() * 1e3, dead_after = c.dead_after, kept = ?present, "cluster starting; listening before claiming");
         let core = Cluster::new(c, config.dvipas.clone(), now, new_incarnation(), &present);
@@ -246,7 +286,7 @@ impl ClusterShell {
         let thread_shared = shared.clone();
         thread::Builder::new()
             .name("cluster".into())
-            .spawn(move || cluster_loop(thread_shared, rx, key, tx))
+            .spawn(move || cluster_loop(thread_shared, rx, routine, key, tx))
             .map_err(|e| e.to_string())?;
         Ok(Some(ClusterHandle(shared)))
     }
@@ -399,8 +439,9 @@ impl ClusterShell {
         }
         self.pending_all = true;
         // "Leaving" tells peers to take everything at once: not yet. Until then the node is
-        // an ordinary live holder (silence would get it declared dead).
-        h.flags &= !FLAG_LEAVING;
+        // an ordinary live holder (silence would get it declared dead). Nor is it routine:
+        // what it claims is not what the core's last heartbeat said.
+        h.flags &= !(FLAG_LEAVING | FLAG_ROUTINE);
         for (i, _) in &self.releasing {
             vipa_wire::cluster::set_bit(&mut h.held, *i, true);
         }

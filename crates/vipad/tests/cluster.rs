@@ -66,6 +66,8 @@ fn holder_death_is_taken_over_by_the_highest_backup_and_the_owner_takes_it_back(
     assert!(status.contains("cluster  node s1, quorum yes, 3/3 members alive, 1/1 DVIPAs held here"), "{status}");
     let members = out(&env.vipactl(2, &["cluster"]));
     assert!(members.contains("quorum yes") && members.matches("alive").count() == 2, "{members}");
+    // The kernel steers routine heartbeats to a socket read only when the thread wakes.
+    assert!(env.log(2).contains("routine heartbeats go to a socket of their own"), "{}", env.log(2));
     // Each peer's round trip was measured when it joined.
     let j: serde_json::Value = serde_json::from_slice(&env.vipactl(2, &["--json", "cluster"]).stdout).unwrap();
     let rtts: Vec<u64> = j["members"].as_array().unwrap().iter().filter_map(|m| m["rtt_us"].as_u64()).collect();

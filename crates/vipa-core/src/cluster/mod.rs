@@ -195,7 +195,13 @@ pub struct Suspicion {
 
 /// When `p` becomes a suspect: an interval and a grace after it was last heard from.
 fn suspect_at(p: &Peer, interval: Duration) -> Instant {
-    p.last_heard.max(p.answered) + interval + (interval / 10).max(p.jitter * 4).min(interval / 2)
+    p.last_heard.max(p.answered) + interval + grace(p, interval)
+}
+
+/// How late `p`'s heartbeat may be before it is a suspect: a tenth of an interval, or four
+/// times its usual lateness, at most half an interval.
+fn grace(p: &Peer, interval: Duration) -> Duration {
+    (interval / 10).max(p.jitter * 4).min(interval / 2)
 }
 
 /// The shortest time a suspect has to answer while its punctuality is not known yet: a
@@ -317,8 +323,8 @@ pub struct Cluster {
     /// one that says the same is routine.
     last_said: Option<Said>,
     /// A routine heartbeat of the peer this node keeps step with was heard since the last
-    /// wake (see `handle_timeout`).
-    leader_heard: bool,
+    /// wake: when it arrived, and the grace its next one has (see `handle_timeout`).
+    leader_heard: Option<(Instant, Duration)>,
 }
 
 type Said = (u16, Vec<u8>, Vec<u8>, Vec<u8>, Vec<(u32, String, u64)>);
@@ -390,7 +396,7 @@ impl Cluster {
                 m
             },
             last_said: None,
-            leader_heard: false,
+            leader_heard: None,
             config,
             dvipas,
         }
@@ -578,7 +584,7 @@ impl Cluster {
                 p.last_heard = now;
                 p.seq = h.seq;
                 if h.flags & FLAG_ROUTINE != 0 && from_leader {
-                    self.leader_heard = true;
+                    self.leader_heard = Some((now, grace(p, interval)));
                 }
                 // Our own heartbeat, when due within half an interval less the round trip,
                 // goes out with this one's arrival: nodes fall into step, and one wake-up
@@ -812,16 +818,29 @@ impl Cluster {
             }
         }
         // Keeping step with the leader: when its heartbeat was read in this wake, ours goes
-        // out in it too, unless it was just sent. A node that reads routine heartbeats only
-        // when it wakes (vipad, when its kernel steers them to a socket of their own) then
-        // wakes once an interval: to check on the leader, whose heartbeat has just come,
-        // and to send its own. Only the leader's, so two nodes never pull each other.
+        // out in it too (unless it went out less than a tenth of an interval ago), and the
+        // next one is timed for half a grace after the leader's next one is due to arrive:
+        // earlier at once, later by a twentieth of an interval at most (that late, well
+        // within a receiver's grace). A node that reads routine heartbeats only when it
+        // wakes (vipad, when its kernel steers them to a socket of their own) then wakes
+        // once an interval, to check on the leader and send its own; one that reads them as
+        // they come wakes for the leader's and sends in that wake. Only the leader's, so two
+        // nodes never pull each other.
         let interval = self.config.interval;
-        if std::mem::take(&mut self.leader_heard) && self.next_heartbeat <= now + interval - interval / 10 {
+        let leader = self.leader_heard.take();
+        if leader.is_some() && self.next_heartbeat <= now + interval - interval / 10 {
             self.next_heartbeat = now;
         }
         if now >= self.next_heartbeat {
             self.send_heartbeat(now);
+        }
+        if let Some((arrived, grace)) = leader {
+            let target = arrived + interval + grace / 2;
+            self.next_heartbeat = if target < self.next_heartbeat {
+                target.max(now + interval / 10)
+            } else {
+                target.min(self.next_heartbeat + interval / 20)
+            };
         }
     }
 

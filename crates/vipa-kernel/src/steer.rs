@@ -1,0 +1,201 @@
+//! One UDP port, two sockets: datagrams whose flag byte marks them routine go to one socket,
+//! everything else to the other.
+//!
+//! The two sockets form the port's `SO_REUSEPORT` group, and a classic BPF program on the
+//! group (`SO_ATTACH_REUSEPORT_CBPF`) picks the socket from one byte of the datagram. The
+//! routine socket stamps each datagram with its arrival time (`SO_TIMESTAMPNS`), so it can
+//! be read late without losing when it came. The choice is a hint for reading, not a
+//! trust decision: both sockets' datagrams are authenticated alike, and a datagram too
+//! short for the byte goes to the routine socket (the filter's load fails, which selects
+//! socket 0).
+//!
+//! Where the kernel cannot do this (no `SO_REUSEPORT` filter), or a check at start finds
+//! the datagrams not where they should be, there is one socket for everything.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, SystemTime};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// The port's sockets.
+pub struct Steered {
+    /// Datagrams that are not routine (all of them, when `routine` is `None`); also the
+    /// socket to send from.
+    pub prompt: UdpSocket,
+    /// Routine datagrams, with their arrival times.
+    pub routine: Option<UdpSocket>,
+    /// Why there is one socket only, when there is.
+    pub fallback: Option<String>,
+}
+
+/// Binds UDP `port` on every address. Datagrams with a bit of `mask` set in byte `byte`
+/// go to `routine` where the kernel can steer them.
+pub fn bind(port: u16, byte: u32, mask: u8) -> io::Result<Steered> {
+    // A plain bind first: it fails if anything has the port, even a group of
+    // SO_REUSEPORT sockets (another vipad) that ours would otherwise join.
+    let plain = bind_plain(port)?;
+    drop(plain);
+    match steered(port, byte, mask) {
+        Ok((routine, prompt)) => Ok(Steered { prompt, routine: Some(routine), fallback: None }),
+        Err(e) => Ok(Steered { prompt: bind_plain(port)?, routine: None, fallback: Some(e.to_string()) }),
+    }
+}
+
+fn bind_plain(port: u16) -> io::Result<UdpSocket> {
+    UdpSocket::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port))
+        .or_else(|_| UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)))
+}
+
+/// One member of the port's group: dual-stack where IPv6 is on, else IPv4.
+fn member(port: u16) -> io::Result<Socket> {
+    let v6 = (|| {
+        let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_only_v6(false)?;
+        s.set_reuse_port(true)?;
+        s.bind(&SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port).into())?;
+        Ok::<_, io::Error>(s)
+    })();
+    v6.or_else(|_| {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_reuse_port(true)?;
+        s.bind(&SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port).into())?;
+        Ok(s)
+    })
+}
+
+// Classic BPF opcodes (linux/filter.h).
+const BPF_LD_B_ABS: u16 = 0x00 | 0x10 | 0x20;
+const BPF_JMP_JSET_K: u16 = 0x05 | 0x40;
+const BPF_RET_K: u16 = 0x06;
+
+fn steered(port: u16, byte: u32, mask: u8) -> io::Result<(UdpSocket, UdpSocket)> {
+    // Socket 0 of the group is the first bound: routine; socket 1: the rest.
+    let routine = member(port)?;
+    let prompt = member(port)?;
+    let program = [
+        libc::sock_filter { code: BPF_LD_B_ABS, jt: 0, jf: 0, k: byte },
+        libc::sock_filter { code: BPF_JMP_JSET_K, jt: 0, jf: 1, k: u32::from(mask) },
+        libc::sock_filter { code: BPF_RET_K, jt: 0, jf: 0, k: 0 },
+        libc::sock_filter { code: BPF_RET_K, jt: 0, jf: 0, k: 1 },
+    ];
+    let prog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut libc::sock_filter };
+    // SAFETY: `prog` points at `program`, both alive across the call; the kernel copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            routine.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&prog as *const libc::sock_fprog).cast(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::other(format!(
+            "the kernel refused a SO_REUSEPORT filter: {}",
+            io::Error::last_os_error()
+        )));
+    }
+    let on: libc::c_int = 1;
+    // SAFETY: an int option, read by the kernel only.
+    let rc = unsafe {
+        libc::setsockopt(
+            routine.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::other(format!("no arrival times: {}", io::Error::last_os_error())));
+    }
+    let (routine, prompt): (UdpSocket, UdpSocket) = (routine.into(), prompt.into());
+    check(port, &routine, &prompt, byte, mask)?;
+    routine.set_nonblocking(true)?;
+    Ok((routine, prompt))
+}
+
+/// Sends one datagram of each kind to the port over loopback and sees where each lands.
+fn check(port: u16, routine: &UdpSocket, prompt: &UdpSocket, byte: u32, mask: u8) -> io::Result<()> {
+    let to = match prompt.local_addr()? {
+        SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port),
+        SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+    };
+    let probe = UdpSocket::bind(SocketAddr::new(to.ip(), 0))?;
+    let mut dgram = vec![0u8; byte as usize + 1];
+    dgram[byte as usize] = mask;
+    probe.send_to(&dgram, to)?;
+    dgram[byte as usize] = 0;
+    probe.send_to(&dgram, to)?;
+    let mut buf = [0u8; 64];
+    for (sock, want) in [(routine, mask), (prompt, 0)] {
+        sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let got = sock.recv(&mut buf);
+        sock.set_read_timeout(None)?;
+        match got {
+            Ok(n) if n > byte as usize && buf[byte as usize] == want => {}
+            Ok(_) => return Err(io::Error::other("a check datagram reached the wrong socket")),
+            Err(e) => return Err(io::Error::other(format!("a check datagram did not arrive over loopback: {e}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Reads one datagram from a socket with arrival times (non-blocking): its length, sender
+/// and arrival time.
+pub fn recv_stamped(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<SystemTime>)> {
+    // SAFETY: all-zero is a valid sockaddr_storage and msghdr.
+    let mut from: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut control = [0u64; 16];
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_name = (&mut from as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of::<[u64; 16]>();
+    // SAFETY: every pointer in `msg` points at a live buffer of the length given.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut stamp = None;
+    // SAFETY: the CMSG_* walk stays within the control buffer the kernel filled in.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                stamp = Some(SystemTime::UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    let addr = socket_addr(&from).ok_or_else(|| io::Error::other("datagram from an unknown address family"))?;
+    Ok((n as usize, addr, stamp))
+}
+
+fn socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(s.ss_family) {
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let a: libc::sockaddr_in6 = unsafe { std::ptr::read((s as *const libc::sockaddr_storage).cast()) };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let a: libc::sockaddr_in = unsafe { std::ptr::read((s as *const libc::sockaddr_storage).cast()) };
+            Some(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)), u16::from_be(a.sin_port))))
+        }
+        _ => None,
+    }
+}
