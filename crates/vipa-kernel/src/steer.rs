@@ -113,7 +113,8 @@ fn steered(port: u16, byte: u32, mask: u8) -> io::Result<(UdpSocket, UdpSocket)>
         return Err(io::Error::other(format!("no arrival times: {}", io::Error::last_os_error())));
     }
     let (routine, prompt): (UdpSocket, UdpSocket) = (routine.into(), prompt.into());
-    check(port, &routine, &prompt, byte, mask)?;
+    check(port, &routine, &prompt, byte, mask)
+        .map_err(|e| io::Error::other(format!("checking the steering over loopback failed: {e}")))?;
     routine.set_nonblocking(true)?;
     Ok((routine, prompt))
 }
@@ -138,7 +139,7 @@ fn check(port: u16, routine: &UdpSocket, prompt: &UdpSocket, byte: u32, mask: u8
         match got {
             Ok(n) if n > byte as usize && buf[byte as usize] == want => {}
             Ok(_) => return Err(io::Error::other("a check datagram reached the wrong socket")),
-            Err(e) => return Err(io::Error::other(format!("a check datagram did not arrive over loopback: {e}"))),
+            Err(e) => return Err(io::Error::other(format!("a check datagram did not arrive: {e}"))),
         }
     }
     Ok(())

@@ -403,3 +403,28 @@ fn once_the_holder_is_known_to_be_punctual_its_death_is_confirmed_in_its_learned
     assert!(silent <= 10.0 + 5.0 + window_now + 5.0, "dead after {silent} ms of silence, window {window_now} ms: {line}");
     eprintln!("learned window {window} µs (worst delay {held_up} µs); s1 dead after {silent} ms of silence");
 }
+
+#[test]
+fn a_node_whose_kernel_cannot_steer_heartbeats_reads_them_as_they_come() {
+    require_root();
+    let env = ClusterEnv::build(Names::Unique, 3);
+    // Without loopback, vipad's check of the steering finds nothing arriving: one socket.
+    env.host(2).sh("ip link set lo down");
+    for k in 1..=3 {
+        env.write_config(k, CLUSTER, &dvipa("immediate"));
+    }
+    let mut procs: Vec<Proc> = (1..=3).map(|k| env.start_vipad(k)).collect();
+    holder_is(&env, 1, Duration::from_secs(5)).expect("s1 holds it");
+    let log = env.log(2);
+    assert!(log.contains("routine heartbeats are read as they come"), "{log}");
+    assert!(log.contains("checking the steering over loopback failed"), "the log says why: {log}");
+    assert!(env.log(1).contains("routine heartbeats go to a socket of their own"), "{}", env.log(1));
+    // And it does its job: the holder dies, s2 takes over.
+    let ok = wait_for(Duration::from_secs(5), || {
+        (out(&env.vipactl(2, &["cluster"])).matches(" alive ").count() == 2).then_some(())
+    });
+    assert!(ok.is_some(), "{}", out(&env.vipactl(2, &["cluster"])));
+    env.cut(1);
+    procs[0].kill();
+    holder_among(&env, 2, &[2, 3], Duration::from_secs(3)).expect("s2 took over");
+}
