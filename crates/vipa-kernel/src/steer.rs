@@ -6,8 +6,9 @@
 //! routine socket stamps each datagram with its arrival time (`SO_TIMESTAMPNS`), so it can
 //! be read late without losing when it came. The choice is a hint for reading, not a
 //! trust decision: both sockets' datagrams are authenticated alike, and a datagram too
-//! short for the byte goes to the routine socket (the filter's load fails, which selects
-//! socket 0).
+//! short for the byte goes to the prompt socket (the filter's load fails, which selects
+//! socket 0). Any process of the same user (vipad runs as root) could join the group; the
+//! plain bind at start only keeps a second vipad from doing so by mistake.
 //!
 //! Where the kernel cannot do this (no `SO_REUSEPORT` filter), or a check at start finds
 //! the datagrams not where they should be, there is one socket for everything.
@@ -72,14 +73,14 @@ const BPF_JMP_JSET_K: u16 = 0x05 | 0x40;
 const BPF_RET_K: u16 = 0x06;
 
 fn steered(port: u16, byte: u32, mask: u8) -> io::Result<(UdpSocket, UdpSocket)> {
-    // Socket 0 of the group is the first bound: routine; socket 1: the rest.
-    let routine = member(port)?;
+    // Socket 0 of the group is the first bound: the rest; socket 1: routine.
     let prompt = member(port)?;
+    let routine = member(port)?;
     let program = [
         libc::sock_filter { code: BPF_LD_B_ABS, jt: 0, jf: 0, k: byte },
         libc::sock_filter { code: BPF_JMP_JSET_K, jt: 0, jf: 1, k: u32::from(mask) },
-        libc::sock_filter { code: BPF_RET_K, jt: 0, jf: 0, k: 0 },
         libc::sock_filter { code: BPF_RET_K, jt: 0, jf: 0, k: 1 },
+        libc::sock_filter { code: BPF_RET_K, jt: 0, jf: 0, k: 0 },
     ];
     let prog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut libc::sock_filter };
     // SAFETY: `prog` points at `program`, both alive across the call; the kernel copies it.
@@ -126,20 +127,35 @@ fn check(port: u16, routine: &UdpSocket, prompt: &UdpSocket, byte: u32, mask: u8
         SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
     };
     let probe = UdpSocket::bind(SocketAddr::new(to.ip(), 0))?;
+    let me = probe.local_addr()?;
     let mut dgram = vec![0u8; byte as usize + 1];
     dgram[byte as usize] = mask;
     probe.send_to(&dgram, to)?;
     dgram[byte as usize] = 0;
     probe.send_to(&dgram, to)?;
+    // Each socket gets its own check datagram; anything else (a peer's heartbeat at a
+    // cold start of the whole cluster) is passed over.
     let mut buf = [0u8; 64];
+    let deadline = std::time::Instant::now() + Duration::from_millis(200);
     for (sock, want) in [(routine, mask), (prompt, 0)] {
-        sock.set_read_timeout(Some(Duration::from_millis(200)))?;
-        let got = sock.recv(&mut buf);
+        let got = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break None;
+            }
+            sock.set_read_timeout(Some(left))?;
+            match sock.recv_from(&mut buf) {
+                Ok((n, from)) if from == me && n > byte as usize => break Some(buf[byte as usize]),
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => break None,
+                Err(e) => return Err(e),
+            }
+        };
         sock.set_read_timeout(None)?;
         match got {
-            Ok(n) if n > byte as usize && buf[byte as usize] == want => {}
-            Ok(_) => return Err(io::Error::other("a check datagram reached the wrong socket")),
-            Err(e) => return Err(io::Error::other(format!("a check datagram did not arrive: {e}"))),
+            Some(b) if b == want => {}
+            Some(_) => return Err(io::Error::other("a check datagram reached the wrong socket")),
+            None => return Err(io::Error::other("a check datagram did not arrive")),
         }
     }
     Ok(())
@@ -158,7 +174,7 @@ pub fn recv_stamped(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, Sock
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = size_of::<[u64; 16]>();
+    msg.msg_controllen = size_of::<[u64; 16]>() as _;
     // SAFETY: every pointer in `msg` points at a live buffer of the length given.
     let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
     if n < 0 {

@@ -82,6 +82,8 @@ pub struct ClusterShell {
     pending_all: bool,
     /// The version the kernel has (see `applied`).
     kernel_has: u64,
+    /// The latest time the core was given: time never goes back for it (see `clock`).
+    last_now: Instant,
 }
 
 /// What the cluster thread tells the main thread.
@@ -152,9 +154,7 @@ fn cluster_loop(
 ) {
     above_the_main_thread();
     let mut buf = vec![0u8; 65536];
-    // The time the state was last brought to: a routine heartbeat read late is dated by its
-    // arrival, but never before that.
-    let mut last = Instant::now();
+
     // Waiting is done by `ppoll` (a high-resolution timer); a receive timeout on the socket
     // would be rounded to the kernel's tick (4 ms here), too coarse for 1 ms heartbeats.
     if let Err(e) = sock.set_nonblocking(true) {
@@ -176,13 +176,19 @@ fn cluster_loop(
                 }
             }
         };
-        let now = Instant::now();
-        // Routine heartbeats wait in their socket until this thread wakes anyway.
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        // Routine heartbeats wait in their socket until this thread wakes anyway; a flood
+        // that fills a turn's share makes the next turn come at once.
         let mut late = Vec::new();
+        let mut more = false;
         if let Some(r) = &routine {
-            while late.len() < 256 {
+            loop {
+                if late.len() == LATE_PER_TURN {
+                    more = true;
+                    break;
+                }
                 match vipa_kernel::steer::recv_stamped(r, &mut buf) {
-                    Ok((n, from, stamp)) => late.push((arrived(now, stamp).max(last), Heartbeat::parse(&buf[..n], &key), from)),
+                    Ok((n, from, stamp)) => late.push((arrived(now, wall, stamp), Heartbeat::parse(&buf[..n], &key), from)),
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         if e.kind() != std::io::ErrorKind::WouldBlock {
@@ -193,10 +199,16 @@ fn cluster_loop(
                 }
             }
         }
-        last = now;
         let news = {
             let mut shell = lock(&shared);
+            // Dated by arrival, in order, never before the time the core was last brought
+            // to (it came after that turn read the socket), nor after now.
+            let floor = shell.last_now;
+            let now = shell.clock(now);
+            let mut at_least = floor;
             for (at, parsed, from) in late {
+                let at = at.unwrap_or(floor).clamp(at_least, now);
+                at_least = at;
                 shell.datagram(at, parsed, from);
             }
             if let Some((parsed, from)) = received {
@@ -204,7 +216,7 @@ fn cluster_loop(
             }
             shell.handle_timeout(now);
             let news = shell.drain();
-            deadline = shell.poll_timeout();
+            deadline = if more { Some(now) } else { shell.poll_timeout() };
             news
         };
         if news.any() && tx.send(Input::Cluster(news)).is_err() {
@@ -214,11 +226,15 @@ fn cluster_loop(
 }
 
 /// When a datagram stamped `stamp` by the kernel (wall clock) arrived, on the monotonic
-/// clock: `now` less its age, if it has a sensible one (at most a second).
-fn arrived(now: Instant, stamp: Option<SystemTime>) -> Instant {
-    let age = stamp.and_then(|s| SystemTime::now().duration_since(s).ok()).filter(|a| *a <= Duration::from_secs(1));
-    age.and_then(|a| now.checked_sub(a)).unwrap_or(now)
+/// clock: `now` (taken with `wall`) less its age, if it has a sensible one (at most a
+/// second; the wall clock can be set).
+fn arrived(now: Instant, wall: SystemTime, stamp: Option<SystemTime>) -> Option<Instant> {
+    let age = wall.duration_since(stamp?).ok().filter(|a| *a <= Duration::from_secs(1))?;
+    now.checked_sub(age)
 }
+
+/// Routine heartbeats read in one turn at most.
+const LATE_PER_TURN: usize = 1024;
 
 /// Waits until `sock` has a datagram (or an error to report) or `wait` is over (`None`: no
 /// limit); true if it has.
@@ -282,6 +298,7 @@ impl ClusterShell {
             releasing: Vec::new(),
             pending_all: false,
             kernel_has: 0,
+            last_now: now,
         }));
         let thread_shared = shared.clone();
         thread::Builder::new()
@@ -296,6 +313,7 @@ impl ClusterShell {
     /// needs a restart.
     pub fn reconfigure(&mut self, config: &Config, observed: &Observed, now: Instant) -> Result<bool, String> {
         change_allowed(Some(&self.core.config), config.cluster.as_ref())?;
+        let now = self.clock(now);
         let Some(c) = config.cluster.clone() else { return Ok(false) };
         if c == self.core.config && config.dvipas == self.core.dvipas {
             return Ok(false);
@@ -306,6 +324,13 @@ impl ClusterShell {
         self.core = Cluster::new(c, config.dvipas.clone(), now, new_incarnation(), &present);
         info!("cluster configuration changed; listening before claiming");
         Ok(true)
+    }
+
+    /// `now`, or the latest time the core was given if that is later: both threads bring
+    /// the core to their own `Instant::now()`, taken before the lock.
+    pub fn clock(&mut self, now: Instant) -> Instant {
+        self.last_now = self.last_now.max(now);
+        self.last_now
     }
 
     /// A datagram arrived, authenticated and parsed. A probe is answered at once.

@@ -234,14 +234,20 @@ impl Daemon {
     /// reconcile sends the leaving heartbeat), then repeats it. False without a cluster.
     fn leave_cluster(&mut self) -> bool {
         let released = match &self.cluster {
-            Some(c) => c.lock().leave(Instant::now()),
+            Some(c) => {
+                let mut shell = c.lock();
+                let now = shell.clock(Instant::now());
+                shell.leave(now)
+            }
             None => return false,
         };
         if released {
             self.reconcile();
         }
         if let Some(c) = &self.cluster {
-            c.lock().say_goodbye(Instant::now());
+            let mut shell = c.lock();
+            let now = shell.clock(Instant::now());
+            shell.say_goodbye(now);
         }
         true
     }
@@ -325,7 +331,9 @@ impl Daemon {
         // tens of milliseconds) follows, since the announcement already points them right.
         self.ipmp.announce(&self.observed);
         if let Some(c) = &self.cluster {
-            c.lock().applied(Instant::now(), held_version);
+            let mut shell = c.lock();
+            let now = shell.clock(Instant::now());
+            shell.applied(now, held_version);
         }
         self.announce_cluster();
         if let Some(arp) = arp {
@@ -559,7 +567,8 @@ impl Daemon {
         };
         let news = {
             let mut shell = c.lock();
-            if let Err(message) = f(&mut shell.core, Instant::now(), addr) {
+            let now = shell.clock(Instant::now());
+            if let Err(message) = f(&mut shell.core, now, addr) {
                 return Response::Error { message };
             }
             shell.drain()

@@ -388,16 +388,15 @@ fn once_the_holder_is_known_to_be_punctual_its_death_is_confirmed_in_its_learned
     .expect("s2 never learned its peers' punctuality");
     let members = out(&env.vipactl(2, &["cluster"]));
     assert!(!members.contains("ms*"), "both peers learned: {members}");
-    // Learned from what s2 saw: twice the worst delay, at least 1 ms.
     let (window, held_up) = (learned["confirm_us"].as_u64().unwrap(), learned["held_up_us"].as_u64().unwrap());
-    assert!(window >= 1000 && window >= 2 * held_up, "{learned}");
     // The host dies: s2 sees it dead an interval, a grace (at most half an interval) and
     // the window after the last heartbeat, plus scheduling slack: no longer the 30 ms floor.
     env.cut(1);
     procs[0].kill();
     holder_among(&env, 2, &[2, 3], Duration::from_secs(3)).expect("s2 took over");
     let log = env.log(2);
-    let line = log.lines().find(|l| l.contains("node s1 is dead: no heartbeat for")).expect("a death by probing");
+    let line = log.lines().find(|l| l.contains("node s1 is dead: no heartbeat for")).expect("s1 seen dead");
+    assert!(line.contains("probes answered"), "a death by probing, not by the silence bound: {line}");
     let silent: f64 = line.split("no heartbeat for ").nth(1).and_then(|r| r.split(" ms").next()).unwrap().parse().unwrap();
     let window_now = member(&env, 2, "s1")["confirm_us"].as_u64().unwrap() as f64 / 1e3;
     assert!(silent <= 10.0 + 5.0 + window_now + 5.0, "dead after {silent} ms of silence, window {window_now} ms: {line}");
@@ -405,10 +404,11 @@ fn once_the_holder_is_known_to_be_punctual_its_death_is_confirmed_in_its_learned
 }
 
 #[test]
-fn a_node_whose_kernel_cannot_steer_heartbeats_reads_them_as_they_come() {
+fn a_node_that_cannot_steer_heartbeats_reads_them_as_they_come() {
     require_root();
     let env = ClusterEnv::build(Names::Unique, 3);
-    // Without loopback, vipad's check of the steering finds nothing arriving: one socket.
+    // Without loopback, vipad's check of the steering finds nothing arriving: one socket,
+    // as on a kernel that refuses the filter (the same fallback).
     env.host(2).sh("ip link set lo down");
     for k in 1..=3 {
         env.write_config(k, CLUSTER, &dvipa("immediate"));

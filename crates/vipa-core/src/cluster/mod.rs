@@ -322,6 +322,13 @@ pub struct Cluster {
     /// What the last heartbeat sent said (flags, held, busy, declined, pins): the next
     /// one that says the same is routine.
     last_said: Option<Said>,
+    /// The last two heartbeats said the same.
+    said_again: bool,
+    /// Heartbeats still to go out prompt whatever they say (after a peer came or went).
+    prompt_sends: u32,
+    /// Every DVIPA this node is in the order of has one live holder, and nothing is being
+    /// moved or pinned: only then may peers that hold none of them be left unwatched.
+    calm: bool,
     /// A routine heartbeat of the peer this node keeps step with was heard since the last
     /// wake: when it arrived, and the grace its next one has (see `handle_timeout`).
     leader_heard: Option<(Instant, Duration)>,
@@ -396,6 +403,9 @@ impl Cluster {
                 m
             },
             last_said: None,
+            said_again: false,
+            prompt_sends: 0,
+            calm: false,
             leader_heard: None,
             config,
             dvipas,
@@ -428,7 +438,7 @@ impl Cluster {
             // A peer whose death would change nothing here is checked when this node wakes
             // anyway (its own heartbeats, at least once an interval), not on time.
             let next = match p.suspect {
-                None if !p.watched => p.next_rtt,
+                None if !p.watched && self.calm => p.next_rtt,
                 None => suspect_at(p, interval).min(p.next_rtt),
                 Some(s) if s.sent < PROBES => s.next,
                 Some(s) => s.since + confirm_window(p, interval),
@@ -490,7 +500,7 @@ impl Cluster {
     /// regular one follows an interval later. It is never routine, nor is the next one.
     pub fn heartbeat_now(&mut self, now: Instant) -> Heartbeat {
         self.next_heartbeat = now + self.config.interval;
-        self.last_said = None;
+        (self.last_said, self.said_again) = (None, false);
         self.heartbeat()
     }
 
@@ -514,11 +524,18 @@ impl Cluster {
 
     fn send_heartbeat(&mut self, now: Instant) {
         let mut h = self.heartbeat();
+        // Routine once it has been said twice: a change goes out prompt two times, so one
+        // lost copy does not leave it to be read late.
         let said = (h.flags, h.held.clone(), h.busy.clone(), h.declined.clone(), h.pins.clone());
-        if h.flags == 0 && self.last_said.as_ref() == Some(&said) {
+        if self.last_said.as_ref() == Some(&said) {
+            self.said_again = true;
+        } else {
+            (self.last_said, self.said_again) = (Some(said), false);
+        }
+        if h.flags == 0 && self.said_again && self.prompt_sends == 0 {
             h.flags |= FLAG_ROUTINE;
         }
-        self.last_said = Some(said);
+        self.prompt_sends = self.prompt_sends.saturating_sub(1);
         self.out.push_back(Output::Heartbeat(h));
         self.next_heartbeat = now + self.config.interval;
     }
@@ -555,19 +572,23 @@ impl Cluster {
         let (interval, dead) = (self.config.interval, self.config.dead_time());
         let from_leader = self.leader() == Some(h.node.as_str());
         if let Some(p) = self.peers.get_mut(&h.node) {
-            if let Some(s) = p.suspect.take() {
-                p.held_up.note(now, now.saturating_duration_since(s.since));
-            }
             let gap = now.saturating_duration_since(p.last_heard);
+            // How late this comes after the heartbeat expected: an interval after the peer
+            // was last heard from (or answered).
+            let late = now.saturating_duration_since(p.last_heard.max(p.answered) + interval);
+            if p.suspect.take().is_some() {
+                // A suspicion this ends: the peer was held up (a lost heartbeat is answered
+                // by the first probes, a moment after the grace).
+                p.held_up.note(now, late);
+            }
             if p.alive && h.flags & FLAG_PROBE == 0 && gap <= interval * 3 / 2 {
                 // Lateness only: a heartbeat sent early on a change is on time.
-                let late = gap.saturating_sub(interval);
-                p.jitter = smooth(p.jitter, late);
+                p.jitter = smooth(p.jitter, gap.saturating_sub(interval));
                 p.held_up.note(now, late);
             } else if !p.alive && p.incarnation == h.incarnation && gap < dead {
                 // Declared dead, back within the silence bound: held up, or cut off for a
                 // moment (the two look alike). It gets the start value again, at least.
-                p.held_up.note(now, gap.saturating_sub(interval).min(MIN_CONFIRM / 2));
+                p.held_up.note(now, late.max(MIN_CONFIRM / 2));
             }
             p.punctuality_known = now >= p.known_since + LEARN;
             // Steady state: the same claims from a live peer change nothing; just note it.
@@ -625,6 +646,10 @@ impl Cluster {
             )));
         }
         let fresh = was.is_none_or(|w| !w.0 || w.1 != h.incarnation);
+        if fresh {
+            // A peer that came (back): what this node says reaches it prompt for a while.
+            self.prompt_sends = 2;
+        }
         let old = self.peers.remove(&h.node);
         // A new or returning peer has its round trip measured at once; a known one keeps
         // its schedule, however often its claims change.
@@ -634,8 +659,11 @@ impl Cluster {
         };
         let watched = self.config.quorum == Quorum::Majority
             || h.held.iter().zip(&self.mine).any(|(theirs, mine)| theirs & mine != 0);
-        let (known_since, held_up, punctuality_known) =
-            old.as_ref().map_or((now, HeldUp::new(now), false), |p| (p.known_since, p.held_up, p.punctuality_known));
+        // A restarted peer (a new incarnation: a rebooted host may be busy) is learnt anew.
+        let (known_since, held_up, punctuality_known) = match &old {
+            Some(p) if p.incarnation == h.incarnation => (p.known_since, p.held_up, p.punctuality_known),
+            _ => (now, HeldUp::new(now), false),
+        };
         let (jitter, rtt, probes) = old.map(|p| (p.jitter, p.rtt, p.probes)).unwrap_or_default();
         self.peers.insert(
             h.node.clone(),
@@ -715,8 +743,9 @@ impl Cluster {
             Some((srtt, var)) => (smooth(srtt, sample), var * 3 / 4 + srtt.abs_diff(sample) / 4),
         });
         p.probes.clear();
-        if let Some(s) = p.suspect.take() {
-            p.held_up.note(now, now.saturating_duration_since(s.since));
+        if p.suspect.take().is_some() {
+            let late = now.saturating_duration_since(p.last_heard.max(p.answered) + self.config.interval);
+            p.held_up.note(now, late);
         }
         p.answered = now;
     }
@@ -786,6 +815,7 @@ impl Cluster {
             p.alive = false;
             p.suspect = None;
         }
+        self.prompt_sends = 2;
         let ended: Vec<usize> = self.pins.iter().filter(|(_, (_, n))| n == name).map(|(i, _)| *i).collect();
         for i in ended {
             self.unpin(i);
@@ -849,7 +879,7 @@ impl Cluster {
     fn leader(&self) -> Option<&str> {
         self.peers
             .iter()
-            .find(|(_, p)| p.alive && p.watched)
+            .find(|(_, p)| p.alive && (p.watched || !self.calm))
             .map(|(n, _)| n.as_str())
             .filter(|n| *n < self.config.me.as_str())
     }
@@ -1027,6 +1057,12 @@ impl Cluster {
                 changed = true;
             }
         }
+        self.calm = !self.syncing()
+            && self.pins.is_empty()
+            && (0..self.dvipas.len()).filter(|&i| bit(&self.mine, i)).all(|i| {
+                let holders = usize::from(self.held[i]) + self.peers.keys().filter(|n| self.claims(n, i)).count();
+                holders == 1 && !self.moving[i]
+            });
         if changed {
             self.send_heartbeat(now);
         }
