@@ -494,8 +494,17 @@ fn outage_rows(
     }
 }
 
-/// How long vipad hears a peer before it trusts its punctuality, and a little more.
-const PUNCTUALITY_LEARNED: Duration = Duration::from_secs(11);
+/// Waits until s2 and s3 know s1's punctuality: vipad learns a peer's in the first 10 s
+/// it hears it (after each start of it), and gives it 30 ms to answer probes until then
+/// (docs/cluster.md). Faults strike a cluster that has been running, not one just started.
+fn s1_learned(env: &ClusterEnv) {
+    let learned = |k: usize| {
+        let out = env.vipactl(k, &["--json", "cluster"]);
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        j["members"].as_array().is_some_and(|m| m.iter().any(|m| m["node"] == "s1" && m["confirm_learned"] == true))
+    };
+    let _ = wait_for(Duration::from_secs(20), || (learned(2) && learned(3)).then_some(()));
+}
 
 fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians: &mut Vec<(&str, u64, &str, f64)>) {
     let env = ClusterEnv::build(Names::Unique, 3);
@@ -506,13 +515,10 @@ fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians: &mu
     let mut procs: Vec<vipa_testbed::Proc> = (1..=3).map(|k| env.start_vipad(k)).collect();
     let _srv: Vec<_> = (1..=3).map(|k| serve_on(env.host(k), Some(DVIPA))).collect();
     let settle = Duration::from_millis(interval_ms * 40 + 2000);
-    // A running cluster, not a fresh one: each vipad learns how punctual its peers are in
-    // their first 10 s (their confirmation windows start at 30 ms; docs/cluster.md). A
-    // restarted s1 keeps the peers' view of it.
-    std::thread::sleep(PUNCTUALITY_LEARNED);
     let (mut death, mut cut, mut moved, mut unanswered, mut stop) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
+        s1_learned(&env);
         if !s1_ready(&env, settle) {
             continue;
         }
@@ -525,6 +531,7 @@ fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians: &mu
         env.host(1).drop_local(DVIPA);
         env.restore(1);
         procs[0] = env.start_vipad(1);
+        s1_learned(&env);
         if !s1_ready(&env, settle) {
             continue;
         }
