@@ -67,8 +67,9 @@ fn member(port: u16) -> io::Result<Socket> {
     })
 }
 
-// Classic BPF opcodes (linux/filter.h).
-const BPF_LD_B_ABS: u16 = 0x00 | 0x10 | 0x20;
+// Classic BPF opcodes (linux/filter.h): BPF_LD (0) | BPF_B | BPF_ABS, BPF_JMP | BPF_JSET |
+// BPF_K (0), BPF_RET | BPF_K.
+const BPF_LD_B_ABS: u16 = 0x10 | 0x20;
 const BPF_JMP_JSET_K: u16 = 0x05 | 0x40;
 const BPF_RET_K: u16 = 0x06;
 
@@ -211,7 +212,10 @@ fn socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a sockaddr_in.
             let a: libc::sockaddr_in = unsafe { std::ptr::read((s as *const libc::sockaddr_storage).cast()) };
-            Some(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)), u16::from_be(a.sin_port))))
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
         }
         _ => None,
     }

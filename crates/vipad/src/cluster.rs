@@ -188,7 +188,9 @@ fn cluster_loop(
                     break;
                 }
                 match vipa_kernel::steer::recv_stamped(r, &mut buf) {
-                    Ok((n, from, stamp)) => late.push((arrived(now, wall, stamp), Heartbeat::parse(&buf[..n], &key), from)),
+                    Ok((n, from, stamp)) => {
+                        late.push((arrived(now, wall, stamp), Heartbeat::parse(&buf[..n], &key), from))
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         if e.kind() != std::io::ErrorKind::WouldBlock {
@@ -278,7 +280,9 @@ impl ClusterShell {
             .map_err(|e| format!("cannot listen for heartbeats on UDP port {}: {e}", c.port))?;
         match &steered.fallback {
             None => info!("routine heartbeats go to a socket of their own, read when the cluster thread wakes anyway"),
-            Some(why) => info!(%why, "routine heartbeats are read as they come, which wakes the cluster thread for each"),
+            Some(why) => {
+                info!(%why, "routine heartbeats are read as they come, which wakes the cluster thread for each")
+            }
         }
         let (sock, routine) = (steered.prompt, steered.routine);
         let present = kept(config, observed);

@@ -397,9 +397,13 @@ fn once_the_holder_is_known_to_be_punctual_its_death_is_confirmed_in_its_learned
     let log = env.log(2);
     let line = log.lines().find(|l| l.contains("node s1 is dead: no heartbeat for")).expect("s1 seen dead");
     assert!(line.contains("probes answered"), "a death by probing, not by the silence bound: {line}");
-    let silent: f64 = line.split("no heartbeat for ").nth(1).and_then(|r| r.split(" ms").next()).unwrap().parse().unwrap();
+    let silent: f64 =
+        line.split("no heartbeat for ").nth(1).and_then(|r| r.split(" ms").next()).unwrap().parse().unwrap();
     let window_now = member(&env, 2, "s1")["confirm_us"].as_u64().unwrap() as f64 / 1e3;
-    assert!(silent <= 10.0 + 5.0 + window_now + 5.0, "dead after {silent} ms of silence, window {window_now} ms: {line}");
+    assert!(
+        silent <= 10.0 + 5.0 + window_now + 5.0,
+        "dead after {silent} ms of silence, window {window_now} ms: {line}"
+    );
     eprintln!("learned window {window} µs (worst delay {held_up} µs); s1 dead after {silent} ms of silence");
 }
 

@@ -798,7 +798,8 @@ fn routine_heartbeats_read_late_cost_each_node_one_wake_an_interval() {
         let (busy, sent) = (s.busy_at.len(), s.sent_flags.len());
         s.run(ms(3000));
         for name in ["s1", "s2"] {
-            let mut wakes: Vec<Duration> = s.busy_at[busy..].iter().filter(|(_, n)| n == name).map(|(t, _)| *t).collect();
+            let mut wakes: Vec<Duration> =
+                s.busy_at[busy..].iter().filter(|(_, n)| n == name).map(|(t, _)| *t).collect();
             wakes.dedup();
             // s1 would not act on s2's death, so it does not wake for s2's heartbeats; s2
             // reads s1's when it checks on s1, and sends its own in the same wake. (One
@@ -847,7 +848,8 @@ fn read_late_a_peer_whose_death_changes_nothing_is_seen_dead_an_interval_later_a
         assert!(!p.alive, "seed {seed}");
         // Not on time, but at one of s1's own heartbeats: an interval later at most.
         let window = confirm_window(p, ms(10));
-        let dead = s.events.iter().find(|e| e.0 >= killed && e.1 == "s1" && e.2.starts_with("node s2 is dead")).unwrap();
+        let dead =
+            s.events.iter().find(|e| e.0 >= killed && e.1 == "s1" && e.2.starts_with("node s2 is dead")).unwrap();
         let took = dead.0 - killed;
         assert!(took <= ms(1 + 10 + 5 + 11 + 2) + window, "seed {seed}: seen after {took:?} (window {window:?})");
     }
