@@ -84,41 +84,35 @@ fn steered(port: u16, byte: u32, mask: u8) -> io::Result<(UdpSocket, UdpSocket)>
         libc::sock_filter { code: BPF_RET_K, jt: 0, jf: 0, k: 0 },
     ];
     let prog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut libc::sock_filter };
-    // SAFETY: `prog` points at `program`, both alive across the call; the kernel copies it.
-    let rc = unsafe {
-        libc::setsockopt(
-            routine.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_REUSEPORT_CBPF,
-            (&prog as *const libc::sock_fprog).cast(),
-            size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::other(format!(
-            "the kernel refused a SO_REUSEPORT filter: {}",
-            io::Error::last_os_error()
-        )));
-    }
-    let on: libc::c_int = 1;
-    // SAFETY: an int option, read by the kernel only.
-    let rc = unsafe {
-        libc::setsockopt(
-            routine.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&on as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::other(format!("no arrival times: {}", io::Error::last_os_error())));
-    }
+    // The kernel copies the program: `program` need only outlive the call.
+    set_option(&routine, libc::SO_ATTACH_REUSEPORT_CBPF, &prog)
+        .map_err(|e| io::Error::other(format!("the kernel refused a SO_REUSEPORT filter: {e}")))?;
+    set_option(&routine, libc::SO_TIMESTAMPNS, &(1 as libc::c_int))
+        .map_err(|e| io::Error::other(format!("no arrival times: {e}")))?;
     let (routine, prompt): (UdpSocket, UdpSocket) = (routine.into(), prompt.into());
     check(port, &routine, &prompt, byte, mask)
         .map_err(|e| io::Error::other(format!("checking the steering over loopback failed: {e}")))?;
     routine.set_nonblocking(true)?;
     Ok((routine, prompt))
+}
+
+/// Sets a SOL_SOCKET option to `value` (a plain struct or int the kernel reads).
+fn set_option<T>(sock: &Socket, option: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `value` is a live `T` of the size given; the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (value as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Sends one datagram of each kind to the port over loopback and sees where each lands.
