@@ -154,7 +154,6 @@ fn cluster_loop(
 ) {
     above_the_main_thread();
     let mut buf = vec![0u8; 65536];
-
     // Waiting is done by `ppoll` (a high-resolution timer); a receive timeout on the socket
     // would be rounded to the kernel's tick (4 ms here), too coarse for 1 ms heartbeats.
     if let Err(e) = sock.set_nonblocking(true) {
