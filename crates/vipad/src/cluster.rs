@@ -66,11 +66,12 @@ pub struct ClusterShell {
     /// Announcements (with their repeat count) due once the kernel has applied the state
     /// of the version given.
     announce: Vec<(u64, IpAddr, Vec<String>, u32)>,
-    next_idle_check: Instant,
     addresses: BTreeMap<String, SocketAddr>,
     logged_drop: Option<Instant>,
     /// Whether some held DVIPA needs its connections counted (recomputed on moves).
     watching: bool,
+    /// Wakes the thread that counts them (see `count_connections`).
+    count_wake: Sender<()>,
     /// Counts the changes of what this node holds; the main thread plans from one version
     /// and says which it has applied.
     version: u64,
@@ -226,6 +227,44 @@ fn cluster_loop(
     }
 }
 
+/// Counts the connections on held when-idle DVIPAs every `IDLE_CHECK` while there are any,
+/// and sleeps otherwise. Reading the kernel's TCP table takes as long as the table is
+/// big, so it is done here, without the lock: heartbeats and probe answers never wait
+/// for it.
+fn count_connections(shared: Arc<Mutex<ClusterShell>>, woken: std::sync::mpsc::Receiver<()>, tx: Sender<Input>) {
+    while woken.recv().is_ok() {
+        loop {
+            let watched: Vec<(usize, IpAddr)> = {
+                let shell = lock(&shared);
+                if !shell.watching {
+                    break;
+                }
+                shell.watched().collect()
+            };
+            let addrs = watched.iter().map(|&(_, a)| a).collect();
+            let counts = vipa_kernel::conns::established(&addrs);
+            let news = {
+                let mut shell = lock(&shared);
+                let now = shell.clock(Instant::now());
+                if let Ok(counts) = counts {
+                    // Only what is still watched: a move may have come meanwhile.
+                    let still: BTreeSet<usize> = shell.watched().map(|(i, _)| i).collect();
+                    let busy = watched
+                        .into_iter()
+                        .filter(|(i, _)| still.contains(i))
+                        .map(|(i, a)| (i, counts.get(&a).is_some_and(|&n| n > 0)));
+                    shell.core.set_busy(now, busy);
+                }
+                shell.drain()
+            };
+            if news.any() && tx.send(Input::Cluster(news)).is_err() {
+                return;
+            }
+            thread::sleep(IDLE_CHECK);
+        }
+    }
+}
+
 /// When a datagram stamped `stamp` by the kernel (wall clock) arrived, on the monotonic
 /// clock: `now` (taken with `wall`) less its age, if it has a sensible one (at most a
 /// second; the wall clock can be set).
@@ -288,25 +327,30 @@ impl ClusterShell {
         info!(node = %c.me, peers = ?c.peers, interval_ms = c.interval.as_secs_f64() * 1e3, dead_after = c.dead_after, kept = ?present, "cluster starting; listening before claiming");
         let core = Cluster::new(c, config.dvipas.clone(), now, new_incarnation(), &present);
         let rx = sock.try_clone().map_err(|e| e.to_string())?;
+        let (count_wake, count_woken) = std::sync::mpsc::channel();
         let shared = Arc::new(Mutex::new(ClusterShell {
             core,
             key: key.clone(),
             sock,
             announce: Vec::new(),
-            next_idle_check: now,
             addresses: BTreeMap::new(),
             logged_drop: None,
             watching: false,
+            count_wake,
             version: 0,
             releasing: Vec::new(),
             pending_all: false,
             kernel_has: 0,
             last_now: now,
         }));
-        let thread_shared = shared.clone();
+        let (thread_shared, counting_shared, counting_tx) = (shared.clone(), shared.clone(), tx.clone());
         thread::Builder::new()
             .name("cluster".into())
             .spawn(move || cluster_loop(thread_shared, rx, routine, key, tx))
+            .map_err(|e| e.to_string())?;
+        thread::Builder::new()
+            .name("connections".into())
+            .spawn(move || count_connections(counting_shared, count_woken, counting_tx))
             .map_err(|e| e.to_string())?;
         Ok(Some(ClusterHandle(shared)))
     }
@@ -381,24 +425,10 @@ impl ClusterShell {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        let t = self.core.poll_timeout();
-        if !self.watching {
-            t
-        } else {
-            [t, Some(self.next_idle_check)].into_iter().flatten().min()
-        }
+        self.core.poll_timeout()
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        if self.watching && now >= self.next_idle_check {
-            let watched: Vec<(usize, IpAddr)> = self.watched().collect();
-            self.next_idle_check = now + IDLE_CHECK;
-            let addrs = watched.iter().map(|&(_, a)| a).collect();
-            if let Ok(counts) = vipa_kernel::conns::established(&addrs) {
-                let busy = watched.into_iter().map(|(i, a)| (i, counts.get(&a).is_some_and(|&n| n > 0)));
-                self.core.set_busy(now, busy);
-            }
-        }
         if self.core.poll_timeout().is_some_and(|t| t <= now) {
             self.core.handle_timeout(now);
         }
@@ -454,6 +484,9 @@ impl ClusterShell {
         }
         if news.kernel {
             let watching = self.watched().next().is_some();
+            if watching && !self.watching {
+                let _ = self.count_wake.send(());
+            }
             self.watching = watching;
         }
         news
