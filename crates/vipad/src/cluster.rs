@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -72,6 +73,9 @@ pub struct ClusterShell {
     watching: bool,
     /// Wakes the thread that counts them (see `count_connections`).
     count_wake: Sender<()>,
+    /// Wakes the cluster thread (a pipe it also waits on): its next deadline may have
+    /// changed under another thread.
+    nudge: OwnedFd,
     /// Counts the changes of what this node holds; the main thread plans from one version
     /// and says which it has applied.
     version: u64,
@@ -108,8 +112,40 @@ impl News {
 pub struct ClusterHandle(Arc<Mutex<ClusterShell>>);
 
 impl ClusterHandle {
-    pub fn lock(&self) -> MutexGuard<'_, ClusterShell> {
-        lock(&self.0)
+    pub fn lock(&self) -> ShellGuard<'_> {
+        ShellGuard { guard: lock(&self.0), before: None }
+    }
+}
+
+/// The main thread's hold on the state. When what it changed brings the core's next
+/// deadline closer (a move can), the cluster thread is woken to take it.
+pub struct ShellGuard<'a> {
+    guard: MutexGuard<'a, ClusterShell>,
+    /// The next deadline before the first change (`Some` once something may have changed).
+    before: Option<Option<Instant>>,
+}
+
+impl std::ops::Deref for ShellGuard<'_> {
+    type Target = ClusterShell;
+    fn deref(&self) -> &ClusterShell {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for ShellGuard<'_> {
+    fn deref_mut(&mut self) -> &mut ClusterShell {
+        if self.before.is_none() {
+            self.before = Some(self.guard.poll_timeout());
+        }
+        &mut self.guard
+    }
+}
+
+impl Drop for ShellGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(before) = self.before {
+            self.guard.nudge_if_sooner(before);
+        }
     }
 }
 
@@ -150,6 +186,7 @@ fn cluster_loop(
     shared: Arc<Mutex<ClusterShell>>,
     sock: UdpSocket,
     routine: Option<UdpSocket>,
+    nudged: OwnedFd,
     key: Vec<u8>,
     tx: Sender<Input>,
 ) {
@@ -163,7 +200,7 @@ fn cluster_loop(
     let mut deadline = lock(&shared).poll_timeout();
     loop {
         let wait = deadline.map(|t| t.saturating_duration_since(Instant::now()));
-        let received = if wait.is_some_and(|w| w.is_zero()) || !readable(&sock, wait) {
+        let received = if wait.is_some_and(|w| w.is_zero()) || !readable(&sock, &nudged, wait) {
             None
         } else {
             match sock.recv_from(&mut buf) {
@@ -245,6 +282,7 @@ fn count_connections(shared: Arc<Mutex<ClusterShell>>, woken: std::sync::mpsc::R
             let counts = vipa_kernel::conns::established(&addrs);
             let news = {
                 let mut shell = lock(&shared);
+                let before = shell.poll_timeout();
                 let now = shell.clock(Instant::now());
                 if let Ok(counts) = counts {
                     // Only what is still watched: a move may have come meanwhile.
@@ -255,7 +293,9 @@ fn count_connections(shared: Arc<Mutex<ClusterShell>>, woken: std::sync::mpsc::R
                         .map(|(i, a)| (i, counts.get(&a).is_some_and(|&n| n > 0)));
                     shell.core.set_busy(now, busy);
                 }
-                shell.drain()
+                let news = shell.drain();
+                shell.nudge_if_sooner(before);
+                news
             };
             if news.any() && tx.send(Input::Cluster(news)).is_err() {
                 return;
@@ -276,16 +316,34 @@ fn arrived(now: Instant, wall: SystemTime, stamp: Option<SystemTime>) -> Option<
 /// Routine heartbeats read in one turn at most.
 const LATE_PER_TURN: usize = 1024;
 
-/// Waits until `sock` has a datagram (or an error to report) or `wait` is over (`None`: no
-/// limit); true if it has.
-fn readable(sock: &UdpSocket, wait: Option<Duration>) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut fd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+/// Waits until `sock` has a datagram (or an error to report), another thread nudges, or
+/// `wait` is over (`None`: no limit); true if `sock` has a datagram.
+fn readable(sock: &UdpSocket, nudged: &OwnedFd, wait: Option<Duration>) -> bool {
+    let mut fds = [
+        libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: nudged.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+    ];
     let ts = wait.map(|w| libc::timespec { tv_sec: w.as_secs() as libc::time_t, tv_nsec: w.subsec_nanos() as _ });
     let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: one valid pollfd, a timespec that outlives the call (or null), no signal mask.
-    let rc = unsafe { libc::ppoll(&mut fd, 1, ts_ptr, std::ptr::null()) };
-    rc > 0
+    // SAFETY: two valid pollfds, a timespec that outlives the call (or null), no signal mask.
+    let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, ts_ptr, std::ptr::null()) };
+    if rc > 0 && fds[1].revents != 0 {
+        let mut buf = [0u8; 64];
+        // SAFETY: reads into a live buffer of its length from a non-blocking pipe.
+        while unsafe { libc::read(nudged.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+    }
+    rc > 0 && fds[0].revents != 0
+}
+
+/// A non-blocking pipe: (read end, write end).
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills in two descriptors, which are then owned here.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both are fresh descriptors no one else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Under real-time scheduling (heartbeats of 10 ms or less), the cluster thread runs one
@@ -328,6 +386,7 @@ impl ClusterShell {
         let core = Cluster::new(c, config.dvipas.clone(), now, new_incarnation(), &present);
         let rx = sock.try_clone().map_err(|e| e.to_string())?;
         let (count_wake, count_woken) = std::sync::mpsc::channel();
+        let (nudged, nudge) = pipe().map_err(|e| format!("cannot make the cluster thread's wake-up pipe: {e}"))?;
         let shared = Arc::new(Mutex::new(ClusterShell {
             core,
             key: key.clone(),
@@ -337,6 +396,7 @@ impl ClusterShell {
             logged_drop: None,
             watching: false,
             count_wake,
+            nudge,
             version: 0,
             releasing: Vec::new(),
             pending_all: false,
@@ -346,7 +406,7 @@ impl ClusterShell {
         let (thread_shared, counting_shared, counting_tx) = (shared.clone(), shared.clone(), tx.clone());
         thread::Builder::new()
             .name("cluster".into())
-            .spawn(move || cluster_loop(thread_shared, rx, routine, key, tx))
+            .spawn(move || cluster_loop(thread_shared, rx, routine, nudged, key, tx))
             .map_err(|e| e.to_string())?;
         thread::Builder::new()
             .name("connections".into())
@@ -371,6 +431,16 @@ impl ClusterShell {
         self.core = Cluster::new(c, config.dvipas.clone(), now, new_incarnation(), &present);
         info!("cluster configuration changed; listening before claiming");
         Ok(true)
+    }
+
+    /// Wakes the cluster thread if the next deadline is now sooner than `before`, the one
+    /// it may be waiting for.
+    fn nudge_if_sooner(&self, before: Option<Instant>) {
+        let after = self.poll_timeout();
+        if after.is_some_and(|a| before.is_none_or(|b| a < b)) {
+            // SAFETY: writes one byte from a live buffer; a full pipe already wakes it.
+            let _ = unsafe { libc::write(self.nudge.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+        }
     }
 
     /// `now`, or the latest time the core was given if that is later: both threads bring
