@@ -3,7 +3,7 @@
 
 use std::io;
 use std::mem;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use vipa_wire::arp::{Operation, Packet, Repr};
@@ -52,19 +52,74 @@ pub fn garp_many(ifindex: u32, mac: [u8; 6], ips: &[Ipv4Addr], count: u32) -> io
     Ok(())
 }
 
-/// Sends `count` unsolicited Neighbor Advertisements (Override set) for `ip` to ff02::1
-/// out of `ifname`, from `ip` itself.
-pub fn unsolicited_na(ifname: &str, ifindex: u32, mac: [u8; 6], ip: Ipv6Addr, count: u32) -> io::Result<()> {
+/// Sends `count` unsolicited Neighbor Advertisements (Override set) for each of `ips` to
+/// ff02::1 out of `ifname`, each from its own address, over one socket (the source is
+/// chosen per datagram with `IPV6_PKTINFO`; the kernel computes the checksum). Each round
+/// announces every address once. Returns the addresses that could not be announced.
+pub fn unsolicited_na_many(
+    ifname: &str,
+    ifindex: u32,
+    mac: [u8; 6],
+    ips: &[Ipv6Addr],
+    count: u32,
+) -> io::Result<Vec<(Ipv6Addr, io::Error)>> {
     let sock = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
     sock.bind_device(Some(ifname.as_bytes()))?;
     sock.set_multicast_hops_v6(255)?;
     sock.set_unicast_hops_v6(255)?;
     sock.set_multicast_if_v6(ifindex)?;
-    sock.bind(&SockAddr::from(SocketAddrV6::new(ip, 0, 0, 0)))?;
-    let msg = NeighborAdvert::unsolicited(ip, mac).emit();
-    let dst = SockAddr::from(SocketAddrV6::new("ff02::1".parse().expect("literal"), 0, 0, ifindex));
+    let group: Ipv6Addr = "ff02::1".parse().expect("literal");
+    let mut failed: Vec<(Ipv6Addr, io::Error)> = Vec::new();
     for _ in 0..count {
-        sock.send_to(&msg, &dst)?;
+        for &ip in ips {
+            if failed.iter().any(|(f, _)| *f == ip) {
+                continue;
+            }
+            let msg = NeighborAdvert::unsolicited(ip, mac).emit();
+            match send_from(&sock, &msg, ip, group, ifindex) {
+                Ok(()) => {}
+                // A full queue drops this copy; the next round sends it again.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                Err(e) => failed.push((ip, e)),
+            }
+        }
+    }
+    Ok(failed)
+}
+
+/// One datagram from `src` (an address of this host) to `dst` on link `ifindex`.
+fn send_from(sock: &Socket, msg: &[u8], src: Ipv6Addr, dst: Ipv6Addr, ifindex: u32) -> io::Result<()> {
+    use std::mem::{size_of, zeroed};
+    use std::os::fd::AsRawFd;
+    // SAFETY: all-zero is a valid sockaddr_in6, in6_pktinfo and msghdr.
+    let mut to: libc::sockaddr_in6 = unsafe { zeroed() };
+    to.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    to.sin6_addr.s6_addr = dst.octets();
+    to.sin6_scope_id = ifindex;
+    let mut info: libc::in6_pktinfo = unsafe { zeroed() };
+    info.ipi6_addr.s6_addr = src.octets();
+    info.ipi6_ifindex = ifindex as _;
+    let mut iov = libc::iovec { iov_base: msg.as_ptr() as *mut libc::c_void, iov_len: msg.len() };
+    let mut control = [0u64; 8];
+    let mut m: libc::msghdr = unsafe { zeroed() };
+    m.msg_name = (&mut to as *mut libc::sockaddr_in6).cast();
+    m.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    m.msg_iov = &mut iov;
+    m.msg_iovlen = 1;
+    m.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE only computes a size; the control buffer (64 bytes) holds one
+    // in6_pktinfo message, and CMSG_FIRSTHDR/CMSG_DATA point into it.
+    unsafe {
+        m.msg_controllen = libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32) as _;
+        let c = libc::CMSG_FIRSTHDR(&m);
+        (*c).cmsg_level = libc::IPPROTO_IPV6;
+        (*c).cmsg_type = libc::IPV6_PKTINFO;
+        (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::in6_pktinfo>(), info);
+    }
+    // SAFETY: every pointer in `m` points at a live buffer of the length given.
+    if unsafe { libc::sendmsg(sock.as_raw_fd(), &m, 0) } < 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
