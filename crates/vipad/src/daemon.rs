@@ -347,9 +347,12 @@ impl Daemon {
         let Some(c) = &self.cluster else { return };
         let (items, taken) = c.lock().announcements();
         // Replies to peers the kernel failed to reach while this node was cut off must not
-        // wait for its next try (see `forget_unresolved_neighbours`).
-        for nic in taken {
-            let Some(index) = self.observed.link_by_name(&nic).map(|l| l.index) else { continue };
+        // wait for its next try (see `forget_unresolved_neighbours`); only on NICs where an
+        // address taken is in the kernel by now.
+        let held = self.observed.local_addresses();
+        let reached = |nic: &String| items.iter().any(|(a, n, _)| n == nic && held.contains(a));
+        for nic in taken.iter().filter(|n| reached(n)) {
+            let Some(index) = self.observed.link_by_name(nic).map(|l| l.index) else { continue };
             match self.kernel.forget_unresolved_neighbours(index) {
                 Ok(0) => {}
                 Ok(n) => {
