@@ -251,10 +251,11 @@ impl HeldUp {
 /// How long a suspect has to answer one of its probes: a tenth of an interval, several
 /// round trips (at least half an interval until a round trip was measured), or the hold-up
 /// the peer may be in without being dead, whichever is longest. That hold-up is
-/// [`MIN_CONFIRM`] until the peer has been heard for [`LEARN`]; then twice the worst delay
-/// seen from it in the last five to ten minutes, at least [`LEARNED_MIN_CONFIRM`]: a peer
-/// whose heartbeats come on time is confirmed dead within a few milliseconds, one seen
-/// held up gets that long again, twice over.
+/// [`MIN_CONFIRM`] until the peer has been heard for [`LEARN`]; then twice the worst
+/// lateness seen from it in the last five to ten minutes, at least [`LEARNED_MIN_CONFIRM`]:
+/// a peer whose heartbeats come on time is confirmed dead within a few milliseconds, and a
+/// hold-up of up to twice the worst lateness (plus the grace) is never taken for a death,
+/// wherever it falls in the interval.
 pub fn confirm_window(p: &Peer, interval: Duration) -> Duration {
     let rtt = match p.rtt {
         None => interval / 2,
@@ -319,11 +320,10 @@ pub struct Cluster {
     leaving: bool,
     /// The DVIPAs this node is in the order of (owner or backup), as a bitmap.
     mine: Vec<u8>,
-    /// What the last heartbeat sent said (flags, held, busy, declined, pins): the next
-    /// one that says the same is routine.
+    /// What the last heartbeat sent said (flags, held, busy, declined, pins), and how many
+    /// heartbeats before it said the same.
     last_said: Option<Said>,
-    /// The last two heartbeats said the same.
-    said_again: bool,
+    repeats: u32,
     /// Heartbeats still to go out prompt whatever they say (after a peer came or went).
     prompt_sends: u32,
     /// Every DVIPA this node is in the order of has one live holder, and nothing is being
@@ -403,7 +403,7 @@ impl Cluster {
                 m
             },
             last_said: None,
-            said_again: false,
+            repeats: 0,
             prompt_sends: 0,
             calm: false,
             leader_heard: None,
@@ -500,7 +500,7 @@ impl Cluster {
     /// regular one follows an interval later. It is never routine, nor is the next one.
     pub fn heartbeat_now(&mut self, now: Instant) -> Heartbeat {
         self.next_heartbeat = now + self.config.interval;
-        (self.last_said, self.said_again) = (None, false);
+        (self.last_said, self.repeats) = (None, 0);
         self.heartbeat()
     }
 
@@ -524,15 +524,15 @@ impl Cluster {
 
     fn send_heartbeat(&mut self, now: Instant) {
         let mut h = self.heartbeat();
-        // Routine once it has been said twice: a change goes out prompt two times, so one
-        // lost copy does not leave it to be read late.
+        // Routine once the two before said the same: a change goes out prompt two times,
+        // so one lost copy does not leave it to be read late.
         let said = (h.flags, h.held.clone(), h.busy.clone(), h.declined.clone(), h.pins.clone());
         if self.last_said.as_ref() == Some(&said) {
-            self.said_again = true;
+            self.repeats += 1;
         } else {
-            (self.last_said, self.said_again) = (Some(said), false);
+            (self.last_said, self.repeats) = (Some(said), 0);
         }
-        if h.flags == 0 && self.said_again && self.prompt_sends == 0 {
+        if h.flags == 0 && self.repeats >= 2 && self.prompt_sends == 0 {
             h.flags |= FLAG_ROUTINE;
         }
         self.prompt_sends = self.prompt_sends.saturating_sub(1);
