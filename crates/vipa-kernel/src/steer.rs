@@ -131,7 +131,7 @@ fn check(port: u16, routine: &UdpSocket, prompt: &UdpSocket, byte: u32, mask: u8
     // Each socket gets its own check datagram; anything else (a peer's heartbeat at a
     // cold start of the whole cluster) is passed over.
     let mut buf = [0u8; 64];
-    let deadline = std::time::Instant::now() + Duration::from_millis(200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
     for (sock, want) in [(routine, mask), (prompt, 0)] {
         let got = loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());

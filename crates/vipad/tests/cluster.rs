@@ -390,7 +390,8 @@ fn once_the_holder_is_known_to_be_punctual_its_death_is_confirmed_in_its_learned
     assert!(!members.contains("ms*"), "both peers learned: {members}");
     let (window, held_up) = (learned["confirm_us"].as_u64().unwrap(), learned["held_up_us"].as_u64().unwrap());
     // The host dies: s2 sees it dead an interval, a grace (at most half an interval) and
-    // the window after the last heartbeat, plus scheduling slack: no longer the 30 ms floor.
+    // the window after the last heartbeat, plus scheduling slack (10 ms: loaded test hosts
+    // are late now and then): no longer the 30 ms floor.
     env.cut(1);
     procs[0].kill();
     holder_among(&env, 2, &[2, 3], Duration::from_secs(3)).expect("s2 took over");
@@ -401,7 +402,7 @@ fn once_the_holder_is_known_to_be_punctual_its_death_is_confirmed_in_its_learned
         line.split("no heartbeat for ").nth(1).and_then(|r| r.split(" ms").next()).unwrap().parse().unwrap();
     let window_now = member(&env, 2, "s1")["confirm_us"].as_u64().unwrap() as f64 / 1e3;
     assert!(
-        silent <= 10.0 + 5.0 + window_now + 5.0,
+        silent <= 10.0 + 5.0 + window_now + 10.0,
         "dead after {silent} ms of silence, window {window_now} ms: {line}"
     );
     eprintln!("learned window {window} µs (worst delay {held_up} µs); s1 dead after {silent} ms of silence");
