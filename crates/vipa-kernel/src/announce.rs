@@ -89,32 +89,23 @@ pub fn unsolicited_na_many(
 
 /// One datagram from `src` (an address of this host) to `dst` on link `ifindex`.
 fn send_from(sock: &Socket, msg: &[u8], src: Ipv6Addr, dst: Ipv6Addr, ifindex: u32) -> io::Result<()> {
-    use std::mem::{size_of, zeroed};
     use std::os::fd::AsRawFd;
-    // SAFETY: all-zero is a valid sockaddr_in6, in6_pktinfo and msghdr.
-    let mut to: libc::sockaddr_in6 = unsafe { zeroed() };
-    to.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-    to.sin6_addr.s6_addr = dst.octets();
-    to.sin6_scope_id = ifindex;
-    let mut info: libc::in6_pktinfo = unsafe { zeroed() };
+    let to = SockAddr::from(std::net::SocketAddrV6::new(dst, 0, 0, ifindex));
+    // SAFETY: all-zero is a valid in6_pktinfo.
+    let mut info: libc::in6_pktinfo = unsafe { mem::zeroed() };
     info.ipi6_addr.s6_addr = src.octets();
     info.ipi6_ifindex = ifindex as _;
     let mut iov = libc::iovec { iov_base: msg.as_ptr() as *mut libc::c_void, iov_len: msg.len() };
     let mut control = [0u64; 8];
-    let mut m: libc::msghdr = unsafe { zeroed() };
-    m.msg_name = (&mut to as *mut libc::sockaddr_in6).cast();
-    m.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-    m.msg_iov = &mut iov;
-    m.msg_iovlen = 1;
-    m.msg_control = control.as_mut_ptr().cast();
+    let mut m = crate::msg::header(to.as_ptr() as *mut libc::c_void, to.len(), &mut iov, &mut control);
     // SAFETY: CMSG_SPACE only computes a size; the control buffer (64 bytes) holds one
     // in6_pktinfo message, and CMSG_FIRSTHDR/CMSG_DATA point into it.
     unsafe {
-        m.msg_controllen = libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32) as _;
+        m.msg_controllen = libc::CMSG_SPACE(mem::size_of::<libc::in6_pktinfo>() as u32) as _;
         let c = libc::CMSG_FIRSTHDR(&m);
         (*c).cmsg_level = libc::IPPROTO_IPV6;
         (*c).cmsg_type = libc::IPV6_PKTINFO;
-        (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as _;
+        (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<libc::in6_pktinfo>() as u32) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::in6_pktinfo>(), info);
     }
     // SAFETY: every pointer in `m` points at a live buffer of the length given.

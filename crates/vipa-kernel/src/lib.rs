@@ -11,6 +11,7 @@
 
 pub mod announce;
 pub mod conns;
+mod msg;
 pub mod netlink;
 pub mod nft;
 pub mod probe;

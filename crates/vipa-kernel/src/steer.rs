@@ -14,12 +14,12 @@
 //! the datagrams not where they should be, there is one socket for everything.
 
 use std::io;
-use std::mem::{size_of, zeroed};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::mem::size_of;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, SystemTime};
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 /// The port's sockets.
 pub struct Steered {
@@ -159,58 +159,31 @@ fn check(port: u16, routine: &UdpSocket, prompt: &UdpSocket, byte: u32, mask: u8
 /// Reads one datagram from a socket with arrival times (non-blocking): its length, sender
 /// and arrival time.
 pub fn recv_stamped(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<SystemTime>)> {
-    // SAFETY: all-zero is a valid sockaddr_storage and msghdr.
-    let mut from: libc::sockaddr_storage = unsafe { zeroed() };
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     let mut control = [0u64; 16];
-    let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_name = (&mut from as *mut libc::sockaddr_storage).cast();
-    msg.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = size_of::<[u64; 16]>() as _;
-    // SAFETY: every pointer in `msg` points at a live buffer of the length given.
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut stamp = None;
-    // SAFETY: the CMSG_* walk stays within the control buffer the kernel filled in.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
-                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                stamp = Some(SystemTime::UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
+    // SAFETY: the header points at the address storage socket2 provides, `iov` and
+    // `control`, all alive across the call; the CMSG_* walk stays within the control
+    // buffer the kernel filled in.
+    let ((n, stamp), from) = unsafe {
+        SockAddr::try_init(|addr, len| {
+            let mut m = crate::msg::header(addr.cast(), *len, &mut iov, &mut control);
+            let n = libc::recvmsg(sock.as_raw_fd(), &mut m, libc::MSG_DONTWAIT);
+            if n < 0 {
+                return Err(io::Error::last_os_error());
             }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    let addr = socket_addr(&from).ok_or_else(|| io::Error::other("datagram from an unknown address family"))?;
-    Ok((n as usize, addr, stamp))
-}
-
-fn socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match i32::from(s.ss_family) {
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let a: libc::sockaddr_in6 = unsafe { std::ptr::read((s as *const libc::sockaddr_storage).cast()) };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(a.sin6_addr.s6_addr),
-                u16::from_be(a.sin6_port),
-                a.sin6_flowinfo,
-                a.sin6_scope_id,
-            )))
-        }
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let a: libc::sockaddr_in = unsafe { std::ptr::read((s as *const libc::sockaddr_storage).cast()) };
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-                u16::from_be(a.sin_port),
-            )))
-        }
-        _ => None,
-    }
+            *len = m.msg_namelen;
+            let mut stamp = None;
+            let mut c = libc::CMSG_FIRSTHDR(&m);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    stamp = Some(SystemTime::UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
+                }
+                c = libc::CMSG_NXTHDR(&m, c);
+            }
+            Ok((n as usize, stamp))
+        })?
+    };
+    let from = from.as_socket().ok_or_else(|| io::Error::other("datagram from an unknown address family"))?;
+    Ok((n, from, stamp))
 }
