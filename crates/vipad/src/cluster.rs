@@ -135,7 +135,7 @@ impl std::ops::Deref for ShellGuard<'_> {
 impl std::ops::DerefMut for ShellGuard<'_> {
     fn deref_mut(&mut self) -> &mut ClusterShell {
         if self.before.is_none() {
-            self.before = Some(self.guard.poll_timeout());
+            self.before = Some(self.guard.core.poll_timeout());
         }
         &mut self.guard
     }
@@ -197,7 +197,7 @@ fn cluster_loop(
     if let Err(e) = sock.set_nonblocking(true) {
         warn!(error = %e, "cluster socket stays blocking");
     }
-    let mut deadline = lock(&shared).poll_timeout();
+    let mut deadline = lock(&shared).core.poll_timeout();
     loop {
         let wait = deadline.map(|t| t.saturating_duration_since(Instant::now()));
         let received = if wait.is_some_and(|w| w.is_zero()) || !readable(&sock, &nudged, wait) {
@@ -253,9 +253,11 @@ fn cluster_loop(
             if let Some((parsed, from)) = received {
                 shell.datagram(now, parsed, from);
             }
-            shell.handle_timeout(now);
+            if shell.core.poll_timeout().is_some_and(|t| t <= now) {
+                shell.core.handle_timeout(now);
+            }
             let news = shell.drain();
-            deadline = if more { Some(now) } else { shell.poll_timeout() };
+            deadline = if more { Some(now) } else { shell.core.poll_timeout() };
             news
         };
         if news.any() && tx.send(Input::Cluster(news)).is_err() {
@@ -282,8 +284,8 @@ fn count_connections(shared: Arc<Mutex<ClusterShell>>, woken: std::sync::mpsc::R
             let counts = vipa_kernel::conns::established(&addrs);
             let news = {
                 let mut shell = lock(&shared);
-                let before = shell.poll_timeout();
-                let now = shell.clock(Instant::now());
+                let before = shell.core.poll_timeout();
+                let now = shell.now();
                 if let Ok(counts) = counts {
                     // Only what is still watched: a move may have come meanwhile.
                     let still: BTreeSet<usize> = shell.watched().map(|(i, _)| i).collect();
@@ -436,16 +438,21 @@ impl ClusterShell {
     /// Wakes the cluster thread if the next deadline is now sooner than `before`, the one
     /// it may be waiting for.
     fn nudge_if_sooner(&self, before: Option<Instant>) {
-        let after = self.poll_timeout();
+        let after = self.core.poll_timeout();
         if after.is_some_and(|a| before.is_none_or(|b| a < b)) {
             // SAFETY: writes one byte from a live buffer; a full pipe already wakes it.
             let _ = unsafe { libc::write(self.nudge.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
         }
     }
 
+    /// The time to give the core now (see `clock`).
+    pub fn now(&mut self) -> Instant {
+        self.clock(Instant::now())
+    }
+
     /// `now`, or the latest time the core was given if that is later: both threads bring
     /// the core to their own `Instant::now()`, taken before the lock.
-    pub fn clock(&mut self, now: Instant) -> Instant {
+    fn clock(&mut self, now: Instant) -> Instant {
         self.last_now = self.last_now.max(now);
         self.last_now
     }
@@ -492,16 +499,6 @@ impl ClusterShell {
                 self.core.held[*i] && d.takeback == vipa_core::cluster::Takeback::WhenIdle && d.owner != *me
             })
             .map(|(i, d)| (i, d.address))
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.core.poll_timeout()
-    }
-
-    fn handle_timeout(&mut self, now: Instant) {
-        if self.core.poll_timeout().is_some_and(|t| t <= now) {
-            self.core.handle_timeout(now);
-        }
     }
 
     /// Carries out the core's outputs: heartbeats go out, moves become news for the main

@@ -236,7 +236,7 @@ impl Daemon {
         let released = match &self.cluster {
             Some(c) => {
                 let mut shell = c.lock();
-                let now = shell.clock(Instant::now());
+                let now = shell.now();
                 shell.leave(now)
             }
             None => return false,
@@ -246,7 +246,7 @@ impl Daemon {
         }
         if let Some(c) = &self.cluster {
             let mut shell = c.lock();
-            let now = shell.clock(Instant::now());
+            let now = shell.now();
             shell.say_goodbye(now);
         }
         true
@@ -332,7 +332,7 @@ impl Daemon {
         self.ipmp.announce(&self.observed);
         if let Some(c) = &self.cluster {
             let mut shell = c.lock();
-            let now = shell.clock(Instant::now());
+            let now = shell.now();
             shell.applied(now, held_version);
         }
         self.announce_cluster();
@@ -570,7 +570,7 @@ impl Daemon {
         };
         let news = {
             let mut shell = c.lock();
-            let now = shell.clock(Instant::now());
+            let now = shell.now();
             if let Err(message) = f(&mut shell.core, now, addr) {
                 return Response::Error { message };
             }
