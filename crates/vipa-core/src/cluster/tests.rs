@@ -65,8 +65,6 @@ struct Sim {
     /// (time, node) of each moment a node's state machine heard or sent a heartbeat: the
     /// daemon's wake-ups.
     busy_at: Vec<(Duration, String)>,
-    /// (time, node) of each heartbeat sent to all peers.
-    sent_at: Vec<(Duration, String)>,
     /// (time, node, flags) of each heartbeat sent to all peers.
     sent_flags: Vec<(Duration, String, u16)>,
     /// Routine heartbeats are read at the receiver's next wake, not on arrival, as vipad
@@ -132,7 +130,6 @@ impl Sim {
             watch: Duration::MAX,
             directed: 0,
             busy_at: vec![],
-            sent_at: vec![],
             sent_flags: vec![],
             lazy: false,
             events: vec![],
@@ -167,7 +164,6 @@ impl Sim {
             let (names, h) = match o {
                 Output::Heartbeat(h) => {
                     self.busy_at.push((self.t, name.to_string()));
-                    self.sent_at.push((self.t, name.to_string()));
                     self.sent_flags.push((self.t, name.to_string(), h.flags));
                     (self.nodes.keys().filter(|n| *n != name).cloned().collect(), h)
                 }
@@ -395,8 +391,8 @@ fn once_a_peer_is_known_to_be_punctual_its_death_is_confirmed_within_millisecond
 /// that followed.
 fn moves_after_holdup(s: &mut Sim, at: Duration, after: u64, ms_held: u64) -> Vec<(Duration, String, usize, bool)> {
     s.run(at);
-    let sent = s.sent_at.len();
-    while !s.sent_at[sent..].iter().any(|(_, n)| n == "s1") {
+    let sent = s.sent_flags.len();
+    while !s.sent_flags[sent..].iter().any(|(_, n, _)| n == "s1") {
         s.run(s.t + ms(1));
     }
     s.run(s.t + ms(after));
@@ -741,7 +737,7 @@ fn wakes_and_heartbeats(seed: u64, latency: u64) -> Vec<(String, usize, usize)> 
     s.run(ms(306));
     s.restart("s3", 2);
     s.run(ms(2000));
-    let (busy, sent) = (s.busy_at.len(), s.sent_at.len());
+    let (busy, sent) = (s.busy_at.len(), s.sent_flags.len());
     s.run(ms(3000));
     ["s1", "s2", "s3"]
         .into_iter()
@@ -749,7 +745,7 @@ fn wakes_and_heartbeats(seed: u64, latency: u64) -> Vec<(String, usize, usize)> 
             let mut wakes: Vec<Duration> =
                 s.busy_at[busy..].iter().filter(|(_, n)| n == name).map(|(t, _)| *t).collect();
             wakes.dedup();
-            let heartbeats = s.sent_at[sent..].iter().filter(|(_, n)| n == name).count();
+            let heartbeats = s.sent_flags[sent..].iter().filter(|(_, n, _)| n == name).count();
             (name.to_string(), wakes.len(), heartbeats)
         })
         .collect()
