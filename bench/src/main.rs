@@ -496,14 +496,15 @@ fn outage_rows(
 
 /// Waits until s2 and s3 know s1's punctuality: vipad learns a peer's in the first 10 s
 /// it hears it (after each start of it), and gives it 30 ms to answer probes until then
-/// (docs/cluster.md). Faults strike a cluster that has been running, not one just started.
-fn s1_learned(env: &ClusterEnv) {
+/// (docs/cluster.md). Faults strike a cluster that has been running, not one just started;
+/// false if they did not learn it within 20 s (the run is then skipped).
+fn s1_learned(env: &ClusterEnv) -> bool {
     let learned = |k: usize| {
         let out = env.vipactl(k, &["--json", "cluster"]);
         let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         j["members"].as_array().is_some_and(|m| m.iter().any(|m| m["node"] == "s1" && m["confirm_learned"] == true))
     };
-    let _ = wait_for(Duration::from_secs(20), || (learned(2) && learned(3)).then_some(()));
+    wait_for(Duration::from_secs(20), || (learned(2) && learned(3)).then_some(())).is_some()
 }
 
 fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians: &mut Vec<(&str, u64, &str, f64)>) {
@@ -518,8 +519,7 @@ fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians: &mu
     let (mut death, mut cut, mut moved, mut unanswered, mut stop) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
-        s1_learned(&env);
-        if !s1_ready(&env, settle) {
+        if !s1_learned(&env) || !s1_ready(&env, settle) {
             continue;
         }
         // Host death: the cable first (the host is gone for everyone at once, as when it
@@ -531,8 +531,7 @@ fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians: &mu
         env.host(1).drop_local(DVIPA);
         env.restore(1);
         procs[0] = env.start_vipad(1);
-        s1_learned(&env);
-        if !s1_ready(&env, settle) {
+        if !s1_learned(&env) || !s1_ready(&env, settle) {
             continue;
         }
         // Link cut only.
