@@ -497,14 +497,25 @@ fn outage_rows(
 /// Waits until s2 and s3 know s1's punctuality: vipad learns a peer's in the first 10 s
 /// it hears it (after each start of it), and gives it 30 ms to answer probes until then
 /// (docs/cluster.md). Faults strike a cluster that has been running, not one just started;
-/// false if they did not learn it within 20 s (the run is then skipped).
+/// false if they did not learn it within 20 s (the run is then skipped). What they learned
+/// of a previous s1 does not count: the member must be the running s1 (its incarnation),
+/// alive.
 fn s1_learned(env: &ClusterEnv) -> bool {
-    let learned = |k: usize| {
-        let out = env.vipactl(k, &["--json", "cluster"]);
-        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        j["members"].as_array().is_some_and(|m| m.iter().any(|m| m["node"] == "s1" && m["confirm_learned"] == true))
+    let cluster = |k: usize| -> serde_json::Value {
+        serde_json::from_slice(&env.vipactl(k, &["--json", "cluster"]).stdout).unwrap_or_default()
     };
-    wait_for(Duration::from_secs(20), || (learned(2) && learned(3)).then_some(())).is_some()
+    wait_for(Duration::from_secs(20), || {
+        let s1 = cluster(1)["incarnation"].as_u64()?;
+        let learned = |k: usize| {
+            cluster(k)["members"].as_array().is_some_and(|m| {
+                m.iter().any(|m| {
+                    m["node"] == "s1" && m["incarnation"] == s1 && m["state"] == "alive" && m["confirm_learned"] == true
+                })
+            })
+        };
+        (learned(2) && learned(3)).then_some(())
+    })
+    .is_some()
 }
 
 fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians: &mut Vec<(&str, u64, &str, f64)>) {

@@ -51,6 +51,11 @@ pub const PROBES: u32 = 20;
 /// Heartbeat intervals between two round-trip measurements of a healthy peer.
 const RTT_EVERY: u32 = 256;
 
+/// Round trips measured at least while a peer's punctuality is learnt (over [`LEARN`]):
+/// the first, taken as the peer comes, may be slow (a host that just started is busy), and
+/// enough later ones wear it off before the window is learned.
+const RTT_WHILE_LEARNING: u32 = 64;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Quorum {
@@ -263,6 +268,16 @@ pub fn confirm_window(p: &Peer, interval: Duration) -> Duration {
     };
     let held_up = if p.punctuality_known { (p.held_up.worst() * 2).max(LEARNED_MIN_CONFIRM) } else { MIN_CONFIRM };
     (interval / 10).max(rtt).max(held_up)
+}
+
+/// How long after one round-trip measurement of `p` the next is taken.
+fn rtt_every(p: &Peer, interval: Duration) -> Duration {
+    let every = interval * RTT_EVERY;
+    if p.punctuality_known {
+        every
+    } else {
+        every.min(LEARN / RTT_WHILE_LEARNING)
+    }
 }
 
 /// `a + (b - a) / 8` on durations.
@@ -659,12 +674,13 @@ impl Cluster {
         };
         let watched = self.config.quorum == Quorum::Majority
             || h.held.iter().zip(&self.mine).any(|(theirs, mine)| theirs & mine != 0);
-        // A restarted peer (a new incarnation: a rebooted host may be busy) is learnt anew.
-        let (known_since, held_up, punctuality_known) = match &old {
-            Some(p) if p.incarnation == h.incarnation => (p.known_since, p.held_up, p.punctuality_known),
-            _ => (now, HeldUp::new(now), false),
+        // A restarted peer (a new incarnation: a rebooted host may be busy) is learnt anew,
+        // its round trip too.
+        let (known_since, held_up, punctuality_known, rtt) = match &old {
+            Some(p) if p.incarnation == h.incarnation => (p.known_since, p.held_up, p.punctuality_known, p.rtt),
+            _ => (now, HeldUp::new(now), false, None),
         };
-        let (jitter, rtt, probes) = old.map(|p| (p.jitter, p.rtt, p.probes)).unwrap_or_default();
+        let (jitter, probes) = old.map(|p| (p.jitter, p.probes)).unwrap_or_default();
         self.peers.insert(
             h.node.clone(),
             Peer {
@@ -798,7 +814,7 @@ impl Cluster {
                     probes.push(name.clone());
                 }
             } else if now >= p.next_rtt {
-                p.next_rtt = now + interval * RTT_EVERY;
+                p.next_rtt = now + rtt_every(p, interval);
                 probes.push(name.clone());
             }
         }

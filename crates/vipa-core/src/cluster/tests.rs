@@ -41,6 +41,8 @@ struct Node {
     /// Routine heartbeats that arrived (when, what), read at the node's next wake (`Sim::lazy`).
     inbox: Vec<(Duration, Heartbeat)>,
     drift: f64,
+    /// Extra milliseconds before what this node sends leaves it (a busy host).
+    slow: u64,
 }
 
 struct Sim {
@@ -111,7 +113,16 @@ impl Sim {
             let c = Cluster::new(cluster_config(&name, n, ms(10), quorum), d.clone(), t0, 1, &[]);
             nodes.insert(
                 name,
-                Node { c, up: true, stalled: false, frozen: false, kernel: vec![false; d.len()], inbox: vec![], drift },
+                Node {
+                    c,
+                    up: true,
+                    stalled: false,
+                    frozen: false,
+                    kernel: vec![false; d.len()],
+                    inbox: vec![],
+                    drift,
+                    slow: 0,
+                },
             );
         }
         let count = d.len();
@@ -187,7 +198,7 @@ impl Sim {
         if self.partition.get(from) != self.partition.get(to) || self.rng.unit() < self.loss {
             return;
         }
-        let lat = self.latency.0 + self.rng.next() % (self.latency.1 - self.latency.0 + 1);
+        let lat = self.latency.0 + self.rng.next() % (self.latency.1 - self.latency.0 + 1) + self.nodes[from].slow;
         self.queue.push((self.t + ms(lat), to.to_string(), h));
     }
 
@@ -383,6 +394,30 @@ fn once_a_peer_is_known_to_be_punctual_its_death_is_confirmed_within_millisecond
         // The last heartbeat a millisecond after the kill, an interval and a grace, the
         // window, a step of the simulator and drift.
         assert!(took <= ms(1 + 10 + 2 + 2) + window, "seed {seed}: took {took:?} (window {window:?})");
+    }
+}
+
+#[test]
+fn a_restarted_peers_round_trip_is_measured_anew_and_its_busy_start_wears_off() {
+    for seed in 1..6 {
+        let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
+        s.latency = (1, 1);
+        s.run(LEARN + ms(1000));
+        s.kill("s1");
+        s.run(s.t + ms(200));
+        // Just started, s1 is busy: for 300 ms what it sends (heartbeats, answers) leaves
+        // 15 ms late, so the round trips measured as it comes back are 17 ms.
+        s.restart("s1", 2);
+        s.nodes.get_mut("s1").unwrap().slow = 15;
+        s.run(s.t + ms(300));
+        s.nodes.get_mut("s1").unwrap().slow = 0;
+        s.run(s.t + LEARN + ms(1000));
+        let p = &s.nodes["s2"].c.peers["s1"];
+        assert!(p.alive && p.incarnation == 2 && p.punctuality_known, "seed {seed}");
+        // Once its punctuality is known, the window is that of its steady 2 ms round trip
+        // again, not stretched by the first ones.
+        let window = confirm_window(p, ms(10));
+        assert!(window <= ms(6), "seed {seed}: window {window:?}, round trip {:?}", p.rtt);
     }
 }
 
@@ -727,7 +762,8 @@ fn heartbeats_sent_early_on_a_change_do_not_widen_the_grace() {
 }
 
 /// Three nodes with `latency` each way, s2 and s3 restarted 3 and 6 ms into an interval so
-/// they start out of step, run for 2 s; then 100 intervals (clocks drift by up to 1 %).
+/// they start out of step, run until their punctuality is known (while it is learned, round
+/// trips are measured every 156 ms); then 100 intervals (clocks drift by up to 1 %).
 /// Per node: (distinct moments it heard or sent a heartbeat, heartbeats sent) over those.
 fn wakes_and_heartbeats(seed: u64, latency: u64) -> Vec<(String, usize, usize)> {
     let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
@@ -736,9 +772,9 @@ fn wakes_and_heartbeats(seed: u64, latency: u64) -> Vec<(String, usize, usize)> 
     s.restart("s2", 2);
     s.run(ms(306));
     s.restart("s3", 2);
-    s.run(ms(2000));
+    s.run(LEARN + ms(2000));
     let (busy, sent) = (s.busy_at.len(), s.sent_flags.len());
-    s.run(ms(3000));
+    s.run(LEARN + ms(3000));
     ["s1", "s2", "s3"]
         .into_iter()
         .map(|name| {
@@ -798,9 +834,11 @@ fn owner_and_backup(seed: u64) -> Sim {
 fn routine_heartbeats_read_late_cost_each_node_one_wake_an_interval() {
     for seed in 1..8 {
         let mut s = owner_and_backup(seed);
-        s.run(ms(2000));
+        // Once each knows the other's punctuality (while it is learned, round trips are
+        // measured every 156 ms).
+        s.run(LEARN + ms(2000));
         let (busy, sent) = (s.busy_at.len(), s.sent_flags.len());
-        s.run(ms(3000));
+        s.run(LEARN + ms(3000));
         for name in ["s1", "s2"] {
             let mut wakes: Vec<Duration> =
                 s.busy_at[busy..].iter().filter(|(_, n)| n == name).map(|(t, _)| *t).collect();
