@@ -566,10 +566,12 @@ fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians: &mu
     let settle = Duration::from_millis(interval_ms * 40 + 2000);
     let (mut death, mut cut, mut moved, mut unanswered, mut stop, mut stop_lost) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut windows = Vec::new();
     for _ in 0..runs {
         if !s1_learned(&env) || !s1_ready(&env, settle) {
             continue;
         }
+        windows.extend(s1_window_ms(&env));
         // Host death: the cable first (the host is gone for everyone at once, as when it
         // dies), then its processes.
         death.extend(gap_during(&env, interval_ms, || {
@@ -583,6 +585,7 @@ fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians: &mu
             continue;
         }
         // Link cut only.
+        windows.extend(s1_window_ms(&env));
         cut.extend(gap_during(&env, interval_ms, || env.cut(1)));
         env.restore(1);
         if !s1_ready(&env, settle) {
@@ -622,7 +625,21 @@ fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians: &mu
         _ => "-".into(),
     };
     let label = format!("DVIPA, {interval_ms} ms heartbeats");
-    outage_rows("vipa", label, interval_ms, cases, target, rows, medians);
+    outage_rows("vipa", label.clone(), interval_ms, cases, target, rows, medians);
+    // What the outages above are made of: an interval's phase, the grace, this window, and
+    // the move itself.
+    rows.push(Row {
+        what: format!("{label}: s2's confirmation window for s1 as the fault struck (median of {})", windows.len()),
+        result: if windows.is_empty() { "n/a".into() } else { median_cell(&windows, 1) },
+        target: "-".into(),
+    });
+}
+
+/// The confirmation window s2 gives s1 now (`vipactl cluster`), in ms.
+fn s1_window_ms(env: &ClusterEnv) -> Option<f64> {
+    let j: serde_json::Value = serde_json::from_slice(&env.vipactl(2, &["--json", "cluster"]).stdout).ok()?;
+    let s1 = j["members"].as_array()?.iter().find(|m| m["node"] == "s1")?;
+    Some(s1["confirm_us"].as_u64()? as f64 / 1000.0)
 }
 
 fn dvipa_scale(n: usize, rows: &mut Vec<Row>) {
