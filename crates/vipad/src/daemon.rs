@@ -27,9 +27,12 @@ use vipa_kernel::{Kernel, Outcome, Update};
 
 use crate::{edit, views};
 
-/// When an IPv6 route refresh after a carrier change is repeated.
-const REFRESH_AGAIN: [std::time::Duration; 2] =
-    [std::time::Duration::from_millis(20), std::time::Duration::from_millis(200)];
+/// When the refreshes after a carrier change are repeated.
+const REFRESH_AGAIN: [std::time::Duration; 3] = [
+    std::time::Duration::from_millis(20),
+    std::time::Duration::from_millis(200),
+    std::time::Duration::from_millis(1000),
+];
 
 /// Plans larger than this are logged as one summary line, each change at debug level.
 const BULK: usize = 32;
@@ -80,7 +83,20 @@ pub struct Daemon {
     /// IPv6 route refreshes to repeat after a carrier change: a socket that looked its
     /// path up between the first refresh and the kernel marking the route `linkdown`
     /// would otherwise stay on the dead NIC.
-    pub refresh_due: Vec<(Instant, Op)>,
+    pub refresh_due: Vec<(Instant, Refresh)>,
+}
+
+/// What is done again shortly after a carrier change.
+#[derive(Debug, Clone)]
+pub enum Refresh {
+    /// An IPv6 route through the NIC is replaced by itself, so that connections look up
+    /// their path again.
+    Route(Op),
+    /// The neighbour entries the NIC (by index), its carrier lost, is still resolving are
+    /// dropped: a segment a connection sent on the old path before the refresh waits in
+    /// such an entry for about three seconds, and the kernel does not retransmit a segment
+    /// that is still queued on the host, so the connection stalled that long.
+    Neighbours(u32),
 }
 
 /// Reads and validates a configuration file: syntax and model errors, then what the
@@ -153,10 +169,15 @@ impl Daemon {
                                 // Route refreshes change no desired state: apply them now,
                                 // and twice more shortly after.
                                 let now = Instant::now();
-                                for op in plan::carrier_changed(&self.config, before.as_ref(), after, &self.observed) {
-                                    self.apply_one(&op, false);
+                                let ops = plan::carrier_changed(&self.config, before.as_ref(), after, &self.observed);
+                                let mut refreshes: Vec<Refresh> = ops.into_iter().map(Refresh::Route).collect();
+                                if !refreshes.is_empty() && !after.carrier {
+                                    refreshes.push(Refresh::Neighbours(after.index));
+                                }
+                                for r in refreshes {
+                                    self.refresh(&r, false);
                                     for later in REFRESH_AGAIN {
-                                        self.refresh_due.push((now + later, op.clone()));
+                                        self.refresh_due.push((now + later, r.clone()));
                                     }
                                 }
                             }
@@ -209,10 +230,11 @@ impl Daemon {
                 next = rx.try_recv().ok();
             }
             let now = Instant::now();
-            let due: Vec<Op> = self.refresh_due.iter().filter(|(t, _)| *t <= now).map(|(_, op)| op.clone()).collect();
+            let due: Vec<Refresh> =
+                self.refresh_due.iter().filter(|(t, _)| *t <= now).map(|(_, r)| r.clone()).collect();
             self.refresh_due.retain(|(t, _)| *t > now);
-            for op in due {
-                self.apply_one(&op, true);
+            for r in due {
+                self.refresh(&r, true);
             }
             if kernel_changed {
                 self.ipmp.observe(&self.observed, now);
@@ -352,16 +374,35 @@ impl Daemon {
         let held = self.observed.local_addresses();
         let reached = |nic: &String| items.iter().any(|(a, n, _)| n == nic && held.contains(a));
         for nic in taken.iter().filter(|n| reached(n)) {
-            let Some(index) = self.observed.link_by_name(nic).map(|l| l.index) else { continue };
-            match self.kernel.forget_unresolved_neighbours(index) {
-                Ok(0) => {}
-                Ok(n) => {
-                    info!(interface = %nic, entries = n, "unresolved neighbour entries dropped, to be resolved afresh")
-                }
-                Err(e) => warn!(interface = %nic, error = %e, "cannot list neighbour entries"),
+            if let Some(index) = self.observed.link_by_name(nic).map(|l| l.index) {
+                self.forget_unresolved(index);
             }
         }
         crate::announce::send(&self.observed, items);
+    }
+
+    /// Drops the neighbour entries NIC `index` is still resolving or failed to resolve
+    /// (see `forget_unresolved_neighbours`), and says so if there were any.
+    fn forget_unresolved(&mut self, index: u32) {
+        let nic = self.observed.links.get(&index).map_or_else(|| index.to_string(), |l| l.name.clone());
+        match self.kernel.forget_unresolved_neighbours(index) {
+            Ok(0) => {}
+            Ok(n) => {
+                info!(interface = %nic, entries = n, "unresolved neighbour entries dropped, to be resolved afresh")
+            }
+            Err(e) => warn!(interface = %nic, error = %e, "cannot list neighbour entries"),
+        }
+    }
+
+    /// Carries out a refresh after a carrier change; a repeat (`again`) logs its route
+    /// change at debug level only.
+    fn refresh(&mut self, r: &Refresh, again: bool) {
+        match r {
+            Refresh::Route(op) => {
+                self.apply_one(op, again);
+            }
+            Refresh::Neighbours(index) => self.forget_unresolved(*index),
+        }
     }
 
     /// Gives nftables the IPMP ARP filter when it changed.
