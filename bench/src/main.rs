@@ -443,9 +443,12 @@ fn ipmp_cpu(rows: &mut Vec<Row>) {
     env.write_config(&group_config(8, 100, true));
     let vipad = env.start_vipad();
     probes_answered(&env, 8);
+    // The simulated LAN's receive work on kernel threads, off vipad's bill (as in
+    // `dvipa_scale`).
+    env.thread_receive();
     let cpu = idle_usage(vipad.pid(), 20);
     rows.push(Row {
-        what: "IPMP: vipad CPU, 8 NICs probing at FDT 100 ms, over 20 s (includes the simulated LAN's work)".into(),
+        what: "IPMP: vipad CPU, 8 NICs probing at FDT 100 ms, over 20 s".into(),
         result: cpu,
         target: "< 2 %".into(),
     });

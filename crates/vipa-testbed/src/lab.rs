@@ -288,6 +288,13 @@ impl LanEnv {
         LanEnv { lan, host, router, client, dir }
     }
 
+    /// See [`ClusterEnv::thread_receive`].
+    pub fn thread_receive(&self) {
+        for ns in [&self.lan, &self.host, &self.router, &self.client] {
+            thread_receive(ns);
+        }
+    }
+
     /// Pulls the host's `nic` cable: the host side loses carrier.
     pub fn cut(&self, nic: &str) {
         self.lan.sh(&format!("ip link set {nic}-h down"));
@@ -325,6 +332,14 @@ impl Drop for LanEnv {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// GRO with UDP forwarding and threaded NAPI on every veth of `ns` (see
+/// [`ClusterEnv::thread_receive`]).
+fn thread_receive(ns: &Netns) {
+    ns.sh("for d in $(ip -o link show type veth | awk -F': ' '{print $2}' | cut -d@ -f1); do \
+           ethtool -K $d gro on rx-udp-gro-forwarding on >/dev/null && echo 1 > /sys/class/net/$d/threaded; \
+         done");
 }
 
 /// Starts vipad in `ns` and waits until it answers; stderr goes to `dir/vipad.log`.
@@ -503,20 +518,9 @@ impl ClusterEnv {
     /// (`rx-udp-gro-forwarding`); without it, heartbeats and pings still ran the LAN in
     /// the sender. Needs `ethtool`.
     pub fn thread_receive(&self) {
-        let each = |ns: &Netns, devs: &[String]| {
-            for d in devs {
-                ns.sh(&format!(
-                    "ethtool -K {d} gro on rx-udp-gro-forwarding on >/dev/null && echo 1 > /sys/class/net/{d}/threaded"
-                ));
-            }
-        };
-        let ports: Vec<String> =
-            (1..=self.hosts.len()).map(|k| format!("s{k}-p")).chain(["cl-p".to_string()]).collect();
-        each(&self.lan, &ports);
-        for h in &self.hosts {
-            each(h, &["en1".to_string()]);
+        for ns in std::iter::once(&self.lan).chain(&self.hosts).chain([&self.client]) {
+            thread_receive(ns);
         }
-        each(&self.client, &["cl0".to_string()]);
     }
 
     /// Cuts host `k`'s cable (its NIC loses carrier).
