@@ -161,27 +161,28 @@ impl Daemon {
                         for u in updates {
                             let event = self.kernel.absorb(u);
                             debug!(?event, "kernel event");
+                            let mut refreshes = Vec::new();
                             if let KernelEvent::NewLink(after) = &event {
                                 let before = self.observed.links.get(&after.index).cloned();
                                 if before.as_ref().is_some_and(|b| b.carrier != after.carrier) {
                                     info!(interface = %after.name, carrier = after.carrier, "carrier changed");
                                 }
-                                // Route refreshes change no desired state: apply them now,
-                                // and twice more shortly after.
-                                let now = Instant::now();
                                 let ops = plan::carrier_changed(&self.config, before.as_ref(), after, &self.observed);
-                                let mut refreshes: Vec<Refresh> = ops.into_iter().map(Refresh::Route).collect();
+                                refreshes.extend(ops.into_iter().map(Refresh::Route));
                                 if !refreshes.is_empty() && !after.carrier {
                                     refreshes.push(Refresh::Neighbours(after.index));
                                 }
-                                for r in refreshes {
-                                    self.refresh(&r, false);
-                                    for later in REFRESH_AGAIN {
-                                        self.refresh_due.push((now + later, r.clone()));
-                                    }
-                                }
                             }
                             self.observed.apply(&event);
+                            // Refreshes change no desired state: done now (with the link as
+                            // it is now), and again shortly after.
+                            let now = Instant::now();
+                            for r in refreshes {
+                                self.refresh(&r, false);
+                                for later in REFRESH_AGAIN {
+                                    self.refresh_due.push((now + later, r.clone()));
+                                }
+                            }
                         }
                         dirty = true;
                         kernel_changed = true;
@@ -401,7 +402,12 @@ impl Daemon {
             Refresh::Route(op) => {
                 self.apply_one(op, again);
             }
-            Refresh::Neighbours(index) => self.forget_unresolved(*index),
+            // Not once the carrier is back: the entries resolve now.
+            Refresh::Neighbours(index) => {
+                if self.observed.links.get(index).is_some_and(|l| !l.carrier) {
+                    self.forget_unresolved(*index);
+                }
+            }
         }
     }
 
