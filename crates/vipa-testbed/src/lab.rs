@@ -338,7 +338,7 @@ impl Drop for LanEnv {
 /// [`ClusterEnv::thread_receive`]).
 fn thread_receive(ns: &Netns) {
     ns.sh("for d in $(ip -o link show type veth | awk -F': ' '{print $2}' | cut -d@ -f1); do \
-           ethtool -K $d gro on rx-udp-gro-forwarding on >/dev/null && echo 1 > /sys/class/net/$d/threaded; \
+           ethtool -K $d gro on rx-udp-gro-forwarding on >/dev/null && echo 1 > /sys/class/net/$d/threaded || exit 1; \
          done");
 }
 

@@ -80,8 +80,8 @@ pub struct Daemon {
     pub arp_applied: Option<vipa_core::plan::ArpFilter>,
     pub nft: Result<(), String>,
     pub cluster: Option<crate::cluster::ClusterHandle>,
-    /// IPv6 route refreshes to repeat after a carrier change: a socket that looked its
-    /// path up between the first refresh and the kernel marking the route `linkdown`
+    /// Refreshes to repeat after a carrier change (see [`Refresh`]): a socket that looked
+    /// its path up between the first refresh and the kernel marking the route `linkdown`
     /// would otherwise stay on the dead NIC.
     pub refresh_due: Vec<(Instant, Refresh)>,
 }
@@ -402,7 +402,8 @@ impl Daemon {
             Refresh::Route(op) => {
                 self.apply_one(op, again);
             }
-            // Not once the carrier is back: the entries resolve now.
+            // Not once the carrier is back (as far as the last link event said): the
+            // entries resolve now.
             Refresh::Neighbours(index) => {
                 if self.observed.links.get(index).is_some_and(|l| !l.carrier) {
                     self.forget_unresolved(*index);

@@ -180,6 +180,10 @@ pub struct Peer {
     /// When it last answered a probe (or was last heard): the next suspicion starts an
     /// interval after the later of the two, not at once again.
     answered: Instant,
+    /// When its last heartbeat that was not a probe arrived: its punctuality is measured
+    /// from there. Measured from a probe or an answer, which come off its schedule (every
+    /// 156 ms while it is learned), a late heartbeat would look on time.
+    last_beat: Instant,
     /// When its round trip is measured next.
     next_rtt: Instant,
     /// When it was first heard (its punctuality is known [`LEARN`] later).
@@ -588,18 +592,20 @@ impl Cluster {
         let from_leader = self.leader() == Some(h.node.as_str());
         if let Some(p) = self.peers.get_mut(&h.node) {
             let gap = now.saturating_duration_since(p.last_heard);
-            // How late this comes after the heartbeat expected: an interval after the peer
-            // was last heard from (or answered).
+            // How late this comes after its last sign of life (heard from, or answered),
+            // for a suspicion it ends or a return from the dead; punctuality is measured
+            // from its last heartbeat (`last_beat`).
             let late = now.saturating_duration_since(p.last_heard.max(p.answered) + interval);
             if p.suspect.take().is_some() {
                 // A suspicion this ends: the peer was held up (a lost heartbeat is answered
                 // by the first probes, a moment after the grace).
                 p.held_up.note(now, late);
             }
-            if p.alive && h.flags & FLAG_PROBE == 0 && gap <= interval * 3 / 2 {
+            let beat_gap = now.saturating_duration_since(p.last_beat);
+            if p.alive && h.flags & FLAG_PROBE == 0 && beat_gap <= interval * 3 / 2 {
                 // Lateness only: a heartbeat sent early on a change is on time.
-                p.jitter = smooth(p.jitter, gap.saturating_sub(interval));
-                p.held_up.note(now, late);
+                p.jitter = smooth(p.jitter, beat_gap.saturating_sub(interval));
+                p.held_up.note(now, beat_gap.saturating_sub(interval));
             } else if !p.alive && p.incarnation == h.incarnation && gap < dead {
                 // Declared dead, back within the silence bound: held up, or cut off for a
                 // moment (the two look alike). It gets the start value again, at least.
@@ -618,6 +624,9 @@ impl Cluster {
                 && p.pins == h.pins
             {
                 p.last_heard = now;
+                if h.flags & FLAG_PROBE == 0 {
+                    p.last_beat = now;
+                }
                 p.seq = h.seq;
                 if h.flags & FLAG_ROUTINE != 0 && from_leader {
                     self.leader_heard = Some((now, grace(p, interval)));
@@ -699,6 +708,7 @@ impl Cluster {
                 probes,
                 suspect: None,
                 answered: now,
+                last_beat: now,
                 next_rtt,
                 known_since,
                 punctuality_known,

@@ -410,6 +410,9 @@ fn a_restarted_peers_round_trip_is_measured_anew_and_its_busy_start_wears_off() 
         s.restart("s1", 2);
         s.nodes.get_mut("s1").unwrap().slow = 15;
         s.run(s.t + ms(300));
+        // Measured anew: the restarted s1's round trip, not the old one's smoothed towards it.
+        let srtt = s.nodes["s2"].c.peers["s1"].rtt.map(|(srtt, _)| srtt);
+        assert!(srtt.is_some_and(|r| r >= ms(15)), "seed {seed}: round trip {srtt:?}");
         s.nodes.get_mut("s1").unwrap().slow = 0;
         s.run(s.t + LEARN + ms(1000));
         let p = &s.nodes["s2"].c.peers["s1"];
