@@ -202,9 +202,15 @@ pub struct Suspicion {
     next: Instant,
 }
 
-/// When `p` becomes a suspect: an interval and a grace after it was last heard from.
+/// When `p`'s next heartbeat is due: an interval after its last sign of life (heard from,
+/// or answered).
+fn due(p: &Peer, interval: Duration) -> Instant {
+    p.last_heard.max(p.answered) + interval
+}
+
+/// When `p` becomes a suspect: a grace after its next heartbeat is due.
 fn suspect_at(p: &Peer, interval: Duration) -> Instant {
-    p.last_heard.max(p.answered) + interval + grace(p, interval)
+    due(p, interval) + grace(p, interval)
 }
 
 /// How late `p`'s heartbeat may be before it is a suspect: a tenth of an interval, or four
@@ -544,12 +550,16 @@ impl Cluster {
     fn send_heartbeat(&mut self, now: Instant) {
         let mut h = self.heartbeat();
         // Routine once the two before said the same: a change goes out prompt two times,
-        // so one lost copy does not leave it to be read late.
-        let said = (h.flags, h.held.clone(), h.busy.clone(), h.declined.clone(), h.pins.clone());
-        if self.last_said.as_ref() == Some(&said) {
+        // so one lost copy does not leave it to be read late. (Compared before copied: this
+        // runs every interval.)
+        let same = self.last_said.as_ref().is_some_and(|(flags, held, busy, declined, pins)| {
+            (*flags, held, busy, declined, pins) == (h.flags, &h.held, &h.busy, &h.declined, &h.pins)
+        });
+        if same {
             self.repeats += 1;
         } else {
-            (self.last_said, self.repeats) = (Some(said), 0);
+            self.last_said = Some((h.flags, h.held.clone(), h.busy.clone(), h.declined.clone(), h.pins.clone()));
+            self.repeats = 0;
         }
         if h.flags == 0 && self.repeats >= 2 && self.prompt_sends == 0 {
             h.flags |= FLAG_ROUTINE;
@@ -595,7 +605,7 @@ impl Cluster {
             // How late this comes after its last sign of life (heard from, or answered),
             // for a suspicion it ends or a return from the dead; punctuality is measured
             // from its last heartbeat (`last_beat`).
-            let late = now.saturating_duration_since(p.last_heard.max(p.answered) + interval);
+            let late = now.saturating_duration_since(due(p, interval));
             if p.suspect.take().is_some() {
                 // A suspicion this ends: the peer was held up (a lost heartbeat is answered
                 // by the first probes, a moment after the grace).
@@ -604,8 +614,9 @@ impl Cluster {
             let beat_gap = now.saturating_duration_since(p.last_beat);
             if p.alive && h.flags & FLAG_PROBE == 0 && beat_gap <= interval * 3 / 2 {
                 // Lateness only: a heartbeat sent early on a change is on time.
-                p.jitter = smooth(p.jitter, beat_gap.saturating_sub(interval));
-                p.held_up.note(now, beat_gap.saturating_sub(interval));
+                let beat_late = beat_gap.saturating_sub(interval);
+                p.jitter = smooth(p.jitter, beat_late);
+                p.held_up.note(now, beat_late);
             } else if !p.alive && p.incarnation == h.incarnation && gap < dead {
                 // Declared dead, back within the silence bound: held up, or cut off for a
                 // moment (the two look alike). It gets the start value again, at least.
@@ -770,8 +781,7 @@ impl Cluster {
         });
         p.probes.clear();
         if p.suspect.take().is_some() {
-            let late = now.saturating_duration_since(p.last_heard.max(p.answered) + self.config.interval);
-            p.held_up.note(now, late);
+            p.held_up.note(now, now.saturating_duration_since(due(p, self.config.interval)));
         }
         p.answered = now;
     }
