@@ -198,6 +198,7 @@ fn cluster_loop(
         warn!(error = %e, "cluster socket stays blocking");
     }
     let mut deadline = lock(&shared).core.poll_timeout();
+    let mut late = Vec::new();
     loop {
         let wait = deadline.map(|t| t.saturating_duration_since(Instant::now()));
         let received = if wait.is_some_and(|w| w.is_zero()) || !readable(&sock, &nudged, wait) {
@@ -216,7 +217,6 @@ fn cluster_loop(
         let (now, wall) = (Instant::now(), SystemTime::now());
         // Routine heartbeats wait in their socket until this thread wakes anyway; a flood
         // that fills a turn's share makes the next turn come at once.
-        let mut late = Vec::new();
         let mut more = false;
         if let Some(r) = &routine {
             loop {
@@ -245,7 +245,7 @@ fn cluster_loop(
             let floor = shell.last_now;
             let now = shell.clock(now);
             let mut at_least = floor;
-            for (at, parsed, from) in late {
+            for (at, parsed, from) in late.drain(..) {
                 let at = at.unwrap_or(floor).clamp(at_least, now);
                 at_least = at;
                 shell.datagram(at, parsed, from);
@@ -270,11 +270,11 @@ fn cluster_loop(
 /// and sleeps otherwise. Reading the kernel's TCP table takes as long as the table is
 /// big, so it is done here, without the lock: heartbeats and probe answers never wait
 /// for it.
-fn count_connections(shared: Arc<Mutex<ClusterShell>>, woken: std::sync::mpsc::Receiver<()>, tx: Sender<Input>) {
+fn count_connections(shared: ClusterHandle, woken: std::sync::mpsc::Receiver<()>, tx: Sender<Input>) {
     while woken.recv().is_ok() {
         loop {
             let watched: Vec<(usize, IpAddr)> = {
-                let shell = lock(&shared);
+                let shell = shared.lock();
                 if !shell.watching {
                     break;
                 }
@@ -283,8 +283,8 @@ fn count_connections(shared: Arc<Mutex<ClusterShell>>, woken: std::sync::mpsc::R
             let addrs = watched.iter().map(|&(_, a)| a).collect();
             let counts = vipa_kernel::conns::established(&addrs);
             let news = {
-                let mut shell = lock(&shared);
-                let before = shell.core.poll_timeout();
+                // The guard wakes the cluster thread should this bring its deadline closer.
+                let mut shell = shared.lock();
                 let now = shell.now();
                 if let Ok(counts) = counts {
                     // Only what is still watched: a move may have come meanwhile.
@@ -295,9 +295,7 @@ fn count_connections(shared: Arc<Mutex<ClusterShell>>, woken: std::sync::mpsc::R
                         .map(|(i, a)| (i, counts.get(&a).is_some_and(|&n| n > 0)));
                     shell.core.set_busy(now, busy);
                 }
-                let news = shell.drain();
-                shell.nudge_if_sooner(before);
-                news
+                shell.drain()
             };
             if news.any() && tx.send(Input::Cluster(news)).is_err() {
                 return;
@@ -412,7 +410,7 @@ impl ClusterShell {
             .map_err(|e| e.to_string())?;
         thread::Builder::new()
             .name("connections".into())
-            .spawn(move || count_connections(counting_shared, count_woken, counting_tx))
+            .spawn(move || count_connections(ClusterHandle(counting_shared), count_woken, counting_tx))
             .map_err(|e| e.to_string())?;
         Ok(Some(ClusterHandle(shared)))
     }
