@@ -541,17 +541,11 @@ fn outage_rows(
 /// of a previous s1 does not count: the member must be the running s1 (its incarnation),
 /// alive.
 fn s1_learned(env: &ClusterEnv) -> bool {
-    let cluster = |k: usize| -> serde_json::Value {
-        serde_json::from_slice(&env.vipactl(k, &["--json", "cluster"]).stdout).unwrap_or_default()
-    };
     wait_for(Duration::from_secs(20), || {
-        let s1 = cluster(1)["incarnation"].as_u64()?;
+        let s1 = env.cluster_view(1)["incarnation"].as_u64()?;
         let learned = |k: usize| {
-            cluster(k)["members"].as_array().is_some_and(|m| {
-                m.iter().any(|m| {
-                    m["node"] == "s1" && m["incarnation"] == s1 && m["state"] == "alive" && m["confirm_learned"] == true
-                })
-            })
+            let m = env.member(k, "s1");
+            m["incarnation"] == s1 && m["state"] == "alive" && m["confirm_learned"] == true
         };
         (learned(2) && learned(3)).then_some(())
     })
@@ -646,9 +640,7 @@ fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians: &mu
 
 /// The confirmation window s2 gives s1 now (`vipactl cluster`), in ms.
 fn s1_window_ms(env: &ClusterEnv) -> Option<f64> {
-    let j: serde_json::Value = serde_json::from_slice(&env.vipactl(2, &["--json", "cluster"]).stdout).ok()?;
-    let s1 = j["members"].as_array()?.iter().find(|m| m["node"] == "s1")?;
-    Some(s1["confirm_us"].as_u64()? as f64 / 1000.0)
+    Some(env.member(2, "s1")["confirm_us"].as_u64()? as f64 / 1000.0)
 }
 
 fn dvipa_scale(n: usize, rows: &mut Vec<Row>) {
@@ -679,11 +671,7 @@ fn dvipa_scale(n: usize, rows: &mut Vec<Row>) {
     }
     // Idle is the steady state: once each node knows the other's punctuality (while it is
     // learned, round trips are measured every 156 ms).
-    let learned = |k: usize, peer: &str| {
-        let j: serde_json::Value =
-            serde_json::from_slice(&env.vipactl(k, &["--json", "cluster"]).stdout).unwrap_or_default();
-        j["members"].as_array().is_some_and(|m| m.iter().any(|m| m["node"] == peer && m["confirm_learned"] == true))
-    };
+    let learned = |k: usize, peer: &str| env.member(k, peer)["confirm_learned"] == true;
     let steady = wait_for(Duration::from_secs(20), || (learned(1, "s2") && learned(2, "s1")).then_some(())).is_some();
     std::thread::sleep(Duration::from_secs(1));
     // The simulated LAN's receive work, billed on plain veths to whichever process sends,

@@ -509,6 +509,17 @@ impl ClusterEnv {
             .expect("vipactl")
     }
 
+    /// Host `k`'s `vipactl --json cluster` (null if it did not answer).
+    pub fn cluster_view(&self, k: usize) -> serde_json::Value {
+        serde_json::from_slice(&self.vipactl(k, &["--json", "cluster"]).stdout).unwrap_or_default()
+    }
+
+    /// Node `node` as host `k` lists it in `vipactl --json cluster` (null if it does not).
+    pub fn member(&self, k: usize, node: &str) -> serde_json::Value {
+        let view = self.cluster_view(k);
+        view["members"].as_array().and_then(|m| m.iter().find(|m| m["node"] == node).cloned()).unwrap_or_default()
+    }
+
     /// Moves each veth's receive work into a kernel thread of its own (GRO on, threaded
     /// NAPI). A plain veth runs the receiving side's whole stack, the bridge and the peer
     /// host's UDP receive included, inside the sender's system call, so a CPU figure for

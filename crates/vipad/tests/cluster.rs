@@ -69,20 +69,11 @@ fn holder_death_is_taken_over_by_the_highest_backup_and_the_owner_takes_it_back(
     // The kernel steers routine heartbeats to a socket read only when the thread wakes.
     assert!(env.log(2).contains("routine heartbeats go to a socket of their own"), "{}", env.log(2));
     // Each peer's round trip was measured when it joined.
-    let j: serde_json::Value = serde_json::from_slice(&env.vipactl(2, &["--json", "cluster"]).stdout).unwrap();
+    let j = env.cluster_view(2);
     let rtts: Vec<u64> = j["members"].as_array().unwrap().iter().filter_map(|m| m["rtt_us"].as_u64()).collect();
     assert!(rtts.len() == 2 && rtts.iter().all(|r| *r > 0 && *r < 100_000), "{members}");
 
-    let incarnation_of_s1 = || -> u64 {
-        let j: serde_json::Value = serde_json::from_slice(&env.vipactl(2, &["--json", "cluster"]).stdout).unwrap();
-        j["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["node"] == "s1")
-            .and_then(|m| m["incarnation"].as_u64())
-            .unwrap_or(0)
-    };
+    let incarnation_of_s1 = || -> u64 { env.member(2, "s1")["incarnation"].as_u64().unwrap_or(0) };
     let first_incarnation = incarnation_of_s1();
     assert!(first_incarnation > 0);
     let (mut srv1, _srv2) = (serve_on(env.host(1), Some(DVIPA)), serve_on(env.host(2), Some(DVIPA)));
@@ -252,8 +243,7 @@ fn forged_and_replayed_heartbeats_move_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(env.holders(DVIPA), vec![1], "nothing moved");
     for k in 1..=3 {
-        let c = env.vipactl(k, &["--json", "cluster"]);
-        let j: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
+        let j = env.cluster_view(k);
         assert!(j["dropped"]["unauthenticated"].as_u64().unwrap() >= 50, "s{k}: {j}");
         assert!(j["dropped"]["replayed"].as_u64().unwrap() > 0, "s{k}: {j}");
         assert!(env.vipactl(k, &["status"]).status.success(), "vipad runs on on s{k}");
@@ -367,22 +357,16 @@ fn the_holder_refreshes_its_announcement_so_a_wrong_neighbour_entry_is_corrected
     assert!(fixed.is_some(), "client's entry is still {:?}\n{}", env.client_neigh(DVIPA), env.log(1));
 }
 
-/// s2's view of s1 in `vipactl --json cluster`.
-fn member(env: &ClusterEnv, k: usize, node: &str) -> serde_json::Value {
-    let j: serde_json::Value = serde_json::from_slice(&env.vipactl(k, &["--json", "cluster"]).stdout).unwrap();
-    j["members"].as_array().unwrap().iter().find(|m| m["node"] == node).cloned().unwrap_or_default()
-}
-
 #[test]
 fn once_the_holder_is_known_to_be_punctual_its_death_is_confirmed_in_its_learned_window() {
     let (env, mut procs) = up("immediate");
     // Until s1 has been heard for 10 s, s2 gives it the 30 ms start value (marked `*`).
-    let s1 = member(&env, 2, "s1");
+    let s1 = env.member(2, "s1");
     assert_eq!((s1["confirm_us"].as_u64(), s1["confirm_learned"].as_bool()), (Some(30_000), Some(false)), "{s1}");
     let members = out(&env.vipactl(2, &["cluster"]));
     assert!(members.contains("CONFIRM") && members.contains("30.0 ms*"), "{members}");
     let learned = wait_for(Duration::from_secs(15), || {
-        let (s1, s3) = (member(&env, 2, "s1"), member(&env, 2, "s3"));
+        let (s1, s3) = (env.member(2, "s1"), env.member(2, "s3"));
         (s1["confirm_learned"] == true && s3["confirm_learned"] == true).then_some(s1)
     })
     .expect("s2 never learned its peers' punctuality");
@@ -400,7 +384,7 @@ fn once_the_holder_is_known_to_be_punctual_its_death_is_confirmed_in_its_learned
     assert!(line.contains("probes answered"), "a death by probing, not by the silence bound: {line}");
     let silent: f64 =
         line.split("no heartbeat for ").nth(1).and_then(|r| r.split(" ms").next()).unwrap().parse().unwrap();
-    let window_now = member(&env, 2, "s1")["confirm_us"].as_u64().unwrap() as f64 / 1e3;
+    let window_now = env.member(2, "s1")["confirm_us"].as_u64().unwrap() as f64 / 1e3;
     assert!(
         silent <= 10.0 + 5.0 + window_now + 10.0,
         "dead after {silent} ms of silence, window {window_now} ms: {line}"
