@@ -133,6 +133,10 @@ fn main() {
             eprintln!("measuring one takeover of {n} DVIPAs ...");
             dvipa_scale(n as usize, &mut rows);
         }
+        if dvipas.as_ref().is_none_or(|v| v.contains(&1000)) {
+            eprintln!("measuring three idle nodes with majority quorum and 1,000 DVIPAs ...");
+            dvipa_idle_three(1000, &mut rows);
+        }
     }
 
     let w0 = rows.iter().map(|r| r.what.len()).max().unwrap_or(0);
@@ -710,6 +714,43 @@ fn dvipa_scale(n: usize, rows: &mut Vec<Row>) {
         result: took.map_or("not within 60 s".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3)),
         target: if n == 10_000 { "≤ 500 ms".into() } else { "-".into() },
     });
+}
+
+/// Three nodes with majority quorum (the usual way to have one), s1 owning `n` DVIPAs, s2
+/// and s3 backing them up: what each costs idle at 10 ms heartbeats. One death among
+/// three leaves a majority, so no node wakes for another's heartbeats unless that one
+/// holds something it backs up.
+fn dvipa_idle_three(n: usize, rows: &mut Vec<Row>) {
+    let env = ClusterEnv::build(Names::Unique, 3);
+    let mut d = String::new();
+    for i in 0..n {
+        d.push_str(&format!(
+            "[[dvipa]]\naddress = \"198.19.{}.{}\"\nowner = \"s1\"\nbackups = {{ s2 = 200, s3 = 100 }}\nannounce = [\"en1\"]\n",
+            i / 250,
+            i % 250 + 1
+        ));
+    }
+    for k in 1..=3 {
+        env.write_config(k, "heartbeat_interval = \"10ms\"\nquorum = \"majority\"\n", &d);
+    }
+    let nodes: Vec<vipa_testbed::Proc> = (1..=3).map(|k| env.start_vipad(k)).collect();
+    let what =
+        |node: &str| format!("{n} DVIPAs at 10 ms heartbeats, 3 nodes, majority: {node} vipad CPU idle, 3 × 10 s");
+    let held = wait_for(Duration::from_secs(60), || (env.host(1).local_count("en1") > n).then_some(()));
+    if held.is_none() {
+        rows.push(Row { what: what("s1"), result: "s1 never held them all".into(), target: "-".into() });
+        return;
+    }
+    let learned = |k: usize, peer: &str| env.member(k, peer)["confirm_learned"] == true;
+    let all = [(1, "s2"), (1, "s3"), (2, "s1"), (2, "s3"), (3, "s1"), (3, "s2")];
+    let steady = wait_for(Duration::from_secs(20), || all.iter().all(|&(k, p)| learned(k, p)).then_some(())).is_some();
+    std::thread::sleep(Duration::from_secs(1));
+    env.thread_receive();
+    let cells = idle_usage_of([nodes[0].pid(), nodes[1].pid(), nodes[2].pid()], 3, 10);
+    for (cell, node) in cells.into_iter().zip(["s1 (holder, leader)", "s2 (backup)", "s3 (backup)"]) {
+        let learning = if steady { "" } else { " (peers still learning: round trips measured every 156 ms)" };
+        rows.push(Row { what: what(node), result: format!("{cell}{learning}"), target: "< 1 %".into() });
+    }
 }
 
 /// A keepalived we started: the parent and the VRRP child it forks, both killed when this

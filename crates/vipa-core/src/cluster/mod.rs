@@ -188,9 +188,9 @@ pub struct Peer {
     next_rtt: Instant,
     /// When it was first heard (its punctuality is known [`LEARN`] later).
     known_since: Instant,
-    /// Its death would change something here: it holds a DVIPA this node is in the order
-    /// of, or quorum counts it. Only then is a late heartbeat noticed on time.
-    pub watched: bool,
+    /// It holds a DVIPA this node is in the order of: its death would change something
+    /// here (see `Cluster::watched`, which also counts quorum).
+    pub holds_mine: bool,
     pub punctuality_known: bool,
     pub held_up: HeldUp,
 }
@@ -458,12 +458,13 @@ impl Cluster {
     /// a peer's death, a refresh.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let (dead, interval) = (self.config.dead_time(), self.config.interval);
+        let at_stake = self.quorum_at_stake();
         let deaths = self.peers.values().filter(|p| p.alive).map(|p| {
             // The round trip is measured only while the peer is not a suspect (`detect`).
             // A peer whose death would change nothing here is checked when this node wakes
             // anyway (its own heartbeats, at least once an interval), not on time.
             let next = match p.suspect {
-                None if !p.watched && self.calm => p.next_rtt,
+                None if !(p.holds_mine || at_stake) && self.calm => p.next_rtt,
                 None => suspect_at(p, interval).min(p.next_rtt),
                 Some(s) if s.sent < PROBES => s.next,
                 Some(s) => s.since + confirm_window(p, interval),
@@ -692,8 +693,7 @@ impl Cluster {
             Some(p) if !fresh => p.next_rtt,
             _ => now,
         };
-        let watched = self.config.quorum == Quorum::Majority
-            || h.held.iter().zip(&self.mine).any(|(theirs, mine)| theirs & mine != 0);
+        let holds_mine = h.held.iter().zip(&self.mine).any(|(theirs, mine)| theirs & mine != 0);
         // A restarted peer (a new incarnation: a rebooted host may be busy) is learnt anew,
         // its round trip too.
         let (known_since, held_up, punctuality_known, rtt) = match &old {
@@ -724,7 +724,7 @@ impl Cluster {
                 known_since,
                 punctuality_known,
                 held_up,
-                watched,
+                holds_mine,
             },
         );
         self.adopt_pins();
@@ -910,12 +910,26 @@ impl Cluster {
         }
     }
 
+    /// Whether the death of peer `p` would change something here: it holds a DVIPA this
+    /// node is in the order of, or one more death would cost this node its quorum. Only
+    /// then, or while this node is not calm, is a late heartbeat of `p` noticed on time.
+    fn watched(&self, p: &Peer) -> bool {
+        p.holds_mine || self.quorum_at_stake()
+    }
+
+    /// With `majority`, whether one more death would leave this node with no more than half
+    /// the cluster (or it has no majority already).
+    fn quorum_at_stake(&self) -> bool {
+        let alive = 1 + self.peers.values().filter(|p| p.alive).count();
+        self.config.quorum == Quorum::Majority && (alive - 1) * 2 <= self.config.size()
+    }
+
     /// The peer whose heartbeats this node sends its own with: the live, watched peer with
     /// the lowest name, if that is lower than this node's.
     fn leader(&self) -> Option<&str> {
         self.peers
             .iter()
-            .find(|(_, p)| p.alive && (p.watched || !self.calm))
+            .find(|(_, p)| p.alive && (self.watched(p) || !self.calm))
             .map(|(n, _)| n.as_str())
             .filter(|n| *n < self.config.me.as_str())
     }

@@ -855,7 +855,75 @@ fn routine_heartbeats_read_late_cost_each_node_one_wake_an_interval() {
         }
         let said: Vec<u16> = s.sent_flags[sent..].iter().map(|(_, _, f)| *f).collect();
         assert!(said.iter().all(|f| f & FLAG_ROUTINE != 0), "seed {seed}: nothing changed, all routine: {said:?}");
-        assert!(!s.nodes["s1"].c.peers["s2"].watched && s.nodes["s2"].c.peers["s1"].watched);
+        let (s1, s2) = (&s.nodes["s1"].c, &s.nodes["s2"].c);
+        assert!(!s1.watched(&s1.peers["s2"]) && s2.watched(&s2.peers["s1"]));
+    }
+}
+
+/// Three nodes with majority quorum, s1 owning every DVIPA, s2 and s3 backing them up,
+/// routine heartbeats read late.
+fn owner_and_two_backups(seed: u64) -> Sim {
+    let d = (0..4)
+        .map(|k| DvipaConfig {
+            address: IpAddr::from([198, 18, 7, (k + 1) as u8]),
+            owner: "s1".into(),
+            backups: vec![("s2".into(), 200), ("s3".into(), 100)],
+            takeback: Takeback::Immediate,
+            announce: vec![],
+        })
+        .collect();
+    let mut s = Sim::new(3, d, Quorum::Majority, seed);
+    s.latency = (1, 1);
+    s.lazy = true;
+    s
+}
+
+#[test]
+fn with_majority_quorum_and_none_at_stake_each_of_three_nodes_wakes_once_an_interval() {
+    for seed in 1..8 {
+        let mut s = owner_and_two_backups(seed);
+        s.run(LEARN + ms(2000));
+        let busy = s.busy_at.len();
+        s.run(LEARN + ms(3000));
+        for name in ["s1", "s2", "s3"] {
+            let mut wakes: Vec<Duration> =
+                s.busy_at[busy..].iter().filter(|(_, n)| n == name).map(|(t, _)| *t).collect();
+            wakes.dedup();
+            // One death among three leaves a majority: s1 does not wake for its followers'
+            // heartbeats, nor a follower for the other's. (Round-trip probes, one to each
+            // peer every 256 intervals, and their answers come on top.)
+            assert!(wakes.len() <= 104, "seed {seed}: {name} woke {} times in 100 intervals", wakes.len());
+        }
+    }
+}
+
+#[test]
+fn with_majority_quorum_once_a_death_puts_it_at_stake_the_next_is_seen_on_time() {
+    for seed in 1..8 {
+        let mut s = owner_and_two_backups(seed);
+        s.run(LEARN + ms(2000));
+        // s3's death changes nothing on s1 (two of three is a majority): seen within the
+        // dead time, up to an interval later than a watched peer's.
+        s.kill("s3");
+        let killed = s.t;
+        s.run(killed + ms(200));
+        let seen = |s: &Sim, node: &str, dead: &str, after: Duration| {
+            s.events
+                .iter()
+                .find(|e| e.0 >= after && e.1 == node && e.2.starts_with(&format!("node {dead} is dead")))
+                .map(|e| e.0)
+        };
+        let took = seen(&s, "s1", "s3", killed).expect("s3 seen dead") - killed;
+        assert!(took <= ms(10 * 10 + 10), "seed {seed}: s3 seen dead after {took:?}");
+        assert!(s.nodes["s1"].c.held.iter().all(|h| *h), "seed {seed}: s1 still holds all");
+        // Now s2's death would cost s1 its quorum: s2 is watched, and s1 releases on time.
+        s.kill("s2");
+        let killed = s.t;
+        s.run(killed + ms(300));
+        let released = s.moves.iter().find(|m| m.0 >= killed && m.1 == "s1" && !m.3).map(|m| m.0 - killed);
+        let window = confirm_window(&s.nodes["s1"].c.peers["s2"], ms(10));
+        let took = released.unwrap_or_else(|| panic!("seed {seed}: s1 kept its DVIPAs without quorum"));
+        assert!(took <= ms(1 + 10 + 5 + 2) + window, "seed {seed}: released after {took:?} (window {window:?})");
     }
 }
 
