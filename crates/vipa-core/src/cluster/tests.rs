@@ -815,22 +815,28 @@ fn with_a_round_trip_of_half_an_interval_nodes_do_not_pull_each_other_forward() 
     }
 }
 
-/// Two nodes without quorum, s1 owning every DVIPA and s2 backing them up (the idle case
-/// of the benchmark), with routine heartbeats read late.
-fn owner_and_backup(seed: u64) -> Sim {
+/// s1 and the nodes of `backups` (node, rank), s1 owning four DVIPAs and those backing them up,
+/// routine heartbeats read late.
+fn owner_with(seed: u64, backups: &[(&str, u8)], quorum: Quorum) -> Sim {
     let d = (0..4)
         .map(|k| DvipaConfig {
             address: IpAddr::from([198, 18, 7, (k + 1) as u8]),
             owner: "s1".into(),
-            backups: vec![("s2".into(), 100)],
+            backups: backups.iter().map(|(n, r)| (n.to_string(), *r)).collect(),
             takeback: Takeback::Immediate,
             announce: vec![],
         })
         .collect();
-    let mut s = Sim::new(2, d, Quorum::None, seed);
+    let mut s = Sim::new(backups.len() + 1, d, quorum, seed);
     s.latency = (1, 1);
     s.lazy = true;
     s
+}
+
+/// Two nodes without quorum, s1 owning every DVIPA and s2 backing them up (the idle case
+/// of the benchmark).
+fn owner_and_backup(seed: u64) -> Sim {
+    owner_with(seed, &[("s2", 100)], Quorum::None)
 }
 
 #[test]
@@ -860,22 +866,9 @@ fn routine_heartbeats_read_late_cost_each_node_one_wake_an_interval() {
     }
 }
 
-/// Three nodes with majority quorum, s1 owning every DVIPA, s2 and s3 backing them up,
-/// routine heartbeats read late.
+/// Three nodes with majority quorum, s1 owning every DVIPA, s2 and s3 backing them up.
 fn owner_and_two_backups(seed: u64) -> Sim {
-    let d = (0..4)
-        .map(|k| DvipaConfig {
-            address: IpAddr::from([198, 18, 7, (k + 1) as u8]),
-            owner: "s1".into(),
-            backups: vec![("s2".into(), 200), ("s3".into(), 100)],
-            takeback: Takeback::Immediate,
-            announce: vec![],
-        })
-        .collect();
-    let mut s = Sim::new(3, d, Quorum::Majority, seed);
-    s.latency = (1, 1);
-    s.lazy = true;
-    s
+    owner_with(seed, &[("s2", 200), ("s3", 100)], Quorum::Majority)
 }
 
 #[test]
