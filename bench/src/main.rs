@@ -647,16 +647,39 @@ fn s1_window_ms(env: &ClusterEnv) -> Option<f64> {
     Some(env.member(2, "s1")["confirm_us"].as_u64()? as f64 / 1000.0)
 }
 
+/// `n` `[[dvipa]]` entries (198.19.0.1 on), owned by s1 and backed up by `backups`.
+fn owned_by_s1(n: usize, backups: &str) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "[[dvipa]]\naddress = \"198.19.{}.{}\"\nowner = \"s1\"\nbackups = {{ {backups} }}\nannounce = [\"en1\"]\n",
+                i / 250,
+                i % 250 + 1
+            )
+        })
+        .collect()
+}
+
+/// Appended to an idle row measured before the nodes knew each other's punctuality.
+const STILL_LEARNING: &str = " (peers still learning: round trips measured every 156 ms)";
+
+/// Brings nodes s1..s`size` to idle as it is measured; false if some node had not learnt
+/// another's punctuality within 20 s (while it is learned, round trips are measured every
+/// 156 ms). Then the simulated LAN's receive work, billed on plain veths to whichever
+/// process sends, goes to kernel threads (see `thread_receive`): each daemon pays for its
+/// own work.
+fn settle_idle(env: &ClusterEnv, size: usize) -> bool {
+    let learned = |k: usize, peer: usize| env.member(k, &format!("s{peer}"))["confirm_learned"] == true;
+    let all = || (1..=size).all(|k| (1..=size).filter(|&p| p != k).all(|p| learned(k, p)));
+    let steady = wait_for(Duration::from_secs(20), || all().then_some(())).is_some();
+    std::thread::sleep(Duration::from_secs(1));
+    env.thread_receive();
+    steady
+}
+
 fn dvipa_scale(n: usize, rows: &mut Vec<Row>) {
     let env = ClusterEnv::build(Names::Unique, 2);
-    let mut d = String::new();
-    for i in 0..n {
-        d.push_str(&format!(
-            "[[dvipa]]\naddress = \"198.19.{}.{}\"\nowner = \"s1\"\nbackups = {{ s2 = 100 }}\nannounce = [\"en1\"]\n",
-            i / 250,
-            i % 250 + 1
-        ));
-    }
+    let d = owned_by_s1(n, "s2 = 100");
     for k in 1..=2 {
         env.write_config(k, "heartbeat_interval = \"10ms\"\nquorum = \"none\"\n", &d);
     }
@@ -673,21 +696,14 @@ fn dvipa_scale(n: usize, rows: &mut Vec<Row>) {
         });
         return;
     }
-    // Idle is the steady state: once each node knows the other's punctuality (while it is
-    // learned, round trips are measured every 156 ms).
-    let learned = |k: usize, peer: &str| env.member(k, peer)["confirm_learned"] == true;
-    let steady = wait_for(Duration::from_secs(20), || (learned(1, "s2") && learned(2, "s1")).then_some(())).is_some();
-    std::thread::sleep(Duration::from_secs(1));
-    // The simulated LAN's receive work, billed on plain veths to whichever process sends,
-    // goes to kernel threads (see `thread_receive`): each daemon pays for its own work.
-    env.thread_receive();
+    let steady = settle_idle(&env, 2);
     let what = |node: &str| format!("{n} DVIPAs at 10 ms heartbeats: {node} vipad CPU idle, 3 × 10 s");
     let target = if n == 1000 { "< 1 %" } else { "-" };
     // Both daemons over the same three 10 s windows: the same conditions for each.
     let [mut holder, mut backup] = idle_usage_of([s1.pid(), s2.pid()], 3, 10);
     if !steady {
         for cell in [&mut holder, &mut backup] {
-            cell.push_str(" (peers still learning: round trips measured every 156 ms)");
+            cell.push_str(STILL_LEARNING);
         }
     }
     rows.push(Row { what: what("holder (s1)"), result: holder, target: target.into() });
@@ -722,14 +738,7 @@ fn dvipa_scale(n: usize, rows: &mut Vec<Row>) {
 /// holds something it backs up.
 fn dvipa_idle_three(n: usize, rows: &mut Vec<Row>) {
     let env = ClusterEnv::build(Names::Unique, 3);
-    let mut d = String::new();
-    for i in 0..n {
-        d.push_str(&format!(
-            "[[dvipa]]\naddress = \"198.19.{}.{}\"\nowner = \"s1\"\nbackups = {{ s2 = 200, s3 = 100 }}\nannounce = [\"en1\"]\n",
-            i / 250,
-            i % 250 + 1
-        ));
-    }
+    let d = owned_by_s1(n, "s2 = 200, s3 = 100");
     for k in 1..=3 {
         env.write_config(k, "heartbeat_interval = \"10ms\"\nquorum = \"majority\"\n", &d);
     }
@@ -741,14 +750,10 @@ fn dvipa_idle_three(n: usize, rows: &mut Vec<Row>) {
         rows.push(Row { what: what("s1"), result: "s1 never held them all".into(), target: "-".into() });
         return;
     }
-    let learned = |k: usize, peer: &str| env.member(k, peer)["confirm_learned"] == true;
-    let all = [(1, "s2"), (1, "s3"), (2, "s1"), (2, "s3"), (3, "s1"), (3, "s2")];
-    let steady = wait_for(Duration::from_secs(20), || all.iter().all(|&(k, p)| learned(k, p)).then_some(())).is_some();
-    std::thread::sleep(Duration::from_secs(1));
-    env.thread_receive();
+    let steady = settle_idle(&env, 3);
     let cells = idle_usage_of([nodes[0].pid(), nodes[1].pid(), nodes[2].pid()], 3, 10);
     for (cell, node) in cells.into_iter().zip(["s1 (holder, leader)", "s2 (backup)", "s3 (backup)"]) {
-        let learning = if steady { "" } else { " (peers still learning: round trips measured every 156 ms)" };
+        let learning = if steady { "" } else { STILL_LEARNING };
         rows.push(Row { what: what(node), result: format!("{cell}{learning}"), target: "< 1 %".into() });
     }
 }
