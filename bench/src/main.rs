@@ -567,12 +567,13 @@ fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians: &mu
     let settle = Duration::from_millis(interval_ms * 40 + 2000);
     let (mut death, mut cut, mut moved, mut unanswered, mut stop, mut stop_lost) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut windows = Vec::new();
+    let (mut windows, mut seen) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         if !s1_learned(&env) || !s1_ready(&env, settle) {
             continue;
         }
         let window = s1_window_ms(&env);
+        let deaths = s1_deaths(&env).len();
         // Host death: the cable first (the host is gone for everyone at once, as when it
         // dies), then its processes.
         if let Some(gap) = gap_during(&env, interval_ms, || {
@@ -581,6 +582,7 @@ fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians: &mu
         }) {
             death.push(gap);
             windows.extend(window);
+            seen.extend(s1_seen_dead(&env, deaths, "host death", gap, window, interval_ms));
         }
         env.host(1).drop_local(DVIPA);
         env.restore(1);
@@ -590,9 +592,11 @@ fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians: &mu
         }
         // Link cut only.
         let window = s1_window_ms(&env);
+        let deaths = s1_deaths(&env).len();
         if let Some(gap) = gap_during(&env, interval_ms, || env.cut(1)) {
             cut.push(gap);
             windows.extend(window);
+            seen.extend(s1_seen_dead(&env, deaths, "link cut", gap, window, interval_ms));
         }
         env.restore(1);
         if !s1_ready(&env, settle) {
@@ -640,6 +644,38 @@ fn dvipa_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians: &mu
         result: if windows.is_empty() { "n/a".into() } else { median_cell(&windows, 1) },
         target: "-".into(),
     });
+    rows.push(Row {
+        what: format!("{label}: s2 declared s1 dead, ms after s1's last heartbeat (median of {})", seen.len()),
+        result: if seen.is_empty() { "n/a".into() } else { median_cell(&seen, 1) },
+        target: "-".into(),
+    });
+}
+
+/// The lines of s2's log that declare s1 dead, oldest first.
+fn s1_deaths(env: &ClusterEnv) -> Vec<String> {
+    env.log(2).lines().filter(|l| l.contains("node s1 is dead")).map(str::to_string).collect()
+}
+
+/// How long after s1's last heartbeat s2 declared it dead in the fault that struck after
+/// s2 had logged `before` such deaths (its log says: "no heartbeat for 12.1 ms and none of
+/// 20 probes answered", or only the silence). An outage far beyond the usual (more than
+/// four intervals and 20 ms) is shown with the line, which tells a late detection from a
+/// slow move after it.
+fn s1_seen_dead(
+    env: &ClusterEnv,
+    before: usize,
+    fault: &str,
+    gap: f64,
+    window: Option<f64>,
+    interval_ms: u64,
+) -> Option<f64> {
+    let line = wait_for(Duration::from_secs(2), || s1_deaths(env).into_iter().nth(before))?;
+    let ms = line.split("no heartbeat for ").nth(1)?.split(" ms").next()?.parse().ok();
+    if gap > (interval_ms * 4 + 20) as f64 {
+        let window = window.map_or("unknown".into(), |w| format!("{w:.1} ms"));
+        eprintln!("  long outage ({fault}): {gap:.1} ms; s2's window for s1 was {window}; s2: {line}");
+    }
+    ms
 }
 
 /// The confirmation window s2 gives s1 now (`vipactl cluster`), in ms.
