@@ -70,11 +70,11 @@ impl Request {
     }
 }
 
-/// The daemon's answer.
+/// The daemon's answer (a status, much the largest, is boxed).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "kebab-case")]
 pub enum Response {
-    Status(StatusView),
+    Status(Box<StatusView>),
     Vipas { vipas: Vec<VipaView> },
     Vipa(VipaView),
     Applied(ApplyReport),

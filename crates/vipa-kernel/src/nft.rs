@@ -58,7 +58,7 @@ pub fn script(filter: &ArpFilter) -> String {
 }
 
 pub fn apply(filter: &ArpFilter) -> Result<(), KernelError> {
-    run(&script(filter)).map_err(|e| KernelError::Nft(e))
+    run(&script(filter)).map_err(KernelError::Nft)
 }
 
 #[cfg(test)]

@@ -189,8 +189,8 @@ pub fn cluster(c: &ClusterView) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<16} {:<10} {:<40} {:>12} {:>9} {:>10} {}",
-        "NODE", "STATE", "ADDRESS", "LAST HEARD", "RTT", "CONFIRM", "CONFIG"
+        "{:<16} {:<10} {:<40} {:>12} {:>9} {:>10} CONFIG",
+        "NODE", "STATE", "ADDRESS", "LAST HEARD", "RTT", "CONFIRM"
     );
     for m in &c.members {
         let heard = m.last_heard_ms.map_or("-".to_string(), |ms| format!("{ms} ms ago"));
@@ -230,8 +230,8 @@ pub fn vipadyn(d: &[DvipaView]) -> String {
     let mut out = String::from("Dynamic VIPA:\n");
     let _ = writeln!(
         out,
-        "  {:<40} {:<12} {:<11} {:<6} {:<16} {:>8} {}",
-        "IP Address", "Status", "Origin", "Rank", "Holder", "Since", "Takeback"
+        "  {:<40} {:<12} {:<11} {:<6} {:<16} {:>8} Takeback",
+        "IP Address", "Status", "Origin", "Rank", "Holder", "Since"
     );
     for v in d {
         let _ = writeln!(

@@ -558,7 +558,7 @@ impl Daemon {
 
     fn control(&mut self, req: Request) -> Response {
         match req {
-            Request::Status => Response::Status(self.status()),
+            Request::Status => Response::Status(Box::new(self.status())),
             Request::Vipas => Response::Vipas {
                 vipas: self
                     .config

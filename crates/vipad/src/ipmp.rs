@@ -332,7 +332,7 @@ impl Ipmp {
                     GroupState::Failed => "failed",
                 }
                 .into(),
-                fdt_ms: probing.then(|| g.fdt.as_millis() as u64),
+                fdt_ms: probing.then_some(g.fdt.as_millis() as u64),
                 active: g.nics.iter().filter(|n| n.active()).map(|n| n.name.clone()).collect(),
                 inactive: g.nics.iter().filter(|n| n.functioning() && n.inactive).map(|n| n.name.clone()).collect(),
                 unusable: g.nics.iter().filter(|n| !n.functioning()).map(|n| n.name.clone()).collect(),

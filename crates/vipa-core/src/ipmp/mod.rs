@@ -360,6 +360,7 @@ impl Group {
 
     /// An echo reply arrived on `nic` from `from` with sequence `seq`, `rtt` after its
     /// probe was sent. `to_multicast`: a reply to a discovery probe.
+    #[allow(clippy::too_many_arguments, reason = "one reply's fields, as the probe socket gives them")]
     pub fn probe_reply(
         &mut self,
         now: Instant,
@@ -472,7 +473,7 @@ impl Group {
             }
             let mut ticked = false;
             for k in 0..self.nics[i].probes.len() {
-                if !self.nics[i].probes[k].next_send.is_some_and(|t| now >= t) {
+                if self.nics[i].probes[k].next_send.is_none_or(|t| now < t) {
                     continue;
                 }
                 ticked = true;
@@ -763,10 +764,7 @@ impl Group {
                 self.binding.insert(*a, least);
             }
         }
-        loop {
-            let Some(&most) = active.iter().max_by_key(|&&j| (load(&self.binding, j), std::cmp::Reverse(j))) else {
-                break;
-            };
+        while let Some(&most) = active.iter().max_by_key(|&&j| (load(&self.binding, j), std::cmp::Reverse(j))) {
             let Some(&least) = active.iter().min_by_key(|&&j| (load(&self.binding, j), j)) else { break };
             if load(&self.binding, most) <= load(&self.binding, least) + 1 {
                 break;

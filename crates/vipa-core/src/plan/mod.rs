@@ -396,10 +396,10 @@ pub fn plan_runtime(
                     Some(rec) => rec.original.filter(|&a| present(a)).or_else(|| kernel_default_source(r, observed)),
                     None => kernel_default_source(r, observed),
                 };
-                if record.is_some() || r.prefsrc.is_some_and(|p| leaving.contains(&p) || !present(p)) {
-                    if r.prefsrc != restore {
-                        routes.push(Op::SetPrefsrc { key: r.key, prefsrc: restore });
-                    }
+                if (record.is_some() || r.prefsrc.is_some_and(|p| leaving.contains(&p) || !present(p)))
+                    && r.prefsrc != restore
+                {
+                    routes.push(Op::SetPrefsrc { key: r.key, prefsrc: restore });
                 }
                 next.routes.remove(&r.key);
             }
@@ -467,10 +467,7 @@ pub fn carrier_changed(
     observed: &Observed,
 ) -> Vec<Op> {
     let changed = before.is_some_and(|b| b.carrier != after.carrier);
-    let ours = config
-        .vipas
-        .iter()
-        .any(|v| v.source_for(true).is_some() && v.source_interfaces.iter().any(|n| *n == after.name));
+    let ours = config.vipas.iter().any(|v| v.source_for(true).is_some() && v.source_interfaces.contains(&after.name));
     if !changed || !ours {
         return Vec::new();
     }
