@@ -96,6 +96,10 @@ pub struct ClusterView {
     pub listening: bool,
     pub heartbeat_interval_ms: f64,
     pub dead_after: u32,
+    /// Where routine heartbeats go: "to each peer", "multicast GROUP on NIC", or to each
+    /// peer with why the configured multicast could not be used.
+    #[serde(default)]
+    pub heartbeats: String,
     pub members: Vec<MemberView>,
     /// Heartbeats dropped: unauthenticated, replayed, malformed, wrong version, own name.
     pub dropped: BTreeMap<String, u64>,

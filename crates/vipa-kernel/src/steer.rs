@@ -45,6 +45,74 @@ pub fn bind(port: u16, byte: u32, mask: u8) -> io::Result<Steered> {
     }
 }
 
+impl Steered {
+    /// Routine heartbeats by multicast: the socket that reads them joins `group` on `nic`
+    /// (the other no longer gets the group's datagrams, which it would by default), and
+    /// what the sending socket sends to the group leaves by `nic`, one hop, not looped back
+    /// to this host.
+    pub fn multicast(&self, group: IpAddr, nic: &str) -> io::Result<()> {
+        let name = std::ffi::CString::new(nic).map_err(|_| io::Error::other("a NIC name with a NUL byte"))?;
+        // SAFETY: a NUL-terminated name that outlives the call.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if index == 0 {
+            return Err(io::Error::other(format!("no NIC {nic:?}")));
+        }
+        let reader = self.routine.as_ref().unwrap_or(&self.prompt);
+        let sender = &self.prompt;
+        let off: libc::c_int = 0;
+        let hops: libc::c_int = 1;
+        match group {
+            IpAddr::V4(g) => {
+                let mreq = libc::ip_mreqn {
+                    imr_multiaddr: libc::in_addr { s_addr: u32::from(g).to_be() },
+                    imr_address: libc::in_addr { s_addr: 0 },
+                    imr_ifindex: index as libc::c_int,
+                };
+                setopt(reader, libc::IPPROTO_IP, libc::IP_ADD_MEMBERSHIP, &mreq)
+                    .map_err(|e| io::Error::other(format!("joining {g} on {nic}: {e}")))?;
+                if self.routine.is_some() {
+                    setopt(sender, libc::IPPROTO_IP, libc::IP_MULTICAST_ALL, &off)?;
+                }
+                let by = libc::ip_mreqn { imr_multiaddr: libc::in_addr { s_addr: 0 }, ..mreq };
+                setopt(sender, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &by)?;
+                setopt(sender, libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, &off)?;
+                setopt(sender, libc::IPPROTO_IP, libc::IP_MULTICAST_TTL, &hops)?;
+            }
+            IpAddr::V6(g) => {
+                let mreq = libc::ipv6_mreq {
+                    ipv6mr_multiaddr: libc::in6_addr { s6_addr: g.octets() },
+                    ipv6mr_interface: index,
+                };
+                setopt(reader, libc::IPPROTO_IPV6, libc::IPV6_ADD_MEMBERSHIP, &mreq)
+                    .map_err(|e| io::Error::other(format!("joining {g} on {nic}: {e}")))?;
+                if self.routine.is_some() {
+                    setopt(sender, libc::IPPROTO_IPV6, IPV6_MULTICAST_ALL, &off)?;
+                }
+                setopt(sender, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF, &(index as libc::c_int))?;
+                setopt(sender, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP, &off)?;
+                setopt(sender, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, &hops)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `IPV6_MULTICAST_ALL` (linux/in6.h; Linux 4.20 on).
+const IPV6_MULTICAST_ALL: libc::c_int = 29;
+
+/// Sets option `option` of `level` to `value` (a plain struct or int the kernel reads).
+fn setopt<T>(sock: &impl AsRawFd, level: libc::c_int, option: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `value` is a live `T` of the size given; the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(sock.as_raw_fd(), level, option, (value as *const T).cast(), size_of::<T>() as libc::socklen_t)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 fn bind_plain(port: u16) -> io::Result<UdpSocket> {
     UdpSocket::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port))
         .or_else(|_| UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)))
@@ -98,21 +166,7 @@ fn steered(port: u16, byte: u32, mask: u8) -> io::Result<(UdpSocket, UdpSocket)>
 
 /// Sets a SOL_SOCKET option to `value` (a plain struct or int the kernel reads).
 fn set_option<T>(sock: &Socket, option: libc::c_int, value: &T) -> io::Result<()> {
-    // SAFETY: `value` is a live `T` of the size given; the kernel only reads it.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            option,
-            (value as *const T).cast(),
-            size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    setopt(sock, libc::SOL_SOCKET, option, value)
 }
 
 /// Sends one datagram of each kind to the port over loopback and sees where each lands.

@@ -187,6 +187,9 @@ pub fn cluster(c: &ClusterView) -> String {
         c.heartbeat_interval_ms,
         c.dead_after
     );
+    if !c.heartbeats.is_empty() {
+        let _ = writeln!(out, "heartbeats {}", c.heartbeats);
+    }
     let _ = writeln!(
         out,
         "{:<16} {:<10} {:<40} {:>12} {:>9} {:>10} CONFIG",

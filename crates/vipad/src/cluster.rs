@@ -89,6 +89,10 @@ pub struct ClusterShell {
     kernel_has: u64,
     /// The latest time the core was given: time never goes back for it (see `clock`).
     last_now: Instant,
+    /// The group routine heartbeats go to, when multicast is configured and set up.
+    multicast: Option<SocketAddr>,
+    /// Where routine heartbeats go, for the view.
+    heartbeats: String,
 }
 
 /// What the cluster thread tells the main thread.
@@ -162,6 +166,9 @@ pub fn change_allowed(running: Option<&ClusterConfig>, new: Option<&ClusterConfi
         (Some(_), None) => Err("removing [cluster] needs a restart of vipad".into()),
         (Some(c), Some(n)) if n.port != c.port || n.key_file != c.key_file => {
             Err("a new cluster port or key file needs a restart of vipad".into())
+        }
+        (Some(c), Some(n)) if n.multicast != c.multicast => {
+            Err("a new multicast group or NIC for heartbeats needs a restart of vipad".into())
         }
         (Some(_), Some(_)) => Ok(()),
     }
@@ -380,6 +387,19 @@ impl ClusterShell {
                 info!(%why, "routine heartbeats are read as they come, which wakes the cluster thread for each")
             }
         }
+        let (multicast, heartbeats) = match &c.multicast {
+            None => (None, "to each peer".to_string()),
+            Some((group, nic)) => match steered.multicast(*group, nic) {
+                Ok(()) => {
+                    info!(%group, %nic, "routine heartbeats go to a multicast group: one datagram an interval");
+                    (Some(SocketAddr::new(*group, c.port)), format!("multicast {group} on {nic}"))
+                }
+                Err(e) => {
+                    warn!(%group, %nic, error = %e, "multicast heartbeats cannot be set up; sending one to each peer instead");
+                    (None, format!("to each peer (multicast {group} on {nic} failed: {e})"))
+                }
+            },
+        };
         let (sock, routine) = (steered.prompt, steered.routine);
         let present = kept(config, observed);
         info!(node = %c.me, peers = ?c.peers, interval_ms = c.interval.as_secs_f64() * 1e3, dead_after = c.dead_after, kept = ?present, "cluster starting; listening before claiming");
@@ -402,6 +422,8 @@ impl ClusterShell {
             pending_all: false,
             kernel_has: 0,
             last_now: now,
+            multicast,
+            heartbeats,
         }));
         let (thread_shared, counting_shared, counting_tx) = (shared.clone(), shared.clone(), tx.clone());
         thread::Builder::new()
@@ -465,7 +487,14 @@ impl ClusterShell {
                         debug!(peer = %from, error = %e, "probe not answered");
                     }
                 }
-                self.addresses.insert(h.node.clone(), from);
+                if self.multicast.is_some() && h.flags & FLAG_ROUTINE != 0 {
+                    // Sent to the group: from the source the peer's kernel picked for it
+                    // (a link-local one for ff02::), which need not be the address it
+                    // sends probes and answers from. Only a first sign of it.
+                    self.addresses.entry(h.node.clone()).or_insert(from);
+                } else {
+                    self.addresses.insert(h.node.clone(), from);
+                }
                 self.core.receive(now, h);
             }
             Err(e) => {
@@ -518,7 +547,15 @@ impl ClusterShell {
             match o {
                 Output::Heartbeat(h) => {
                     let h = self.outgoing(h);
-                    self.send_all(&h);
+                    match self.multicast {
+                        // A routine heartbeat, the same for every peer: once, to the group.
+                        Some(group) if h.flags & FLAG_ROUTINE != 0 => {
+                            if let Err(e) = self.sock.send_to(&h.emit(&self.key), group) {
+                                debug!(%group, error = %e, "heartbeat not sent");
+                            }
+                        }
+                        _ => self.send_all(&h),
+                    }
                 }
                 Output::HeartbeatTo { node, heartbeat } => {
                     let h = self.outgoing(heartbeat);
@@ -730,6 +767,7 @@ impl ClusterShell {
             listening: c.syncing(),
             heartbeat_interval_ms: c.config.interval.as_secs_f64() * 1e3,
             dead_after: c.config.dead_after,
+            heartbeats: self.heartbeats.clone(),
             members,
             dropped: [
                 ("unauthenticated", d.unauthenticated),
@@ -764,5 +802,33 @@ impl ClusterShell {
                 .into(),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(extra: &str) -> ClusterConfig {
+        let text = format!(
+            "[node]\nname = \"s1\"\n[cluster]\npeers = [\"198.18.1.12\"]\nkey_file = \"/k\"\nquorum = \"none\"\n{extra}"
+        );
+        Config::parse("vipa.toml", &text).expect("config").cluster.expect("[cluster]")
+    }
+
+    #[test]
+    fn a_reload_cannot_change_the_port_key_or_multicast_but_can_the_rest() {
+        let running = cluster("multicast = \"239.255.86.1\"\nmulticast_nic = \"en1\"\n");
+        let same = cluster("multicast = \"239.255.86.1\"\nmulticast_nic = \"en1\"\nheartbeat_interval = \"10ms\"\n");
+        assert_eq!(change_allowed(Some(&running), Some(&same)), Ok(()));
+        for other in [cluster(""), cluster("multicast = \"239.255.86.2\"\nmulticast_nic = \"en1\"\n")] {
+            let e = change_allowed(Some(&running), Some(&other)).unwrap_err();
+            assert!(e.contains("multicast") && e.contains("restart"), "{e}");
+        }
+        let e = change_allowed(
+            Some(&running),
+            Some(&cluster("port = 6000\nmulticast = \"239.255.86.1\"\nmulticast_nic = \"en1\"\n")),
+        );
+        assert!(e.unwrap_err().contains("port or key file"));
     }
 }

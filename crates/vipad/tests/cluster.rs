@@ -21,10 +21,16 @@ fn out(o: &std::process::Output) -> String {
 }
 
 fn up(takeback: &str) -> (ClusterEnv, Vec<Proc>) {
+    up_with(CLUSTER, takeback)
+}
+
+/// Three nodes with `cluster` in `[cluster]`, s1 holding the DVIPA and every node done
+/// listening.
+fn up_with(cluster: &str, takeback: &str) -> (ClusterEnv, Vec<Proc>) {
     require_root();
     let env = ClusterEnv::build(Names::Unique, 3);
     for k in 1..=3 {
-        env.write_config(k, CLUSTER, &dvipa(takeback));
+        env.write_config(k, cluster, &dvipa(takeback));
     }
     let procs: Vec<Proc> = (1..=3).map(|k| env.start_vipad(k)).collect();
     let ok = wait_for(Duration::from_secs(5), || (env.holders(DVIPA) == vec![1]).then_some(()));
@@ -416,4 +422,111 @@ fn a_node_that_cannot_steer_heartbeats_reads_them_as_they_come() {
     env.cut(1);
     procs[0].kill();
     holder_among(&env, 2, &[2, 3], Duration::from_secs(3)).expect("s2 took over");
+}
+
+/// UDP datagrams host `k` sent to port 5997 since `count_heartbeats_sent(k, group)` was
+/// called: (to the group, to anyone else).
+fn heartbeats_sent(env: &ClusterEnv, k: usize) -> (u64, u64) {
+    let rules = env.host(k).sh("nft list table inet sent");
+    let counts: Vec<u64> =
+        rules.lines().filter_map(|l| l.split("packets ").nth(1)?.split_whitespace().next()?.parse().ok()).collect();
+    assert_eq!(counts.len(), 2, "{rules}");
+    (counts[0], counts[1])
+}
+
+/// Counts, in nftables, the heartbeat datagrams host `k` sends (see `heartbeats_sent`).
+fn count_heartbeats_sent(env: &ClusterEnv, k: usize, group: &str) {
+    let ip = if group.contains(':') { "ip6" } else { "ip" };
+    env.host(k).sh(&format!(
+        "nft add table inet sent && nft add chain inet sent out '{{ type filter hook output priority 0; }}' && \
+         nft add rule inet sent out udp dport 5997 {ip} daddr {group} counter && \
+         nft add rule inet sent out udp dport 5997 {ip} daddr != {group} counter"
+    ));
+}
+
+#[test]
+fn multicast_heartbeats_go_once_an_interval_to_the_group_and_a_death_is_still_taken_over() {
+    let multicast = format!("{CLUSTER}multicast = \"239.255.86.1\"\nmulticast_nic = \"en1\"\n");
+    let (env, mut procs) = up_with(&multicast, "immediate");
+    let view = out(&env.vipactl(2, &["cluster"]));
+    assert!(view.contains("heartbeats multicast 239.255.86.1 on en1"), "{view}");
+    // Peers are still shown at the addresses they answer probes from.
+    assert!(view.contains("198.18.1.11") && view.contains("198.18.1.13"), "{view}");
+    for k in 1..=3 {
+        let joined = env.host(k).sh("ip maddr show dev en1");
+        assert!(joined.contains("239.255.86.1"), "s{k} joined the group on en1: {joined}");
+    }
+    // Routine heartbeats: one datagram to the group, not one to each peer (unicast sends
+    // two an interval here, 224 a second with the probes, and none to the group). What
+    // still goes to a peer: probes measuring round trips and answers to the peers' probes
+    // (26-41 a second while the peers are learned).
+    count_heartbeats_sent(&env, 1, "239.255.86.1");
+    std::thread::sleep(Duration::from_secs(1));
+    let (group, unicast) = heartbeats_sent(&env, 1);
+    eprintln!("s1 sent in 1 s: {group} datagrams to the group, {unicast} to peers");
+    assert!(group >= 30 && unicast < group, "to the group {group}, to peers {unicast}");
+    // s1 dies: s2 takes over, and s2 and s3 still hear each other by the group.
+    env.cut(1);
+    procs[0].kill();
+    holder_among(&env, 2, &[2, 3], Duration::from_secs(3)).expect("s2 took over");
+    let ok = wait_for(Duration::from_secs(2), || {
+        let v = out(&env.vipactl(3, &["cluster"]));
+        (v.contains("quorum yes") && v.matches(" alive ").count() == 1 && v.contains(" dead ")).then_some(())
+    });
+    assert!(ok.is_some(), "{}", out(&env.vipactl(3, &["cluster"])));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(env.holders(DVIPA).into_iter().filter(|&h| h != 1).collect::<Vec<_>>(), vec![2], "no flapping");
+}
+
+#[test]
+fn ipv6_peers_keep_their_membership_by_an_ipv6_group() {
+    require_root();
+    let env = ClusterEnv::build(Names::Unique, 3);
+    for k in 1..=3 {
+        let peers: Vec<String> = (1..=3).filter(|&j| j != k).map(|j| format!("\"2001:db8:1::{}\"", 10 + j)).collect();
+        let text = format!(
+            "[node]\nname = \"s{k}\"\n\n[cluster]\npeers = [{}]\nkey_file = \"{}\"\n{CLUSTER}multicast = \"ff02::86\"\nmulticast_nic = \"en1\"\n\n{}",
+            peers.join(", "),
+            env.key_path().display(),
+            dvipa("immediate")
+        );
+        std::fs::write(env.config_path(k), text).expect("config");
+    }
+    let _procs: Vec<Proc> = (1..=3).map(|k| env.start_vipad(k)).collect();
+    let ok = wait_for(Duration::from_secs(5), || {
+        (env.holders(DVIPA) == vec![1]
+            && (1..=3).all(|k| out(&env.vipactl(k, &["cluster"])).matches(" alive ").count() == 2))
+        .then_some(())
+    });
+    assert!(ok.is_some(), "{:?}\n{}", env.holders(DVIPA), out(&env.vipactl(2, &["cluster"])));
+    let view = out(&env.vipactl(2, &["cluster"]));
+    assert!(view.contains("heartbeats multicast ff02::86 on en1"), "{view}");
+    assert!(view.contains("2001:db8:1::11") && view.contains("2001:db8:1::13"), "{view}");
+    count_heartbeats_sent(&env, 1, "ff02::86");
+    std::thread::sleep(Duration::from_secs(1));
+    let (group, unicast) = heartbeats_sent(&env, 1);
+    eprintln!("s1 sent in 1 s: {group} datagrams to ff02::86, {unicast} to peers");
+    assert!(group >= 30 && unicast < group, "to the group {group}, to peers {unicast}");
+}
+
+#[test]
+fn multicast_on_a_missing_nic_falls_back_to_each_peer_and_says_why() {
+    require_root();
+    let env = ClusterEnv::build(Names::Unique, 2);
+    for k in 1..=2 {
+        env.write_config(
+            k,
+            &format!("{CLUSTER}multicast = \"239.255.86.1\"\nmulticast_nic = \"en9\"\n"),
+            &dvipa("immediate"),
+        );
+    }
+    let _procs: Vec<Proc> = (1..=2).map(|k| env.start_vipad(k)).collect();
+    let view = out(&env.vipactl(1, &["cluster"]));
+    assert!(view.contains("heartbeats to each peer (multicast 239.255.86.1 on en9 failed: no NIC \"en9\")"), "{view}");
+    assert!(env.log(1).contains("multicast heartbeats cannot be set up"), "{}", env.log(1));
+    // The two still form a cluster, by unicast.
+    let ok = wait_for(Duration::from_secs(5), || {
+        (1..=2).all(|k| out(&env.vipactl(k, &["cluster"])).matches(" alive ").count() == 1).then_some(())
+    });
+    assert!(ok.is_some(), "{}", out(&env.vipactl(1, &["cluster"])));
 }

@@ -83,6 +83,9 @@ pub struct ClusterConfig {
     /// Heartbeats missed before a node is dead.
     pub dead_after: u32,
     pub quorum: Quorum,
+    /// Routine heartbeats go to this group, sent and joined on this NIC: one datagram an
+    /// interval, whatever the number of peers (`None`: one to each peer).
+    pub multicast: Option<(IpAddr, String)>,
 }
 
 impl ClusterConfig {

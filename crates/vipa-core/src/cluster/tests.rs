@@ -87,6 +87,7 @@ fn cluster_config(me: &str, n: usize, interval: Duration, quorum: Quorum) -> Clu
         interval,
         dead_after: 10,
         quorum,
+        multicast: None,
     }
 }
 

@@ -28,6 +28,8 @@ pub(crate) struct RawCluster {
     heartbeat_interval: Option<Spanned<String>>,
     dead_after: Option<Spanned<i64>>,
     quorum: Option<Spanned<String>>,
+    multicast: Option<Spanned<String>>,
+    multicast_nic: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -152,7 +154,8 @@ pub(crate) fn parse_cluster(
             Quorum::Majority
         }
     };
-    let cluster = ClusterConfig { me, peers, port, key_file, interval, dead_after, quorum };
+    let multicast = parse_multicast(cx, c, &peers);
+    let cluster = ClusterConfig { me, peers, port, key_file, interval, dead_after, quorum, multicast };
 
     let mut out = Vec::new();
     for (i, block) in dvipas.iter().enumerate() {
@@ -242,6 +245,62 @@ pub(crate) fn parse_cluster(
     (Some(cluster), out)
 }
 
+/// `multicast` and `multicast_nic`: both or neither; a multicast group of the peers'
+/// family (they are told apart by the socket's address family).
+fn parse_multicast(cx: &mut Ctx, c: &RawCluster, peers: &[SocketAddr]) -> Option<(IpAddr, String)> {
+    let (group, nic) = match (&c.multicast, &c.multicast_nic) {
+        (None, None) => return None,
+        (Some(g), Some(n)) => (g, n),
+        (Some(g), None) => {
+            cx.err(
+                g.span().start,
+                "cluster.multicast_nic",
+                "multicast heartbeats need the NIC they are sent and received on: add multicast_nic = \"en1\"",
+            );
+            return None;
+        }
+        (None, Some(n)) => {
+            cx.err(
+                n.span().start,
+                "cluster.multicast",
+                "multicast_nic without a group: add multicast = \"239.255.86.1\" (or remove multicast_nic)",
+            );
+            return None;
+        }
+    };
+    let nic_ok = valid_ifname(nic.get_ref()) && nic.get_ref() != "lo";
+    if !nic_ok {
+        cx.err(nic.span().start, "cluster.multicast_nic", format!("{:?} is not a NIC name", nic.get_ref()));
+    }
+    let addr = match group.get_ref().parse::<IpAddr>() {
+        Ok(a) if a.is_multicast() => a,
+        _ => {
+            cx.err(
+                group.span().start,
+                "cluster.multicast",
+                format!(
+                    "{:?} is not a multicast group: use one such as \"239.255.86.1\" (IPv4, 224.0.0.0/4) or \"ff02::86\" (IPv6, ff00::/8)",
+                    group.get_ref()
+                ),
+            );
+            return None;
+        }
+    };
+    if let Some(p) = peers.iter().find(|p| p.is_ipv4() != addr.is_ipv4()) {
+        cx.err(
+            group.span().start,
+            "cluster.multicast",
+            format!(
+                "group {addr} is {} but peer {} is not: peers and the group must be of one family",
+                if addr.is_ipv4() { "IPv4" } else { "IPv6" },
+                p.ip()
+            ),
+        );
+        return None;
+    }
+    nic_ok.then(|| (addr, nic.get_ref().clone()))
+}
+
 #[cfg(test)]
 mod tests {
     use crate::Config;
@@ -276,6 +335,26 @@ announce = ["en1"]
         assert_eq!(k.peers[1].port(), 6000);
         assert_eq!(k.interval.as_millis(), 10);
         assert_eq!(c.dvipas[0].order(), ["s1", "s2", "s3"]);
+    }
+
+    #[test]
+    fn multicast_needs_a_group_of_the_peers_family_and_a_nic() {
+        let with = |extra: &str| {
+            GOOD.replace("heartbeat_interval = \"10ms\"\n", &format!("heartbeat_interval = \"10ms\"\n{extra}"))
+        };
+        let c = Config::parse("vipa.toml", &with("multicast = \"239.255.86.1\"\nmulticast_nic = \"en1\"\n")).unwrap();
+        assert_eq!(c.cluster.unwrap().multicast, Some(("239.255.86.1".parse().unwrap(), "en1".into())));
+        assert_eq!(Config::parse("vipa.toml", GOOD).unwrap().cluster.unwrap().multicast, None);
+        let e = errs(&with("multicast = \"239.255.86.1\"\n"));
+        assert!(e[0].contains("cluster.multicast_nic") && e[0].contains("multicast_nic = \"en1\""), "{e:?}");
+        let e = errs(&with("multicast_nic = \"en1\"\n"));
+        assert!(e[0].contains("cluster.multicast:") && e[0].contains("without a group"), "{e:?}");
+        let e = errs(&with("multicast = \"198.18.1.255\"\nmulticast_nic = \"en1\"\n"));
+        assert!(e[0].contains("is not a multicast group") && e[0].contains("224.0.0.0/4"), "{e:?}");
+        let e = errs(&with("multicast = \"ff02::86\"\nmulticast_nic = \"en1\"\n"));
+        assert!(e[0].contains("group ff02::86 is IPv6 but peer 198.18.1.12 is not"), "{e:?}");
+        let e = errs(&with("multicast = \"239.255.86.1\"\nmulticast_nic = \"lo\"\n"));
+        assert!(e[0].contains("\"lo\" is not a NIC name"), "{e:?}");
     }
 
     #[test]
