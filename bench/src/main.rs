@@ -659,8 +659,8 @@ fn s1_deaths(env: &ClusterEnv) -> Vec<String> {
 /// How long after s1's last heartbeat s2 declared it dead in the fault that struck after
 /// s2 had logged `before` such deaths (its log says: "no heartbeat for 12.1 ms and none of
 /// 20 probes answered", or only the silence). An outage far beyond the usual (more than
-/// four intervals and 20 ms) is shown with the line, which tells a late detection from a
-/// slow move after it.
+/// four intervals and 20 ms) is shown with the line and s2's window for s1 before and
+/// after, which tell a late detection (and why) from a slow move after it.
 fn s1_seen_dead(
     env: &ClusterEnv,
     before: usize,
@@ -672,8 +672,10 @@ fn s1_seen_dead(
     let line = wait_for(Duration::from_secs(2), || s1_deaths(env).into_iter().nth(before))?;
     let ms = line.split("no heartbeat for ").nth(1)?.split(" ms").next()?.parse().ok();
     if gap > (interval_ms * 4 + 20) as f64 {
-        let window = window.map_or("unknown".into(), |w| format!("{w:.1} ms"));
-        eprintln!("  long outage ({fault}): {gap:.1} ms; s2's window for s1 was {window}; s2: {line}");
+        // The window again: a hold-up between the reading before and the fault raises it.
+        let shown = |w: Option<f64>| w.map_or("unknown".into(), |w| format!("{w:.1} ms"));
+        let (was, now) = (shown(window), shown(s1_window_ms(env)));
+        eprintln!("  long outage ({fault}): {gap:.1} ms; s2's window for s1 {was} before, {now} after; s2: {line}");
     }
     ms
 }
