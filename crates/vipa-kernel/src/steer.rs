@@ -49,7 +49,8 @@ impl Steered {
     /// Routine heartbeats by multicast: the socket that reads them joins `group` on `nic`
     /// (the other no longer gets the group's datagrams, which it would by default), and
     /// what the sending socket sends to the group leaves by `nic`, one hop, not looped back
-    /// to this host.
+    /// to this host. The join comes last: on an error nothing is joined, and the options
+    /// set before it touch only what is sent to a group.
     pub fn multicast(&self, group: IpAddr, nic: &str) -> io::Result<()> {
         let name = std::ffi::CString::new(nic).map_err(|_| io::Error::other("a NIC name with a NUL byte"))?;
         // SAFETY: a NUL-terminated name that outlives the call.
@@ -59,8 +60,16 @@ impl Steered {
         }
         let reader = self.routine.as_ref().unwrap_or(&self.prompt);
         let sender = &self.prompt;
-        let off: libc::c_int = 0;
-        let hops: libc::c_int = 1;
+        let (off, hops): (libc::c_int, libc::c_int) = (0, 1);
+        // The kernel loops a group's datagrams back by the socket's own family: a
+        // dual-stack socket sending to an IPv4 group goes by the IPv6 setting.
+        let dual_stack = sender.local_addr()?.is_ipv6();
+        let opt = |sock: &UdpSocket, level: libc::c_int, option: libc::c_int, what: &str, value: &libc::c_int| {
+            setopt(sock, level, option, value).map_err(|e| io::Error::other(format!("{what}: {e}")))
+        };
+        if dual_stack {
+            opt(sender, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP, "turning multicast loopback off", &off)?;
+        }
         match group {
             IpAddr::V4(g) => {
                 let mreq = libc::ip_mreqn {
@@ -68,29 +77,48 @@ impl Steered {
                     imr_address: libc::in_addr { s_addr: 0 },
                     imr_ifindex: index as libc::c_int,
                 };
+                let by = libc::ip_mreqn { imr_multiaddr: libc::in_addr { s_addr: 0 }, ..mreq };
+                setopt(sender, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &by)
+                    .map_err(|e| io::Error::other(format!("sending by {nic}: {e}")))?;
+                opt(sender, libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, "turning multicast loopback off", &off)?;
+                opt(sender, libc::IPPROTO_IP, libc::IP_MULTICAST_TTL, "setting the TTL to 1", &hops)?;
+                if self.routine.is_some() {
+                    opt(
+                        sender,
+                        libc::IPPROTO_IP,
+                        libc::IP_MULTICAST_ALL,
+                        "keeping the group off the other socket",
+                        &off,
+                    )?;
+                }
                 setopt(reader, libc::IPPROTO_IP, libc::IP_ADD_MEMBERSHIP, &mreq)
                     .map_err(|e| io::Error::other(format!("joining {g} on {nic}: {e}")))?;
-                if self.routine.is_some() {
-                    setopt(sender, libc::IPPROTO_IP, libc::IP_MULTICAST_ALL, &off)?;
-                }
-                let by = libc::ip_mreqn { imr_multiaddr: libc::in_addr { s_addr: 0 }, ..mreq };
-                setopt(sender, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &by)?;
-                setopt(sender, libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, &off)?;
-                setopt(sender, libc::IPPROTO_IP, libc::IP_MULTICAST_TTL, &hops)?;
             }
             IpAddr::V6(g) => {
                 let mreq = libc::ipv6_mreq {
                     ipv6mr_multiaddr: libc::in6_addr { s6_addr: g.octets() },
                     ipv6mr_interface: index,
                 };
+                opt(
+                    sender,
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_MULTICAST_IF,
+                    &format!("sending by {nic}"),
+                    &(index as libc::c_int),
+                )?;
+                opt(sender, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP, "turning multicast loopback off", &off)?;
+                opt(sender, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, "setting the hop limit to 1", &hops)?;
+                if self.routine.is_some() {
+                    opt(
+                        sender,
+                        libc::IPPROTO_IPV6,
+                        IPV6_MULTICAST_ALL,
+                        "keeping the group off the other socket",
+                        &off,
+                    )?;
+                }
                 setopt(reader, libc::IPPROTO_IPV6, libc::IPV6_ADD_MEMBERSHIP, &mreq)
                     .map_err(|e| io::Error::other(format!("joining {g} on {nic}: {e}")))?;
-                if self.routine.is_some() {
-                    setopt(sender, libc::IPPROTO_IPV6, IPV6_MULTICAST_ALL, &off)?;
-                }
-                setopt(sender, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF, &(index as libc::c_int))?;
-                setopt(sender, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP, &off)?;
-                setopt(sender, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, &hops)?;
             }
         }
         Ok(())

@@ -51,6 +51,9 @@ pub const FLAG_ANSWER: u16 = 8;
 /// Nothing new: the sender's claims and flags are those of its last heartbeat. A receiver
 /// may read it late, by its arrival time; everything else wants reading at once.
 pub const FLAG_ROUTINE: u16 = 16;
+/// The sender does not receive the cluster's multicast group (it has none configured, or
+/// could not join it): its peers send it their routine heartbeats by unicast.
+pub const FLAG_UNICAST: u16 = 32;
 /// Where the low byte of the flags is in a datagram (for a socket filter that tells
 /// routine heartbeats from the rest before they are authenticated).
 pub const FLAGS_LOW_BYTE: u32 = 7;

@@ -25,7 +25,9 @@ use vipa_core::cluster::{confirm_window, Cluster, ClusterConfig, Output, Quorum}
 use vipa_core::model::Observed;
 use vipa_core::plan::HeldDvipa;
 use vipa_core::Config;
-use vipa_wire::cluster::{Heartbeat, HeartbeatError, FLAGS_LOW_BYTE, FLAG_LEAVING, FLAG_PROBE, FLAG_ROUTINE};
+use vipa_wire::cluster::{
+    Heartbeat, HeartbeatError, FLAGS_LOW_BYTE, FLAG_ANSWER, FLAG_LEAVING, FLAG_PROBE, FLAG_ROUTINE, FLAG_UNICAST,
+};
 
 use crate::daemon::Input;
 
@@ -93,6 +95,9 @@ pub struct ClusterShell {
     multicast: Option<SocketAddr>,
     /// Where routine heartbeats go, for the view.
     heartbeats: String,
+    /// Peers not in the multicast group (their heartbeats say so): they get routine
+    /// heartbeats by unicast too.
+    unicast_to: BTreeSet<String>,
 }
 
 /// What the cluster thread tells the main thread.
@@ -424,6 +429,7 @@ impl ClusterShell {
             last_now: now,
             multicast,
             heartbeats,
+            unicast_to: BTreeSet::new(),
         }));
         let (thread_shared, counting_shared, counting_tx) = (shared.clone(), shared.clone(), tx.clone());
         thread::Builder::new()
@@ -495,7 +501,17 @@ impl ClusterShell {
                 } else {
                     self.addresses.insert(h.node.clone(), from);
                 }
+                let (node, flags, replayed) = (h.node.clone(), h.flags, self.core.drops.replayed);
                 self.core.receive(now, h);
+                // Whether it is in the group, from its heartbeats the core took (not from a
+                // replayed old one, nor from an answer, which says nothing of it).
+                if flags & FLAG_ANSWER == 0 && self.core.drops.replayed == replayed && node != self.core.config.me {
+                    if flags & FLAG_UNICAST != 0 {
+                        self.unicast_to.insert(node);
+                    } else {
+                        self.unicast_to.remove(&node);
+                    }
+                }
             }
             Err(e) => {
                 let d = &mut self.core.drops;
@@ -553,6 +569,9 @@ impl ClusterShell {
                             if let Err(e) = self.sock.send_to(&h.emit(&self.key), group) {
                                 debug!(%group, error = %e, "heartbeat not sent");
                             }
+                            for node in &self.unicast_to {
+                                self.send_to(node, &h);
+                            }
                         }
                         _ => self.send_all(&h),
                     }
@@ -594,9 +613,13 @@ impl ClusterShell {
         news
     }
 
-    /// A heartbeat as it may leave while released addresses may still be in the kernel: it
-    /// still claims them, and a fresh one follows when the kernel is done.
+    /// A heartbeat as it leaves: marked for unicast when this node is not in a multicast
+    /// group; while released addresses may still be in the kernel, it still claims them,
+    /// and a fresh one follows when the kernel is done.
     fn outgoing(&mut self, mut h: Heartbeat) -> Heartbeat {
+        if self.multicast.is_none() {
+            h.flags |= FLAG_UNICAST;
+        }
         if self.releasing.is_empty() {
             return h;
         }
@@ -636,6 +659,7 @@ impl ClusterShell {
         self.releasing.retain(|(_, v)| *v > version);
         if self.releasing.is_empty() && std::mem::take(&mut self.pending_all) {
             let h = self.core.heartbeat_now(now);
+            let h = self.outgoing(h);
             self.send_all(&h);
         }
     }
@@ -767,7 +791,14 @@ impl ClusterShell {
             listening: c.syncing(),
             heartbeat_interval_ms: c.config.interval.as_secs_f64() * 1e3,
             dead_after: c.config.dead_after,
-            heartbeats: self.heartbeats.clone(),
+            heartbeats: match (&self.multicast, self.unicast_to.is_empty()) {
+                (Some(_), false) => format!(
+                    "{}, and by unicast to {} (not in the group)",
+                    self.heartbeats,
+                    self.unicast_to.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+                _ => self.heartbeats.clone(),
+            },
             members,
             dropped: [
                 ("unauthenticated", d.unauthenticated),

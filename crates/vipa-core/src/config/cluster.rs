@@ -154,7 +154,7 @@ pub(crate) fn parse_cluster(
             Quorum::Majority
         }
     };
-    let multicast = parse_multicast(cx, c, &peers);
+    let multicast = parse_multicast(cx, c, &peers, port);
     let cluster = ClusterConfig { me, peers, port, key_file, interval, dead_after, quorum, multicast };
 
     let mut out = Vec::new();
@@ -245,9 +245,9 @@ pub(crate) fn parse_cluster(
     (Some(cluster), out)
 }
 
-/// `multicast` and `multicast_nic`: both or neither; a multicast group of the peers'
-/// family (they are told apart by the socket's address family).
-fn parse_multicast(cx: &mut Ctx, c: &RawCluster, peers: &[SocketAddr]) -> Option<(IpAddr, String)> {
+/// `multicast` and `multicast_nic`: both or neither; a group that leaves the host, of the
+/// peers' family, whose peers all listen on the cluster's port.
+fn parse_multicast(cx: &mut Ctx, c: &RawCluster, peers: &[SocketAddr], port: u16) -> Option<(IpAddr, String)> {
     let (group, nic) = match (&c.multicast, &c.multicast_nic) {
         (None, None) => return None,
         (Some(g), Some(n)) => (g, n),
@@ -268,12 +268,42 @@ fn parse_multicast(cx: &mut Ctx, c: &RawCluster, peers: &[SocketAddr]) -> Option
             return None;
         }
     };
-    let nic_ok = valid_ifname(nic.get_ref()) && nic.get_ref() != "lo";
-    if !nic_ok {
-        cx.err(nic.span().start, "cluster.multicast_nic", format!("{:?} is not a NIC name", nic.get_ref()));
-    }
+    let nic_ok = if nic.get_ref() == "lo" {
+        cx.err(
+            nic.span().start,
+            "cluster.multicast_nic",
+            "the loopback does not reach other hosts: name the NIC on the peers' link, such as \"en1\"",
+        );
+        false
+    } else if !valid_ifname(nic.get_ref()) {
+        cx.err(
+            nic.span().start,
+            "cluster.multicast_nic",
+            format!(
+                "{:?} is not a NIC name: use one such as \"en1\" (1 to 15 characters, no spaces, '/' or ':')",
+                nic.get_ref()
+            ),
+        );
+        false
+    } else {
+        true
+    };
+    // IPv6 groups of node or interface-local scope (ff00::/16, ff01::/16) never leave the
+    // host.
+    let leaves_host = |a: &IpAddr| match a {
+        IpAddr::V4(_) => true,
+        IpAddr::V6(v6) => v6.octets()[1] & 0x0f >= 2,
+    };
     let addr = match group.get_ref().parse::<IpAddr>() {
-        Ok(a) if a.is_multicast() => a,
+        Ok(a) if a.is_multicast() && leaves_host(&a) => a,
+        Ok(a) if a.is_multicast() => {
+            cx.err(
+                group.span().start,
+                "cluster.multicast",
+                format!("{a} is a group that never leaves this host: use link scope or wider, such as \"ff02::86\""),
+            );
+            return None;
+        }
         _ => {
             cx.err(
                 group.span().start,
@@ -294,6 +324,18 @@ fn parse_multicast(cx: &mut Ctx, c: &RawCluster, peers: &[SocketAddr]) -> Option
                 "group {addr} is {} but peer {} is not: peers and the group must be of one family",
                 if addr.is_ipv4() { "IPv4" } else { "IPv6" },
                 p.ip()
+            ),
+        );
+        return None;
+    }
+    // One datagram to the group reaches every peer only if all listen on one port.
+    if let Some(p) = peers.iter().find(|p| p.port() != port) {
+        cx.err(
+            group.span().start,
+            "cluster.multicast",
+            format!(
+                "peer {p} listens on port {}, not {port}: with multicast every node uses the cluster's port",
+                p.port()
             ),
         );
         return None;
@@ -339,8 +381,10 @@ announce = ["en1"]
 
     #[test]
     fn multicast_needs_a_group_of_the_peers_family_and_a_nic() {
+        // GOOD's second peer listens on another port, which multicast does not allow.
+        let same_port = GOOD.replace("198.18.1.13:6000", "198.18.1.13");
         let with = |extra: &str| {
-            GOOD.replace("heartbeat_interval = \"10ms\"\n", &format!("heartbeat_interval = \"10ms\"\n{extra}"))
+            same_port.replace("heartbeat_interval = \"10ms\"\n", &format!("heartbeat_interval = \"10ms\"\n{extra}"))
         };
         let c = Config::parse("vipa.toml", &with("multicast = \"239.255.86.1\"\nmulticast_nic = \"en1\"\n")).unwrap();
         assert_eq!(c.cluster.unwrap().multicast, Some(("239.255.86.1".parse().unwrap(), "en1".into())));
@@ -354,7 +398,23 @@ announce = ["en1"]
         let e = errs(&with("multicast = \"ff02::86\"\nmulticast_nic = \"en1\"\n"));
         assert!(e[0].contains("group ff02::86 is IPv6 but peer 198.18.1.12 is not"), "{e:?}");
         let e = errs(&with("multicast = \"239.255.86.1\"\nmulticast_nic = \"lo\"\n"));
-        assert!(e[0].contains("\"lo\" is not a NIC name"), "{e:?}");
+        assert!(e[0].contains("the loopback does not reach other hosts"), "{e:?}");
+        let e = errs(&with("multicast = \"239.255.86.1\"\nmulticast_nic = \"en 1\"\n"));
+        assert!(e[0].contains("\"en 1\" is not a NIC name: use one such as \"en1\""), "{e:?}");
+        let six = GOOD.replace("\"198.18.1.12\", \"198.18.1.13:6000\"", "\"2001:db8:1::12\"");
+        let six = |extra: &str| {
+            six.replace("heartbeat_interval = \"10ms\"\n", &format!("heartbeat_interval = \"10ms\"\n{extra}"))
+        };
+        assert!(Config::parse("vipa.toml", &six("multicast = \"ff02::86\"\nmulticast_nic = \"en1\"\n")).is_ok());
+        let e = Config::parse("vipa.toml", &six("multicast = \"ff01::86\"\nmulticast_nic = \"en1\"\n")).unwrap_err().0
+            [0]
+        .to_string();
+        assert!(e.contains("never leaves this host"), "{e}");
+        let e = errs(&GOOD.replace(
+            "heartbeat_interval = \"10ms\"\n",
+            "heartbeat_interval = \"10ms\"\nmulticast = \"239.255.86.1\"\nmulticast_nic = \"en1\"\n",
+        ));
+        assert!(e[0].contains("peer 198.18.1.13:6000 listens on port 6000, not 5997"), "{e:?}");
     }
 
     #[test]
