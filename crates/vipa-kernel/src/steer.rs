@@ -49,8 +49,8 @@ impl Steered {
     /// Routine heartbeats by multicast: the socket that reads them joins `group` on `nic`
     /// (the other no longer gets the group's datagrams, which it would by default), and
     /// what the sending socket sends to the group leaves by `nic`, one hop, not looped back
-    /// to this host. The join comes last: on an error nothing is joined, and the options
-    /// set before it touch only what is sent to a group.
+    /// to this host. The join comes last: on an error nothing is joined (the options set
+    /// before it concern only groups).
     pub fn multicast(&self, group: IpAddr, nic: &str) -> io::Result<()> {
         let name = std::ffi::CString::new(nic).map_err(|_| io::Error::other("a NIC name with a NUL byte"))?;
         // SAFETY: a NUL-terminated name that outlives the call.
@@ -62,8 +62,10 @@ impl Steered {
         let sender = &self.prompt;
         let (off, hops): (libc::c_int, libc::c_int) = (0, 1);
         // The kernel loops a group's datagrams back by the socket's own family: a
-        // dual-stack socket sending to an IPv4 group goes by the IPv6 setting.
-        let dual_stack = sender.local_addr()?.is_ipv6();
+        // dual-stack socket sending to an IPv4 group goes by the IPv6 setting (and an IPv6
+        // group's socket is always one).
+        let dual_stack =
+            sender.local_addr().map_err(|e| io::Error::other(format!("the socket's address: {e}")))?.is_ipv6();
         let opt = |sock: &UdpSocket, level: libc::c_int, option: libc::c_int, what: &str, value: &libc::c_int| {
             setopt(sock, level, option, value).map_err(|e| io::Error::other(format!("{what}: {e}")))
         };
@@ -106,7 +108,6 @@ impl Steered {
                     &format!("sending by {nic}"),
                     &(index as libc::c_int),
                 )?;
-                opt(sender, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP, "turning multicast loopback off", &off)?;
                 opt(sender, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, "setting the hop limit to 1", &hops)?;
                 if self.routine.is_some() {
                     opt(

@@ -95,8 +95,8 @@ pub struct ClusterShell {
     multicast: Option<SocketAddr>,
     /// Where routine heartbeats go, for the view.
     heartbeats: String,
-    /// Peers not in the multicast group (their heartbeats say so): they get routine
-    /// heartbeats by unicast too.
+    /// Peers not in the multicast group (their heartbeats say so): while alive, they get
+    /// routine heartbeats by unicast too.
     unicast_to: BTreeSet<String>,
 }
 
@@ -493,12 +493,12 @@ impl ClusterShell {
                         debug!(peer = %from, error = %e, "probe not answered");
                     }
                 }
-                if self.multicast.is_some() && h.flags & FLAG_ROUTINE != 0 {
-                    // Sent to the group: from the source the peer's kernel picked for it
-                    // (a link-local one for ff02::), which need not be the address it
-                    // sends probes and answers from. Only a first sign of it.
-                    self.addresses.entry(h.node.clone()).or_insert(from);
-                } else {
+                // Where to probe it: where it was last heard from, but a configured peer
+                // address, once heard, is not given up for another (a group's datagrams
+                // come from the source its kernel picked, link-local for ff02::).
+                let configured =
+                    |a: &SocketAddr| self.core.config.peers.iter().any(|p| p.ip() == a.ip().to_canonical());
+                if !self.addresses.get(&h.node).is_some_and(|a| configured(a) && !configured(&from)) {
                     self.addresses.insert(h.node.clone(), from);
                 }
                 let (node, flags, replayed) = (h.node.clone(), h.flags, self.core.drops.replayed);
@@ -569,7 +569,9 @@ impl ClusterShell {
                             if let Err(e) = self.sock.send_to(&h.emit(&self.key), group) {
                                 debug!(%group, error = %e, "heartbeat not sent");
                             }
-                            for node in &self.unicast_to {
+                            for node in
+                                self.unicast_to.iter().filter(|n| self.core.peers.get(*n).is_some_and(|p| p.alive))
+                            {
                                 self.send_to(node, &h);
                             }
                         }
@@ -647,7 +649,7 @@ impl ClusterShell {
     fn send_to(&self, node: &str, h: &Heartbeat) {
         if let Some(to) = self.addresses.get(node) {
             if let Err(e) = self.sock.send_to(&h.emit(&self.key), to) {
-                debug!(peer = %to, error = %e, "probe not sent");
+                debug!(peer = %to, error = %e, "heartbeat not sent");
             }
         }
     }
@@ -791,13 +793,19 @@ impl ClusterShell {
             listening: c.syncing(),
             heartbeat_interval_ms: c.config.interval.as_secs_f64() * 1e3,
             dead_after: c.config.dead_after,
-            heartbeats: match (&self.multicast, self.unicast_to.is_empty()) {
-                (Some(_), false) => format!(
-                    "{}, and by unicast to {} (not in the group)",
-                    self.heartbeats,
-                    self.unicast_to.iter().cloned().collect::<Vec<_>>().join(", ")
-                ),
-                _ => self.heartbeats.clone(),
+            heartbeats: {
+                let to: Vec<&str> = self
+                    .unicast_to
+                    .iter()
+                    .filter(|n| c.peers.get(*n).is_some_and(|p| p.alive))
+                    .map(String::as_str)
+                    .collect();
+                match &self.multicast {
+                    Some(_) if !to.is_empty() => {
+                        format!("{}, and by unicast to {} (not in the group)", self.heartbeats, to.join(", "))
+                    }
+                    _ => self.heartbeats.clone(),
+                }
             },
             members,
             dropped: [

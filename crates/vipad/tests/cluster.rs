@@ -527,7 +527,7 @@ fn a_node_that_cannot_join_the_group_says_why_and_gets_routine_heartbeats_by_uni
         let multicast = format!("{CLUSTER}multicast = \"239.255.86.1\"\nmulticast_nic = \"{nic}\"\n");
         env.write_config(k, &multicast, &dvipa("immediate"));
     }
-    let _procs: Vec<Proc> = (1..=2).map(|k| env.start_vipad(k)).collect();
+    let mut procs: Vec<Proc> = (1..=2).map(|k| env.start_vipad(k)).collect();
     let view = out(&env.vipactl(2, &["cluster"]));
     assert!(view.contains("heartbeats to each peer (multicast 239.255.86.1 on en9 failed: no NIC \"en9\")"), "{view}");
     assert!(env.log(2).contains("multicast heartbeats cannot be set up"), "{}", env.log(2));
@@ -543,6 +543,14 @@ fn a_node_that_cannot_join_the_group_says_why_and_gets_routine_heartbeats_by_uni
         assert_eq!(v.matches(" alive ").count(), 1, "s{k}: {v}");
         assert!(!env.log(k).contains(" is dead"), "s{k}: {}", env.log(k));
     }
+    // Once s2 is dead, s1 no longer sends to it (nor says so).
+    env.cut(2);
+    procs[1].kill();
+    let ok = wait_for(Duration::from_secs(3), || {
+        let v = out(&env.vipactl(1, &["cluster"]));
+        (v.contains(" dead ") && v.contains("heartbeats multicast 239.255.86.1 on en1\n")).then_some(())
+    });
+    assert!(ok.is_some(), "{}", out(&env.vipactl(1, &["cluster"])));
 }
 
 /// The peers node `k` has heard, with the address it heard each at (`vipactl cluster`).

@@ -294,7 +294,19 @@ fn parse_multicast(cx: &mut Ctx, c: &RawCluster, peers: &[SocketAddr], port: u16
         IpAddr::V4(_) => true,
         IpAddr::V6(v6) => v6.octets()[1] & 0x0f >= 2,
     };
+    // Every host is in these already: a node outside the vipa group would get each
+    // heartbeat twice.
+    let all_hosts =
+        |a: &IpAddr| *a == IpAddr::from([224, 0, 0, 1]) || *a == IpAddr::from([0xff02, 0, 0, 0, 0, 0, 0, 1]);
     let addr = match group.get_ref().parse::<IpAddr>() {
+        Ok(a) if all_hosts(&a) => {
+            cx.err(
+                group.span().start,
+                "cluster.multicast",
+                format!("{a} is the group every host is in: use one of the cluster's own, such as \"239.255.86.1\" or \"ff02::86\""),
+            );
+            return None;
+        }
         Ok(a) if a.is_multicast() && leaves_host(&a) => a,
         Ok(a) if a.is_multicast() => {
             cx.err(
@@ -410,6 +422,12 @@ announce = ["en1"]
             [0]
         .to_string();
         assert!(e.contains("never leaves this host"), "{e}");
+        let e = Config::parse("vipa.toml", &six("multicast = \"ff02::1\"\nmulticast_nic = \"en1\"\n")).unwrap_err().0
+            [0]
+        .to_string();
+        assert!(e.contains("the group every host is in"), "{e}");
+        let e = errs(&with("multicast = \"224.0.0.1\"\nmulticast_nic = \"en1\"\n"));
+        assert!(e[0].contains("the group every host is in"), "{e:?}");
         let e = errs(&GOOD.replace(
             "heartbeat_interval = \"10ms\"\n",
             "heartbeat_interval = \"10ms\"\nmulticast = \"239.255.86.1\"\nmulticast_nic = \"en1\"\n",
