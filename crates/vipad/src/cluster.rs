@@ -267,6 +267,7 @@ fn cluster_loop(
             }
             if shell.core.poll_timeout().is_some_and(|t| t <= now) {
                 shell.core.handle_timeout(now);
+                shell.check_group(now);
             }
             let news = shell.drain();
             deadline = if more { Some(now) } else { shell.core.poll_timeout() };
@@ -469,6 +470,25 @@ impl ClusterShell {
             // SAFETY: writes one byte from a live buffer; a full pipe already wakes it.
             let _ = unsafe { libc::write(self.nudge.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
         }
+    }
+
+    /// With multicast: a peer that answers probes but whose heartbeats stopped coming means
+    /// the group no longer reaches this node (a switch's snooping aged the membership out,
+    /// say). From then on this node sends to each peer and says it is outside the group,
+    /// so the peers send it theirs directly, before the silence bound declares them dead.
+    fn check_group(&mut self, now: Instant) {
+        let Some(group) = self.multicast else { return };
+        let Some(peer) = self.core.heard_only_by_answers(now).map(str::to_string) else { return };
+        let group = group.ip();
+        warn!(%group, %peer, "a peer answers probes but its heartbeats stopped coming: taking it that the multicast group no longer reaches this node (a held-up peer looks the same); heartbeats go to each peer from now on, and the peers are asked to send theirs directly");
+        self.heartbeats = format!(
+            "to each peer (multicast {group} stopped arriving: {peer} answered probes but its heartbeats did not come)"
+        );
+        self.multicast = None;
+        // Say it at once: the peers unicast theirs from their next heartbeat on.
+        let h = self.core.heartbeat_now(now);
+        let h = self.outgoing(h);
+        self.send_all(&h);
     }
 
     /// The time to give the core now (see `clock`).

@@ -563,3 +563,27 @@ fn heard_at(env: &ClusterEnv, k: usize) -> Vec<(String, String)> {
         .map(|m| (m["node"].as_str().unwrap_or("").to_string(), m["address"].as_str().unwrap_or("").to_string()))
         .collect()
 }
+
+#[test]
+fn a_node_the_group_stops_reaching_asks_for_heartbeats_directly_before_anyone_is_declared_dead() {
+    let multicast = format!("{CLUSTER}multicast = \"239.255.86.1\"\nmulticast_nic = \"en1\"\n");
+    let (env, _procs) = up_with(&multicast, "immediate");
+    // The group stops reaching s3 (as when a switch's snooping ages its membership out);
+    // everything else still does.
+    env.host(3)
+        .sh("nft add table inet deaf && nft add chain inet deaf in '{ type filter hook input priority 0; }' && \
+         nft add rule inet deaf in ip daddr 239.255.86.1 drop");
+    let ok = wait_for(Duration::from_secs(3), || {
+        out(&env.vipactl(1, &["cluster"])).contains("and by unicast to s3 (not in the group)").then_some(())
+    });
+    assert!(ok.is_some(), "{}\n{}", out(&env.vipactl(1, &["cluster"])), env.log(3));
+    let view = out(&env.vipactl(3, &["cluster"]));
+    assert!(view.contains("heartbeats to each peer (multicast 239.255.86.1 stopped arriving"), "{view}");
+    // Well beyond the silence bound: nobody was declared dead, nothing moved.
+    std::thread::sleep(Duration::from_millis(1500));
+    for k in 1..=3 {
+        assert!(!env.log(k).contains(" is dead"), "s{k}: {}", env.log(k));
+        assert_eq!(out(&env.vipactl(k, &["cluster"])).matches(" alive ").count(), 2, "s{k}");
+    }
+    assert_eq!(env.holders(DVIPA), vec![1]);
+}

@@ -1196,6 +1196,18 @@ impl Cluster {
     pub fn peer_age(&self, now: Instant, name: &str) -> Option<Duration> {
         self.peers.get(name).map(|p| now.saturating_duration_since(p.last_heard))
     }
+
+    /// A live peer whose heartbeats have not come for half the dead time (two intervals at
+    /// least) though it answered a probe since the last: it lives, and what it sends
+    /// without being asked does not arrive (a multicast group that stopped reaching this
+    /// node, say). The silence bound would soon declare it dead.
+    pub fn heard_only_by_answers(&self, now: Instant) -> Option<&str> {
+        let half = (self.config.interval * self.config.dead_after / 2).max(self.config.interval * 2);
+        self.peers
+            .iter()
+            .find(|(_, p)| p.alive && p.answered > p.last_heard && now >= p.last_heard + half)
+            .map(|(name, _)| name.as_str())
+    }
 }
 
 #[cfg(test)]

@@ -497,6 +497,24 @@ fn a_held_up_holder_that_still_answers_keeps_its_address_until_the_silence_bound
 }
 
 #[test]
+fn a_peer_that_answers_probes_but_sends_nothing_else_is_noticed_before_the_silence_bound() {
+    for seed in 1..10 {
+        let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
+        s.run(ms(500));
+        let heard = |s: &Sim, t| s.nodes["s2"].c.heard_only_by_answers(s.local_at("s2", t)).map(str::to_string);
+        assert_eq!(heard(&s, s.t), None, "seed {seed}: every peer heard");
+        // s1's heartbeats stop reaching anyone; its receiving thread still answers probes.
+        s.nodes.get_mut("s1").unwrap().stalled = true;
+        let stalled = s.t;
+        s.run(ms(530));
+        assert_eq!(heard(&s, s.t), None, "seed {seed}: three intervals is too soon to tell");
+        s.run(ms(570));
+        assert_eq!(heard(&s, s.t).as_deref(), Some("s1"), "seed {seed}: silent for {:?}", s.t - stalled);
+        assert!(s.nodes["s2"].c.peers["s1"].alive, "seed {seed}: before the silence bound");
+    }
+}
+
+#[test]
 fn owner_returning_gets_it_back_through_a_handover_without_two_holders() {
     for seed in 1..20 {
         let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
