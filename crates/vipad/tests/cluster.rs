@@ -587,3 +587,39 @@ fn a_node_the_group_stops_reaching_asks_for_heartbeats_directly_before_anyone_is
     }
     assert_eq!(env.holders(DVIPA), vec![1]);
 }
+
+/// The cluster thread waits for its next deadline, up to an interval away; a reload, done
+/// by the main thread, wakes it when the new state has something due sooner.
+#[test]
+fn a_reload_is_heard_by_the_peers_at_once_even_at_ten_second_heartbeats() {
+    require_root();
+    let env = ClusterEnv::build(Names::Unique, 2);
+    let slow = "heartbeat_interval = \"10s\"\n";
+    for k in 1..=2 {
+        env.write_config(k, slow, &dvipa("immediate"));
+    }
+    let _procs: Vec<Proc> = (1..=2).map(|k| env.start_vipad(k)).collect();
+    // Past the first 10 s, in which round trips are measured every 156 ms (each of those
+    // wakes the thread anyway).
+    let learned = wait_for(Duration::from_secs(20), || (env.member(1, "s2")["confirm_learned"] == true).then_some(()));
+    assert!(learned.is_some(), "{}", out(&env.vipactl(1, &["cluster"])));
+    // Just after a heartbeat of s2 (s1 heard it less long ago than at the last look): its
+    // next is 10 s away.
+    let age = || env.member(1, "s2")["last_heard_ms"].as_u64();
+    let mut last = age();
+    let beat = wait_for(Duration::from_secs(12), || {
+        let now = age();
+        let fresh = now < last;
+        last = now;
+        fresh.then_some(())
+    });
+    assert!(beat.is_some(), "{}", out(&env.vipactl(1, &["cluster"])));
+    let was = env.member(1, "s2")["incarnation"].clone();
+    env.write_config(2, &format!("{slow}dead_after = 11\n"), &dvipa("immediate"));
+    let t = Instant::now();
+    let o = env.vipactl(2, &["reload"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let heard = wait_for(Duration::from_secs(3), || (env.member(1, "s2")["incarnation"] != was).then(|| t.elapsed()));
+    assert!(heard.is_some(), "s1 still sees s2's old incarnation: {}", out(&env.vipactl(1, &["cluster"])));
+    eprintln!("s2's reload heard by s1 after {:?}", heard.unwrap());
+}
