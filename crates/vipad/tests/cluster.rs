@@ -455,19 +455,7 @@ fn multicast_heartbeats_go_once_an_interval_to_the_group_and_a_death_is_still_ta
         let joined = env.host(k).sh("ip maddr show dev en1");
         assert!(joined.contains("239.255.86.1"), "s{k} joined the group on en1: {joined}");
     }
-    // Routine heartbeats: one datagram to the group, not one to each peer (unicast sends
-    // two an interval here, 224 a second with the probes, and none to the group). What
-    // still goes to a peer: probes measuring round trips and answers to the peers' probes
-    // (26-41 a second while the peers are learned).
-    count_heartbeats_sent(&env, 1, "239.255.86.1");
-    std::thread::sleep(Duration::from_secs(1));
-    let (group, unicast) = heartbeats_sent(&env, 1);
-    eprintln!("s1 sent in 1 s: {group} datagrams to the group, {unicast} to peers");
-    assert!(group >= 30 && unicast < group, "to the group {group}, to peers {unicast}");
-    // Loopback is off: no node hears its own heartbeats.
-    for k in 1..=3 {
-        assert_eq!(env.cluster_view(k)["dropped"]["own_name"], 0, "s{k}");
-    }
+    routine_heartbeats_go_to(&env, "239.255.86.1");
     // s1 dies: s2 takes over, and s2 and s3 still hear each other by the group.
     env.cut(1);
     procs[0].kill();
@@ -509,13 +497,23 @@ fn ipv6_peers_keep_their_membership_by_an_ipv6_group() {
         heard_at(&env, 2),
         [("s1".to_string(), "2001:db8:1::11".to_string()), ("s3".into(), "2001:db8:1::13".into())]
     );
-    count_heartbeats_sent(&env, 1, "ff02::86");
+    routine_heartbeats_go_to(&env, "ff02::86");
+}
+
+/// s1 sends routine heartbeats once to `group`, not to each peer, and no node of three
+/// hears its own.
+fn routine_heartbeats_go_to(env: &ClusterEnv, group: &str) {
+    // Unicast sends two an interval here, 224 a second with the probes, and none to the
+    // group. What still goes to a peer: probes measuring round trips and answers to the
+    // peers' probes (24-41 a second while the peers are learned).
+    count_heartbeats_sent(env, 1, group);
     std::thread::sleep(Duration::from_secs(1));
-    let (group, unicast) = heartbeats_sent(&env, 1);
-    eprintln!("s1 sent in 1 s: {group} datagrams to ff02::86, {unicast} to peers");
-    assert!(group >= 30 && unicast < group, "to the group {group}, to peers {unicast}");
+    let (to_group, unicast) = heartbeats_sent(env, 1);
+    eprintln!("s1 sent in 1 s: {to_group} datagrams to {group}, {unicast} to peers");
+    assert!(to_group >= 30 && unicast < to_group, "to {group} {to_group}, to peers {unicast}");
+    // Loopback is off.
     for k in 1..=3 {
-        assert_eq!(env.cluster_view(k)["dropped"]["own_name"], 0, "s{k} does not hear itself");
+        assert_eq!(env.cluster_view(k)["dropped"]["own_name"], 0, "s{k} heard itself");
     }
 }
 
