@@ -589,9 +589,7 @@ impl ClusterShell {
                             if let Err(e) = self.sock.send_to(&h.emit(&self.key), group) {
                                 debug!(%group, error = %e, "heartbeat not sent");
                             }
-                            for node in
-                                self.unicast_to.iter().filter(|n| self.core.peers.get(*n).is_some_and(|p| p.alive))
-                            {
+                            for node in self.outside_the_group() {
                                 self.send_to(node, &h);
                             }
                         }
@@ -654,6 +652,11 @@ impl ClusterShell {
             vipa_wire::cluster::set_bit(&mut h.held, *i, true);
         }
         h
+    }
+
+    /// The live peers outside the multicast group: they get routine heartbeats by unicast.
+    fn outside_the_group(&self) -> impl Iterator<Item = &String> + '_ {
+        self.unicast_to.iter().filter(|n| self.core.peers.get(*n).is_some_and(|p| p.alive))
     }
 
     fn send_all(&self, h: &Heartbeat) {
@@ -814,12 +817,7 @@ impl ClusterShell {
             heartbeat_interval_ms: c.config.interval.as_secs_f64() * 1e3,
             dead_after: c.config.dead_after,
             heartbeats: {
-                let to: Vec<&str> = self
-                    .unicast_to
-                    .iter()
-                    .filter(|n| c.peers.get(*n).is_some_and(|p| p.alive))
-                    .map(String::as_str)
-                    .collect();
+                let to: Vec<&str> = self.outside_the_group().map(String::as_str).collect();
                 match &self.multicast {
                     Some(_) if !to.is_empty() => {
                         format!("{}, and by unicast to {} (not in the group)", self.heartbeats, to.join(", "))
