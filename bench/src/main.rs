@@ -133,6 +133,10 @@ fn main() {
             eprintln!("measuring one takeover of {n} DVIPAs ...");
             dvipa_scale(n as usize, &mut rows);
         }
+        for n in pick(&dvipas, &[1000, 10_000]) {
+            eprintln!("measuring one takeover of {n} IPv6 DVIPAs ...");
+            dvipa_scale_v6(n as usize, &mut rows);
+        }
         if dvipas.as_ref().is_none_or(|v| v.contains(&1000)) {
             eprintln!("measuring three idle nodes with majority quorum and 1,000 DVIPAs ...");
             dvipa_idle_three(1000, false, &mut rows);
@@ -687,14 +691,18 @@ fn s1_window_ms(env: &ClusterEnv) -> Option<f64> {
     Some(env.member(2, "s1")["confirm_us"].as_u64()? as f64 / 1000.0)
 }
 
-/// `n` `[[dvipa]]` entries (198.19.0.1 on), owned by s1 and backed up by `backups`.
-fn owned_by_s1(n: usize, backups: &str) -> String {
+/// `n` `[[dvipa]]` entries (198.19.0.1 on, or 2001:db8:19::1 on with `v6`), owned by s1
+/// and backed up by `backups`.
+fn owned_by_s1(n: usize, backups: &str, v6: bool) -> String {
     (0..n)
         .map(|i| {
+            let address = if v6 {
+                format!("2001:db8:19::{:x}:{:x}", i / 250, i % 250 + 1)
+            } else {
+                format!("198.19.{}.{}", i / 250, i % 250 + 1)
+            };
             format!(
-                "[[dvipa]]\naddress = \"198.19.{}.{}\"\nowner = \"s1\"\nbackups = {{ {backups} }}\nannounce = [\"en1\"]\n",
-                i / 250,
-                i % 250 + 1
+                "[[dvipa]]\naddress = \"{address}\"\nowner = \"s1\"\nbackups = {{ {backups} }}\nannounce = [\"en1\"]\n"
             )
         })
         .collect()
@@ -719,7 +727,7 @@ fn settle_idle(env: &ClusterEnv, size: usize) -> bool {
 
 fn dvipa_scale(n: usize, rows: &mut Vec<Row>) {
     let env = ClusterEnv::build(Names::Unique, 2);
-    let d = owned_by_s1(n, "s2 = 100");
+    let d = owned_by_s1(n, "s2 = 100", false);
     for k in 1..=2 {
         env.write_config(k, "heartbeat_interval = \"10ms\"\nquorum = \"none\"\n", &d);
     }
@@ -776,11 +784,39 @@ fn dvipa_scale(n: usize, rows: &mut Vec<Row>) {
 /// and s3 backing them up: what each costs idle at 10 ms heartbeats. One death among
 /// three leaves a majority, so no node wakes for another's heartbeats unless that one
 /// holds something it backs up.
+/// IPv6 DVIPAs are addresses on the NIC (the kernel answers neighbour solicitations only
+/// for those), and each address the kernel adds costs it a walk of the NIC's multicast
+/// groups (one solicited-node group per address): the time to take `n` over grows with
+/// the square of `n`.
+fn dvipa_scale_v6(n: usize, rows: &mut Vec<Row>) {
+    let env = ClusterEnv::build(Names::Unique, 2);
+    let d = owned_by_s1(n, "s2 = 100", true);
+    for k in 1..=2 {
+        env.write_config(k, "heartbeat_interval = \"10ms\"\nquorum = \"none\"\n", &d);
+    }
+    let mut s1 = env.start_vipad(1);
+    let _s2 = env.start_vipad(2);
+    // The NIC's own addresses (global and link-local) and every DVIPA.
+    let count = |k: usize| env.host(k).sh("ip -6 route show table local type local dev en1").lines().count();
+    let what = format!("{n} IPv6 DVIPAs moved in one takeover: kill to all on the backup (10 ms heartbeats)");
+    if wait_for(Duration::from_secs(300), || (count(1) >= n + 2).then_some(())).is_none() {
+        rows.push(Row { what, result: "s1 never held them all".into(), target: "-".into() });
+        return;
+    }
+    settle_idle(&env, 2);
+    let start = Instant::now();
+    s1.kill();
+    env.cut(1);
+    let took = wait_for(Duration::from_secs(300), || (count(2) >= n + 2).then(|| start.elapsed()));
+    let result = took.map_or("not within 300 s".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3));
+    rows.push(Row { what, result, target: "-".into() });
+}
+
 /// Three idle nodes with majority quorum; with `multicast`, routine heartbeats go to a
 /// group (one datagram an interval a node, not two).
 fn dvipa_idle_three(n: usize, multicast: bool, rows: &mut Vec<Row>) {
     let env = ClusterEnv::build(Names::Unique, 3);
-    let d = owned_by_s1(n, "s2 = 200, s3 = 100");
+    let d = owned_by_s1(n, "s2 = 200, s3 = 100", false);
     let group = if multicast { "multicast = \"239.255.86.1\"\nmulticast_nic = \"en1\"\n" } else { "" };
     for k in 1..=3 {
         env.write_config(k, &format!("heartbeat_interval = \"10ms\"\nquorum = \"majority\"\n{group}"), &d);
