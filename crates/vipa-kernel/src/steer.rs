@@ -66,9 +66,6 @@ impl Steered {
         // group's socket is always one).
         let dual_stack =
             sender.local_addr().map_err(|e| io::Error::other(format!("the socket's address: {e}")))?.is_ipv6();
-        let opt = |sock: &UdpSocket, level: libc::c_int, option: libc::c_int, what: &str, value: &libc::c_int| {
-            setopt(sock, level, option, value).map_err(|e| io::Error::other(format!("{what}: {e}")))
-        };
         if dual_stack {
             opt(sender, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP, "turning multicast loopback off", &off)?;
         }
@@ -80,8 +77,7 @@ impl Steered {
                     imr_ifindex: index as libc::c_int,
                 };
                 let by = libc::ip_mreqn { imr_multiaddr: libc::in_addr { s_addr: 0 }, ..mreq };
-                setopt(sender, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &by)
-                    .map_err(|e| io::Error::other(format!("sending by {nic}: {e}")))?;
+                opt(sender, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &format!("sending by {nic}"), &by)?;
                 opt(sender, libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, "turning multicast loopback off", &off)?;
                 opt(sender, libc::IPPROTO_IP, libc::IP_MULTICAST_TTL, "setting the TTL to 1", &hops)?;
                 if self.routine.is_some() {
@@ -93,8 +89,7 @@ impl Steered {
                         &off,
                     )?;
                 }
-                setopt(reader, libc::IPPROTO_IP, libc::IP_ADD_MEMBERSHIP, &mreq)
-                    .map_err(|e| io::Error::other(format!("joining {g} on {nic}: {e}")))?;
+                opt(reader, libc::IPPROTO_IP, libc::IP_ADD_MEMBERSHIP, &format!("joining {g} on {nic}"), &mreq)?;
             }
             IpAddr::V6(g) => {
                 let mreq = libc::ipv6_mreq {
@@ -118,8 +113,7 @@ impl Steered {
                         &off,
                     )?;
                 }
-                setopt(reader, libc::IPPROTO_IPV6, libc::IPV6_ADD_MEMBERSHIP, &mreq)
-                    .map_err(|e| io::Error::other(format!("joining {g} on {nic}: {e}")))?;
+                opt(reader, libc::IPPROTO_IPV6, libc::IPV6_ADD_MEMBERSHIP, &format!("joining {g} on {nic}"), &mreq)?;
             }
         }
         Ok(())
@@ -128,6 +122,11 @@ impl Steered {
 
 /// `IPV6_MULTICAST_ALL` (linux/in6.h; Linux 4.20 on).
 const IPV6_MULTICAST_ALL: libc::c_int = 29;
+
+/// `setopt`, with `what` it was for in the error.
+fn opt<T>(sock: &UdpSocket, level: libc::c_int, option: libc::c_int, what: &str, value: &T) -> io::Result<()> {
+    setopt(sock, level, option, value).map_err(|e| io::Error::other(format!("{what}: {e}")))
+}
 
 /// Sets option `option` of `level` to `value` (a plain struct or int the kernel reads).
 fn setopt<T>(sock: &impl AsRawFd, level: libc::c_int, option: libc::c_int, value: &T) -> io::Result<()> {
