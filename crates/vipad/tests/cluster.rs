@@ -492,7 +492,24 @@ fn ipv6_peers_keep_their_membership_by_an_ipv6_group() {
     assert!(ok.is_some(), "{:?}\n{}", env.holders(DVIPA), out(&env.vipactl(2, &["cluster"])));
     let view = out(&env.vipactl(2, &["cluster"]));
     assert!(view.contains("heartbeats multicast ff02::86 on en1"), "{view}");
-    // Not at their link-local multicast sources.
+    // Once their link-local addresses are ready, the nodes send to the link-scope group
+    // from those: s2 hears each peer at two addresses, and keeps showing (and probing)
+    // the one in its `peers`.
+    let ready = wait_for(Duration::from_secs(5), || {
+        (1..=3).all(|k| !env.host(k).sh("ip -6 addr show dev en1 scope link").contains("tentative")).then_some(())
+    });
+    assert!(ready.is_some(), "{}", env.host(1).sh("ip -6 addr show dev en1"));
+    let from = wait_for(Duration::from_secs(3), || {
+        let seen = env
+            .host(2)
+            .sh("timeout 2 tcpdump --immediate-mode -c 3 -ni en1 'dst ff02::86 and src 2001:db8:1::11' 2>&1 || true");
+        let linklocal = env
+            .host(2)
+            .sh("timeout 2 tcpdump --immediate-mode -c 3 -ni en1 'dst ff02::86 and src net fe80::/10' 2>&1 || true");
+        (!seen.contains(" > ff02::86") && linklocal.contains(" > ff02::86")).then_some(linklocal)
+    });
+    assert!(from.is_some(), "s1's group heartbeats do not come from its link-local address yet");
+    std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         heard_at(&env, 2),
         [("s1".to_string(), "2001:db8:1::11".to_string()), ("s3".into(), "2001:db8:1::13".into())]
