@@ -101,7 +101,8 @@ pub struct ClusterView {
     #[serde(default)]
     pub heartbeats: String,
     pub members: Vec<MemberView>,
-    /// Heartbeats dropped: unauthenticated, replayed, malformed, wrong version, own name.
+    /// Heartbeats dropped: unauthenticated, replayed, duplicated, malformed, wrong version,
+    /// own name.
     pub dropped: BTreeMap<String, u64>,
 }
 

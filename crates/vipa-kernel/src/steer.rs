@@ -2,9 +2,10 @@
 //! everything else to the other.
 //!
 //! The two sockets form the port's `SO_REUSEPORT` group, and a classic BPF program on the
-//! group (`SO_ATTACH_REUSEPORT_CBPF`) picks the socket from one byte of the datagram. The
-//! routine socket stamps each datagram with its arrival time (`SO_TIMESTAMPNS`), so it can
-//! be read late without losing when it came. The choice is a hint for reading, not a
+//! group (`SO_ATTACH_REUSEPORT_CBPF`) picks the socket from one byte of the datagram. Both
+//! stamp each datagram with its arrival time (`SO_TIMESTAMPNS`): the routine socket is
+//! read late without losing when each came, and what it holds is put in order with what
+//! the other socket gave. The choice is a hint for reading, not a
 //! trust decision: both sockets' datagrams are authenticated alike, and a datagram too
 //! short for the byte goes to the prompt socket (the filter's load fails, which selects
 //! socket 0). Any process of the same user (vipad runs as root) could join the group; the
@@ -46,21 +47,58 @@ pub fn bind(port: u16, byte: u32, mask: u8) -> io::Result<Steered> {
 }
 
 impl Steered {
-    /// Routine heartbeats by multicast: the socket that reads them joins `group` on `nic`
-    /// (the other no longer gets the group's datagrams, which it would by default), and
-    /// what the sending socket sends to the group leaves by `nic`, one hop, not looped back
-    /// to this host. The join comes last: on an error nothing is joined (the options set
-    /// before it concern only groups).
-    pub fn multicast(&self, group: IpAddr, nic: &str) -> io::Result<()> {
-        let name = std::ffi::CString::new(nic).map_err(|_| io::Error::other("a NIC name with a NUL byte"))?;
+    /// Routine heartbeats by multicast to `group` on `nic`: see [`Group`]. Nothing is
+    /// joined yet.
+    pub fn group(&self, group: IpAddr, nic: &str) -> io::Result<Group> {
+        let reader = self.routine.as_ref().unwrap_or(&self.prompt);
+        Ok(Group {
+            reader: reader.try_clone()?,
+            sender: self.prompt.try_clone()?,
+            steered: self.routine.is_some(),
+            group,
+            nic: nic.to_string(),
+            joined: None,
+        })
+    }
+}
+
+/// A multicast group for routine heartbeats: the socket that reads them joins it (the
+/// other no longer gets the group's datagrams, which it would by default), and what the
+/// sending socket sends to the group leaves by the NIC, one hop, not looped back to this
+/// host. The reading socket tells, for each datagram, whether it came to a multicast
+/// address ([`Received::to_multicast`]).
+pub struct Group {
+    /// The port's sockets (other descriptors of them).
+    reader: UdpSocket,
+    sender: UdpSocket,
+    /// Whether the reader is a socket of its own (else the sender reads everything).
+    steered: bool,
+    pub group: IpAddr,
+    pub nic: String,
+    /// The NIC index of the membership, once joined.
+    joined: Option<u32>,
+}
+
+impl Group {
+    /// Joins the group on the NIC as it is now, leaving any membership from before first:
+    /// joining again makes the kernel report the membership afresh (a switch that aged it
+    /// out learns it again), and a NIC deleted and made again has a new index. The join
+    /// comes last: on an error nothing is joined (the options set before it concern only
+    /// groups).
+    pub fn join(&mut self) -> io::Result<()> {
+        if let Some(index) = self.joined.take() {
+            // A membership the kernel dropped with its NIC is no error here.
+            let _ = self.membership(index, false);
+        }
+        let name =
+            std::ffi::CString::new(self.nic.as_str()).map_err(|_| io::Error::other("a NIC name with a NUL byte"))?;
         // SAFETY: a NUL-terminated name that outlives the call.
         let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
         if index == 0 {
-            return Err(io::Error::other(format!("no NIC {nic:?}")));
+            return Err(io::Error::other(format!("no NIC {:?}", self.nic)));
         }
-        let reader = self.routine.as_ref().unwrap_or(&self.prompt);
-        let sender = &self.prompt;
-        let (off, hops): (libc::c_int, libc::c_int) = (0, 1);
+        let (sender, nic) = (&self.sender, &self.nic);
+        let (off, on, hops): (libc::c_int, libc::c_int, libc::c_int) = (0, 1, 1);
         // The kernel loops a group's datagrams back by the socket's own family: a
         // dual-stack socket sending to an IPv4 group goes by the IPv6 setting (and an IPv6
         // group's socket is always one).
@@ -68,19 +106,21 @@ impl Steered {
             sender.local_addr().map_err(|e| io::Error::other(format!("the socket's address: {e}")))?.is_ipv6();
         if dual_stack {
             opt(sender, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_LOOP, "turning multicast loopback off", &off)?;
+            opt(&self.reader, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, "asking for destination addresses", &on)?;
+        } else {
+            opt(&self.reader, libc::IPPROTO_IP, libc::IP_PKTINFO, "asking for destination addresses", &on)?;
         }
-        match group {
-            IpAddr::V4(g) => {
-                let mreq = libc::ip_mreqn {
-                    imr_multiaddr: libc::in_addr { s_addr: u32::from(g).to_be() },
+        match self.group {
+            IpAddr::V4(_) => {
+                let by = libc::ip_mreqn {
+                    imr_multiaddr: libc::in_addr { s_addr: 0 },
                     imr_address: libc::in_addr { s_addr: 0 },
                     imr_ifindex: index as libc::c_int,
                 };
-                let by = libc::ip_mreqn { imr_multiaddr: libc::in_addr { s_addr: 0 }, ..mreq };
                 opt(sender, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &format!("sending by {nic}"), &by)?;
                 opt(sender, libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, "turning multicast loopback off", &off)?;
                 opt(sender, libc::IPPROTO_IP, libc::IP_MULTICAST_TTL, "setting the TTL to 1", &hops)?;
-                if self.routine.is_some() {
+                if self.steered {
                     opt(
                         sender,
                         libc::IPPROTO_IP,
@@ -89,13 +129,8 @@ impl Steered {
                         &off,
                     )?;
                 }
-                opt(reader, libc::IPPROTO_IP, libc::IP_ADD_MEMBERSHIP, &format!("joining {g} on {nic}"), &mreq)?;
             }
-            IpAddr::V6(g) => {
-                let mreq = libc::ipv6_mreq {
-                    ipv6mr_multiaddr: libc::in6_addr { s6_addr: g.octets() },
-                    ipv6mr_interface: index,
-                };
+            IpAddr::V6(_) => {
                 opt(
                     sender,
                     libc::IPPROTO_IPV6,
@@ -104,7 +139,7 @@ impl Steered {
                     &(index as libc::c_int),
                 )?;
                 opt(sender, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, "setting the hop limit to 1", &hops)?;
-                if self.routine.is_some() {
+                if self.steered {
                     opt(
                         sender,
                         libc::IPPROTO_IPV6,
@@ -113,10 +148,36 @@ impl Steered {
                         &off,
                     )?;
                 }
-                opt(reader, libc::IPPROTO_IPV6, libc::IPV6_ADD_MEMBERSHIP, &format!("joining {g} on {nic}"), &mreq)?;
             }
         }
+        self.membership(index, true)?;
+        self.joined = Some(index);
         Ok(())
+    }
+
+    /// Joins (`true`) or leaves the group on NIC `index`.
+    fn membership(&self, index: u32, join: bool) -> io::Result<()> {
+        let (what, group, nic) = (if join { "joining" } else { "leaving" }, self.group, &self.nic);
+        let what = format!("{what} {group} on {nic}");
+        match group {
+            IpAddr::V4(g) => {
+                let mreq = libc::ip_mreqn {
+                    imr_multiaddr: libc::in_addr { s_addr: u32::from(g).to_be() },
+                    imr_address: libc::in_addr { s_addr: 0 },
+                    imr_ifindex: index as libc::c_int,
+                };
+                let option = if join { libc::IP_ADD_MEMBERSHIP } else { libc::IP_DROP_MEMBERSHIP };
+                opt(&self.reader, libc::IPPROTO_IP, option, &what, &mreq)
+            }
+            IpAddr::V6(g) => {
+                let mreq = libc::ipv6_mreq {
+                    ipv6mr_multiaddr: libc::in6_addr { s6_addr: g.octets() },
+                    ipv6mr_interface: index,
+                };
+                let option = if join { libc::IPV6_ADD_MEMBERSHIP } else { libc::IPV6_DROP_MEMBERSHIP };
+                opt(&self.reader, libc::IPPROTO_IPV6, option, &what, &mreq)
+            }
+        }
     }
 }
 
@@ -183,8 +244,11 @@ fn steered(port: u16, byte: u32, mask: u8) -> io::Result<(UdpSocket, UdpSocket)>
     // The kernel copies the program: `program` need only outlive the call.
     set_option(&routine, libc::SO_ATTACH_REUSEPORT_CBPF, &prog)
         .map_err(|e| io::Error::other(format!("the kernel refused a SO_REUSEPORT filter: {e}")))?;
-    set_option(&routine, libc::SO_TIMESTAMPNS, &(1 as libc::c_int))
-        .map_err(|e| io::Error::other(format!("no arrival times: {e}")))?;
+    // Both: what the routine socket holds is put in order with what the other gave.
+    for sock in [&routine, &prompt] {
+        set_option(sock, libc::SO_TIMESTAMPNS, &(1 as libc::c_int))
+            .map_err(|e| io::Error::other(format!("no arrival times: {e}")))?;
+    }
     let (routine, prompt): (UdpSocket, UdpSocket) = (routine.into(), prompt.into());
     check(port, &routine, &prompt, byte, mask)
         .map_err(|e| io::Error::other(format!("checking the steering over loopback failed: {e}")))?;
@@ -238,15 +302,27 @@ fn check(port: u16, routine: &UdpSocket, prompt: &UdpSocket, byte: u32, mask: u8
     Ok(())
 }
 
-/// Reads one datagram from a socket with arrival times (non-blocking): its length, sender
-/// and arrival time.
-pub fn recv_stamped(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<SystemTime>)> {
+/// A datagram read by [`receive`].
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    pub len: usize,
+    pub from: SocketAddr,
+    /// When it arrived, on a socket that stamps datagrams.
+    pub stamp: Option<SystemTime>,
+    /// It was sent to a multicast address (known on a socket of a joined [`Group`]).
+    pub to_multicast: bool,
+}
+
+/// Reads one datagram (non-blocking), with its arrival time and destination where the
+/// socket says them.
+pub fn receive(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     let mut control = [0u64; 16];
     // SAFETY: the header points at the address storage socket2 provides, `iov` and
     // `control`, all alive across the call; the CMSG_* walk stays within the control
-    // buffer the kernel filled in.
-    let ((n, stamp), from) = unsafe {
+    // buffer the kernel filled in, and reads each payload as the type its level and type
+    // say it is.
+    let ((len, stamp, to_multicast), from) = unsafe {
         SockAddr::try_init(|addr, len| {
             let mut m = crate::msg::header(addr.cast(), *len, &mut iov, &mut control);
             let n = libc::recvmsg(sock.as_raw_fd(), &mut m, libc::MSG_DONTWAIT);
@@ -254,18 +330,29 @@ pub fn recv_stamped(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, Sock
                 return Err(io::Error::last_os_error());
             }
             *len = m.msg_namelen;
-            let mut stamp = None;
+            let (mut stamp, mut to_multicast) = (None, false);
             let mut c = libc::CMSG_FIRSTHDR(&m);
             while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
-                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                    stamp = Some(SystemTime::UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
+                match ((*c).cmsg_level, (*c).cmsg_type) {
+                    (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS) => {
+                        let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                        stamp = Some(SystemTime::UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
+                    }
+                    (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                        let info: libc::in6_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                        to_multicast = Ipv6Addr::from(info.ipi6_addr.s6_addr).to_canonical().is_multicast();
+                    }
+                    (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                        let info: libc::in_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                        to_multicast = Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)).is_multicast();
+                    }
+                    _ => {}
                 }
                 c = libc::CMSG_NXTHDR(&m, c);
             }
-            Ok((n as usize, stamp))
+            Ok((n as usize, stamp, to_multicast))
         })?
     };
     let from = from.as_socket().ok_or_else(|| io::Error::other("datagram from an unknown address family"))?;
-    Ok((n, from, stamp))
+    Ok(Received { len, from, stamp, to_multicast })
 }

@@ -91,13 +91,49 @@ pub struct ClusterShell {
     kernel_has: u64,
     /// The latest time the core was given: time never goes back for it (see `clock`).
     last_now: Instant,
-    /// The group routine heartbeats go to, when multicast is configured and set up.
-    multicast: Option<SocketAddr>,
-    /// Where routine heartbeats go, for the view.
-    heartbeats: String,
+    /// The multicast group for routine heartbeats, when one is configured.
+    multicast: Option<Multicast>,
     /// Peers not in the multicast group (their heartbeats say so): while alive, they get
     /// routine heartbeats by unicast too.
     unicast_to: BTreeSet<String>,
+    /// Lines for the event stream that are not the core's.
+    events: Vec<String>,
+}
+
+/// A configured multicast group for routine heartbeats, and the way back into it for a
+/// node outside it.
+struct Multicast {
+    group: vipa_kernel::steer::Group,
+    to: SocketAddr,
+    /// In the group: routine heartbeats go to it, and come from it.
+    member: bool,
+    /// Why not, while not (for the view).
+    outside: String,
+    /// While outside: when the group is joined again, and how often.
+    rejoin_at: Instant,
+    rejoin_every: Duration,
+    /// When the node last came back into the group: lost again soon after, it waits
+    /// twice as long before the next try.
+    back_since: Option<Instant>,
+    /// After a join again, the next routine heartbeat also goes to the group: a peer that
+    /// is outside too hears by it that the group reaches it.
+    try_group: bool,
+}
+
+/// The first wait before a node outside its multicast group joins it again: ten silence
+/// bounds, a second at least; it doubles each time the group is lost again soon after
+/// coming back, up to `REJOIN_MAX`.
+fn rejoin_first(interval: Duration, dead_after: u32) -> Duration {
+    (interval * dead_after * 10).max(Duration::from_secs(1)).min(REJOIN_MAX)
+}
+
+const REJOIN_MAX: Duration = Duration::from_secs(600);
+
+impl Multicast {
+    /// The group while this node is in it.
+    fn member_to(&self) -> Option<SocketAddr> {
+        self.member.then_some(self.to)
+    }
 }
 
 /// What the cluster thread tells the main thread.
@@ -210,64 +246,67 @@ fn cluster_loop(
         warn!(error = %e, "cluster socket stays blocking");
     }
     let mut deadline = lock(&shared).core.poll_timeout();
-    let mut late = Vec::new();
+    let mut got: Vec<Got> = Vec::new();
     loop {
         let wait = deadline.map(|t| t.saturating_duration_since(Instant::now()));
-        let received = if wait.is_some_and(|w| w.is_zero()) || !readable(&sock, &nudged, wait) {
-            None
-        } else {
-            match sock.recv_from(&mut buf) {
-                Ok((n, from)) => Some((Heartbeat::parse(&buf[..n], &key), from)),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted) => None,
-                Err(e) => {
-                    debug!(error = %e, "cluster socket");
-                    thread::sleep(Duration::from_millis(10));
-                    None
-                }
-            }
-        };
+        if !wait.is_some_and(|w| w.is_zero()) {
+            wait_for_input(&sock, &nudged, wait);
+        }
         let (now, wall) = (Instant::now(), SystemTime::now());
-        // Routine heartbeats wait in their socket until this thread wakes anyway; a flood
-        // that fills a turn's share makes the next turn come at once.
+        // Routine heartbeats wait in their socket until this thread wakes anyway. Each turn
+        // reads both sockets: a peer's probe and the routine heartbeat it sends next come
+        // to different sockets, and are taken in the order they came (by the kernel's
+        // arrival stamps), else the probe would look like a replay. A flood that fills a
+        // turn's share makes the next turn come at once.
         let mut more = false;
-        if let Some(r) = &routine {
-            loop {
-                if late.len() == LATE_PER_TURN {
+        for (s, prompt) in [(Some(&sock), true), (routine.as_ref(), false)] {
+            let Some(s) = s else { continue };
+            for n in 0.. {
+                if n == PER_TURN {
                     more = true;
                     break;
                 }
-                match vipa_kernel::steer::recv_stamped(r, &mut buf) {
-                    Ok((n, from, stamp)) => {
-                        late.push((arrived(now, wall, stamp), Heartbeat::parse(&buf[..n], &key), from))
-                    }
+                match vipa_kernel::steer::receive(s, &mut buf) {
+                    Ok(r) => got.push(Got {
+                        stamp: r.stamp,
+                        prompt,
+                        parsed: Heartbeat::parse(&buf[..r.len], &key),
+                        from: r.from,
+                        to_group: r.to_multicast,
+                    }),
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) => {
-                        if e.kind() != std::io::ErrorKind::WouldBlock {
-                            debug!(error = %e, "cluster socket (routine heartbeats)");
+                        debug!(error = %e, prompt, "cluster socket");
+                        if prompt {
+                            // The socket stays readable: do not spin on it.
+                            thread::sleep(Duration::from_millis(10));
                         }
                         break;
                     }
                 }
             }
         }
+        // In arrival order; without stamps (one socket), in the order read.
+        got.sort_by_key(|g| g.stamp.map_or((1, SystemTime::UNIX_EPOCH), |t| (0, t)));
         let news = {
             let mut shell = lock(&shared);
-            // Dated by arrival, in order, never before the time the core was last brought
-            // to (it came after that turn read the socket), nor after now.
+            // Routine heartbeats are dated by arrival, the rest now (they are read at once);
+            // in order, never before the time the core was last brought to (it came after
+            // that turn read the socket), nor after now.
             let floor = shell.last_now;
             let now = shell.clock(now);
             let mut at_least = floor;
-            for (at, parsed, from) in late.drain(..) {
+            for g in got.drain(..) {
+                let at = if g.prompt { Some(now) } else { arrived(now, wall, g.stamp) };
                 let at = at.unwrap_or(floor).clamp(at_least, now);
                 at_least = at;
-                shell.datagram(at, parsed, from);
-            }
-            if let Some((parsed, from)) = received {
-                shell.datagram(now, parsed, from);
+                shell.datagram(at, g.parsed, g.from, g.to_group);
             }
             if shell.core.poll_timeout().is_some_and(|t| t <= now) {
                 shell.core.handle_timeout(now);
                 shell.check_group(now);
+                shell.rejoin(now);
             }
             let news = shell.drain();
             deadline = if more { Some(now) } else { shell.core.poll_timeout() };
@@ -326,12 +365,22 @@ fn arrived(now: Instant, wall: SystemTime, stamp: Option<SystemTime>) -> Option<
     now.checked_sub(age)
 }
 
-/// Routine heartbeats read in one turn at most.
-const LATE_PER_TURN: usize = 1024;
+/// Datagrams read from each socket in one turn at most.
+const PER_TURN: usize = 1024;
+
+/// A datagram read in a turn of the cluster thread.
+struct Got {
+    stamp: Option<SystemTime>,
+    /// From the socket for everything not routine: taken as read, at once.
+    prompt: bool,
+    parsed: Result<Heartbeat, HeartbeatError>,
+    from: SocketAddr,
+    to_group: bool,
+}
 
 /// Waits until `sock` has a datagram (or an error to report), another thread nudges, or
-/// `wait` is over (`None`: no limit); true if `sock` has a datagram.
-fn readable(sock: &UdpSocket, nudged: &OwnedFd, wait: Option<Duration>) -> bool {
+/// `wait` is over (`None`: no limit).
+fn wait_for_input(sock: &UdpSocket, nudged: &OwnedFd, wait: Option<Duration>) {
     let mut fds = [
         libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 },
         libc::pollfd { fd: nudged.as_raw_fd(), events: libc::POLLIN, revents: 0 },
@@ -345,7 +394,6 @@ fn readable(sock: &UdpSocket, nudged: &OwnedFd, wait: Option<Duration>) -> bool 
         // SAFETY: reads into a live buffer of its length from a non-blocking pipe.
         while unsafe { libc::read(nudged.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
     }
-    rc > 0 && fds[0].revents != 0
 }
 
 /// A non-blocking pipe: (read end, write end).
@@ -393,18 +441,35 @@ impl ClusterShell {
                 info!(%why, "routine heartbeats are read as they come, which wakes the cluster thread for each")
             }
         }
-        let (multicast, heartbeats) = match &c.multicast {
-            None => (None, "to each peer".to_string()),
-            Some((group, nic)) => match steered.multicast(*group, nic) {
-                Ok(()) => {
-                    info!(%group, %nic, "routine heartbeats go to a multicast group: one datagram an interval");
-                    (Some(SocketAddr::new(*group, c.port)), format!("multicast {group} on {nic}"))
-                }
-                Err(e) => {
-                    warn!(%group, %nic, error = %e, "multicast heartbeats cannot be set up; sending one to each peer instead");
-                    (None, format!("to each peer (multicast {group} on {nic} failed: {e})"))
-                }
-            },
+        let multicast = match &c.multicast {
+            None => None,
+            Some((group, nic)) => {
+                let mut g = steered
+                    .group(*group, nic)
+                    .map_err(|e| format!("cannot set up multicast heartbeats ({group} on {nic}): {e}"))?;
+                let every = rejoin_first(c.interval, c.dead_after);
+                let joined = g.join();
+                let outside = match &joined {
+                    Ok(()) => {
+                        info!(%group, %nic, "routine heartbeats go to a multicast group: one datagram an interval");
+                        String::new()
+                    }
+                    Err(e) => {
+                        warn!(%group, %nic, error = %e, every_s = every.as_secs_f64(), "multicast heartbeats cannot be set up; sending one to each peer instead, and trying the group again");
+                        format!("failed: {e}")
+                    }
+                };
+                Some(Multicast {
+                    group: g,
+                    to: SocketAddr::new(*group, c.port),
+                    member: joined.is_ok(),
+                    outside,
+                    rejoin_at: now + every,
+                    rejoin_every: every,
+                    back_since: None,
+                    try_group: false,
+                })
+            }
         };
         let (sock, routine) = (steered.prompt, steered.routine);
         let present = kept(config, observed);
@@ -429,8 +494,8 @@ impl ClusterShell {
             kernel_has: 0,
             last_now: now,
             multicast,
-            heartbeats,
             unicast_to: BTreeSet::new(),
+            events: Vec::new(),
         }));
         let (thread_shared, counting_shared, counting_tx) = (shared.clone(), shared.clone(), tx.clone());
         thread::Builder::new()
@@ -475,17 +540,61 @@ impl ClusterShell {
     /// With multicast: a peer that answers probes but whose heartbeats stopped coming means
     /// the group no longer reaches this node (a switch's snooping aged the membership out,
     /// say). From then on this node sends to each peer and says it is outside the group,
-    /// so the peers send it theirs directly, before the silence bound declares them dead.
+    /// so the peers send it theirs directly, before the silence bound declares them dead;
+    /// it joins the group again from time to time (`rejoin`).
     fn check_group(&mut self, now: Instant) {
-        let Some(group) = self.multicast else { return };
+        let Some(m) = self.multicast.as_mut().filter(|m| m.member) else { return };
         let Some(peer) = self.core.heard_only_by_answers(now).map(str::to_string) else { return };
-        let group = group.ip();
-        warn!(%group, %peer, "a peer answers probes but its heartbeats stopped coming: taking it that the multicast group no longer reaches this node (a held-up peer looks the same); heartbeats go to each peer from now on, and the peers are asked to send theirs directly");
-        self.heartbeats = format!(
-            "to each peer (multicast {group} stopped arriving: {peer} answered probes but its heartbeats did not come)"
-        );
-        self.multicast = None;
+        let (group, first) = (m.to.ip(), rejoin_first(self.core.config.interval, self.core.config.dead_after));
+        // Lost again soon after coming back: the tries slow down.
+        m.rejoin_every = match m.back_since {
+            Some(t) if now < t + m.rejoin_every * 2 => (m.rejoin_every * 2).min(REJOIN_MAX),
+            _ => first,
+        };
+        m.rejoin_at = now + m.rejoin_every;
+        m.member = false;
+        m.outside = format!("stopped arriving: {peer} answered probes but its heartbeats did not come");
+        warn!(%group, %peer, again_in_s = m.rejoin_every.as_secs_f64(), "a peer answers probes but its heartbeats stopped coming: taking it that the multicast group no longer reaches this node (a held-up peer looks the same); heartbeats go to each peer, and the peers are asked to send theirs directly, until the group reaches this node again");
+        self.events.push(format!(
+            "heartbeats: multicast {group} stopped arriving ({peer} answered probes but its heartbeats did not come); sending to each peer"
+        ));
         // Say it at once: the peers unicast theirs from their next heartbeat on.
+        self.heartbeat_to_all(now);
+    }
+
+    /// Outside the multicast group: joins it again when it is time (the kernel reports the
+    /// membership afresh, and a NIC made again is found by its name). The node is back in
+    /// once the group's datagrams arrive (`datagram`).
+    fn rejoin(&mut self, now: Instant) {
+        let Some(m) = self.multicast.as_mut().filter(|m| !m.member && now >= m.rejoin_at) else { return };
+        m.rejoin_at = now + m.rejoin_every;
+        let (group, nic) = (m.to.ip(), m.group.nic.clone());
+        match m.group.join() {
+            Ok(()) => {
+                debug!(%group, %nic, "joined the multicast group again; back in once its datagrams arrive");
+                m.try_group = true;
+            }
+            Err(e) => {
+                debug!(%group, %nic, error = %e, "multicast group not joined again");
+                m.outside = format!("failed: {e}");
+            }
+        }
+    }
+
+    /// A peer's heartbeat came by the group to a node outside it: the group reaches it (again,
+    /// or for the first time after a failed start). It says so at once, and the peers stop
+    /// sending it copies.
+    fn back_in_group(&mut self, now: Instant, from_peer: &str) {
+        let Some(m) = self.multicast.as_mut().filter(|m| !m.member) else { return };
+        (m.member, m.outside, m.back_since, m.try_group) = (true, String::new(), Some(now), false);
+        let (group, nic) = (m.to.ip(), m.group.nic.clone());
+        info!(%group, %nic, peer = %from_peer, "the multicast group reaches this node: routine heartbeats go to it");
+        self.events.push(format!("heartbeats: multicast {group} on {nic} reaches this node; sending to it"));
+        self.heartbeat_to_all(now);
+    }
+
+    /// A heartbeat to every peer now, outside the rhythm.
+    fn heartbeat_to_all(&mut self, now: Instant) {
         let h = self.core.heartbeat_now(now);
         let h = self.outgoing(h);
         self.send_all(&h);
@@ -503,8 +612,9 @@ impl ClusterShell {
         self.last_now
     }
 
-    /// A datagram arrived, authenticated and parsed. A probe is answered at once.
-    fn datagram(&mut self, now: Instant, parsed: Result<Heartbeat, HeartbeatError>, from: SocketAddr) {
+    /// A datagram arrived, authenticated and parsed; `to_group` if it was sent to a
+    /// multicast group. A probe is answered at once.
+    fn datagram(&mut self, now: Instant, parsed: Result<Heartbeat, HeartbeatError>, from: SocketAddr, to_group: bool) {
         match parsed {
             Ok(h) => {
                 if h.flags & FLAG_PROBE != 0 && h.node != self.core.config.me {
@@ -521,16 +631,26 @@ impl ClusterShell {
                 if !self.addresses.get(&h.node).is_some_and(|a| configured(a) && !configured(&from)) {
                     self.addresses.insert(h.node.clone(), from);
                 }
-                let (node, flags, replayed) = (h.node.clone(), h.flags, self.core.drops.replayed);
+                let (node, flags, replayed, duplicated) =
+                    (h.node.clone(), h.flags, self.core.drops.replayed, self.core.drops.duplicated);
                 self.core.receive(now, h);
+                let taken = self.core.drops.replayed == replayed && self.core.drops.duplicated == duplicated;
+                if flags & FLAG_ANSWER != 0 || node == self.core.config.me {
+                    return;
+                }
                 // Whether it is in the group, from its heartbeats the core took (not from a
                 // replayed old one, nor from an answer, which says nothing of it).
-                if flags & FLAG_ANSWER == 0 && self.core.drops.replayed == replayed && node != self.core.config.me {
+                if taken {
                     if flags & FLAG_UNICAST != 0 {
-                        self.unicast_to.insert(node);
+                        self.unicast_to.insert(node.clone());
                     } else {
                         self.unicast_to.remove(&node);
                     }
+                }
+                // Its latest heartbeat by the group (the copy by unicast may have come
+                // first), not an old one replayed to it.
+                if to_group && self.core.drops.replayed == replayed {
+                    self.back_in_group(now, &node);
                 }
             }
             Err(e) => {
@@ -567,7 +687,7 @@ impl ClusterShell {
     /// Carries out the core's outputs: heartbeats go out, moves become news for the main
     /// thread.
     pub fn drain(&mut self) -> News {
-        let mut news = News::default();
+        let mut news = News { events: std::mem::take(&mut self.events), ..News::default() };
         let outputs: Vec<Output> = std::iter::from_fn(|| self.core.poll_output()).collect();
         if outputs.iter().any(|o| matches!(o, Output::Activate { .. } | Output::Release { .. })) {
             self.version += 1;
@@ -583,17 +703,28 @@ impl ClusterShell {
             match o {
                 Output::Heartbeat(h) => {
                     let h = self.outgoing(h);
-                    match self.multicast {
-                        // A routine heartbeat, the same for every peer: once, to the group.
-                        Some(group) if h.flags & FLAG_ROUTINE != 0 => {
-                            if let Err(e) = self.sock.send_to(&h.emit(&self.key), group) {
-                                debug!(%group, error = %e, "heartbeat not sent");
-                            }
-                            for node in self.outside_the_group() {
-                                self.send_to(node, &h);
-                            }
+                    // A routine heartbeat, the same for every peer: once, to the group. Just
+                    // joined again from outside, this node sends one to the group as well.
+                    let routine = h.flags & FLAG_ROUTINE != 0;
+                    let (to_group, also) = match self.multicast.as_mut() {
+                        Some(m) if routine && m.member => (Some(m.to), false),
+                        Some(m) if routine && m.try_group => {
+                            m.try_group = false;
+                            (Some(m.to), true)
                         }
-                        _ => self.send_all(&h),
+                        _ => (None, false),
+                    };
+                    if let Some(group) = to_group {
+                        if let Err(e) = self.sock.send_to(&h.emit(&self.key), group) {
+                            debug!(%group, error = %e, "heartbeat not sent");
+                        }
+                    }
+                    if to_group.is_none() || also {
+                        self.send_all(&h);
+                    } else {
+                        for node in self.outside_the_group() {
+                            self.send_to(node, &h);
+                        }
                     }
                 }
                 Output::HeartbeatTo { node, heartbeat } => {
@@ -637,7 +768,7 @@ impl ClusterShell {
     /// group; while released addresses may still be in the kernel, it still claims them,
     /// and a fresh one follows when the kernel is done.
     fn outgoing(&mut self, mut h: Heartbeat) -> Heartbeat {
-        if self.multicast.is_none() {
+        if self.multicast.as_ref().and_then(Multicast::member_to).is_none() {
             h.flags |= FLAG_UNICAST;
         }
         if self.releasing.is_empty() {
@@ -816,19 +947,30 @@ impl ClusterShell {
             listening: c.syncing(),
             heartbeat_interval_ms: c.config.interval.as_secs_f64() * 1e3,
             dead_after: c.config.dead_after,
-            heartbeats: {
-                let to: Vec<&str> = self.outside_the_group().map(String::as_str).collect();
-                match &self.multicast {
-                    Some(_) if !to.is_empty() => {
-                        format!("{}, and by unicast to {} (not in the group)", self.heartbeats, to.join(", "))
+            heartbeats: match &self.multicast {
+                None => "to each peer".into(),
+                Some(m) if m.member => {
+                    let to: Vec<&str> = self.outside_the_group().map(String::as_str).collect();
+                    let by = format!("multicast {} on {}", m.to.ip(), m.group.nic);
+                    if to.is_empty() {
+                        by
+                    } else {
+                        format!("{by}, and by unicast to {} (not in the group)", to.join(", "))
                     }
-                    _ => self.heartbeats.clone(),
                 }
+                Some(m) => format!(
+                    "to each peer (multicast {} on {} {}), trying the group again in {:.1} s",
+                    m.to.ip(),
+                    m.group.nic,
+                    m.outside,
+                    m.rejoin_at.saturating_duration_since(now).as_secs_f64()
+                ),
             },
             members,
             dropped: [
                 ("unauthenticated", d.unauthenticated),
                 ("replayed", d.replayed),
+                ("duplicated", d.duplicated),
                 ("malformed", d.malformed),
                 ("wrong_version", d.wrong_version),
                 ("own_name", d.foreign),

@@ -158,11 +158,17 @@ pub enum Output {
     Event(String),
 }
 
+/// How many sequence numbers below a peer's last are told apart: one of them not seen yet
+/// was overtaken on the way; older ones, or seen ones, are replays or duplicates.
+const SEEN: u64 = 64;
+
 #[derive(Debug, Clone)]
 pub struct Peer {
     pub last_heard: Instant,
     pub incarnation: u64,
     pub seq: u64,
+    /// Bit i: sequence number `seq - 1 - i` was received (see `SEEN`).
+    seen: u64,
     pub syncing: bool,
     /// Its DVIPA list matches ours (else its claims are ignored).
     pub same_config: bool,
@@ -307,6 +313,10 @@ fn smooth(a: Duration, b: Duration) -> Duration {
 pub struct Drops {
     pub unauthenticated: u64,
     pub replayed: u64,
+    /// The last heartbeat again: a node outside a multicast group that the group reaches
+    /// again gets its peers' routine heartbeats both ways until they hear it is back.
+    #[serde(default)]
+    pub duplicated: u64,
     pub malformed: u64,
     pub wrong_version: u64,
     pub foreign: u64,
@@ -574,7 +584,8 @@ impl Cluster {
     }
 
     /// A heartbeat that passed authentication. Replays (an older incarnation, or a
-    /// sequence number not above the last) are dropped and counted.
+    /// sequence number more than `SEEN` below the last) and duplicates (one already
+    /// received) are dropped and counted; one overtaken by a later one is passed over.
     pub fn receive(&mut self, now: Instant, h: Heartbeat) {
         if h.node == self.config.me {
             self.drops.foreign += 1;
@@ -584,10 +595,31 @@ impl Cluster {
             self.answered(now, &h);
             return;
         }
-        if let Some(p) = self.peers.get(&h.node) {
-            if h.incarnation < p.incarnation || (h.incarnation == p.incarnation && h.seq <= p.seq) {
+        if let Some(p) = self.peers.get_mut(&h.node) {
+            if h.incarnation < p.incarnation {
                 self.drops.replayed += 1;
                 return;
+            }
+            if h.incarnation == p.incarnation {
+                // The sender numbers each heartbeat afresh and signs the number with it.
+                let back = p.seq.saturating_sub(h.seq);
+                let seen = |back: u64| back == 0 || (back <= SEEN && p.seen & (1 << (back - 1)) != 0);
+                if h.seq <= p.seq && seen(back) {
+                    self.drops.duplicated += 1;
+                    return;
+                }
+                if h.seq < p.seq && back <= SEEN {
+                    // Overtaken on the way by a later one (a probe, then a routine heartbeat
+                    // by another path): what it says is already superseded.
+                    p.seen |= 1 << (back - 1);
+                    return;
+                }
+                if h.seq < p.seq {
+                    self.drops.replayed += 1;
+                    return;
+                }
+                let ahead = u32::try_from(h.seq - p.seq).unwrap_or(u32::MAX);
+                p.seen = p.seen.checked_shl(ahead).unwrap_or(0) | 1u64.checked_shl(ahead - 1).unwrap_or(0);
             }
         }
         let same_config = h.digest == self.digest && h.count as usize == self.dvipas.len();
@@ -703,6 +735,7 @@ impl Cluster {
             Some(p) if p.incarnation == h.incarnation => (p.known_since, p.held_up, p.punctuality_known, p.rtt),
             _ => (now, HeldUp::new(now), false, None),
         };
+        let seen = old.as_ref().filter(|p| p.incarnation == h.incarnation).map_or(0, |p| p.seen);
         let (jitter, probes) = old.map(|p| (p.jitter, p.probes)).unwrap_or_default();
         self.peers.insert(
             h.node.clone(),
@@ -710,6 +743,7 @@ impl Cluster {
                 last_heard: now,
                 incarnation: h.incarnation,
                 seq: h.seq,
+                seen,
                 syncing: h.flags & FLAG_SYNCING != 0,
                 same_config,
                 held: h.held,

@@ -705,23 +705,40 @@ fn planned_move_and_deactivation_hand_over_cleanly() {
 }
 
 #[test]
-fn replayed_and_own_name_heartbeats_are_dropped() {
+fn replayed_duplicated_and_own_name_heartbeats_are_dropped() {
     let t0 = Instant::now();
     let d = dvipas(1, Takeback::Immediate);
     let mut a = Cluster::new(cluster_config("s1", 3, ms(10), Quorum::Majority), d.clone(), t0, 1, &[]);
     let mut b = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d, t0, 5, &[]);
-    b.handle_timeout(t0);
-    let Some(Output::Heartbeat(h)) = std::iter::from_fn(|| b.poll_output()).find(|o| matches!(o, Output::Heartbeat(_)))
-    else {
-        panic!("no heartbeat")
+    let mut beat = |at: Instant| {
+        b.handle_timeout(at);
+        std::iter::from_fn(|| b.poll_output())
+            .find_map(|o| if let Output::Heartbeat(h) = o { Some(h) } else { None })
+            .expect("a heartbeat")
     };
+    let beats: Vec<Heartbeat> = (0..70).map(|i| beat(t0 + ms(10) * i)).collect();
+    let (first, overtaken, h) = (&beats[0], &beats[67], beats[69].clone());
+    assert!(h.seq > overtaken.seq && overtaken.seq > first.seq);
+    a.receive(t0, beats[68].clone());
     a.receive(t0, h.clone());
     assert_eq!(a.holder(0), None, "s2 claims nothing yet");
-    // The same sequence number again, now claiming the DVIPA: a replay, acted on not at all.
-    let mut replayed = h.clone();
+    // The same heartbeat again (it came two ways, or the network doubled it): dropped, and
+    // counted as what it is, not as a replay. So is one received before the last.
+    a.receive(t0, h.clone());
+    a.receive(t0, beats[68].clone());
+    assert_eq!((a.drops.duplicated, a.drops.replayed), (2, 0));
+    // One overtaken on the way by the later ones: passed over, no drop to count. Once
+    // received, it is a duplicate.
+    a.receive(t0, overtaken.clone());
+    assert_eq!((a.drops.duplicated, a.drops.replayed), (2, 0));
+    a.receive(t0, overtaken.clone());
+    assert_eq!((a.drops.duplicated, a.drops.replayed), (3, 0));
+    // An old one (more than 64 before the last), now claiming the DVIPA: a replay, acted on
+    // not at all.
+    let mut replayed = first.clone();
     vipa_wire::cluster::set_bit(&mut replayed.held, 0, true);
     a.receive(t0, replayed.clone());
-    assert_eq!(a.drops.replayed, 1);
+    assert_eq!((a.drops.duplicated, a.drops.replayed), (3, 1));
     let mut old = replayed.clone();
     old.incarnation = 4;
     old.seq = 99;
