@@ -118,6 +118,24 @@ struct Multicast {
     /// After a join again, the next routine heartbeat also goes to the group: a peer that
     /// is outside too hears by it that the group reaches it.
     try_group: bool,
+    /// Peers heard by the group, with a heartbeat new to this node, since it went outside.
+    heard: BTreeSet<String>,
+}
+
+/// Whether a node outside the group is back in: every live peer that says it is in the
+/// group has been heard by the group (with a heartbeat new to this node, which no replay
+/// is) since this node went outside; where no peer is in it, one heard that way is enough
+/// (its try after a join again). One peer's group alone is not: the group may reach this
+/// node from it and not from another, and in and out again each time would be the result.
+fn back_in<'a>(heard: &BTreeSet<String>, members: impl Iterator<Item = &'a String>) -> bool {
+    let mut any = false;
+    for m in members {
+        if !heard.contains(m) {
+            return false;
+        }
+        any = true;
+    }
+    any || !heard.is_empty()
 }
 
 /// The first wait before a node outside its multicast group joins it again: ten silence
@@ -259,6 +277,9 @@ fn cluster_loop(
         // arrival stamps), else the probe would look like a replay. A flood that fills a
         // turn's share makes the next turn come at once.
         let mut more = false;
+        // When the prompt socket was found empty: a routine datagram that came after that
+        // waits for the next turn, as a prompt one that came before it may be in its socket.
+        let mut prompt_empty = None;
         for (s, prompt) in [(Some(&sock), true), (routine.as_ref(), false)] {
             let Some(s) = s else { continue };
             for n in 0.. {
@@ -275,7 +296,12 @@ fn cluster_loop(
                         to_group: r.to_multicast,
                     }),
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if prompt {
+                            prompt_empty = Some(SystemTime::now());
+                        }
+                        break;
+                    }
                     Err(e) => {
                         debug!(error = %e, prompt, "cluster socket");
                         if prompt {
@@ -289,6 +315,11 @@ fn cluster_loop(
         }
         // In arrival order; without stamps (one socket), in the order read.
         got.sort_by_key(|g| g.stamp.map_or((1, SystemTime::UNIX_EPOCH), |t| (0, t)));
+        // (Sorted, so all that follows the first such one came later still.)
+        let next_turn =
+            prompt_empty.and_then(|empty| got.iter().position(|g| !g.prompt && g.stamp.is_some_and(|t| t > empty)));
+        let later: Vec<Got> = next_turn.map(|i| got.drain(i..).collect()).unwrap_or_default();
+        more |= !later.is_empty();
         let news = {
             let mut shell = lock(&shared);
             // Routine heartbeats are dated by arrival, the rest now (they are read at once);
@@ -303,6 +334,7 @@ fn cluster_loop(
                 at_least = at;
                 shell.datagram(at, g.parsed, g.from, g.to_group);
             }
+            got.extend(later);
             if shell.core.poll_timeout().is_some_and(|t| t <= now) {
                 shell.core.handle_timeout(now);
                 shell.check_group(now);
@@ -468,6 +500,7 @@ impl ClusterShell {
                     rejoin_every: every,
                     back_since: None,
                     try_group: false,
+                    heard: BTreeSet::new(),
                 })
             }
         };
@@ -553,6 +586,7 @@ impl ClusterShell {
         };
         m.rejoin_at = now + m.rejoin_every;
         m.member = false;
+        m.heard.clear();
         m.outside = format!("stopped arriving: {peer} answered probes but its heartbeats did not come");
         warn!(%group, %peer, again_in_s = m.rejoin_every.as_secs_f64(), "a peer answers probes but its heartbeats stopped coming: taking it that the multicast group no longer reaches this node (a held-up peer looks the same); heartbeats go to each peer, and the peers are asked to send theirs directly, until the group reaches this node again");
         self.events.push(format!(
@@ -581,12 +615,19 @@ impl ClusterShell {
         }
     }
 
-    /// A peer's heartbeat came by the group to a node outside it: the group reaches it (again,
-    /// or for the first time after a failed start). It says so at once, and the peers stop
-    /// sending it copies.
-    fn back_in_group(&mut self, now: Instant, from_peer: &str) {
+    /// A peer's heartbeat, new to this node, came by the group to it while it is outside:
+    /// once that is so for every peer in the group (`back_in`), the group reaches this node
+    /// (again, or for the first time after a failed start). It says so at once, and the
+    /// peers stop sending it copies.
+    fn heard_by_group(&mut self, now: Instant, from_peer: &str) {
         let Some(m) = self.multicast.as_mut().filter(|m| !m.member) else { return };
+        m.heard.insert(from_peer.to_string());
+        let members = self.core.peers.iter().filter(|(n, p)| p.alive && !self.unicast_to.contains(*n)).map(|(n, _)| n);
+        if !back_in(&m.heard, members) {
+            return;
+        }
         (m.member, m.outside, m.back_since, m.try_group) = (true, String::new(), Some(now), false);
+        m.heard.clear();
         let (group, nic) = (m.to.ip(), m.group.nic.clone());
         info!(%group, %nic, peer = %from_peer, "the multicast group reaches this node: routine heartbeats go to it");
         self.events.push(format!("heartbeats: multicast {group} on {nic} reaches this node; sending to it"));
@@ -631,15 +672,18 @@ impl ClusterShell {
                 if !self.addresses.get(&h.node).is_some_and(|a| configured(a) && !configured(&from)) {
                     self.addresses.insert(h.node.clone(), from);
                 }
-                let (node, flags, replayed, duplicated) =
-                    (h.node.clone(), h.flags, self.core.drops.replayed, self.core.drops.duplicated);
+                let d = &self.core.drops;
+                let (node, flags, replayed, duplicated, reordered) =
+                    (h.node.clone(), h.flags, d.replayed, d.duplicated, d.reordered);
                 self.core.receive(now, h);
-                let taken = self.core.drops.replayed == replayed && self.core.drops.duplicated == duplicated;
+                let taken = (self.core.drops.replayed, self.core.drops.duplicated, self.core.drops.reordered)
+                    == (replayed, duplicated, reordered);
                 if flags & FLAG_ANSWER != 0 || node == self.core.config.me {
                     return;
                 }
                 // Whether it is in the group, from its heartbeats the core took (not from a
-                // replayed old one, nor from an answer, which says nothing of it).
+                // replayed, repeated or overtaken one, nor from an answer, which says
+                // nothing of it).
                 if taken {
                     if flags & FLAG_UNICAST != 0 {
                         self.unicast_to.insert(node.clone());
@@ -647,10 +691,10 @@ impl ClusterShell {
                         self.unicast_to.remove(&node);
                     }
                 }
-                // Its latest heartbeat by the group (the copy by unicast may have come
-                // first), not an old one replayed to it.
-                if to_group && self.core.drops.replayed == replayed {
-                    self.back_in_group(now, &node);
+                // Only a heartbeat new to this node tells that the group reaches it: anyone
+                // can send an old one to the group.
+                if to_group && taken {
+                    self.heard_by_group(now, &node);
                 }
             }
             Err(e) => {
@@ -971,6 +1015,7 @@ impl ClusterShell {
                 ("unauthenticated", d.unauthenticated),
                 ("replayed", d.replayed),
                 ("duplicated", d.duplicated),
+                ("reordered", d.reordered),
                 ("malformed", d.malformed),
                 ("wrong_version", d.wrong_version),
                 ("own_name", d.foreign),
@@ -1013,6 +1058,18 @@ mod tests {
             "[node]\nname = \"s1\"\n[cluster]\npeers = [\"198.18.1.12\"]\nkey_file = \"/k\"\nquorum = \"none\"\n{extra}"
         );
         Config::parse("vipa.toml", &text).expect("config").cluster.expect("[cluster]")
+    }
+
+    #[test]
+    fn a_node_is_back_in_the_group_once_every_peer_in_it_was_heard_by_it() {
+        let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<String>>();
+        let members = set(&["s1", "s2"]);
+        assert!(!back_in(&set(&[]), members.iter()));
+        assert!(!back_in(&set(&["s2"]), members.iter()), "the group reaches it from s2, maybe not from s1");
+        assert!(back_in(&set(&["s1", "s2"]), members.iter()));
+        // No peer in the group (all outside): one heard by it, trying it, is enough.
+        assert!(!back_in(&set(&[]), set(&[]).iter()));
+        assert!(back_in(&set(&["s1"]), set(&[]).iter()));
     }
 
     #[test]

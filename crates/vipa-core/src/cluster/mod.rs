@@ -317,6 +317,11 @@ pub struct Drops {
     /// again gets its peers' routine heartbeats both ways until they hear it is back.
     #[serde(default)]
     pub duplicated: u64,
+    /// Overtaken on the way by a later one of the same peer, and passed over: what it
+    /// says is superseded. A network that reorders, or a datagram never received before
+    /// replayed; a healthy cluster on one link has none.
+    #[serde(default)]
+    pub reordered: u64,
     pub malformed: u64,
     pub wrong_version: u64,
     pub foreign: u64,
@@ -584,8 +589,8 @@ impl Cluster {
     }
 
     /// A heartbeat that passed authentication. Replays (an older incarnation, or a
-    /// sequence number more than `SEEN` below the last) and duplicates (one already
-    /// received) are dropped and counted; one overtaken by a later one is passed over.
+    /// sequence number more than `SEEN` below the last), duplicates (one already received)
+    /// and one overtaken by a later one are dropped and counted, each as what it is.
     pub fn receive(&mut self, now: Instant, h: Heartbeat) {
         if h.node == self.config.me {
             self.drops.foreign += 1;
@@ -612,6 +617,7 @@ impl Cluster {
                     // Overtaken on the way by a later one (a probe, then a routine heartbeat
                     // by another path): what it says is already superseded.
                     p.seen |= 1 << (back - 1);
+                    self.drops.reordered += 1;
                     return;
                 }
                 if h.seq < p.seq {
@@ -626,6 +632,9 @@ impl Cluster {
         if h.flags & FLAG_LEAVING != 0 {
             // Its addresses are out of its kernel: the next in line takes them now.
             if let Some(p) = self.peers.get_mut(&h.node) {
+                if p.incarnation != h.incarnation {
+                    p.seen = 0;
+                }
                 (p.incarnation, p.seq) = (h.incarnation, h.seq);
                 if p.alive {
                     self.gone(&h.node, "left the cluster (vipad stopped)".into());
