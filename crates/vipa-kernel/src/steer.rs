@@ -34,13 +34,14 @@ pub struct Steered {
 }
 
 /// Binds UDP `port` on every address. Datagrams with a bit of `mask` set in byte `byte`
-/// go to `routine` where the kernel can steer them.
-pub fn bind(port: u16, byte: u32, mask: u8) -> io::Result<Steered> {
+/// go to `routine` where the kernel can steer them. The steering is checked over the
+/// loopback of each family in `peers` (the peers' addresses), as their datagrams will come.
+pub fn bind(port: u16, byte: u32, mask: u8, peers: &[IpAddr]) -> io::Result<Steered> {
     // A plain bind first: it fails if anything has the port, even a group of
     // SO_REUSEPORT sockets (another vipad) that ours would otherwise join.
     let plain = bind_plain(port)?;
     drop(plain);
-    match steered(port, byte, mask) {
+    match steered(port, byte, mask, peers) {
         Ok((routine, prompt)) => Ok(Steered { prompt, routine: Some(routine), fallback: None }),
         Err(e) => Ok(Steered { prompt: bind_plain(port)?, routine: None, fallback: Some(e.to_string()) }),
     }
@@ -230,7 +231,7 @@ const BPF_LD_B_ABS: u16 = 0x10 | 0x20;
 const BPF_JMP_JSET_K: u16 = 0x05 | 0x40;
 const BPF_RET_K: u16 = 0x06;
 
-fn steered(port: u16, byte: u32, mask: u8) -> io::Result<(UdpSocket, UdpSocket)> {
+fn steered(port: u16, byte: u32, mask: u8, peers: &[IpAddr]) -> io::Result<(UdpSocket, UdpSocket)> {
     // Socket 0 of the group is the first bound: the rest; socket 1: routine.
     let prompt = member(port)?;
     let routine = member(port)?;
@@ -250,8 +251,17 @@ fn steered(port: u16, byte: u32, mask: u8) -> io::Result<(UdpSocket, UdpSocket)>
             .map_err(|e| io::Error::other(format!("no arrival times: {e}")))?;
     }
     let (routine, prompt): (UdpSocket, UdpSocket) = (routine.into(), prompt.into());
-    check(port, &routine, &prompt, byte, mask)
-        .map_err(|e| io::Error::other(format!("checking the steering over loopback failed: {e}")))?;
+    // Over IPv4 where a peer is (or the sockets take nothing else), over IPv6 where one is.
+    let v4_only = prompt.local_addr()?.is_ipv4();
+    let v4 = v4_only || peers.iter().any(IpAddr::is_ipv4);
+    let v6 = !v4_only && (peers.iter().any(IpAddr::is_ipv6) || !v4);
+    let over = [(v4, IpAddr::V4(Ipv4Addr::LOCALHOST)), (v6, IpAddr::V6(Ipv6Addr::LOCALHOST))];
+    for (_, lo) in over.into_iter().filter(|(on, _)| *on) {
+        check(SocketAddr::new(lo, port), &routine, &prompt, byte, mask).map_err(|e| {
+            let family = if lo.is_ipv4() { "IPv4" } else { "IPv6" };
+            io::Error::other(format!("checking the steering over {family} loopback failed: {e}"))
+        })?;
+    }
     routine.set_nonblocking(true)?;
     Ok((routine, prompt))
 }
@@ -261,12 +271,9 @@ fn set_option<T>(sock: &Socket, option: libc::c_int, value: &T) -> io::Result<()
     setopt(sock, libc::SOL_SOCKET, option, value)
 }
 
-/// Sends one datagram of each kind to the port over loopback and sees where each lands.
-fn check(port: u16, routine: &UdpSocket, prompt: &UdpSocket, byte: u32, mask: u8) -> io::Result<()> {
-    let to = match prompt.local_addr()? {
-        SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port),
-        SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
-    };
+/// Sends one datagram of each kind to `to` (the port on a loopback address) and sees
+/// where each lands.
+fn check(to: SocketAddr, routine: &UdpSocket, prompt: &UdpSocket, byte: u32, mask: u8) -> io::Result<()> {
     let probe = UdpSocket::bind(SocketAddr::new(to.ip(), 0))?;
     let me = probe.local_addr()?;
     let mut dgram = vec![0u8; byte as usize + 1];
@@ -286,7 +293,10 @@ fn check(port: u16, routine: &UdpSocket, prompt: &UdpSocket, byte: u32, mask: u8
             }
             sock.set_read_timeout(Some(left))?;
             match sock.recv_from(&mut buf) {
-                Ok((n, from)) if from == me && n > byte as usize => break Some(buf[byte as usize]),
+                // A dual-stack socket gives an IPv4 sender as IPv4-mapped.
+                Ok((n, from)) if (from.ip().to_canonical(), from.port()) == (me.ip(), me.port()) && n > byte as usize => {
+                    break Some(buf[byte as usize]);
+                }
                 Ok(_) => {}
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => break None,
                 Err(e) => return Err(e),

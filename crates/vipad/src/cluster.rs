@@ -322,15 +322,17 @@ fn cluster_loop(
         more |= !later.is_empty();
         let news = {
             let mut shell = lock(&shared);
-            // Routine heartbeats are dated by arrival, the rest now (they are read at once);
-            // in order, never before the time the core was last brought to (it came after
-            // that turn read the socket), nor after now.
+            // Dated by arrival (a thread held up does not make what it reads late), in
+            // order, never before the time the core was last brought to (it came after
+            // that turn read the sockets), nor after now.
             let floor = shell.last_now;
             let now = shell.clock(now);
             let mut at_least = floor;
             for g in got.drain(..) {
-                let at = if g.prompt { Some(now) } else { arrived(now, wall, g.stamp) };
-                let at = at.unwrap_or(floor).clamp(at_least, now);
+                // Unstamped (the socket of a kernel that cannot steer): a prompt one is read
+                // as it comes.
+                let at = arrived(now, wall, g.stamp).unwrap_or(if g.prompt { now } else { floor });
+                let at = at.clamp(at_least, now);
                 at_least = at;
                 shell.datagram(at, g.parsed, g.from, g.to_group);
             }
@@ -403,7 +405,7 @@ const PER_TURN: usize = 1024;
 /// A datagram read in a turn of the cluster thread.
 struct Got {
     stamp: Option<SystemTime>,
-    /// From the socket for everything not routine: taken as read, at once.
+    /// From the socket for everything not routine, read as it comes.
     prompt: bool,
     parsed: Result<Heartbeat, HeartbeatError>,
     from: SocketAddr,
@@ -465,7 +467,8 @@ impl ClusterShell {
     ) -> Result<Option<ClusterHandle>, String> {
         let Some(c) = config.cluster.clone() else { return Ok(None) };
         let key = load_key(&c.key_file)?;
-        let steered = vipa_kernel::steer::bind(c.port, FLAGS_LOW_BYTE, FLAG_ROUTINE as u8)
+        let peers: Vec<IpAddr> = c.peers.iter().map(SocketAddr::ip).collect();
+        let steered = vipa_kernel::steer::bind(c.port, FLAGS_LOW_BYTE, FLAG_ROUTINE as u8, &peers)
             .map_err(|e| format!("cannot listen for heartbeats on UDP port {}: {e}", c.port))?;
         match &steered.fallback {
             None => info!("routine heartbeats go to a socket of their own, read when the cluster thread wakes anyway"),

@@ -408,6 +408,8 @@ fn a_node_that_cannot_steer_heartbeats_reads_them_as_they_come() {
     // Without loopback, vipad's check of the steering finds nothing arriving: one socket,
     // as on a kernel that refuses the filter (the same fallback).
     env.host(2).sh("ip link set lo down");
+    // IPv4 peers: the steering is checked over IPv4, which a loopback without IPv6 has.
+    env.host(3).sh("sysctl -qw net.ipv6.conf.lo.disable_ipv6=1");
     for k in 1..=3 {
         env.write_config(k, CLUSTER, &dvipa("immediate"));
     }
@@ -415,8 +417,10 @@ fn a_node_that_cannot_steer_heartbeats_reads_them_as_they_come() {
     holder_is(&env, 1, Duration::from_secs(5)).expect("s1 holds it");
     let log = env.log(2);
     assert!(log.contains("routine heartbeats are read as they come"), "{log}");
-    assert!(log.contains("checking the steering over loopback failed"), "the log says why: {log}");
-    assert!(env.log(1).contains("routine heartbeats go to a socket of their own"), "{}", env.log(1));
+    assert!(log.contains("checking the steering over IPv4 loopback failed"), "the log says why: {log}");
+    for k in [1, 3] {
+        assert!(env.log(k).contains("routine heartbeats go to a socket of their own"), "{}", env.log(k));
+    }
     // And it does its job: the holder dies, s2 takes over.
     let ok = wait_for(Duration::from_secs(5), || {
         (out(&env.vipactl(2, &["cluster"])).matches(" alive ").count() == 2).then_some(())
@@ -495,6 +499,7 @@ fn ipv6_peers_keep_their_membership_by_an_ipv6_group() {
     assert!(ok.is_some(), "{:?}\n{}", env.holders(DVIPA), out(&env.vipactl(2, &["cluster"])));
     let view = out(&env.vipactl(2, &["cluster"]));
     assert!(view.contains("heartbeats multicast ff02::86 on en1"), "{view}");
+    assert!(env.log(2).contains("routine heartbeats go to a socket of their own"), "{}", env.log(2));
     // Once their link-local addresses are ready, the nodes send to the link-scope group
     // from those: s2 hears each peer at two addresses, and keeps showing (and probing)
     // the one in its `peers`.
