@@ -49,6 +49,14 @@ struct Row {
 fn main() {
     require_root();
     let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--beat") {
+        let arg = |k: usize| args.get(i + k).map_or("", String::as_str);
+        match (arg(1).parse(), arg(2).parse(), arg(3).parse()) {
+            (Ok(peer), Ok(port), Ok(offset_us)) => beat(peer, port, offset_us),
+            _ => eprintln!("usage: vipa-bench --beat PEER_ADDR:PORT OWN_PORT OFFSET_US"),
+        }
+        return;
+    }
     let runs: usize =
         args.iter().position(|a| a == "--runs").and_then(|i| args.get(i + 1)).and_then(|n| n.parse().ok()).unwrap_or(5);
     let only: Option<String> = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
@@ -797,6 +805,13 @@ fn dvipa_scale(n: usize, rows: &mut Vec<Row>) {
         result: takeover_cell(&env, &mut s1, Duration::from_secs(60), || count(2) > n),
         target: if n == 10_000 { "≤ 500 ms".into() } else { "-".into() },
     });
+    if n == 1000 {
+        // Quiet first: the floor is measured on a LAN where nothing else runs.
+        drop(s2);
+        drop(s1);
+        drop(env);
+        beat_floor(rows);
+    }
 }
 
 /// IPv6 DVIPAs are addresses on the NIC (the kernel answers neighbour solicitations only
@@ -815,6 +830,50 @@ fn dvipa_scale_v6(n: usize, rows: &mut Vec<Row>) {
     settle_idle(&env, 2);
     let result = takeover_cell(&env, &mut s1, Duration::from_secs(300), || count(2) >= n + 2);
     rows.push(Row { what, result, target: "-".into() });
+}
+
+/// The least a heartbeat at 10 ms costs: every 10 ms of the wall clock, `offset_us` after
+/// the tick, reads what came (non-blocking, as vipad reads routine heartbeats) and sends one
+/// datagram of a heartbeat's size to `peer`. Runs until killed.
+fn beat(peer: std::net::SocketAddr, port: u16, offset_us: u64) {
+    let sock = std::net::UdpSocket::bind(("0.0.0.0", port)).expect("bind");
+    sock.set_nonblocking(true).expect("non-blocking");
+    let (mut buf, datagram) = ([0u8; 2048], [0u8; 200]);
+    let period = Duration::from_millis(10);
+    loop {
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let phase = Duration::from_nanos((wall.as_nanos() % period.as_nanos()) as u64);
+        let offset = Duration::from_micros(offset_us);
+        std::thread::sleep(if phase < offset { offset - phase } else { period - phase + offset });
+        while sock.recv_from(&mut buf).is_ok() {}
+        let _ = sock.send_to(&datagram, peer);
+    }
+}
+
+/// The floor of the idle rows: two bare loops (`beat`) in s1 and s2 of a LAN of their own,
+/// sending to each other,
+/// s1's on the 10 ms tick and s2's half a millisecond after (as a backup keeps step with
+/// the holder), both at vipad's real-time priority. The first to wake after 10 ms of
+/// quiet pays for cold caches; the second runs just after the kernel ran the same path.
+fn beat_floor(rows: &mut Vec<Row>) {
+    let env = ClusterEnv::build(Names::Unique, 2);
+    env.thread_receive();
+    let exe = std::env::current_exe().expect("own path");
+    let start = |k: usize, peer: &str, offset_us: &str| {
+        let mut cmd = env.host(k).command("chrt");
+        cmd.args(["-r", "11"]).arg(&exe).args(["--beat", peer, "5998", offset_us]);
+        env.host(k).spawn(cmd)
+    };
+    let (a, b) = (start(1, "198.18.1.12:5998", "0"), start(2, "198.18.1.11:5998", "500"));
+    std::thread::sleep(Duration::from_secs(1));
+    let [first, second] = idle_usage_of([a.pid(), b.pid()], 3, 10);
+    for (cell, who) in [(first, "s1, on the tick"), (second, "s2, 0.5 ms after")] {
+        rows.push(Row {
+            what: format!("floor: a bare loop sending a datagram every 10 ms, reading the peer's: {who}, 3 × 10 s"),
+            result: cell,
+            target: "-".into(),
+        });
+    }
 }
 
 /// Three nodes with majority quorum (the usual way to have one), s1 owning `n` DVIPAs, s2

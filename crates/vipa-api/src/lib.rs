@@ -101,7 +101,7 @@ pub struct ClusterView {
     #[serde(default)]
     pub heartbeats: String,
     pub members: Vec<MemberView>,
-    /// Heartbeats dropped: unauthenticated, replayed, duplicated, malformed, wrong version,
+    /// Heartbeats dropped: unauthenticated, replayed, duplicated, reordered, malformed, wrong version,
     /// own name.
     pub dropped: BTreeMap<String, u64>,
 }

@@ -253,8 +253,9 @@ fn steered(port: u16, byte: u32, mask: u8, peers: &[IpAddr]) -> io::Result<(UdpS
     let (routine, prompt): (UdpSocket, UdpSocket) = (routine.into(), prompt.into());
     // Over IPv4 where a peer is (or the sockets take nothing else), over IPv6 where one is.
     let v4_only = prompt.local_addr()?.is_ipv4();
-    let v4 = v4_only || peers.iter().any(IpAddr::is_ipv4);
-    let v6 = !v4_only && (peers.iter().any(IpAddr::is_ipv6) || !v4);
+    // (A peer written as IPv4-mapped IPv6 sends IPv4.)
+    let v4 = v4_only || peers.iter().any(|p| p.to_canonical().is_ipv4());
+    let v6 = !v4_only && (peers.iter().any(|p| p.to_canonical().is_ipv6()) || !v4);
     let over = [(v4, IpAddr::V4(Ipv4Addr::LOCALHOST)), (v6, IpAddr::V6(Ipv6Addr::LOCALHOST))];
     for (_, lo) in over.into_iter().filter(|(on, _)| *on) {
         check(SocketAddr::new(lo, port), &routine, &prompt, byte, mask).map_err(|e| {
@@ -294,7 +295,9 @@ fn check(to: SocketAddr, routine: &UdpSocket, prompt: &UdpSocket, byte: u32, mas
             sock.set_read_timeout(Some(left))?;
             match sock.recv_from(&mut buf) {
                 // A dual-stack socket gives an IPv4 sender as IPv4-mapped.
-                Ok((n, from)) if (from.ip().to_canonical(), from.port()) == (me.ip(), me.port()) && n > byte as usize => {
+                Ok((n, from))
+                    if (from.ip().to_canonical(), from.port()) == (me.ip(), me.port()) && n > byte as usize =>
+                {
                     break Some(buf[byte as usize]);
                 }
                 Ok(_) => {}
@@ -342,17 +345,21 @@ pub fn receive(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
             *len = m.msg_namelen;
             let (mut stamp, mut to_multicast) = (None, false);
             let mut c = libc::CMSG_FIRSTHDR(&m);
+            // Each payload is read only where the kernel gave all of it.
+            let holds = |c: *const libc::cmsghdr, size: usize| {
+                (*c).cmsg_len as usize >= libc::CMSG_LEN(size as u32) as usize && m.msg_flags & libc::MSG_CTRUNC == 0
+            };
             while !c.is_null() {
                 match ((*c).cmsg_level, (*c).cmsg_type) {
-                    (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS) => {
+                    (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS) if holds(c, size_of::<libc::timespec>()) => {
                         let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
                         stamp = Some(SystemTime::UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
                     }
-                    (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                    (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) if holds(c, size_of::<libc::in6_pktinfo>()) => {
                         let info: libc::in6_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
                         to_multicast = Ipv6Addr::from(info.ipi6_addr.s6_addr).to_canonical().is_multicast();
                     }
-                    (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                    (libc::IPPROTO_IP, libc::IP_PKTINFO) if holds(c, size_of::<libc::in_pktinfo>()) => {
                         let info: libc::in_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
                         to_multicast = Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)).is_multicast();
                     }

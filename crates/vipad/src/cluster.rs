@@ -118,13 +118,18 @@ struct Multicast {
     /// After a join again, the next routine heartbeat also goes to the group: a peer that
     /// is outside too hears by it that the group reaches it.
     try_group: bool,
-    /// Peers heard by the group, with a heartbeat new to this node, since it went outside.
+    /// While outside: the group was joined again since the node went outside. Only then
+    /// does what comes by the group count: a group that comes and goes does not bring the
+    /// node in and out at its pace, but at most once a wait (`rejoin_every`).
+    joined_again: bool,
+    /// Peers heard by the group, with a heartbeat new to this node, since it last joined
+    /// the group again.
     heard: BTreeSet<String>,
 }
 
 /// Whether a node outside the group is back in: every live peer that says it is in the
 /// group has been heard by the group (with a heartbeat new to this node, which no replay
-/// is) since this node went outside; where no peer is in it, one heard that way is enough
+/// is) since this node last joined it again; where no peer is in it, one heard that way is enough
 /// (its try after a join again). One peer's group alone is not: the group may reach this
 /// node from it and not from another, and in and out again each time would be the result.
 fn back_in<'a>(heard: &BTreeSet<String>, members: impl Iterator<Item = &'a String>) -> bool {
@@ -265,6 +270,10 @@ fn cluster_loop(
     }
     let mut deadline = lock(&shared).core.poll_timeout();
     let mut got: Vec<Got> = Vec::new();
+    // Whether the last turn left datagrams for this one: this one then leaves none, so
+    // that no datagram waits more than one turn (a wall clock set back would otherwise
+    // make a stamp look later than every reading for as long as the step).
+    let mut deferred = false;
     loop {
         let wait = deadline.map(|t| t.saturating_duration_since(Instant::now()));
         if !wait.is_some_and(|w| w.is_zero()) {
@@ -277,14 +286,19 @@ fn cluster_loop(
         // arrival stamps), else the probe would look like a replay. A flood that fills a
         // turn's share makes the next turn come at once.
         let mut more = false;
-        // When the prompt socket was found empty: a routine datagram that came after that
-        // waits for the next turn, as a prompt one that came before it may be in its socket.
-        let mut prompt_empty = None;
+        // How far the prompt socket was read: a routine datagram that came after that waits
+        // for the next turn, as a prompt one that came before it may still be on its way
+        // to its socket (the kernel stamps a datagram a moment before it gets there).
+        let mut prompt_read_to = None;
         for (s, prompt) in [(Some(&sock), true), (routine.as_ref(), false)] {
             let Some(s) = s else { continue };
             for n in 0.. {
                 if n == PER_TURN {
                     more = true;
+                    if prompt {
+                        // Read up to the last one taken, and no further.
+                        prompt_read_to = got.last().and_then(|g| g.stamp);
+                    }
                     break;
                 }
                 match vipa_kernel::steer::receive(s, &mut buf) {
@@ -296,17 +310,16 @@ fn cluster_loop(
                         to_group: r.to_multicast,
                     }),
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        if prompt {
-                            prompt_empty = Some(SystemTime::now());
-                        }
-                        break;
-                    }
                     Err(e) => {
-                        debug!(error = %e, prompt, "cluster socket");
+                        if e.kind() != std::io::ErrorKind::WouldBlock {
+                            debug!(error = %e, prompt, "cluster socket");
+                            if prompt {
+                                // The socket stays readable: do not spin on it.
+                                thread::sleep(Duration::from_millis(10));
+                            }
+                        }
                         if prompt {
-                            // The socket stays readable: do not spin on it.
-                            thread::sleep(Duration::from_millis(10));
+                            prompt_read_to = SystemTime::now().checked_sub(ON_THE_WAY);
                         }
                         break;
                     }
@@ -316,22 +329,25 @@ fn cluster_loop(
         // In arrival order; without stamps (one socket), in the order read.
         got.sort_by_key(|g| g.stamp.map_or((1, SystemTime::UNIX_EPOCH), |t| (0, t)));
         // (Sorted, so all that follows the first such one came later still.)
-        let next_turn =
-            prompt_empty.and_then(|empty| got.iter().position(|g| !g.prompt && g.stamp.is_some_and(|t| t > empty)));
+        let next_turn = prompt_read_to
+            .filter(|_| !deferred)
+            .and_then(|to| got.iter().position(|g| !g.prompt && g.stamp.is_some_and(|t| t > to)));
         let later: Vec<Got> = next_turn.map(|i| got.drain(i..).collect()).unwrap_or_default();
-        more |= !later.is_empty();
+        deferred = !later.is_empty();
+        more |= deferred;
         let news = {
             let mut shell = lock(&shared);
             // Dated by arrival (a thread held up does not make what it reads late), in
             // order, never before the time the core was last brought to (it came after
             // that turn read the sockets), nor after now.
             let floor = shell.last_now;
+            let read_at = now;
             let now = shell.clock(now);
             let mut at_least = floor;
             for g in got.drain(..) {
                 // Unstamped (the socket of a kernel that cannot steer): a prompt one is read
                 // as it comes.
-                let at = arrived(now, wall, g.stamp).unwrap_or(if g.prompt { now } else { floor });
+                let at = arrived(read_at, wall, g.stamp).unwrap_or(if g.prompt { now } else { floor });
                 let at = at.clamp(at_least, now);
                 at_least = at;
                 shell.datagram(at, g.parsed, g.from, g.to_group);
@@ -392,12 +408,17 @@ fn count_connections(shared: ClusterHandle, woken: std::sync::mpsc::Receiver<()>
 }
 
 /// When a datagram stamped `stamp` by the kernel (wall clock) arrived, on the monotonic
-/// clock: `now` (taken with `wall`) less its age, if it has a sensible one (at most a
-/// second; the wall clock can be set).
+/// clock: `now` (taken with `wall`) less its age. A routine one can wait a whole interval
+/// in its socket (up to 10 s). One stamped after `wall` came after it was taken (or the
+/// wall clock was set back): now. The caller keeps the result between the last time the
+/// core was given and now, which also bounds what a wall clock set forward does.
 fn arrived(now: Instant, wall: SystemTime, stamp: Option<SystemTime>) -> Option<Instant> {
-    let age = wall.duration_since(stamp?).ok().filter(|a| *a <= Duration::from_secs(1))?;
+    let age = wall.duration_since(stamp?).unwrap_or(Duration::ZERO);
     now.checked_sub(age)
 }
+
+/// How long before the kernel's stamp a datagram may still be on its way to its socket.
+const ON_THE_WAY: Duration = Duration::from_micros(200);
 
 /// Datagrams read from each socket in one turn at most.
 const PER_TURN: usize = 1024;
@@ -503,6 +524,7 @@ impl ClusterShell {
                     rejoin_every: every,
                     back_since: None,
                     try_group: false,
+                    joined_again: false,
                     heard: BTreeSet::new(),
                 })
             }
@@ -588,7 +610,7 @@ impl ClusterShell {
             _ => first,
         };
         m.rejoin_at = now + m.rejoin_every;
-        m.member = false;
+        (m.member, m.joined_again) = (false, false);
         m.heard.clear();
         m.outside = format!("stopped arriving: {peer} answered probes but its heartbeats did not come");
         warn!(%group, %peer, again_in_s = m.rejoin_every.as_secs_f64(), "a peer answers probes but its heartbeats stopped coming: taking it that the multicast group no longer reaches this node (a held-up peer looks the same); heartbeats go to each peer, and the peers are asked to send theirs directly, until the group reaches this node again");
@@ -609,10 +631,13 @@ impl ClusterShell {
         match m.group.join() {
             Ok(()) => {
                 debug!(%group, %nic, "joined the multicast group again; back in once its datagrams arrive");
-                m.try_group = true;
+                (m.try_group, m.joined_again) = (true, true);
+                m.heard.clear();
+                m.outside = "joined again, waiting for the peers' heartbeats by it".into();
             }
             Err(e) => {
                 debug!(%group, %nic, error = %e, "multicast group not joined again");
+                m.joined_again = false;
                 m.outside = format!("failed: {e}");
             }
         }
@@ -623,7 +648,7 @@ impl ClusterShell {
     /// (again, or for the first time after a failed start). It says so at once, and the
     /// peers stop sending it copies.
     fn heard_by_group(&mut self, now: Instant, from_peer: &str) {
-        let Some(m) = self.multicast.as_mut().filter(|m| !m.member) else { return };
+        let Some(m) = self.multicast.as_mut().filter(|m| !m.member && m.joined_again) else { return };
         m.heard.insert(from_peer.to_string());
         let members = self.core.peers.iter().filter(|(n, p)| p.alive && !self.unicast_to.contains(*n)).map(|(n, _)| n);
         if !back_in(&m.heard, members) {
@@ -661,26 +686,38 @@ impl ClusterShell {
     fn datagram(&mut self, now: Instant, parsed: Result<Heartbeat, HeartbeatError>, from: SocketAddr, to_group: bool) {
         match parsed {
             Ok(h) => {
-                if h.flags & FLAG_PROBE != 0 && h.node != self.core.config.me {
-                    let answer = Heartbeat::answer(&self.core.config.me, self.core.incarnation(), &h);
-                    if let Err(e) = self.sock.send_to(&answer.emit(&self.key), from) {
-                        debug!(peer = %from, error = %e, "probe not answered");
-                    }
-                }
-                // Where to probe it: where it was last heard from, but a configured peer
-                // address, once heard, is not given up for another (a group's datagrams
-                // come from the source its kernel picked, link-local for ff02::).
-                let configured =
-                    |a: &SocketAddr| self.core.config.peers.iter().any(|p| p.ip() == a.ip().to_canonical());
-                if !self.addresses.get(&h.node).is_some_and(|a| configured(a) && !configured(&from)) {
-                    self.addresses.insert(h.node.clone(), from);
-                }
+                let probe = (h.flags & FLAG_PROBE != 0 && h.node != self.core.config.me)
+                    .then(|| Heartbeat::answer(&self.core.config.me, self.core.incarnation(), &h));
                 let d = &self.core.drops;
                 let (node, flags, replayed, duplicated, reordered) =
                     (h.node.clone(), h.flags, d.replayed, d.duplicated, d.reordered);
                 self.core.receive(now, h);
-                let taken = (self.core.drops.replayed, self.core.drops.duplicated, self.core.drops.reordered)
-                    == (replayed, duplicated, reordered);
+                let d = &self.core.drops;
+                let (old, again) = (d.replayed != replayed, d.duplicated != duplicated);
+                // A peer's heartbeat the core took (an answer is taken only by the probe it
+                // matches, which the core knows and this does not).
+                let taken = !old
+                    && !again
+                    && d.reordered == reordered
+                    && flags & FLAG_ANSWER == 0
+                    && node != self.core.config.me;
+                // A probe is answered unless it is a replay or a copy of one already
+                // answered (a replay must not make this node send to whoever it names); one
+                // overtaken on the way still asks for an answer.
+                if let Some(answer) = probe.filter(|_| !old && !again) {
+                    if let Err(e) = self.sock.send_to(&answer.emit(&self.key), from) {
+                        debug!(peer = %from, error = %e, "probe not answered");
+                    }
+                }
+                // Where to probe it: where it was last heard from (by a heartbeat the core
+                // took: a replay or an answer can come from anywhere), but a configured peer address,
+                // once heard, is not given up for another (a group's datagrams come from
+                // the source its kernel picked, link-local for ff02::).
+                let configured =
+                    |a: &SocketAddr| self.core.config.peers.iter().any(|p| p.ip() == a.ip().to_canonical());
+                if taken && !self.addresses.get(&node).is_some_and(|a| configured(a) && !configured(&from)) {
+                    self.addresses.insert(node.clone(), from);
+                }
                 if flags & FLAG_ANSWER != 0 || node == self.core.config.me {
                     return;
                 }
@@ -1061,6 +1098,20 @@ mod tests {
             "[node]\nname = \"s1\"\n[cluster]\npeers = [\"198.18.1.12\"]\nkey_file = \"/k\"\nquorum = \"none\"\n{extra}"
         );
         Config::parse("vipa.toml", &text).expect("config").cluster.expect("[cluster]")
+    }
+
+    #[test]
+    fn a_datagram_is_dated_by_its_arrival_however_long_it_waited() {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let ago = |d: Duration| Some(wall - d);
+        // A routine heartbeat read late, even an interval of 10 s late.
+        assert_eq!(arrived(now, wall, ago(Duration::from_millis(3))), Some(now - Duration::from_millis(3)));
+        assert_eq!(arrived(now, wall, ago(Duration::from_secs(7))), Some(now - Duration::from_secs(7)));
+        // Stamped after the wall clock was read (it came meanwhile, or the clock was set
+        // back): now.
+        assert_eq!(arrived(now, wall, Some(wall + Duration::from_secs(30))), Some(now));
+        // No stamp: the caller decides.
+        assert_eq!(arrived(now, wall, None), None);
     }
 
     #[test]

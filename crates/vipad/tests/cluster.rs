@@ -682,6 +682,36 @@ fn a_node_the_group_stops_reaching_asks_for_heartbeats_directly_and_goes_back_on
     assert_eq!(env.holders(DVIPA), vec![1]);
 }
 
+#[test]
+fn a_group_that_comes_and_goes_does_not_take_a_node_in_and_out_at_its_pace() {
+    let multicast = format!("{CLUSTER}multicast = \"239.255.86.1\"\nmulticast_nic = \"en1\"\n");
+    let (env, _procs) = up_with(&multicast, "immediate");
+    let drop = "nft add table inet deaf && nft add chain inet deaf in '{ type filter hook input priority 0; }' && \
+                nft add rule inet deaf in ip daddr 239.255.86.1 drop";
+    // The group reaches s3 for 0.3 s, then not for 0.3 s, over and over for 4 s: each
+    // time long enough for s3 to notice it gone (half the silence bound, 50 ms here).
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        env.host(3).sh(drop);
+        std::thread::sleep(Duration::from_millis(300));
+        env.host(3).sh("nft delete table inet deaf");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Out at once each time it goes, but back in only after joining again, which waits a
+    // second, then two, then four: three times out at most, not once a cycle (seven).
+    let outs = env.log(3).matches("its heartbeats stopped coming").count();
+    assert!((1..=3).contains(&outs), "s3 went out of the group {outs} times: {}", env.log(3));
+    for k in 1..=3 {
+        assert!(!env.log(k).contains(" is dead"), "s{k}: {}", env.log(k));
+    }
+    assert_eq!(env.holders(DVIPA), vec![1]);
+    // The group stays: s3 is back in within its longest wait so far (4 s).
+    let ok = wait_for(Duration::from_secs(6), || {
+        out(&env.vipactl(3, &["cluster"])).contains("heartbeats multicast 239.255.86.1 on en1\n").then_some(())
+    });
+    assert!(ok.is_some(), "{}\n{}", out(&env.vipactl(3, &["cluster"])), env.log(3));
+}
+
 /// The cluster thread waits for its next deadline, up to an interval away; a reload, done
 /// by the main thread, wakes it when the new state has something due sooner.
 #[test]
