@@ -222,7 +222,21 @@ fn forged_and_replayed_heartbeats_move_nothing() {
     cap.args(["-i", "br0", "-c", "30", "-w"]).arg(&pcap).args(["udp", "port", "5997"]);
     cap.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     let mut cap = env.lan.spawn(cap);
+    // And probes (flag 2 in the flags' low byte, the datagram's eighth): a probe replayed
+    // must not be answered, else anyone could make the nodes send where they like.
+    let probes = env.dir.join("probes.pcap");
+    let mut pcap_probes = env.lan.command("tcpdump");
+    pcap_probes.args(["-i", "br0", "-c", "5", "-w"]).arg(&probes).args(["udp port 5997 and udp[15] & 2 != 0"]);
+    pcap_probes.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut pcap_probes = env.lan.spawn(pcap_probes);
     assert!(cap.wait_timeout(Duration::from_secs(5)).is_some(), "capture finished");
+    assert!(pcap_probes.wait_timeout(Duration::from_secs(5)).is_some(), "probes captured");
+    // What the nodes send to the attacker from the cluster's port.
+    for k in 1..=3 {
+        env.host(k)
+            .sh("nft add table inet out && nft add chain inet out o '{ type filter hook output priority 0; }' && \
+             nft add rule inet out o ip daddr 198.18.1.50 udp sport 5997 counter");
+    }
     // Replayed once they are old (more than 64 heartbeats back; a second is over 100 at
     // 10 ms): a recent one again is told from a duplicate by nothing.
     std::thread::sleep(Duration::from_secs(1));
@@ -240,14 +254,16 @@ fn forged_and_replayed_heartbeats_move_nothing() {
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let o = env
-            .client
-            .command(workspace_bin("vipa-probe"))
-            .args(["replay", "--target", &to, "--pcap"])
-            .arg(&pcap)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        for capture in [&pcap, &probes] {
+            let o = env
+                .client
+                .command(workspace_bin("vipa-probe"))
+                .args(["replay", "--target", &to, "--pcap"])
+                .arg(capture)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
     }
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(env.holders(DVIPA), vec![1], "nothing moved");
@@ -256,6 +272,8 @@ fn forged_and_replayed_heartbeats_move_nothing() {
         assert!(j["dropped"]["unauthenticated"].as_u64().unwrap() >= 50, "s{k}: {j}");
         assert!(j["dropped"]["replayed"].as_u64().unwrap() > 0, "s{k}: {j}");
         assert!(env.vipactl(k, &["status"]).status.success(), "vipad runs on on s{k}");
+        let sent = env.host(k).sh("nft list chain inet out o");
+        assert!(sent.contains("counter packets 0 "), "s{k} answered the attacker: {sent}");
     }
 }
 
