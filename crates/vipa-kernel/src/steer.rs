@@ -345,7 +345,9 @@ pub fn receive(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
             *len = m.msg_namelen;
             let (mut stamp, mut to_multicast) = (None, false);
             let mut c = libc::CMSG_FIRSTHDR(&m);
-            // Each payload is read only where the kernel gave all of it.
+            // Each payload is read only where the kernel gave all of it. (`cmsg_len` is a
+            // `size_t` here, a `socklen_t` in other C libraries.)
+            #[allow(clippy::unnecessary_cast)]
             let holds = |c: *const libc::cmsghdr, size: usize| {
                 (*c).cmsg_len as usize >= libc::CMSG_LEN(size as u32) as usize && m.msg_flags & libc::MSG_CTRUNC == 0
             };
