@@ -701,20 +701,24 @@ impl ClusterShell {
                     && d.reordered == reordered
                     && flags & FLAG_ANSWER == 0
                     && node != self.core.config.me;
-                // A probe is answered unless it is a replay or a copy of one already
-                // answered (a replay must not make this node send to whoever it names); one
-                // overtaken on the way still asks for an answer.
-                if let Some(answer) = probe.filter(|_| !old && !again) {
+                let configured =
+                    |a: &SocketAddr| self.core.config.peers.iter().any(|p| p.ip() == a.ip().to_canonical());
+                // A probe is answered where it came from, if that is a peer's address (the
+                // configured one, or where the prober's heartbeats come from), and unless
+                // it is a replay or a copy of one already answered: a copy of a probe must
+                // not make this node send to whoever sent the copy. One overtaken on the
+                // way still asks for an answer.
+                let known = configured(&from)
+                    || self.addresses.get(&node).is_some_and(|a| a.ip().to_canonical() == from.ip().to_canonical());
+                if let Some(answer) = probe.filter(|_| !old && !again && known) {
                     if let Err(e) = self.sock.send_to(&answer.emit(&self.key), from) {
                         debug!(peer = %from, error = %e, "probe not answered");
                     }
                 }
                 // Where to probe it: where it was last heard from (by a heartbeat the core
-                // took: a replay or an answer can come from anywhere), but a configured peer address,
-                // once heard, is not given up for another (a group's datagrams come from
-                // the source its kernel picked, link-local for ff02::).
-                let configured =
-                    |a: &SocketAddr| self.core.config.peers.iter().any(|p| p.ip() == a.ip().to_canonical());
+                // took: a replay or an answer can come from anywhere), but a configured
+                // peer address, once heard, is not given up for another (a group's
+                // datagrams come from the source its kernel picked, link-local for ff02::).
                 if taken && !self.addresses.get(&node).is_some_and(|a| configured(a) && !configured(&from)) {
                     self.addresses.insert(node.clone(), from);
                 }

@@ -216,27 +216,39 @@ fn partition_minority_releases_and_one_holder_remains_after_healing() {
 #[test]
 fn forged_and_replayed_heartbeats_move_nothing() {
     let (env, _procs) = up("immediate");
+    // What the nodes send to the attacker (the client's address) from the cluster's port.
+    for k in 1..=3 {
+        env.host(k)
+            .sh("nft add table inet out && nft add chain inet out o '{ type filter hook output priority 0; }' && \
+             nft add rule inet out o ip daddr 198.18.1.50 udp sport 5997 counter");
+    }
     // Real heartbeats captured on the LAN, to replay.
     let pcap = env.dir.join("hb.pcap");
     let mut cap = env.lan.command("tcpdump");
     cap.args(["-i", "br0", "-c", "30", "-w"]).arg(&pcap).args(["udp", "port", "5997"]);
     cap.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     let mut cap = env.lan.spawn(cap);
-    // And probes (flag 2 in the flags' low byte, the datagram's eighth): a probe replayed
+    // And probes (flag 2 in the flags' low byte, the datagram's eighth): a copy of a probe
     // must not be answered, else anyone could make the nodes send where they like.
     let probes = env.dir.join("probes.pcap");
     let mut pcap_probes = env.lan.command("tcpdump");
     pcap_probes.args(["-i", "br0", "-c", "5", "-w"]).arg(&probes).args(["udp port 5997 and udp[15] & 2 != 0"]);
     pcap_probes.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     let mut pcap_probes = env.lan.spawn(pcap_probes);
-    assert!(cap.wait_timeout(Duration::from_secs(5)).is_some(), "capture finished");
     assert!(pcap_probes.wait_timeout(Duration::from_secs(5)).is_some(), "probes captured");
-    // What the nodes send to the attacker from the cluster's port.
-    for k in 1..=3 {
-        env.host(k)
-            .sh("nft add table inet out && nft add chain inet out o '{ type filter hook output priority 0; }' && \
-             nft add rule inet out o ip daddr 198.18.1.50 udp sport 5997 counter");
-    }
+    let replay = |to: &str, capture: &std::path::Path| {
+        let o = env
+            .client
+            .command(workspace_bin("vipa-probe"))
+            .args(["replay", "--target", to, "--pcap"])
+            .arg(capture)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let said = String::from_utf8_lossy(&o.stdout);
+        assert!(said.starts_with("replayed ") && !said.starts_with("replayed 0 "), "{said}");
+    };
+    assert!(cap.wait_timeout(Duration::from_secs(5)).is_some(), "capture finished");
     // Replayed once they are old (more than 64 heartbeats back; a second is over 100 at
     // 10 ms): a recent one again is told from a duplicate by nothing.
     std::thread::sleep(Duration::from_secs(1));
@@ -255,14 +267,7 @@ fn forged_and_replayed_heartbeats_move_nothing() {
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         for capture in [&pcap, &probes] {
-            let o = env
-                .client
-                .command(workspace_bin("vipa-probe"))
-                .args(["replay", "--target", &to, "--pcap"])
-                .arg(capture)
-                .output()
-                .unwrap();
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            replay(&to, capture);
         }
     }
     std::thread::sleep(Duration::from_millis(300));

@@ -92,8 +92,12 @@ pub(crate) fn parse_cluster(
     }
     for (j, p) in list.iter().enumerate() {
         let text = p.get_ref();
-        let parsed =
-            text.parse::<SocketAddr>().ok().or_else(|| text.parse::<IpAddr>().ok().map(|a| SocketAddr::new(a, port)));
+        // An IPv4-mapped IPv6 address is the IPv4 peer it names (that is how it sends).
+        let parsed = text
+            .parse::<SocketAddr>()
+            .ok()
+            .or_else(|| text.parse::<IpAddr>().ok().map(|a| SocketAddr::new(a, port)))
+            .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()));
         match parsed {
             Some(a) if !peers.contains(&a) => peers.push(a),
             Some(_) => cx.err(p.span().start, format!("cluster.peers[{j}]"), format!("{text:?} is listed twice")),
@@ -387,6 +391,10 @@ announce = ["en1"]
         assert_eq!(k.me, "s1");
         assert_eq!(k.peers[0].port(), 5997);
         assert_eq!(k.peers[1].port(), 6000);
+        // Written as IPv4-mapped IPv6, a peer is the IPv4 peer it names.
+        let mapped = GOOD.replace("\"198.18.1.12\"", "\"[::ffff:198.18.1.12]:5997\"");
+        let k = Config::parse("vipa.toml", &mapped).unwrap().cluster.unwrap();
+        assert_eq!(k.peers[0], "198.18.1.12:5997".parse().unwrap());
         assert_eq!(k.interval.as_millis(), 10);
         assert_eq!(c.dvipas[0].order(), ["s1", "s2", "s3"]);
     }
