@@ -344,9 +344,21 @@ fn thread_receive(ns: &Netns) {
 
 /// Starts vipad in `ns` and waits until it answers; stderr goes to `dir/vipad.log`.
 pub fn start_vipad_in(ns: &Netns, dir: &std::path::Path, config: &std::path::Path, socket: &std::path::Path) -> Proc {
+    start_vipad_in_env(ns, dir, config, socket, &[])
+}
+
+/// [`start_vipad_in`], with `env` added to vipad's environment.
+pub fn start_vipad_in_env(
+    ns: &Netns,
+    dir: &std::path::Path,
+    config: &std::path::Path,
+    socket: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Proc {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("vipad.log")).expect("log");
     let mut cmd = ns.command(workspace_bin("vipad"));
     cmd.arg("--config").arg(config).arg("--socket").arg(socket);
+    cmd.envs(env.iter().copied());
     cmd.stdout(Stdio::null()).stderr(log);
     let mut p = ns.spawn(cmd);
     let ctl = || Command::new(workspace_bin("vipactl")).arg("--socket").arg(socket).arg("status").output();
@@ -491,9 +503,14 @@ impl ClusterEnv {
     }
 
     pub fn start_vipad(&self, k: usize) -> Proc {
+        self.start_vipad_env(k, &[])
+    }
+
+    /// [`Self::start_vipad`], with `env` added to vipad's environment.
+    pub fn start_vipad_env(&self, k: usize, env: &[(&str, &str)]) -> Proc {
         let dir = self.dir.join(format!("s{k}"));
         std::fs::create_dir_all(&dir).expect("dir");
-        start_vipad_in(self.host(k), &dir, &self.config_path(k), &self.socket_path(k))
+        start_vipad_in_env(self.host(k), &dir, &self.config_path(k), &self.socket_path(k), env)
     }
 
     pub fn log(&self, k: usize) -> String {

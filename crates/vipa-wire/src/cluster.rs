@@ -80,6 +80,8 @@ pub struct Heartbeat {
     pub flags: u16,
     pub incarnation: u64,
     pub seq: u64,
+    /// A digest of the sender's DVIPA list; in an answer, the incarnation of the probe's
+    /// sender (so an answer given to an earlier run of that node cannot pass for one now).
     pub digest: u64,
     /// The sequence number of the probe this heartbeat answers; 0 if none.
     pub echo: u64,
@@ -167,11 +169,13 @@ impl<'a> Reader<'a> {
 impl Heartbeat {
     /// The answer of node `node` (incarnation `incarnation`) to `probe`. It carries no claims
     /// and no sequence number of its own: it counts only when its `echo` matches a probe
-    /// its receiver has outstanding, so a replayed answer proves nothing.
+    /// its receiver has outstanding, so a replayed answer proves nothing. It also echoes
+    /// the prober's incarnation (in `digest`).
     pub fn answer(node: &str, incarnation: u64, probe: &Heartbeat) -> Heartbeat {
         Heartbeat {
             flags: FLAG_ANSWER,
             incarnation,
+            digest: probe.incarnation,
             echo: probe.seq,
             interval_us: probe.interval_us,
             node: node.to_string(),

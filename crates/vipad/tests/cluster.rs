@@ -282,6 +282,32 @@ fn forged_and_replayed_heartbeats_move_nothing() {
     }
 }
 
+/// libfaketime (package faketime), for a vipad whose wall clock is behind.
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+#[test]
+fn a_node_started_again_with_its_clock_behind_is_taken_back_by_its_peers() {
+    let (env, mut procs) = up("immediate");
+    procs[0].kill();
+    env.cut(1);
+    holder_among(&env, 2, &[2, 3], Duration::from_secs(3)).expect("s2 took over");
+    // s1 starts again with its wall clock an hour behind (a clock set back, a host without
+    // a clock battery): its incarnation, taken from that clock, is below the one its peers
+    // know, so its heartbeats look like replays of an earlier run. The peers ask it by a
+    // probe; it answers in that incarnation, and it is a member again.
+    env.restore(1);
+    assert!(std::path::Path::new(FAKETIME).exists(), "libfaketime is missing: scripts/install-deps installs it");
+    let behind = [("LD_PRELOAD", FAKETIME), ("FAKETIME", "-1h"), ("DONT_FAKE_MONOTONIC", "1")];
+    procs[0] = env.start_vipad_env(1, &behind);
+    let ok = wait_for(Duration::from_secs(5), || (env.holders(DVIPA) == vec![1]).then_some(()));
+    assert!(ok.is_some(), "{:?}\n{}\n{}", env.holders(DVIPA), out(&env.vipactl(2, &["cluster"])), env.log(2));
+    for k in [2, 3] {
+        assert!(env.log(k).contains("node s1 answered in an earlier incarnation"), "s{k}: {}", env.log(k));
+        let view = out(&env.vipactl(k, &["cluster"]));
+        assert_eq!(view.matches(" alive ").count(), 2, "s{k}: {view}");
+    }
+}
+
 #[test]
 fn planned_move_hands_over() {
     let (env, _procs) = up("immediate");

@@ -197,6 +197,10 @@ pub struct Peer {
     next_rtt: Instant,
     /// When it was first heard (its punctuality is known [`LEARN`] later).
     known_since: Instant,
+    /// Dead, and heard from in an earlier incarnation than the last one known (its clock
+    /// was set back before it started again, or its heartbeats are replayed): the probe
+    /// sent to check (its sequence number, the incarnation heard, when sent).
+    challenge: Option<(u64, u64, Instant)>,
     /// It holds a DVIPA this node is in the order of: its death would change something
     /// here (see `Cluster::watched`, which also counts quorum).
     pub holds_mine: bool,
@@ -603,6 +607,17 @@ impl Cluster {
         if let Some(p) = self.peers.get_mut(&h.node) {
             if h.incarnation < p.incarnation {
                 self.drops.replayed += 1;
+                // A dead peer heard in an earlier incarnation is asked whether it runs so:
+                // only the node itself can answer the probe (authenticated, echoing a
+                // sequence number and incarnation of this run). At most once an interval.
+                let interval = self.config.interval;
+                if !p.alive && p.challenge.is_none_or(|(_, _, sent)| now >= sent + interval) {
+                    let node = h.node.clone();
+                    let seq = self.probe(now, &node);
+                    if let Some(p) = self.peers.get_mut(&node) {
+                        p.challenge = Some((seq, h.incarnation, now));
+                    }
+                }
                 return;
             }
             if h.incarnation == p.incarnation {
@@ -768,6 +783,7 @@ impl Cluster {
                 last_beat: now,
                 next_rtt,
                 known_since,
+                challenge: None,
                 punctuality_known,
                 held_up,
                 holds_mine,
@@ -818,7 +834,21 @@ impl Cluster {
     /// is measured. The first answer clears the outstanding probes, so the other answers of
     /// the same round, and any replayed answer, match nothing and prove nothing.
     fn answered(&mut self, now: Instant, h: &Heartbeat) {
+        let me = self.incarnation;
         let Some(p) = self.peers.get_mut(&h.node) else { return };
+        if let Some((seq, incarnation, _)) = p.challenge {
+            if (h.echo, h.incarnation, h.digest) == (seq, incarnation, me) {
+                // It runs in that incarnation: its heartbeats count from here on, learnt
+                // anew like those of any restarted node.
+                (p.incarnation, p.seq, p.seen, p.challenge) = (incarnation, 0, 0, None);
+                (p.known_since, p.held_up, p.punctuality_known, p.rtt) = (now, HeldUp::new(now), false, None);
+                self.out.push_back(Output::Event(format!(
+                    "node {} answered in an earlier incarnation than its last (its clock was set back before it started again): its heartbeats count again",
+                    h.node
+                )));
+                return;
+            }
+        }
         let Some(k) = p.probes.iter().position(|(seq, _)| *seq == h.echo) else { return };
         let sample = now.saturating_duration_since(p.probes[k].1);
         p.rtt = Some(match p.rtt {
@@ -832,10 +862,12 @@ impl Cluster {
         p.answered = now;
     }
 
-    /// Sends `node` a probe: a heartbeat asking for one back at once.
-    fn probe(&mut self, now: Instant, node: &str) {
+    /// Sends `node` a probe: a heartbeat asking for one back at once. Returns its sequence
+    /// number.
+    fn probe(&mut self, now: Instant, node: &str) -> u64 {
         let mut h = self.heartbeat();
         h.flags |= FLAG_PROBE;
+        let seq = h.seq;
         if let Some(p) = self.peers.get_mut(node) {
             if p.probes.len() >= 2 * PROBES as usize {
                 p.probes.pop_front();
@@ -843,6 +875,7 @@ impl Cluster {
             p.probes.push_back((h.seq, now));
         }
         self.out.push_back(Output::HeartbeatTo { node: node.to_string(), heartbeat: h });
+        seq
     }
 
     /// Suspects late peers, probes suspects, and declares dead those that did not answer

@@ -754,6 +754,75 @@ fn replayed_duplicated_and_own_name_heartbeats_are_dropped() {
 }
 
 #[test]
+fn a_node_whose_clock_was_set_back_is_taken_back_once_it_answers_in_its_earlier_incarnation() {
+    for seed in 1..6 {
+        let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
+        s.run(ms(600));
+        s.kill("s1");
+        s.run(s.t + ms(300));
+        assert!(!s.nodes["s2"].c.peers["s1"].alive, "seed {seed}");
+        s.watch = s.t;
+        // s1 starts again with its clock behind: an incarnation below the one its peers
+        // know. They check by a probe that it runs so, then take its heartbeats again, and
+        // it gets its addresses back.
+        s.restart("s1", 0);
+        s.run(s.t + ms(600));
+        for k in ["s2", "s3"] {
+            let p = &s.nodes[k].c.peers["s1"];
+            assert!(p.alive && p.incarnation == 0, "seed {seed}: {k} sees s1 as {:?}", (p.alive, p.incarnation));
+        }
+        for i in 0..3 {
+            let owner = s.nodes["s2"].c.dvipas[i].owner.clone();
+            assert_eq!(s.holders(i), vec![owner], "seed {seed} dvipa {i}");
+            assert_eq!(s.max_holders[i], 1, "seed {seed}");
+        }
+    }
+}
+
+#[test]
+fn an_earlier_incarnation_counts_only_by_an_answer_to_a_probe_of_this_run() {
+    let t0 = Instant::now();
+    let d = dvipas(1, Takeback::Immediate);
+    let mut a = Cluster::new(cluster_config("s1", 3, ms(10), Quorum::Majority), d.clone(), t0, 7, &[]);
+    let mut b = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d, t0, 5, &[]);
+    let beat = |b: &mut Cluster, at: Instant| {
+        b.handle_timeout(at);
+        std::iter::from_fn(|| b.poll_output())
+            .find_map(|o| if let Output::Heartbeat(h) = o { Some(h) } else { None })
+            .expect("a heartbeat")
+    };
+    // s1 knows s2 in incarnation 5, then s2 dies.
+    a.receive(t0, beat(&mut b, t0));
+    let later = t0 + ms(500);
+    a.handle_timeout(later);
+    assert!(!a.peers["s2"].alive);
+    while a.poll_output().is_some() {}
+    // A heartbeat of incarnation 3: dropped as a replay, and s2 is sent a probe.
+    let mut earlier =
+        Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), dvipas(1, Takeback::Immediate), later, 3, &[]);
+    a.receive(later, beat(&mut earlier, later));
+    assert_eq!(a.drops.replayed, 1);
+    let probe = std::iter::from_fn(|| a.poll_output())
+        .find_map(|o| if let Output::HeartbeatTo { heartbeat, .. } = o { Some(heartbeat) } else { None })
+        .expect("a probe to s2");
+    // An answer given to an earlier run of s1 (another incarnation of s1) does not count,
+    // nor one for another probe.
+    let mut stale = Heartbeat::answer("s2", 3, &probe);
+    stale.digest = 6;
+    a.receive(later, stale);
+    let mut other = Heartbeat::answer("s2", 3, &probe);
+    other.echo = probe.seq - 1;
+    a.receive(later, other);
+    a.receive(later + ms(1), beat(&mut earlier, later + ms(10)));
+    assert!(!a.peers["s2"].alive && a.drops.replayed == 2, "taken without the answer");
+    // The answer to this probe, from incarnation 3: its heartbeats count again.
+    a.receive(later + ms(2), Heartbeat::answer("s2", 3, &probe));
+    a.receive(later + ms(20), beat(&mut earlier, later + ms(20)));
+    let p = &a.peers["s2"];
+    assert!(p.alive && p.incarnation == 3 && a.drops.replayed == 2, "{:?}", (p.alive, p.incarnation));
+}
+
+#[test]
 fn a_restarted_node_gives_up_its_stale_copy_before_claiming() {
     let mut s = Sim::new(3, dvipas(1, Takeback::Immediate), Quorum::Majority, 11);
     s.run(ms(500));
