@@ -703,16 +703,20 @@ impl ClusterShell {
                     && node != self.core.config.me;
                 let configured =
                     |a: &SocketAddr| self.core.config.peers.iter().any(|p| p.ip() == a.ip().to_canonical());
-                // A probe is answered where it came from, if that is a peer's address (the
-                // configured one, or where the prober's heartbeats come from), and unless
-                // it is a replay or a copy of one already answered: a copy of a probe must
-                // not make this node send to whoever sent the copy. One overtaken on the
-                // way still asks for an answer.
-                let known = configured(&from)
-                    || self.addresses.get(&node).is_some_and(|a| a.ip().to_canonical() == from.ip().to_canonical());
-                if let Some(answer) = probe.filter(|_| !old && !again && known) {
-                    if let Err(e) = self.sock.send_to(&answer.emit(&self.key), from) {
-                        debug!(peer = %from, error = %e, "probe not answered");
+                // A probe is answered where it came from if that is a peer's address (the
+                // configured one, or where the prober's heartbeats come from), else where
+                // the prober's heartbeats come from (a node may send from another of its
+                // addresses, such as an IPv6 DVIPA in the peers' prefix), and not when it
+                // is a replay or a copy of one already answered: a copy of a probe cannot
+                // make this node send to whoever sent the copy. One overtaken on the way
+                // still asks for an answer.
+                let learnt = self.addresses.get(&node).copied();
+                let known =
+                    configured(&from) || learnt.is_some_and(|a| a.ip().to_canonical() == from.ip().to_canonical());
+                let to = if known { Some(from) } else { learnt };
+                if let (Some(answer), Some(to)) = (probe.filter(|_| !old && !again), to) {
+                    if let Err(e) = self.sock.send_to(&answer.emit(&self.key), to) {
+                        debug!(peer = %to, error = %e, "probe not answered");
                     }
                 }
                 // Where to probe it: where it was last heard from (by a heartbeat the core

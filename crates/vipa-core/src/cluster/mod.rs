@@ -50,6 +50,9 @@ pub const PROBES: u32 = 20;
 
 /// Heartbeat intervals between two round-trip measurements of a healthy peer.
 const RTT_EVERY: u32 = 256;
+/// Probes asking a peer for its incarnation that are remembered (sent one an interval at
+/// most: a round trip of a few intervals still finds its probe).
+const CHALLENGES: usize = 4;
 
 /// Round trips measured at least while a peer's punctuality is learnt (over [`LEARN`]):
 /// the first, taken as the peer comes, may be slow (a host that just started is busy), and
@@ -197,10 +200,15 @@ pub struct Peer {
     next_rtt: Instant,
     /// When it was first heard (its punctuality is known [`LEARN`] later).
     known_since: Instant,
-    /// Dead, and heard from in an earlier incarnation than the last one known (its clock
-    /// was set back before it started again, or its heartbeats are replayed): the probe
-    /// sent to check (its sequence number, the incarnation heard, when sent).
-    challenge: Option<(u64, u64, Instant)>,
+    /// The highest incarnation it ever ran in here: one that is not above it and not the
+    /// current one is an earlier run's (replayed), even after an earlier one was taken up.
+    highest: u64,
+    /// Probes sent to ask whether it runs in an earlier incarnation than the current one
+    /// (its clock was set back before it started again, or its heartbeats are replayed):
+    /// (sequence number, when sent), the last few.
+    challenges: VecDeque<(u64, Instant)>,
+    /// The latest earlier incarnation heard, and the highest sequence number heard in it.
+    earlier: Option<(u64, u64)>,
     /// It holds a DVIPA this node is in the order of: its death would change something
     /// here (see `Cluster::watched`, which also counts quorum).
     pub holds_mine: bool,
@@ -605,18 +613,18 @@ impl Cluster {
             return;
         }
         if let Some(p) = self.peers.get_mut(&h.node) {
-            if h.incarnation < p.incarnation {
+            if h.incarnation < p.incarnation || (h.incarnation > p.incarnation && h.incarnation <= p.highest) {
                 self.drops.replayed += 1;
-                // A dead peer heard in an earlier incarnation is asked whether it runs so:
-                // only the node itself can answer the probe (authenticated, echoing a
-                // sequence number and incarnation of this run). At most once an interval.
-                let interval = self.config.interval;
-                if !p.alive && p.challenge.is_none_or(|(_, _, sent)| now >= sent + interval) {
+                // A peer heard in an earlier incarnation is asked which one it runs in: only
+                // the node itself can answer (authenticated, echoing a sequence number and
+                // the incarnation of this run). At most once an interval.
+                p.earlier = match p.earlier {
+                    Some((i, seq)) if i == h.incarnation => Some((i, seq.max(h.seq))),
+                    _ => Some((h.incarnation, h.seq)),
+                };
+                if p.challenges.back().is_none_or(|(_, sent)| now >= *sent + self.config.interval) {
                     let node = h.node.clone();
-                    let seq = self.probe(now, &node);
-                    if let Some(p) = self.peers.get_mut(&node) {
-                        p.challenge = Some((seq, h.incarnation, now));
-                    }
+                    self.challenge(now, &node);
                 }
                 return;
             }
@@ -760,6 +768,7 @@ impl Cluster {
             _ => (now, HeldUp::new(now), false, None),
         };
         let seen = old.as_ref().filter(|p| p.incarnation == h.incarnation).map_or(0, |p| p.seen);
+        let highest = old.as_ref().map_or(h.incarnation, |p| p.highest.max(h.incarnation));
         let (jitter, probes) = old.map(|p| (p.jitter, p.probes)).unwrap_or_default();
         self.peers.insert(
             h.node.clone(),
@@ -783,7 +792,9 @@ impl Cluster {
                 last_beat: now,
                 next_rtt,
                 known_since,
-                challenge: None,
+                highest,
+                challenges: VecDeque::new(),
+                earlier: None,
                 punctuality_known,
                 held_up,
                 holds_mine,
@@ -836,18 +847,23 @@ impl Cluster {
     fn answered(&mut self, now: Instant, h: &Heartbeat) {
         let me = self.incarnation;
         let Some(p) = self.peers.get_mut(&h.node) else { return };
-        if let Some((seq, incarnation, _)) = p.challenge {
-            if (h.echo, h.incarnation, h.digest) == (seq, incarnation, me) {
-                // It runs in that incarnation: its heartbeats count from here on, learnt
-                // anew like those of any restarted node.
-                (p.incarnation, p.seq, p.seen, p.challenge) = (incarnation, 0, 0, None);
+        if p.challenges.iter().any(|(seq, _)| *seq == h.echo) {
+            // An answer to a probe of this run (the echoed incarnation says so), given now:
+            // the incarnation the node runs in. An earlier one than its last is taken up,
+            // its heartbeats count from here on, learnt anew like those of any restarted
+            // node.
+            if h.digest == me && h.incarnation != p.incarnation {
+                let seq = p.earlier.filter(|(i, _)| *i == h.incarnation).map_or(0, |(_, seq)| seq);
+                (p.incarnation, p.seq, p.seen, p.earlier) = (h.incarnation, seq, 0, None);
+                p.highest = p.highest.max(h.incarnation);
+                p.challenges.clear();
                 (p.known_since, p.held_up, p.punctuality_known, p.rtt) = (now, HeldUp::new(now), false, None);
                 self.out.push_back(Output::Event(format!(
                     "node {} answered in an earlier incarnation than its last (its clock was set back before it started again): its heartbeats count again",
                     h.node
                 )));
-                return;
             }
+            return;
         }
         let Some(k) = p.probes.iter().position(|(seq, _)| *seq == h.echo) else { return };
         let sample = now.saturating_duration_since(p.probes[k].1);
@@ -862,12 +878,10 @@ impl Cluster {
         p.answered = now;
     }
 
-    /// Sends `node` a probe: a heartbeat asking for one back at once. Returns its sequence
-    /// number.
-    fn probe(&mut self, now: Instant, node: &str) -> u64 {
+    /// Sends `node` a probe: a heartbeat asking for one back at once.
+    fn probe(&mut self, now: Instant, node: &str) {
         let mut h = self.heartbeat();
         h.flags |= FLAG_PROBE;
-        let seq = h.seq;
         if let Some(p) = self.peers.get_mut(node) {
             if p.probes.len() >= 2 * PROBES as usize {
                 p.probes.pop_front();
@@ -875,7 +889,20 @@ impl Cluster {
             p.probes.push_back((h.seq, now));
         }
         self.out.push_back(Output::HeartbeatTo { node: node.to_string(), heartbeat: h });
-        seq
+    }
+
+    /// Sends `node` a probe whose answer tells the incarnation it runs in (see `answered`);
+    /// it is not one of the probes that check on a late peer.
+    fn challenge(&mut self, now: Instant, node: &str) {
+        let mut h = self.heartbeat();
+        h.flags |= FLAG_PROBE;
+        if let Some(p) = self.peers.get_mut(node) {
+            if p.challenges.len() >= CHALLENGES {
+                p.challenges.pop_front();
+            }
+            p.challenges.push_back((h.seq, now));
+        }
+        self.out.push_back(Output::HeartbeatTo { node: node.to_string(), heartbeat: h });
     }
 
     /// Suspects late peers, probes suspects, and declares dead those that did not answer

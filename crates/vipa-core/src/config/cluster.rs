@@ -97,7 +97,12 @@ pub(crate) fn parse_cluster(
             .parse::<SocketAddr>()
             .ok()
             .or_else(|| text.parse::<IpAddr>().ok().map(|a| SocketAddr::new(a, port)))
-            .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()));
+            .map(|a| match a {
+                SocketAddr::V6(v6) => {
+                    v6.ip().to_ipv4_mapped().map_or(a, |v4| SocketAddr::new(IpAddr::V4(v4), a.port()))
+                }
+                v4 => v4,
+            });
         match parsed {
             Some(a) if !peers.contains(&a) => peers.push(a),
             Some(_) => cx.err(p.span().start, format!("cluster.peers[{j}]"), format!("{text:?} is listed twice")),
