@@ -217,7 +217,7 @@ impl Observed {
     /// ask for it again before the kernel's own event arrives. The event confirms it.
     pub fn assume(&mut self, op: &Op) {
         match op {
-            Op::AddAddress { ifindex, addr, prefix_len } => {
+            Op::AddAddress { ifindex, addr, prefix_len, .. } => {
                 self.addresses.insert(
                     (*ifindex, *addr),
                     Address { ifindex: *ifindex, addr: *addr, prefix_len: *prefix_len, proto: ADDR_PROTO_VIPA },
@@ -362,6 +362,11 @@ pub enum Op {
         ifindex: u32,
         addr: IpAddr,
         prefix_len: u8,
+        /// The kernel may pick it as the source of the host's own traffic. An IPv6 one that
+        /// may not is added deprecated (preferred lifetime 0): it still takes connections
+        /// and answers neighbour solicitations, and a socket bound to it still uses it.
+        /// (IPv4 has no such mark: `false` changes nothing there.)
+        source: bool,
     },
     /// Set a route's preferred source; everything else about the route stays as it is.
     SetPrefsrc {
@@ -401,8 +406,9 @@ impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Op::AddDummy { name } => write!(f, "add dummy device {name}"),
-            Op::AddAddress { ifindex, addr, prefix_len } => {
-                write!(f, "add address {addr}/{prefix_len} on ifindex {ifindex}")
+            Op::AddAddress { ifindex, addr, prefix_len, source } => {
+                let how = if *source { "" } else { " (never a source)" };
+                write!(f, "add address {addr}/{prefix_len} on ifindex {ifindex}{how}")
             }
             Op::SetPrefsrc { key, prefsrc: Some(src) } => write!(f, "route {key}: preferred source {src}"),
             Op::SetPrefsrc { key, prefsrc: None } => write!(f, "route {key}: no preferred source"),

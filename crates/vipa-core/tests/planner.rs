@@ -119,8 +119,8 @@ fn seed_environment_gets_vipa_on_lo_and_as_source() {
     let mut ledger = Ledger::default();
     let p = plan(&c, &o, &ledger, DeviceMode::Loopback);
     // Addresses first, then routes, then sysctls.
-    assert_eq!(p.ops[0], Op::AddAddress { ifindex: 1, addr: ip("198.18.6.1"), prefix_len: 32 });
-    assert_eq!(p.ops[1], Op::AddAddress { ifindex: 1, addr: ip("2001:db8:6::1"), prefix_len: 128 });
+    assert_eq!(p.ops[0], Op::AddAddress { ifindex: 1, addr: ip("198.18.6.1"), prefix_len: 32, source: true });
+    assert_eq!(p.ops[1], Op::AddAddress { ifindex: 1, addr: ip("2001:db8:6::1"), prefix_len: 128, source: true });
     converge(&c, &mut o, &mut ledger, DeviceMode::Loopback);
 
     assert_eq!(src(&o, "0.0.0.0", 0, 0), Some(ip("198.18.6.1")));
@@ -375,7 +375,8 @@ fn ipv4_dvipas_are_local_routes_and_ipv6_ones_addresses() {
     assert_eq!(
         ops,
         vec![
-            Op::AddAddress { ifindex: 2, addr: ip("2001:db8:1::200"), prefix_len: 128 },
+            // Never the source of the host's own traffic: it moves.
+            Op::AddAddress { ifindex: 2, addr: ip("2001:db8:1::200"), prefix_len: 128, source: false },
             Op::AddRoute { route: OwnedRoute::dvipa(ip("198.18.1.200"), 2) },
         ]
     );
@@ -397,7 +398,7 @@ fn ipv4_dvipas_are_local_routes_and_ipv6_ones_addresses() {
 fn an_ipv4_dvipa_is_an_address_where_the_kernel_would_not_answer_arp_for_a_route() {
     let c = config(DVIPAS);
     let v4 = [plan::HeldDvipa { address: ip("198.18.1.200"), device: Some("en1".into()) }];
-    let as_address = vec![Op::AddAddress { ifindex: 2, addr: ip("198.18.1.200"), prefix_len: 32 }];
+    let as_address = vec![Op::AddAddress { ifindex: 2, addr: ip("198.18.1.200"), prefix_len: 32, source: true }];
     let arp_ignore = |ifname: &str| SysctlKey { ifname: ifname.into(), kind: SysctlKind::ArpIgnore };
     for (ifname, value) in [("en1", 1), ("all", 1), ("en1", 3)] {
         let mut o = seed_host();

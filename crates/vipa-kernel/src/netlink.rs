@@ -16,7 +16,9 @@ use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE,
     NLM_F_REQUEST,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressProtocol, AddressScope};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressMessage, AddressProtocol, AddressScope, CacheInfo,
+};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{
@@ -216,10 +218,16 @@ impl Kernel {
     /// messages about dummy devices.
     pub fn apply(&mut self, op: &Op, link_index: impl Fn(&str) -> Option<u32>) -> Result<Outcome, KernelError> {
         let result = match op {
-            Op::AddAddress { ifindex, addr, prefix_len } => self.request(
-                NLM_F_CREATE | NLM_F_EXCL,
-                RouteNetlinkMessage::NewAddress(address_message(*ifindex, *addr, *prefix_len, true)),
-            ),
+            Op::AddAddress { ifindex, addr, prefix_len, source } => {
+                let mut m = address_message(*ifindex, *addr, *prefix_len, true);
+                if !source && addr.is_ipv6() {
+                    // Deprecated from the start, valid for ever.
+                    let mut lifetimes = CacheInfo::default();
+                    (lifetimes.ifa_preferred, lifetimes.ifa_valid) = (0, u32::MAX);
+                    m.attributes.push(AddressAttribute::CacheInfo(lifetimes));
+                }
+                self.request(NLM_F_CREATE | NLM_F_EXCL, RouteNetlinkMessage::NewAddress(m))
+            }
             Op::DelAddress { ifindex, addr, prefix_len } => {
                 self.request(0, RouteNetlinkMessage::DelAddress(address_message(*ifindex, *addr, *prefix_len, false)))
             }

@@ -398,6 +398,13 @@ fn ipv6_dvipa_is_taken_over_with_an_unsolicited_na() {
     wait_for(Duration::from_secs(5), || (env.holders(DVIPA6) == vec![1]).then_some(())).expect("s1 holds it");
     env.client.try_sh(&format!("ping -6 -c1 -W1 {DVIPA6}")).expect("reachable on s1");
     assert_eq!(env.client_neigh(DVIPA6), Some(env.mac(1)));
+    // The DVIPA is in the link's prefix, a longer match for the peers than s1's own
+    // address: still, s1's own traffic (heartbeats too) leaves from its own address, not
+    // from an address that moves.
+    let route = env.host(1).sh("ip -6 route get 2001:db8:1::12");
+    assert!(route.contains(" src 2001:db8:1::11 "), "{route}");
+    let addr = env.host(1).sh(&format!("ip -6 addr show to {DVIPA6}"));
+    assert!(addr.contains("deprecated"), "{addr}");
     procs[0].kill();
     env.cut(1);
     let ok = wait_for(Duration::from_secs(3), || {

@@ -258,6 +258,11 @@ pub fn plan_runtime(
     let managed_nics = managed_sysctls(config);
     // By device: thousands of DVIPAs share a few NICs.
     let mut as_routes: BTreeMap<u32, bool> = BTreeMap::new();
+    // An IPv6 DVIPA is never the source of the host's own traffic: it moves, and what the
+    // host started from it would break. (As an address in the link's prefix, the kernel
+    // would otherwise prefer it to the NIC's own address, its longest match. IPv4 picks
+    // the route's preferred source, the NIC's address.)
+    let mut not_sources: BTreeSet<(u32, IpAddr)> = BTreeSet::new();
     for d in dvipas {
         let dev = match &d.device {
             Some(n) => observed.link_by_name(n),
@@ -270,6 +275,9 @@ pub fn plan_runtime(
                 want.routes.insert(r.key(), r);
             } else {
                 want.addresses.insert((l.index, d.address), host_prefix_len(d.address));
+                if d.address.is_ipv6() {
+                    not_sources.insert((l.index, d.address));
+                }
             }
         }
     }
@@ -315,7 +323,10 @@ pub fn plan_runtime(
     for (&(ifindex, addr), &prefix_len) in &wanted {
         let name = ifname(ifindex);
         match observed.addresses.get(&(ifindex, addr)) {
-            None => add_addrs.push(Op::AddAddress { ifindex, addr, prefix_len }),
+            None => {
+                let source = !not_sources.contains(&(ifindex, addr));
+                add_addrs.push(Op::AddAddress { ifindex, addr, prefix_len, source });
+            }
             // Someone else's identical address is used as it is, and not claimed.
             Some(a) if a.proto != ADDR_PROTO_VIPA && !ledger.addresses.contains(&(name.clone(), addr)) => continue,
             Some(_) => {}
