@@ -778,15 +778,32 @@ fn dvipa_scale(n: usize, rows: &mut Vec<Row>) {
     let steady = settle_idle(&env, 2);
     let what = |node: &str| format!("{n} DVIPAs at 10 ms heartbeats: {node} vipad CPU idle, 3 × 10 s");
     let target = if n == 1000 { "< 1 %" } else { "-" };
-    // Both daemons over the same three 10 s windows: the same conditions for each.
-    let [mut holder, mut backup] = idle_usage_of([s1.pid(), s2.pid()], 3, 10);
+    // Both daemons over the same three 10 s windows: the same conditions for each; with
+    // 1,000, the bare loops of `beat_loops` too, the floor of what they do.
+    let beats = (n == 1000).then(beat_loops);
+    let mut cells: Vec<String> = match &beats {
+        Some((a, b, _)) => idle_usage_of([s1.pid(), s2.pid(), a.pid(), b.pid()], 3, 10).to_vec(),
+        None => idle_usage_of([s1.pid(), s2.pid()], 3, 10).to_vec(),
+    };
     if !steady {
-        for cell in [&mut holder, &mut backup] {
+        for cell in &mut cells[..2] {
             cell.push_str(STILL_LEARNING);
         }
     }
-    rows.push(Row { what: what("holder (s1)"), result: holder, target: target.into() });
-    rows.push(Row { what: what("backup (s2)"), result: backup, target: target.into() });
+    let mut cells = cells.into_iter();
+    for node in ["holder (s1)", "backup (s2)"] {
+        rows.push(Row { what: what(node), result: cells.next().unwrap_or_default(), target: target.into() });
+    }
+    for who in ["s1, on the tick", "s2, 0.5 ms after"] {
+        if let Some(cell) = cells.next() {
+            rows.push(Row {
+                what: format!("floor, same windows: a bare loop sending a datagram every 10 ms, reading the peer's: {who}"),
+                result: cell,
+                target: "-".into(),
+            });
+        }
+    }
+    drop(beats);
     if n == 1000 {
         // What one datagram out and one in every 10 ms costs on this machine at the least.
         let mut cmd = env.host(2).command("ping");
@@ -805,13 +822,6 @@ fn dvipa_scale(n: usize, rows: &mut Vec<Row>) {
         result: takeover_cell(&env, &mut s1, Duration::from_secs(60), || count(2) > n),
         target: if n == 10_000 { "≤ 500 ms".into() } else { "-".into() },
     });
-    if n == 1000 {
-        // Quiet first: the floor is measured on a LAN where nothing else runs.
-        drop(s2);
-        drop(s1);
-        drop(env);
-        beat_floor(rows);
-    }
 }
 
 /// IPv6 DVIPAs are addresses on the NIC (the kernel answers neighbour solicitations only
@@ -851,11 +861,12 @@ fn beat(peer: std::net::SocketAddr, port: u16, offset_us: u64) {
 }
 
 /// The floor of the idle rows: two bare loops (`beat`) in s1 and s2 of a LAN of their own,
-/// sending to each other,
-/// s1's on the 10 ms tick and s2's half a millisecond after (as a backup keeps step with
-/// the holder), both at vipad's real-time priority. The first to wake after 10 ms of
-/// quiet pays for cold caches; the second runs just after the kernel ran the same path.
-fn beat_floor(rows: &mut Vec<Row>) {
+/// sending to each other, s1's on the 10 ms tick and s2's half a millisecond after (as a
+/// backup keeps step with the holder), both at vipad's real-time priority; running (the
+/// caller measures them beside the daemons, over the same windows). The first to wake
+/// after 10 ms of quiet pays for cold caches; the second runs just after the kernel ran
+/// the same path.
+fn beat_loops() -> (vipa_testbed::Proc, vipa_testbed::Proc, ClusterEnv) {
     let env = ClusterEnv::build(Names::Unique, 2);
     env.thread_receive();
     let exe = std::env::current_exe().expect("own path");
@@ -866,14 +877,8 @@ fn beat_floor(rows: &mut Vec<Row>) {
     };
     let (a, b) = (start(1, "198.18.1.12:5998", "0"), start(2, "198.18.1.11:5998", "500"));
     std::thread::sleep(Duration::from_secs(1));
-    let [first, second] = idle_usage_of([a.pid(), b.pid()], 3, 10);
-    for (cell, who) in [(first, "s1, on the tick"), (second, "s2, 0.5 ms after")] {
-        rows.push(Row {
-            what: format!("floor: a bare loop sending a datagram every 10 ms, reading the peer's: {who}, 3 × 10 s"),
-            result: cell,
-            target: "-".into(),
-        });
-    }
+    // (The loops end before their namespaces go.)
+    (a, b, env)
 }
 
 /// Three nodes with majority quorum (the usual way to have one), s1 owning `n` DVIPAs, s2
