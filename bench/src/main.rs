@@ -5,7 +5,8 @@
 //! - the time from a foreign route change to its preferred source being restored;
 //! - cold start with 1,000 VIPAs and 4 NICs: time to converge, peak RSS, idle CPU.
 //!
-//! `vipa-bench [--runs N] [--only baseline,failover,repair,scale,ipmp-link,ipmp-silent,ipmp-cpu,dvipa-outage,keepalived,dvipa-scale] [--intervals 1000,100,10,1] [--dvipas 1000,10000]`.
+//! `vipa-bench [--runs N] [--only baseline,failover,repair,scale,ipmp-link,ipmp-silent,ipmp-cpu,dvipa-outage,keepalived,dvipa-scale] [--intervals 1000,100,10,1] [--dvipas 1000,10000]`
+//! (`--beat PEER:PORT PORT OFFSET_US` is the bare loop the idle rows are measured against).
 //! Not a test: numbers are reported, never asserted.
 
 use std::process::{Command, Stdio};
