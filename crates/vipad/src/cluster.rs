@@ -276,10 +276,8 @@ fn cluster_loop(
     let mut deferred = false;
     loop {
         let wait = deadline.map(|t| t.saturating_duration_since(Instant::now()));
-        // Whether the prompt socket may hold something: not if the wait found it empty.
-        let mut prompt_ready = true;
         if !wait.is_some_and(|w| w.is_zero()) {
-            prompt_ready = wait_for_input(&sock, &nudged, wait);
+            wait_for_input(&sock, &nudged, wait);
         }
         let (now, wall) = (Instant::now(), SystemTime::now());
         // Routine heartbeats wait in their socket until this thread wakes anyway. Each turn
@@ -292,11 +290,7 @@ fn cluster_loop(
         // for the next turn, as a prompt one that came before it may still be on its way
         // to its socket (the kernel stamps a datagram a moment before it gets there).
         let mut prompt_read_to = None;
-        if !prompt_ready {
-            // Found empty as the wait ended (most wake-ups: the timer's): not read again.
-            prompt_read_to = wall.checked_sub(ON_THE_WAY);
-        }
-        for (s, prompt) in [(prompt_ready.then_some(&sock), true), (routine.as_ref(), false)] {
+        for (s, prompt) in [(Some(&sock), true), (routine.as_ref(), false)] {
             let Some(s) = s else { continue };
             for n in 0.. {
                 if n == PER_TURN {
@@ -440,9 +434,8 @@ struct Got {
 }
 
 /// Waits until `sock` has a datagram (or an error to report), another thread nudges, or
-/// `wait` is over (`None`: no limit). Returns whether `sock` may have something to read
-/// (false: it had nothing as the wait ended).
-fn wait_for_input(sock: &UdpSocket, nudged: &OwnedFd, wait: Option<Duration>) -> bool {
+/// `wait` is over (`None`: no limit).
+fn wait_for_input(sock: &UdpSocket, nudged: &OwnedFd, wait: Option<Duration>) {
     let mut fds = [
         libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 },
         libc::pollfd { fd: nudged.as_raw_fd(), events: libc::POLLIN, revents: 0 },
@@ -456,8 +449,6 @@ fn wait_for_input(sock: &UdpSocket, nudged: &OwnedFd, wait: Option<Duration>) ->
         // SAFETY: reads into a live buffer of its length from a non-blocking pipe.
         while unsafe { libc::read(nudged.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
     }
-    // (Interrupted or failed: say it may, and read.)
-    rc < 0 || fds[0].revents != 0
 }
 
 /// A non-blocking pipe: (read end, write end).
