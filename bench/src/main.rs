@@ -798,7 +798,9 @@ fn dvipa_scale(n: usize, rows: &mut Vec<Row>) {
     for who in ["s1, on the tick", "s2, 0.5 ms after"] {
         if let Some(cell) = cells.next() {
             rows.push(Row {
-                what: format!("floor, same windows: a bare loop sending a datagram every 10 ms, reading the peer's: {who}"),
+                what: format!(
+                    "floor, same windows: a bare loop sending a datagram every 10 ms, reading the peer's: {who}"
+                ),
                 result: cell,
                 target: "-".into(),
             });
