@@ -766,6 +766,14 @@ fn a_node_whose_clock_was_set_back_is_taken_back_once_it_answers_in_its_earlier_
         // know. They check by a probe that it runs so, then take its heartbeats again, and
         // it gets its addresses back.
         s.restart("s1", 0);
+        // Asked at once, also while its last run is not yet held dead (its silence bound
+        // is 100 ms): taken back within a few heartbeats.
+        let taken = |s: &Sim| ["s2", "s3"].iter().all(|k| s.nodes[*k].c.peers["s1"].incarnation == 0);
+        let start = s.t;
+        while !taken(&s) && s.t < start + ms(600) {
+            s.run(s.t + ms(1));
+        }
+        assert!(s.t < start + ms(50), "seed {seed}, down {down} ms: taken back after {:?}", s.t - start);
         s.run(s.t + ms(600));
         for k in ["s2", "s3"] {
             let p = &s.nodes[k].c.peers["s1"];
