@@ -59,6 +59,9 @@ pub struct Address {
     pub prefix_len: u8,
     /// `IFA_PROTO`, 0 when unset.
     pub proto: u8,
+    /// Deprecated (IPv6): never picked by the kernel as a source.
+    #[serde(default)]
+    pub deprecated: bool,
 }
 
 /// What identifies a route in the kernel: `ip route replace` with the same key replaces it.
@@ -217,11 +220,21 @@ impl Observed {
     /// ask for it again before the kernel's own event arrives. The event confirms it.
     pub fn assume(&mut self, op: &Op) {
         match op {
-            Op::AddAddress { ifindex, addr, prefix_len, .. } => {
-                self.addresses.insert(
-                    (*ifindex, *addr),
-                    Address { ifindex: *ifindex, addr: *addr, prefix_len: *prefix_len, proto: ADDR_PROTO_VIPA },
-                );
+            Op::AddAddress { ifindex, addr, prefix_len, source } => {
+                let deprecated = !source && addr.is_ipv6();
+                let a = Address {
+                    ifindex: *ifindex,
+                    addr: *addr,
+                    prefix_len: *prefix_len,
+                    proto: ADDR_PROTO_VIPA,
+                    deprecated,
+                };
+                self.addresses.insert((*ifindex, *addr), a);
+            }
+            Op::Deprecate { ifindex, addr, .. } => {
+                if let Some(a) = self.addresses.get_mut(&(*ifindex, *addr)) {
+                    a.deprecated = true;
+                }
             }
             Op::DelAddress { ifindex, addr, .. } => {
                 self.addresses.remove(&(*ifindex, *addr));
@@ -368,6 +381,13 @@ pub enum Op {
         /// (IPv4 has no such mark: `false` changes nothing there.)
         source: bool,
     },
+    /// Make an IPv6 address of vipa's deprecated (preferred lifetime 0, valid for ever):
+    /// one added preferred (by an earlier version) that is never to be a source.
+    Deprecate {
+        ifindex: u32,
+        addr: IpAddr,
+        prefix_len: u8,
+    },
     /// Set a route's preferred source; everything else about the route stays as it is.
     SetPrefsrc {
         key: RouteKey,
@@ -409,6 +429,9 @@ impl fmt::Display for Op {
             Op::AddAddress { ifindex, addr, prefix_len, source } => {
                 let how = if *source { "" } else { " (never a source)" };
                 write!(f, "add address {addr}/{prefix_len} on ifindex {ifindex}{how}")
+            }
+            Op::Deprecate { ifindex, addr, prefix_len } => {
+                write!(f, "address {addr}/{prefix_len} on ifindex {ifindex}: never a source (deprecated)")
             }
             Op::SetPrefsrc { key, prefsrc: Some(src) } => write!(f, "route {key}: preferred source {src}"),
             Op::SetPrefsrc { key, prefsrc: None } => write!(f, "route {key}: no preferred source"),

@@ -47,7 +47,7 @@ fn seed_host() -> Observed {
         o.links.insert(l.index, l);
     }
     for (i, a, p) in [(2, "198.18.1.1", 24), (3, "198.18.5.1", 24), (4, "198.19.0.1", 24), (2, "2001:db8:1::1", 64)] {
-        o.addresses.insert((i, ip(a)), Address { ifindex: i, addr: ip(a), prefix_len: p, proto: 0 });
+        o.addresses.insert((i, ip(a)), Address { ifindex: i, addr: ip(a), prefix_len: p, proto: 0, deprecated: false });
     }
     for r in [
         route("0.0.0.0", 0, 0, Some("198.18.1.2"), 2, None, BOOT),
@@ -228,7 +228,8 @@ fn interface_appearing_later_is_applied() {
     let mut ledger = Ledger::default();
     converge(&c, &mut o, &mut ledger, DeviceMode::Loopback);
     o.links.insert(7, link(7, "en7"));
-    o.addresses.insert((7, ip("198.18.7.1")), Address { ifindex: 7, addr: ip("198.18.7.1"), prefix_len: 24, proto: 0 });
+    let a = Address { ifindex: 7, addr: ip("198.18.7.1"), prefix_len: 24, proto: 0, deprecated: false };
+    o.addresses.insert((7, ip("198.18.7.1")), a);
     let r = route("198.18.7.0", 24, 0, None, 7, Some("198.18.7.1"), PROTO_KERNEL);
     o.routes.insert(r.key, r);
     for kind in SysctlKind::ALL {
@@ -291,7 +292,8 @@ fn dummy_mode_creates_device_then_addresses_and_removes_both() {
 fn foreign_address_identical_to_vipa_is_used_but_not_removed() {
     let c = config(SEED);
     let mut o = seed_host();
-    o.addresses.insert((1, ip("198.18.6.1")), Address { ifindex: 1, addr: ip("198.18.6.1"), prefix_len: 32, proto: 0 });
+    let a = Address { ifindex: 1, addr: ip("198.18.6.1"), prefix_len: 32, proto: 0, deprecated: false };
+    o.addresses.insert((1, ip("198.18.6.1")), a);
     let mut ledger = Ledger::default();
     converge(&c, &mut o, &mut ledger, DeviceMode::Loopback);
     converge(&Config::empty(), &mut o, &mut ledger, DeviceMode::Loopback);
@@ -382,6 +384,13 @@ fn ipv4_dvipas_are_local_routes_and_ipv6_ones_addresses() {
     );
     apply(&mut o, &ops);
     assert!(o.local_addresses().contains(&ip("198.18.1.200")), "the route gives the host the address");
+    assert!(plan_held(&c, &o, &held(&c)).is_empty(), "converged");
+    // Held as a source (an earlier version added it so, or someone changed it): made one
+    // that is never a source again, and nothing else.
+    o.addresses.get_mut(&(2, ip("2001:db8:1::200"))).unwrap().deprecated = false;
+    let ops = plan_held(&c, &o, &held(&c));
+    assert_eq!(ops, vec![Op::Deprecate { ifindex: 2, addr: ip("2001:db8:1::200"), prefix_len: 128 }]);
+    apply(&mut o, &ops);
     assert!(plan_held(&c, &o, &held(&c)).is_empty(), "converged");
     // Released: the route and the address go.
     let ops = plan_held(&c, &o, &[]);

@@ -17,7 +17,7 @@ use netlink_packet_core::{
     NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{
-    AddressAttribute, AddressFlags, AddressMessage, AddressProtocol, AddressScope, CacheInfo,
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressProtocol, AddressScope, CacheInfo,
 };
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage, NeighbourState};
@@ -221,12 +221,16 @@ impl Kernel {
             Op::AddAddress { ifindex, addr, prefix_len, source } => {
                 let mut m = address_message(*ifindex, *addr, *prefix_len, true);
                 if !source && addr.is_ipv6() {
-                    // Deprecated from the start, valid for ever.
-                    let mut lifetimes = CacheInfo::default();
-                    (lifetimes.ifa_preferred, lifetimes.ifa_valid) = (0, u32::MAX);
-                    m.attributes.push(AddressAttribute::CacheInfo(lifetimes));
+                    // Deprecated from the start.
+                    m.attributes.push(never_a_source());
                 }
                 self.request(NLM_F_CREATE | NLM_F_EXCL, RouteNetlinkMessage::NewAddress(m))
+            }
+            Op::Deprecate { ifindex, addr, prefix_len } => {
+                // The same address, its lifetimes replaced.
+                let mut m = address_message(*ifindex, *addr, *prefix_len, true);
+                m.attributes.push(never_a_source());
+                self.request(NLM_F_REPLACE, RouteNetlinkMessage::NewAddress(m))
             }
             Op::DelAddress { ifindex, addr, prefix_len } => {
                 self.request(0, RouteNetlinkMessage::DelAddress(address_message(*ifindex, *addr, *prefix_len, false)))
@@ -348,6 +352,13 @@ fn with_prefsrc(raw: &RouteMessage, prefsrc: Option<IpAddr>) -> RouteMessage {
     m
 }
 
+/// Lifetimes that make an IPv6 address deprecated (never a source) and keep it for ever.
+fn never_a_source() -> AddressAttribute {
+    let mut lifetimes = CacheInfo::default();
+    (lifetimes.ifa_preferred, lifetimes.ifa_valid) = (0, u32::MAX);
+    AddressAttribute::CacheInfo(lifetimes)
+}
+
 fn address_message(ifindex: u32, addr: IpAddr, prefix_len: u8, create: bool) -> AddressMessage {
     let mut m = AddressMessage::default();
     m.header.family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
@@ -436,15 +447,18 @@ fn convert_address(m: &AddressMessage) -> Option<Address> {
     let mut local = None;
     let mut address = None;
     let mut proto = 0;
+    let mut deprecated = m.header.flags.contains(AddressHeaderFlags::Deprecated);
     for a in &m.attributes {
         match a {
             AddressAttribute::Local(ip) => local = Some(*ip),
             AddressAttribute::Address(ip) => address = Some(*ip),
             AddressAttribute::Protocol(p) => proto = u8::from(*p),
+            AddressAttribute::Flags(f) => deprecated |= f.contains(AddressFlags::Deprecated),
             _ => {}
         }
     }
-    Some(Address { ifindex: m.header.index, addr: local.or(address)?, prefix_len: m.header.prefix_len, proto })
+    let addr = local.or(address)?;
+    Some(Address { ifindex: m.header.index, addr, prefix_len: m.header.prefix_len, proto, deprecated })
 }
 
 fn convert_route(m: &RouteMessage) -> Option<Route> {

@@ -405,6 +405,13 @@ fn ipv6_dvipa_is_taken_over_with_an_unsolicited_na() {
     assert!(route.contains(" src 2001:db8:1::11 "), "{route}");
     let addr = env.host(1).sh(&format!("ip -6 addr show to {DVIPA6}"));
     assert!(addr.contains("deprecated"), "{addr}");
+    // Made a source behind vipad's back (or left so by an earlier version): made never a
+    // source again.
+    env.host(1).sh(&format!("ip -6 addr change {DVIPA6}/128 dev en1 preferred_lft forever nodad noprefixroute"));
+    let again = wait_for(Duration::from_secs(2), || {
+        env.host(1).sh(&format!("ip -6 addr show to {DVIPA6}")).contains("deprecated").then_some(())
+    });
+    assert!(again.is_some(), "{}\n{}", env.host(1).sh(&format!("ip -6 addr show to {DVIPA6}")), env.log(1));
     procs[0].kill();
     env.cut(1);
     let ok = wait_for(Duration::from_secs(3), || {

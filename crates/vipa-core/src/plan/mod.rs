@@ -329,6 +329,10 @@ pub fn plan_runtime(
             }
             // Someone else's identical address is used as it is, and not claimed.
             Some(a) if a.proto != ADDR_PROTO_VIPA && !ledger.addresses.contains(&(name.clone(), addr)) => continue,
+            // Ours, but a source (an earlier version added it so, or someone changed it).
+            Some(a) if addr.is_ipv6() && !a.deprecated && not_sources.contains(&(ifindex, addr)) => {
+                add_addrs.push(Op::Deprecate { ifindex, addr, prefix_len });
+            }
             Some(_) => {}
         }
         next.addresses.insert((name, addr));
