@@ -231,10 +231,16 @@ impl Observed {
                 };
                 self.addresses.insert((*ifindex, *addr), a);
             }
-            Op::Deprecate { ifindex, addr, .. } => {
-                if let Some(a) = self.addresses.get_mut(&(*ifindex, *addr)) {
-                    a.deprecated = true;
-                }
+            Op::Deprecate { ifindex, addr, prefix_len } => {
+                // (The kernel makes it again if it went meanwhile.)
+                let a = Address {
+                    ifindex: *ifindex,
+                    addr: *addr,
+                    prefix_len: *prefix_len,
+                    proto: ADDR_PROTO_VIPA,
+                    deprecated: true,
+                };
+                self.addresses.insert((*ifindex, *addr), a);
             }
             Op::DelAddress { ifindex, addr, .. } => {
                 self.addresses.remove(&(*ifindex, *addr));

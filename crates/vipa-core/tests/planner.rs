@@ -389,9 +389,20 @@ fn ipv4_dvipas_are_local_routes_and_ipv6_ones_addresses() {
     // that is never a source again, and nothing else.
     o.addresses.get_mut(&(2, ip("2001:db8:1::200"))).unwrap().deprecated = false;
     let ops = plan_held(&c, &o, &held(&c));
-    assert_eq!(ops, vec![Op::Deprecate { ifindex: 2, addr: ip("2001:db8:1::200"), prefix_len: 128 }]);
+    let deprecate = vec![Op::Deprecate { ifindex: 2, addr: ip("2001:db8:1::200"), prefix_len: 128 }];
+    assert_eq!(ops, deprecate);
     apply(&mut o, &ops);
     assert!(plan_held(&c, &o, &held(&c)).is_empty(), "converged");
+    // Changed by hand (`ip addr change` leaves no protocol tag): still vipa's by its ledger.
+    let mut by_hand = o.clone();
+    let a = by_hand.addresses.get_mut(&(2, ip("2001:db8:1::200"))).unwrap();
+    (a.proto, a.deprecated) = (0, false);
+    let mut ledger = Ledger::default();
+    ledger.addresses.insert(("en1".into(), ip("2001:db8:1::200")));
+    let ops = plan::plan_runtime(&c, &by_hand, &ledger, DeviceMode::Loopback, &[], &held(&c)).ops;
+    assert_eq!(ops, deprecate);
+    // Someone else's identical address, not in the ledger: used as it is, never changed.
+    assert!(plan_held(&c, &by_hand, &held(&c)).is_empty());
     // Released: the route and the address go.
     let ops = plan_held(&c, &o, &[]);
     assert_eq!(ops.len(), 2, "{ops:?}");

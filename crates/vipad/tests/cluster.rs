@@ -412,6 +412,7 @@ fn ipv6_dvipa_is_taken_over_with_an_unsolicited_na() {
         env.host(1).sh(&format!("ip -6 addr show to {DVIPA6}")).contains("deprecated").then_some(())
     });
     assert!(again.is_some(), "{}\n{}", env.host(1).sh(&format!("ip -6 addr show to {DVIPA6}")), env.log(1));
+    assert!(env.log(1).contains("never a source (deprecated)"), "{}", env.log(1));
     procs[0].kill();
     env.cut(1);
     let ok = wait_for(Duration::from_secs(3), || {
