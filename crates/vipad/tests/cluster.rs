@@ -615,15 +615,21 @@ fn routine_heartbeats_go_to(env: &ClusterEnv, group: &str) {
     }
 }
 
-#[test]
-fn a_node_that_cannot_join_the_group_says_why_and_gets_routine_heartbeats_by_unicast() {
+/// Two nodes with multicast heartbeats, s2's on a NIC it does not have (en9), both started.
+fn s2_without_its_multicast_nic() -> (ClusterEnv, Vec<Proc>) {
     require_root();
     let env = ClusterEnv::build(Names::Unique, 2);
     for (k, nic) in [(1, "en1"), (2, "en9")] {
         let multicast = format!("{CLUSTER}multicast = \"239.255.86.1\"\nmulticast_nic = \"{nic}\"\n");
         env.write_config(k, &multicast, &dvipa("immediate"));
     }
-    let mut procs: Vec<Proc> = (1..=2).map(|k| env.start_vipad(k)).collect();
+    let procs = (1..=2).map(|k| env.start_vipad(k)).collect();
+    (env, procs)
+}
+
+#[test]
+fn a_node_that_cannot_join_the_group_says_why_and_gets_routine_heartbeats_by_unicast() {
+    let (env, mut procs) = s2_without_its_multicast_nic();
     let view = out(&env.vipactl(2, &["cluster"]));
     assert!(view.contains("heartbeats to each peer (multicast 239.255.86.1 on en9 failed: no NIC \"en9\")"), "{view}");
     assert!(env.log(2).contains("multicast heartbeats cannot be set up"), "{}", env.log(2));
@@ -651,13 +657,7 @@ fn a_node_that_cannot_join_the_group_says_why_and_gets_routine_heartbeats_by_uni
 
 #[test]
 fn a_node_outside_the_group_joins_it_once_its_nic_is_there() {
-    require_root();
-    let env = ClusterEnv::build(Names::Unique, 2);
-    for (k, nic) in [(1, "en1"), (2, "en9")] {
-        let multicast = format!("{CLUSTER}multicast = \"239.255.86.1\"\nmulticast_nic = \"{nic}\"\n");
-        env.write_config(k, &multicast, &dvipa("immediate"));
-    }
-    let _procs: Vec<Proc> = (1..=2).map(|k| env.start_vipad(k)).collect();
+    let (env, _procs) = s2_without_its_multicast_nic();
     let ok = wait_for(Duration::from_secs(5), || {
         out(&env.vipactl(1, &["cluster"])).contains("and by unicast to s2 (not in the group)").then_some(())
     });

@@ -299,6 +299,16 @@ impl Sim {
         self.nodes.iter().filter(|(_, n)| n.up && n.kernel[i]).map(|(k, _)| k.clone()).collect()
     }
 
+    /// Asserts that each DVIPA is held by its owner alone, and never had two holders while
+    /// watched.
+    fn each_held_by_its_owner_alone(&self, what: &str) {
+        for i in 0..self.max_holders.len() {
+            let owner = self.nodes["s1"].c.dvipas[i].owner.clone();
+            assert_eq!(self.holders(i), vec![owner], "{what} dvipa {i}");
+            assert_eq!(self.max_holders[i], 1, "{what} dvipa {i}");
+        }
+    }
+
     fn kill(&mut self, name: &str) {
         let n = self.nodes.get_mut(name).unwrap();
         n.up = false;
@@ -321,11 +331,7 @@ fn every_dvipa_gets_exactly_one_holder_its_owner() {
         let mut s = Sim::new(3, dvipas(6, Takeback::Immediate), Quorum::Majority, seed);
         s.watch = ms(400);
         s.run(ms(600));
-        for i in 0..6 {
-            let owner = s.nodes["s1"].c.dvipas[i].owner.clone();
-            assert_eq!(s.holders(i), vec![owner], "seed {seed} dvipa {i}");
-            assert_eq!(s.max_holders[i], 1, "seed {seed}");
-        }
+        s.each_held_by_its_owner_alone(&format!("seed {seed}"));
     }
 }
 
@@ -779,11 +785,7 @@ fn a_node_whose_clock_was_set_back_is_taken_back_once_it_answers_in_its_earlier_
             let p = &s.nodes[k].c.peers["s1"];
             assert!(p.alive && p.incarnation == 0, "seed {seed}: {k} sees s1 as {:?}", (p.alive, p.incarnation));
         }
-        for i in 0..3 {
-            let owner = s.nodes["s2"].c.dvipas[i].owner.clone();
-            assert_eq!(s.holders(i), vec![owner], "seed {seed} dvipa {i}");
-            assert_eq!(s.max_holders[i], 1, "seed {seed}");
-        }
+        s.each_held_by_its_owner_alone(&format!("seed {seed}"));
     }
 }
 
