@@ -223,6 +223,14 @@ pub struct Suspicion {
     next: Instant,
 }
 
+/// Adds a probe sent (sequence number, when) to `list`, which keeps the last `keep`.
+fn remember(list: &mut VecDeque<(u64, Instant)>, probe: (u64, Instant), keep: usize) {
+    if list.len() >= keep {
+        list.pop_front();
+    }
+    list.push_back(probe);
+}
+
 /// When `p`'s next heartbeat is due: an interval after its last sign of life (heard from,
 /// or answered).
 fn due(p: &Peer, interval: Duration) -> Instant {
@@ -880,29 +888,28 @@ impl Cluster {
 
     /// Sends `node` a probe: a heartbeat asking for one back at once.
     fn probe(&mut self, now: Instant, node: &str) {
-        let mut h = self.heartbeat();
-        h.flags |= FLAG_PROBE;
+        let seq = self.send_probe(node);
         if let Some(p) = self.peers.get_mut(node) {
-            if p.probes.len() >= 2 * PROBES as usize {
-                p.probes.pop_front();
-            }
-            p.probes.push_back((h.seq, now));
+            remember(&mut p.probes, (seq, now), 2 * PROBES as usize);
         }
-        self.out.push_back(Output::HeartbeatTo { node: node.to_string(), heartbeat: h });
     }
 
     /// Sends `node` a probe whose answer tells the incarnation it runs in (see `answered`);
     /// it is not one of the probes that check on a late peer.
     fn challenge(&mut self, now: Instant, node: &str) {
+        let seq = self.send_probe(node);
+        if let Some(p) = self.peers.get_mut(node) {
+            remember(&mut p.challenges, (seq, now), CHALLENGES);
+        }
+    }
+
+    /// A probe to `node`; returns its sequence number, which the answer echoes.
+    fn send_probe(&mut self, node: &str) -> u64 {
         let mut h = self.heartbeat();
         h.flags |= FLAG_PROBE;
-        if let Some(p) = self.peers.get_mut(node) {
-            if p.challenges.len() >= CHALLENGES {
-                p.challenges.pop_front();
-            }
-            p.challenges.push_back((h.seq, now));
-        }
+        let seq = h.seq;
         self.out.push_back(Output::HeartbeatTo { node: node.to_string(), heartbeat: h });
+        seq
     }
 
     /// Suspects late peers, probes suspects, and declares dead those that did not answer
