@@ -152,13 +152,6 @@ fn rejoin_first(interval: Duration, dead_after: u32) -> Duration {
 
 const REJOIN_MAX: Duration = Duration::from_secs(600);
 
-impl Multicast {
-    /// The group while this node is in it.
-    fn member_to(&self) -> Option<SocketAddr> {
-        self.member.then_some(self.to)
-    }
-}
-
 /// What the cluster thread tells the main thread.
 #[derive(Debug, Default)]
 pub struct News {
@@ -666,7 +659,7 @@ impl ClusterShell {
     fn heartbeat_to_all(&mut self, now: Instant) {
         let h = self.core.heartbeat_now(now);
         let h = self.outgoing(h);
-        self.send_all(&h);
+        self.send_all(&h.emit(&self.key));
     }
 
     /// The time to give the core now (see `clock`).
@@ -806,22 +799,24 @@ impl ClusterShell {
                         }
                         _ => (None, false),
                     };
+                    // Signed once, whoever it goes to.
+                    let datagram = h.emit(&self.key);
                     if let Some(group) = to_group {
-                        if let Err(e) = self.sock.send_to(&h.emit(&self.key), group) {
+                        if let Err(e) = self.sock.send_to(&datagram, group) {
                             debug!(%group, error = %e, "heartbeat not sent");
                         }
                     }
                     if to_group.is_none() || also {
-                        self.send_all(&h);
+                        self.send_all(&datagram);
                     } else {
                         for node in self.outside_the_group() {
-                            self.send_to(node, &h);
+                            self.send_to(node, &datagram);
                         }
                     }
                 }
                 Output::HeartbeatTo { node, heartbeat } => {
                     let h = self.outgoing(heartbeat);
-                    self.send_to(&node, &h);
+                    self.send_to(&node, &h.emit(&self.key));
                 }
                 Output::Activate { index, cause } => {
                     let d = &self.core.dvipas[index];
@@ -860,7 +855,7 @@ impl ClusterShell {
     /// group; while released addresses may still be in the kernel, it still claims them,
     /// and a fresh one follows when the kernel is done.
     fn outgoing(&mut self, mut h: Heartbeat) -> Heartbeat {
-        if self.multicast.as_ref().and_then(Multicast::member_to).is_none() {
+        if !self.multicast.as_ref().is_some_and(|m| m.member) {
             h.flags |= FLAG_UNICAST;
         }
         if self.releasing.is_empty() {
@@ -882,19 +877,18 @@ impl ClusterShell {
         self.unicast_to.iter().filter(|n| self.core.peers.get(*n).is_some_and(|p| p.alive))
     }
 
-    fn send_all(&self, h: &Heartbeat) {
-        let bytes = h.emit(&self.key);
+    fn send_all(&self, datagram: &[u8]) {
         for p in &self.core.config.peers {
-            if let Err(e) = self.sock.send_to(&bytes, p) {
+            if let Err(e) = self.sock.send_to(datagram, p) {
                 debug!(peer = %p, error = %e, "heartbeat not sent");
             }
         }
     }
 
     /// Only nodes already heard from are probed or answered.
-    fn send_to(&self, node: &str, h: &Heartbeat) {
+    fn send_to(&self, node: &str, datagram: &[u8]) {
         if let Some(to) = self.addresses.get(node) {
-            if let Err(e) = self.sock.send_to(&h.emit(&self.key), to) {
+            if let Err(e) = self.sock.send_to(datagram, to) {
                 debug!(peer = %to, error = %e, "heartbeat not sent");
             }
         }
@@ -908,7 +902,7 @@ impl ClusterShell {
         if self.releasing.is_empty() && std::mem::take(&mut self.pending_all) {
             let h = self.core.heartbeat_now(now);
             let h = self.outgoing(h);
-            self.send_all(&h);
+            self.send_all(&h.emit(&self.key));
         }
     }
 
@@ -941,7 +935,7 @@ impl ClusterShell {
         for _ in 0..2 {
             let h = self.core.heartbeat_now(now);
             let h = self.outgoing(h);
-            self.send_all(&h);
+            self.send_all(&h.emit(&self.key));
         }
     }
 
