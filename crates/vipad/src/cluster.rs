@@ -21,12 +21,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, info, warn};
 use vipa_api::{ClusterView, DvipaView, MemberView};
-use vipa_core::cluster::{confirm_window, Cluster, ClusterConfig, Output, Quorum};
+use vipa_core::cluster::{confirm_window, Cluster, ClusterConfig, Output, Quorum, Verdict};
 use vipa_core::model::Observed;
 use vipa_core::plan::HeldDvipa;
 use vipa_core::Config;
 use vipa_wire::cluster::{
-    Heartbeat, HeartbeatError, FLAGS_LOW_BYTE, FLAG_ANSWER, FLAG_LEAVING, FLAG_PROBE, FLAG_ROUTINE, FLAG_UNICAST,
+    Heartbeat, HeartbeatError, FLAGS_LOW_BYTE, FLAG_LEAVING, FLAG_PROBE, FLAG_ROUTINE, FLAG_UNICAST,
 };
 
 use crate::daemon::Input;
@@ -681,19 +681,11 @@ impl ClusterShell {
             Ok(h) => {
                 let probe = (h.flags & FLAG_PROBE != 0 && h.node != self.core.config.me)
                     .then(|| Heartbeat::answer(&self.core.config.me, self.core.incarnation(), &h));
-                let d = &self.core.drops;
-                let (node, flags, replayed, duplicated, reordered) =
-                    (h.node.clone(), h.flags, d.replayed, d.duplicated, d.reordered);
-                self.core.receive(now, h);
-                let d = &self.core.drops;
-                let (old, again) = (d.replayed != replayed, d.duplicated != duplicated);
+                let (node, flags) = (h.node.clone(), h.flags);
+                let verdict = self.core.receive(now, h);
                 // A peer's heartbeat the core took (an answer is taken only by the probe it
                 // matches, which the core knows and this does not).
-                let taken = !old
-                    && !again
-                    && d.reordered == reordered
-                    && flags & FLAG_ANSWER == 0
-                    && node != self.core.config.me;
+                let taken = verdict == Verdict::Taken;
                 let configured =
                     |a: &SocketAddr| self.core.config.peers.iter().any(|p| p.ip() == a.ip().to_canonical());
                 // A probe is answered where it came from if that is a peer's address (the
@@ -707,7 +699,8 @@ impl ClusterShell {
                 let known =
                     configured(&from) || learnt.is_some_and(|a| a.ip().to_canonical() == from.ip().to_canonical());
                 let to = if known { Some(from) } else { learnt };
-                if let (Some(answer), Some(to)) = (probe.filter(|_| !old && !again), to) {
+                let copy = matches!(verdict, Verdict::Replayed | Verdict::Duplicated);
+                if let (Some(answer), Some(to)) = (probe.filter(|_| !copy), to) {
                     if let Err(e) = self.sock.send_to(&answer.emit(&self.key), to) {
                         debug!(peer = %to, error = %e, "probe not answered");
                     }
@@ -718,9 +711,6 @@ impl ClusterShell {
                 // datagrams come from the source its kernel picked, link-local for ff02::).
                 if taken && !self.addresses.get(&node).is_some_and(|a| configured(a) && !configured(&from)) {
                     self.addresses.insert(node.clone(), from);
-                }
-                if flags & FLAG_ANSWER != 0 || node == self.core.config.me {
-                    return;
                 }
                 // Whether it is in the group, from its heartbeats the core took (not from a
                 // replayed, repeated or overtaken one, nor from an answer, which says

@@ -223,6 +223,23 @@ pub struct Suspicion {
     next: Instant,
 }
 
+/// What [`Cluster::receive`] made of a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// A peer's heartbeat, new: taken into account.
+    Taken,
+    /// An answer to a probe (it counts only if it matches one outstanding).
+    Answer,
+    /// One this node already received (counted as `duplicated`).
+    Duplicated,
+    /// Overtaken on the way by a later one of the same peer (counted as `reordered`).
+    Reordered,
+    /// From an earlier run, or too old (counted as `replayed`).
+    Replayed,
+    /// In this node's own name (counted as `own_name`).
+    OwnName,
+}
+
 /// Adds a probe sent (sequence number, when) to `list`, which keeps the last `keep`.
 fn remember(list: &mut VecDeque<(u64, Instant)>, probe: (u64, Instant), keep: usize) {
     if list.len() >= keep {
@@ -611,14 +628,14 @@ impl Cluster {
     /// A heartbeat that passed authentication. Replays (an older incarnation, or a
     /// sequence number more than `SEEN` below the last), duplicates (one already received)
     /// and one overtaken by a later one are dropped and counted, each as what it is.
-    pub fn receive(&mut self, now: Instant, h: Heartbeat) {
+    pub fn receive(&mut self, now: Instant, h: Heartbeat) -> Verdict {
         if h.node == self.config.me {
             self.drops.foreign += 1;
-            return;
+            return Verdict::OwnName;
         }
         if h.flags & FLAG_ANSWER != 0 {
             self.answered(now, &h);
-            return;
+            return Verdict::Answer;
         }
         if let Some(p) = self.peers.get_mut(&h.node) {
             if h.incarnation < p.incarnation || (h.incarnation > p.incarnation && h.incarnation <= p.highest) {
@@ -634,7 +651,7 @@ impl Cluster {
                     let node = h.node.clone();
                     self.challenge(now, &node);
                 }
-                return;
+                return Verdict::Replayed;
             }
             if h.incarnation == p.incarnation {
                 // The sender numbers each heartbeat afresh and signs the number with it.
@@ -642,18 +659,18 @@ impl Cluster {
                 let seen = |back: u64| back == 0 || (back <= SEEN && p.seen & (1 << (back - 1)) != 0);
                 if h.seq <= p.seq && seen(back) {
                     self.drops.duplicated += 1;
-                    return;
+                    return Verdict::Duplicated;
                 }
                 if h.seq < p.seq && back <= SEEN {
                     // Overtaken on the way by a later one (a probe, then a routine heartbeat
                     // by another path): what it says is already superseded.
                     p.seen |= 1 << (back - 1);
                     self.drops.reordered += 1;
-                    return;
+                    return Verdict::Reordered;
                 }
                 if h.seq < p.seq {
                     self.drops.replayed += 1;
-                    return;
+                    return Verdict::Replayed;
                 }
                 let ahead = u32::try_from(h.seq - p.seq).unwrap_or(u32::MAX);
                 p.seen = p.seen.checked_shl(ahead).unwrap_or(0) | 1u64.checked_shl(ahead - 1).unwrap_or(0);
@@ -672,7 +689,7 @@ impl Cluster {
                     self.evaluate(now);
                 }
             }
-            return;
+            return Verdict::Taken;
         }
         let (interval, dead) = (self.config.interval, self.config.dead_time());
         let from_leader = self.leader() == Some(h.node.as_str());
@@ -729,7 +746,7 @@ impl Cluster {
                 if h.flags & FLAG_PROBE == 0 && window.is_some_and(|w| self.next_heartbeat <= now + w) {
                     self.next_heartbeat = self.next_heartbeat.min(now);
                 }
-                return;
+                return Verdict::Taken;
             }
         }
         let was = self.peers.get(&h.node).map(|p| (p.alive, p.incarnation, p.same_config));
@@ -810,6 +827,7 @@ impl Cluster {
         );
         self.adopt_pins();
         self.evaluate(now);
+        Verdict::Taken
     }
 
     /// Pins announced by peers become ours too (the operator's move reaches every node);

@@ -271,7 +271,9 @@ impl Sim {
                 }
                 self.busy_at.push((self.t, to.clone()));
                 self.read_inbox(&to);
-                self.with(&to, |c, now| c.receive(now, h));
+                self.with(&to, |c, now| {
+                    c.receive(now, h);
+                });
             }
             let names: Vec<String> = self.nodes.keys().cloned().collect();
             for name in names {
@@ -725,25 +727,25 @@ fn replayed_duplicated_and_own_name_heartbeats_are_dropped() {
     let beats: Vec<Heartbeat> = (0..70).map(|i| beat(t0 + ms(10) * i)).collect();
     let (first, overtaken, h) = (&beats[0], &beats[67], beats[69].clone());
     assert!(h.seq > overtaken.seq && overtaken.seq > first.seq);
-    a.receive(t0, beats[68].clone());
-    a.receive(t0, h.clone());
+    assert_eq!(a.receive(t0, beats[68].clone()), Verdict::Taken);
+    assert_eq!(a.receive(t0, h.clone()), Verdict::Taken);
     assert_eq!(a.holder(0), None, "s2 claims nothing yet");
     // The same heartbeat again (it came two ways, or the network doubled it): dropped, and
     // counted as what it is, not as a replay. So is one received before the last.
-    a.receive(t0, h.clone());
-    a.receive(t0, beats[68].clone());
+    assert_eq!(a.receive(t0, h.clone()), Verdict::Duplicated);
+    assert_eq!(a.receive(t0, beats[68].clone()), Verdict::Duplicated);
     assert_eq!((a.drops.duplicated, a.drops.replayed), (2, 0));
     // One overtaken on the way by the later ones: passed over, and counted as such. Once
     // received, it is a duplicate.
-    a.receive(t0, overtaken.clone());
+    assert_eq!(a.receive(t0, overtaken.clone()), Verdict::Reordered);
     assert_eq!((a.drops.duplicated, a.drops.replayed, a.drops.reordered), (2, 0, 1));
-    a.receive(t0, overtaken.clone());
+    assert_eq!(a.receive(t0, overtaken.clone()), Verdict::Duplicated);
     assert_eq!((a.drops.duplicated, a.drops.replayed), (3, 0));
     // An old one (more than 64 before the last), now claiming the DVIPA: a replay, acted on
     // not at all.
     let mut replayed = first.clone();
     vipa_wire::cluster::set_bit(&mut replayed.held, 0, true);
-    a.receive(t0, replayed.clone());
+    assert_eq!(a.receive(t0, replayed.clone()), Verdict::Replayed);
     assert_eq!((a.drops.duplicated, a.drops.replayed), (3, 1));
     let mut old = replayed.clone();
     old.incarnation = 4;
@@ -753,7 +755,7 @@ fn replayed_duplicated_and_own_name_heartbeats_are_dropped() {
     let mut me = replayed;
     me.node = "s1".into();
     me.seq = 100;
-    a.receive(t0, me);
+    assert_eq!(a.receive(t0, me), Verdict::OwnName);
     assert_eq!(a.drops.foreign, 1);
     assert_eq!(a.holder(0), None, "a dropped heartbeat changed what s1 believes");
     assert_eq!(a.peers["s2"].seq, h.seq);
