@@ -712,19 +712,21 @@ fn planned_move_and_deactivation_hand_over_cleanly() {
     assert_eq!(s.max_holders[0], 1);
 }
 
+/// The heartbeat `c` sends when brought to `at` (it must have one due).
+fn beat(c: &mut Cluster, at: Instant) -> Heartbeat {
+    c.handle_timeout(at);
+    std::iter::from_fn(|| c.poll_output())
+        .find_map(|o| if let Output::Heartbeat(h) = o { Some(h) } else { None })
+        .expect("a heartbeat")
+}
+
 #[test]
 fn replayed_duplicated_and_own_name_heartbeats_are_dropped() {
     let t0 = Instant::now();
     let d = dvipas(1, Takeback::Immediate);
     let mut a = Cluster::new(cluster_config("s1", 3, ms(10), Quorum::Majority), d.clone(), t0, 1, &[]);
     let mut b = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d, t0, 5, &[]);
-    let mut beat = |at: Instant| {
-        b.handle_timeout(at);
-        std::iter::from_fn(|| b.poll_output())
-            .find_map(|o| if let Output::Heartbeat(h) = o { Some(h) } else { None })
-            .expect("a heartbeat")
-    };
-    let beats: Vec<Heartbeat> = (0..70).map(|i| beat(t0 + ms(10) * i)).collect();
+    let beats: Vec<Heartbeat> = (0..70).map(|i| beat(&mut b, t0 + ms(10) * i)).collect();
     let (first, overtaken, h) = (&beats[0], &beats[67], beats[69].clone());
     assert!(h.seq > overtaken.seq && overtaken.seq > first.seq);
     assert_eq!(a.receive(t0, beats[68].clone()), Verdict::Taken);
@@ -797,12 +799,6 @@ fn an_earlier_incarnation_counts_only_by_an_answer_to_a_probe_of_this_run() {
     let d = dvipas(1, Takeback::Immediate);
     let mut a = Cluster::new(cluster_config("s1", 3, ms(10), Quorum::Majority), d.clone(), t0, 7, &[]);
     let mut b = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d, t0, 5, &[]);
-    let beat = |b: &mut Cluster, at: Instant| {
-        b.handle_timeout(at);
-        std::iter::from_fn(|| b.poll_output())
-            .find_map(|o| if let Output::Heartbeat(h) = o { Some(h) } else { None })
-            .expect("a heartbeat")
-    };
     // s1 knows s2 in incarnation 5, then s2 dies.
     a.receive(t0, beat(&mut b, t0));
     let later = t0 + ms(500);
