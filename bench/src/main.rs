@@ -5,8 +5,7 @@
 //! - the time from a foreign route change to its preferred source being restored;
 //! - cold start with 1,000 VIPAs and 4 NICs: time to converge, peak RSS, idle CPU.
 //!
-//! `vipa-bench [--runs N] [--only baseline,failover,repair,scale,ipmp-link,ipmp-silent,ipmp-cpu,dvipa-outage,keepalived,dvipa-scale] [--intervals 1000,100,10,1] [--dvipas 1000,10000]`
-//! (`--beat PEER:PORT PORT OFFSET_US` is the bare loop the idle rows are measured against).
+//! Usage: see [`USAGE`] (`vipa-bench --help`); anything else on the command line is refused.
 //! Not a test: numbers are reported, never asserted.
 
 use std::process::{Command, Stdio};
@@ -47,8 +46,71 @@ struct Row {
     target: String,
 }
 
+const SECTIONS: &[&str] = &[
+    "baseline",
+    "failover",
+    "repair",
+    "scale",
+    "ipmp-link",
+    "ipmp-silent",
+    "ipmp-cpu",
+    "dvipa-outage",
+    "keepalived",
+    "dvipa-scale",
+];
+
+const USAGE: &str = "usage: vipa-bench [--runs N] [--only SECTION,...] [--intervals MS,...] [--dvipas N,...]
+  sections: baseline, failover, repair, scale, ipmp-link, ipmp-silent, ipmp-cpu, dvipa-outage, keepalived, dvipa-scale
+  --intervals picks among the heartbeat intervals 1000, 100, 10 and 1 ms; --dvipas takes any counts
+  (vipa-bench --beat PEER_ADDR:PORT OWN_PORT OFFSET_US is the bare loop the idle rows are measured against)";
+
+struct Opts {
+    runs: usize,
+    only: Option<Vec<String>>,
+    intervals: Option<Vec<u64>>,
+    dvipas: Option<Vec<u64>>,
+}
+
+/// Reads the command line; `Err("")` asks for the usage alone (`--help`).
+fn parse_opts(args: &[String]) -> Result<Opts, String> {
+    let mut o = Opts { runs: 5, only: None, intervals: None, dvipas: None };
+    let numbers = |flag: &str, v: &str| -> Result<Vec<u64>, String> {
+        v.split(',')
+            .map(|x| x.parse::<u64>().ok().filter(|&n| n > 0).ok_or(format!("{flag}: {x:?} is not a positive whole number")))
+            .collect()
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            return Err(String::new());
+        }
+        if !matches!(flag.as_str(), "--runs" | "--only" | "--intervals" | "--dvipas") {
+            return Err(format!("unknown argument {flag:?}"));
+        }
+        let v = it.next().ok_or(format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--runs" => o.runs = v.parse().ok().filter(|&n| n > 0).ok_or(format!("--runs: {v:?} is not a positive whole number"))?,
+            "--only" => {
+                let names: Vec<String> = v.split(',').map(str::to_string).collect();
+                if let Some(bad) = names.iter().find(|n| !SECTIONS.contains(&n.as_str())) {
+                    return Err(format!("--only: no section {bad:?}"));
+                }
+                o.only = Some(names);
+            }
+            "--intervals" => {
+                let ms = numbers(flag, v)?;
+                if let Some(bad) = ms.iter().find(|m| ![1000, 100, 10, 1].contains(*m)) {
+                    return Err(format!("--intervals: {bad} ms is not one of 1000, 100, 10, 1"));
+                }
+                o.intervals = Some(ms);
+            }
+            _ => o.dvipas = Some(numbers(flag, v)?),
+        }
+    }
+    Ok(o)
+}
+
 fn main() {
-    require_root();
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--beat") {
         let arg = |k: usize| args.get(i + k).map_or("", String::as_str);
@@ -58,18 +120,18 @@ fn main() {
         }
         return;
     }
-    let runs: usize =
-        args.iter().position(|a| a == "--runs").and_then(|i| args.get(i + 1)).and_then(|n| n.parse().ok()).unwrap_or(5);
-    let only: Option<String> = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)).cloned();
-    let want = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|x| x == name));
-    // Heartbeat/advert intervals of the cluster sections, in ms (all by default).
-    let list = |flag: &str| -> Option<Vec<u64>> {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+    let Opts { runs, only, intervals, dvipas } = match parse_opts(&args[1..]) {
+        Ok(o) => o,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("vipa-bench: {e}");
+            }
+            eprintln!("{USAGE}");
+            std::process::exit(if e.is_empty() { 0 } else { 2 });
+        }
     };
-    let (intervals, dvipas) = (list("--intervals"), list("--dvipas"));
+    require_root();
+    let want = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == name));
     let pick = |chosen: &Option<Vec<u64>>, all: &[u64]| -> Vec<u64> {
         all.iter().copied().filter(|i| chosen.as_ref().is_none_or(|v| v.contains(i))).collect()
     };

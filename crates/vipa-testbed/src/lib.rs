@@ -117,7 +117,27 @@ impl Netns {
     }
 
     /// Starts a program inside; it is killed when the returned [`Proc`] drops.
+    ///
+    /// The program is also killed when the thread that started it ends without dropping
+    /// the `Proc`, as when a test or bench process is killed: it would otherwise keep
+    /// running, and keep its namespace alive, after the namespace's name is gone.
     pub fn spawn(&self, mut cmd: Command) -> Proc {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: getpid has no preconditions.
+        let parent = unsafe { libc::getpid() };
+        // SAFETY: only async-signal-safe calls (prctl, getppid) run between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // The parent may have died before the prctl took effect.
+                if libc::getppid() != parent {
+                    return Err(io::Error::other("the testbed process ended while starting a program"));
+                }
+                Ok(())
+            });
+        }
         let child = cmd.spawn().expect("spawn in namespace");
         Proc { child: Some(child) }
     }
