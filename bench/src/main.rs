@@ -76,7 +76,9 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
     let mut o = Opts { runs: 5, only: None, intervals: None, dvipas: None };
     let numbers = |flag: &str, v: &str| -> Result<Vec<u64>, String> {
         v.split(',')
-            .map(|x| x.parse::<u64>().ok().filter(|&n| n > 0).ok_or(format!("{flag}: {x:?} is not a positive whole number")))
+            .map(|x| {
+                x.parse::<u64>().ok().filter(|&n| n > 0).ok_or(format!("{flag}: {x:?} is not a positive whole number"))
+            })
             .collect()
     };
     let mut it = args.iter();
@@ -89,7 +91,10 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
         }
         let v = it.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
-            "--runs" => o.runs = v.parse().ok().filter(|&n| n > 0).ok_or(format!("--runs: {v:?} is not a positive whole number"))?,
+            "--runs" => {
+                o.runs =
+                    v.parse().ok().filter(|&n| n > 0).ok_or(format!("--runs: {v:?} is not a positive whole number"))?
+            }
             "--only" => {
                 let names: Vec<String> = v.split(',').map(str::to_string).collect();
                 if let Some(bad) = names.iter().find(|n| !SECTIONS.contains(&n.as_str())) {

@@ -120,9 +120,26 @@ fn bitmap_len(count: u32) -> usize {
     (count as usize).div_ceil(8)
 }
 
-fn mac(key: &[u8]) -> Hmac<Sha256> {
-    // HMAC takes keys of any length; this cannot fail.
-    <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key length")
+/// The cluster key, ready to sign and check with: the HMAC state after the key is taken
+/// in, made once (each message then starts from a copy, not from the key's two hashes).
+#[derive(Clone)]
+pub struct Key(Hmac<Sha256>);
+
+impl Key {
+    pub fn new(secret: &[u8]) -> Key {
+        // HMAC takes keys of any length; this cannot fail.
+        Key(<Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC accepts any key length"))
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        self.0.clone()
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(..)")
+    }
 }
 
 struct Reader<'a> {
@@ -184,7 +201,7 @@ impl Heartbeat {
     }
 
     /// The datagram, with its HMAC.
-    pub fn emit(&self, key: &[u8]) -> Vec<u8> {
+    pub fn emit(&self, key: &Key) -> Vec<u8> {
         let len = bitmap_len(self.count);
         let mut b = Vec::with_capacity(64 + 3 * len + MAC_LEN);
         b.extend_from_slice(MAGIC);
@@ -201,9 +218,9 @@ impl Heartbeat {
         b.extend_from_slice(name);
         b.extend_from_slice(&self.count.to_be_bytes());
         for map in [&self.held, &self.busy, &self.declined] {
-            let mut m = map.clone();
-            m.resize(len, 0);
-            b.extend_from_slice(&m);
+            let m = &map[..map.len().min(len)];
+            b.extend_from_slice(m);
+            b.resize(b.len() + (len - m.len()), 0);
         }
         b.extend_from_slice(&(self.pins.len().min(u16::MAX as usize) as u16).to_be_bytes());
         for (i, n, stamp) in self.pins.iter().take(u16::MAX as usize) {
@@ -213,18 +230,18 @@ impl Heartbeat {
             b.extend_from_slice(n);
             b.extend_from_slice(&stamp.to_be_bytes());
         }
-        let tag = mac(key).chain_update(&b).finalize().into_bytes();
+        let tag = key.mac().chain_update(&b).finalize().into_bytes();
         b.extend_from_slice(&tag);
         b
     }
 
     /// Authenticates, then parses. Total over arbitrary bytes.
-    pub fn parse(bytes: &[u8], key: &[u8]) -> Result<Heartbeat, HeartbeatError> {
+    pub fn parse(bytes: &[u8], key: &Key) -> Result<Heartbeat, HeartbeatError> {
         if bytes.len() < MAC_LEN + 8 {
             return Err(HeartbeatError::Malformed("too short"));
         }
         let (body, tag) = bytes.split_at(bytes.len() - MAC_LEN);
-        mac(key).chain_update(body).verify_slice(tag).map_err(|_| HeartbeatError::Unauthenticated)?;
+        key.mac().chain_update(body).verify_slice(tag).map_err(|_| HeartbeatError::Unauthenticated)?;
         let mut r = Reader { b: body, at: 0 };
         if r.take(4)? != MAGIC {
             return Err(HeartbeatError::Malformed("bad magic"));
@@ -275,7 +292,8 @@ impl Heartbeat {
 mod tests {
     use super::*;
 
-    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    static KEY: std::sync::LazyLock<Key> = std::sync::LazyLock::new(|| Key::new(SECRET));
 
     fn sample() -> Heartbeat {
         let mut h = Heartbeat {
@@ -299,8 +317,14 @@ mod tests {
     #[test]
     fn round_trips_and_pads_bitmaps() {
         let h = sample();
-        let b = h.emit(KEY);
-        let p = Heartbeat::parse(&b, KEY).unwrap();
+        let b = h.emit(&KEY);
+        let p = Heartbeat::parse(&b, &KEY).unwrap();
+        // The tag is HMAC-SHA256 of the secret over the rest, whatever the key kept between
+        // messages (a second message is signed alike).
+        let (body, tag) = b.split_at(b.len() - MAC_LEN);
+        let fresh = <Hmac<Sha256> as Mac>::new_from_slice(SECRET).unwrap().chain_update(body).finalize().into_bytes();
+        assert_eq!(tag, &fresh[..]);
+        assert_eq!(h.emit(&KEY), b);
         assert!(bit(&p.held, 0) && bit(&p.held, 19) && !bit(&p.held, 1));
         assert!(bit(&p.busy, 19));
         assert_eq!(p.declined, vec![0, 0, 0]);
@@ -313,35 +337,38 @@ mod tests {
     fn the_routine_flag_is_where_a_socket_filter_looks() {
         let mut h = sample();
         h.flags = FLAG_ROUTINE;
-        assert_eq!(h.emit(KEY)[FLAGS_LOW_BYTE as usize], FLAG_ROUTINE as u8);
+        assert_eq!(h.emit(&KEY)[FLAGS_LOW_BYTE as usize], FLAG_ROUTINE as u8);
         h.flags = FLAG_PROBE;
-        assert_eq!(h.emit(KEY)[FLAGS_LOW_BYTE as usize] & FLAG_ROUTINE as u8, 0);
+        assert_eq!(h.emit(&KEY)[FLAGS_LOW_BYTE as usize] & FLAG_ROUTINE as u8, 0);
     }
 
     #[test]
     fn wrong_key_or_any_flipped_bit_is_unauthenticated() {
-        let b = sample().emit(KEY);
-        assert_eq!(Heartbeat::parse(&b, b"another key, also 32 bytes long!"), Err(HeartbeatError::Unauthenticated));
+        let b = sample().emit(&KEY);
+        assert_eq!(
+            Heartbeat::parse(&b, &Key::new(b"another key, also 32 bytes long!")),
+            Err(HeartbeatError::Unauthenticated)
+        );
         for i in 0..b.len() {
             let mut c = b.clone();
             c[i] ^= 0x01;
-            assert!(Heartbeat::parse(&c, KEY).is_err(), "flip at {i} accepted");
+            assert!(Heartbeat::parse(&c, &KEY).is_err(), "flip at {i} accepted");
         }
     }
 
     #[test]
     fn other_versions_are_refused_even_when_authenticated() {
-        let mut b = sample().emit(KEY);
+        let mut b = sample().emit(&KEY);
         b.truncate(b.len() - MAC_LEN);
         b[4] = 9;
-        let tag = mac(KEY).chain_update(&b).finalize().into_bytes();
+        let tag = KEY.mac().chain_update(&b).finalize().into_bytes();
         b.extend_from_slice(&tag);
-        assert_eq!(Heartbeat::parse(&b, KEY), Err(HeartbeatError::Version(9)));
+        assert_eq!(Heartbeat::parse(&b, &KEY), Err(HeartbeatError::Version(9)));
     }
 
     fn signed(body: &[u8]) -> Vec<u8> {
         let mut b = body.to_vec();
-        b.extend_from_slice(&mac(KEY).chain_update(body).finalize().into_bytes());
+        b.extend_from_slice(&KEY.mac().chain_update(body).finalize().into_bytes());
         b
     }
 
@@ -350,15 +377,15 @@ mod tests {
         let mut state: u32 = 0xace1;
         for len in 0..200 {
             let body = crate::noise(&mut state, len);
-            assert!(Heartbeat::parse(&signed(&body), KEY).is_err());
-            assert!(Heartbeat::parse(&body, KEY).is_err());
+            assert!(Heartbeat::parse(&signed(&body), &KEY).is_err());
+            assert!(Heartbeat::parse(&body, &KEY).is_err());
         }
         // A valid heartbeat cut short anywhere, correctly signed: every field's check is
         // reached, and each cut is refused.
-        let mut whole = sample().emit(KEY);
+        let mut whole = sample().emit(&KEY);
         whole.truncate(whole.len() - MAC_LEN);
         for cut in 0..whole.len() {
-            assert!(Heartbeat::parse(&signed(&whole[..cut]), KEY).is_err(), "cut at {cut}");
+            assert!(Heartbeat::parse(&signed(&whole[..cut]), &KEY).is_err(), "cut at {cut}");
         }
         // The same with everything after the magic and version scrambled: never a panic.
         for _ in 0..500 {
@@ -369,7 +396,7 @@ mod tests {
                     b[5 + i] = n;
                 }
             }
-            let _ = Heartbeat::parse(&signed(&b), KEY);
+            let _ = Heartbeat::parse(&signed(&b), &KEY);
         }
     }
 
@@ -378,6 +405,6 @@ mod tests {
         let mut h = sample();
         h.count = 10_000;
         h.pins.clear();
-        assert!(h.emit(KEY).len() < 4_000);
+        assert!(h.emit(&KEY).len() < 4_000);
     }
 }

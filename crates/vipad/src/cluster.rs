@@ -26,7 +26,7 @@ use vipa_core::model::Observed;
 use vipa_core::plan::HeldDvipa;
 use vipa_core::Config;
 use vipa_wire::cluster::{
-    Heartbeat, HeartbeatError, FLAGS_LOW_BYTE, FLAG_LEAVING, FLAG_PROBE, FLAG_ROUTINE, FLAG_UNICAST,
+    Heartbeat, HeartbeatError, Key, FLAGS_LOW_BYTE, FLAG_LEAVING, FLAG_PROBE, FLAG_ROUTINE, FLAG_UNICAST,
 };
 
 use crate::daemon::Input;
@@ -64,7 +64,7 @@ pub fn load_key(path: &str) -> Result<Vec<u8>, String> {
 
 pub struct ClusterShell {
     pub core: Cluster,
-    key: Vec<u8>,
+    key: Key,
     sock: UdpSocket,
     /// Announcements (with their repeat count) due once the kernel has applied the state
     /// of the version given.
@@ -251,7 +251,7 @@ fn cluster_loop(
     sock: UdpSocket,
     routine: Option<UdpSocket>,
     nudged: OwnedFd,
-    key: Vec<u8>,
+    key: Key,
     tx: Sender<Input>,
 ) {
     above_the_main_thread();
@@ -480,7 +480,7 @@ impl ClusterShell {
         now: Instant,
     ) -> Result<Option<ClusterHandle>, String> {
         let Some(c) = config.cluster.clone() else { return Ok(None) };
-        let key = load_key(&c.key_file)?;
+        let key = Key::new(&load_key(&c.key_file)?);
         let peers: Vec<IpAddr> = c.peers.iter().map(SocketAddr::ip).collect();
         let steered = vipa_kernel::steer::bind(c.port, FLAGS_LOW_BYTE, FLAG_ROUTINE as u8, &peers)
             .map_err(|e| format!("cannot listen for heartbeats on UDP port {}: {e}", c.port))?;
@@ -709,7 +709,8 @@ impl ClusterShell {
                 // took: a replay or an answer can come from anywhere), but a configured
                 // peer address, once heard, is not given up for another (a group's
                 // datagrams come from the source its kernel picked, link-local for ff02::).
-                if taken && !self.addresses.get(&node).is_some_and(|a| configured(a) && !configured(&from)) {
+                let had = self.addresses.get(&node);
+                if taken && had != Some(&from) && !had.is_some_and(|a| configured(a) && !configured(&from)) {
                     self.addresses.insert(node.clone(), from);
                 }
                 // Whether it is in the group, from its heartbeats the core took (not from a

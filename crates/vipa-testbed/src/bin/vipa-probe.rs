@@ -86,7 +86,7 @@ fn forge(to: SocketAddr, node: &str, count: u32, leaving: bool) -> std::io::Resu
     }
     for seq in 0..count {
         h.seq = u64::from(seq) + 1_000_000;
-        sock.send_to(&h.emit(b"not the cluster key, but 32 bytes!"), to)?;
+        sock.send_to(&h.emit(&vipa_wire::cluster::Key::new(b"not the cluster key, but 32 bytes!")), to)?;
         // Garbage too, of every length below `count`.
         let junk: Vec<u8> =
             (0..(seq % 200) as usize).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seq as u8)).collect();
