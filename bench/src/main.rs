@@ -34,9 +34,13 @@ fn median_cell(v: &[f64], decimals: usize) -> String {
     format!("{:.*} ms (runs {} ms)", decimals, median(v.to_vec()), range(v))
 }
 
+/// The least and the greatest of `v`.
+fn span(v: &[f64]) -> (f64, f64) {
+    v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+}
+
 fn range(v: &[f64]) -> String {
-    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let (lo, hi) = span(v);
     format!("{lo:.1}–{hi:.1}")
 }
 
@@ -351,6 +355,13 @@ fn idle_usage(pid: i32, secs: u64) -> String {
 /// `secs` seconds, all measured over the same windows: the median, and the range if more
 /// than one, as table cells.
 fn idle_usage_of<const N: usize>(pids: [i32; N], windows: usize, secs: u64) -> [String; N] {
+    idle_windows(pids, windows, secs).map(|v| usage_cell(&v))
+}
+
+/// Each of `pids`' share of one core (%) and wake-ups a second, window by window: all
+/// over the same `windows` windows of `secs` seconds (a window where a process could not
+/// be read is left out for it).
+fn idle_windows<const N: usize>(pids: [i32; N], windows: usize, secs: u64) -> [Vec<(f64, u64)>; N] {
     let mut seen: [Vec<(f64, u64)>; N] = std::array::from_fn(|_| Vec::new());
     for _ in 0..windows {
         let before = pids.map(usage);
@@ -361,16 +372,30 @@ fn idle_usage_of<const N: usize>(pids: [i32; N], windows: usize, secs: u64) -> [
             }
         }
     }
-    seen.map(|v| {
-        if v.is_empty() {
-            return "n/a (no /proc/PID/task/TID/sched here)".into();
-        }
-        let cpu: Vec<f64> = v.iter().map(|x| x.0).collect();
-        let switches = median(v.iter().map(|x| x.1 as f64).collect());
-        let (lo, hi) = cpu.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &c| (l.min(c), h.max(c)));
-        let spread = if v.len() > 1 { format!(" (windows {lo:.2}–{hi:.2} %)") } else { String::new() };
-        format!("{:.2} %{spread} of one core, {switches:.0} switches/s", median(cpu))
-    })
+    seen
+}
+
+fn usage_cell(v: &[(f64, u64)]) -> String {
+    if v.is_empty() {
+        return "n/a (no /proc/PID/task/TID/sched here)".into();
+    }
+    let cpu: Vec<f64> = v.iter().map(|x| x.0).collect();
+    let switches = median(v.iter().map(|x| x.1 as f64).collect());
+    let (lo, hi) = span(&cpu);
+    let spread = if v.len() > 1 { format!(" (windows {lo:.2}–{hi:.2} %)") } else { String::new() };
+    format!("{:.2} %{spread} of one core, {switches:.0} switches/s", median(cpu))
+}
+
+/// What `a` costs above `b`, window by window over the same windows: the median and the
+/// range of the differences, as a table cell.
+fn above_cell(a: &[(f64, u64)], b: &[(f64, u64)]) -> String {
+    if a.len() != b.len() || a.is_empty() {
+        return "n/a (a window could not be read)".into();
+    }
+    let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x.0 - y.0).collect();
+    let (lo, hi) = span(&d);
+    let spread = if d.len() > 1 { format!(" (windows {lo:+.2} to {hi:+.2} %)") } else { String::new() };
+    format!("{:+.2} %{spread} of one core", median(d))
 }
 
 fn scale(rows: &mut Vec<Row>) {
@@ -844,15 +869,17 @@ fn dvipa_scale(n: usize, rows: &mut Vec<Row>) {
         return;
     }
     let steady = settle_idle(&env, 2);
-    let what = |node: &str| format!("{n} DVIPAs at 10 ms heartbeats: {node} vipad CPU idle, 3 × 10 s");
+    let windows = if n == 1000 { 5 } else { 3 };
+    let what = |node: &str| format!("{n} DVIPAs at 10 ms heartbeats: {node} vipad CPU idle, {windows} × 10 s");
     let target = if n == 1000 { "< 1 %" } else { "-" };
     // Both daemons over the same three 10 s windows: the same conditions for each; with
     // 1,000, the bare loops of `beat_loops` too, the floor of what they do.
     let beats = (n == 1000).then(beat_loops);
-    let mut cells: Vec<String> = match &beats {
-        Some((a, b, _)) => idle_usage_of([s1.pid(), s2.pid(), a.pid(), b.pid()], 3, 10).to_vec(),
-        None => idle_usage_of([s1.pid(), s2.pid()], 3, 10).to_vec(),
+    let seen: Vec<Vec<(f64, u64)>> = match &beats {
+        Some((a, b, _)) => idle_windows([s1.pid(), s2.pid(), a.pid(), b.pid()], 5, 10).to_vec(),
+        None => idle_windows([s1.pid(), s2.pid()], 3, 10).to_vec(),
     };
+    let mut cells: Vec<String> = seen.iter().map(|v| usage_cell(v)).collect();
     if !steady {
         for cell in &mut cells[..2] {
             cell.push_str(STILL_LEARNING);
@@ -869,6 +896,17 @@ fn dvipa_scale(n: usize, rows: &mut Vec<Row>) {
                     "floor, same windows: a bare loop sending a datagram every 10 ms, reading the peer's: {who}"
                 ),
                 result: cell,
+                target: "-".into(),
+            });
+        }
+    }
+    // The machine's load moves every number above together from one window to the next;
+    // the difference within each window is what vipad itself adds.
+    if seen.len() == 4 {
+        for (node, k) in [("holder (s1)", 0), ("backup (s2)", 1)] {
+            rows.push(Row {
+                what: format!("{n} DVIPAs, 10 ms heartbeats: {node} vipad above its floor, window by window"),
+                result: above_cell(&seen[k], &seen[k + 2]),
                 target: "-".into(),
             });
         }

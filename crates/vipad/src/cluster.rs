@@ -62,6 +62,25 @@ pub fn load_key(path: &str) -> Result<Vec<u8>, String> {
     Ok(key)
 }
 
+/// Where a probe that came from `from` (a configured peer address or not), whose sender's
+/// heartbeats come from `learnt`, is answered, if at all: where it came from if that is a
+/// peer's address (the configured one, or the learnt one), else at the learnt address (a
+/// node may send from another of its addresses, such as an IPv6 DVIPA in the peers'
+/// prefix). A replay or a copy of one already answered is not answered, wherever it came
+/// from: a copy of a probe cannot make this node send anything. One overtaken on the way
+/// still asks for an answer.
+fn answer_to(verdict: Verdict, from: SocketAddr, configured: bool, learnt: Option<SocketAddr>) -> Option<SocketAddr> {
+    if matches!(verdict, Verdict::Replayed | Verdict::Duplicated) {
+        return None;
+    }
+    let known = configured || learnt.is_some_and(|a| a.ip().to_canonical() == from.ip().to_canonical());
+    if known {
+        Some(from)
+    } else {
+        learnt
+    }
+}
+
 pub struct ClusterShell {
     pub core: Cluster,
     key: Key,
@@ -688,19 +707,8 @@ impl ClusterShell {
                 let taken = verdict == Verdict::Taken;
                 let configured =
                     |a: &SocketAddr| self.core.config.peers.iter().any(|p| p.ip() == a.ip().to_canonical());
-                // A probe is answered where it came from if that is a peer's address (the
-                // configured one, or where the prober's heartbeats come from), else where
-                // the prober's heartbeats come from (a node may send from another of its
-                // addresses, such as an IPv6 DVIPA in the peers' prefix), and not when it
-                // is a replay or a copy of one already answered: a copy of a probe cannot
-                // make this node send to whoever sent the copy. One overtaken on the way
-                // still asks for an answer.
                 let learnt = self.addresses.get(&node).copied();
-                let known =
-                    configured(&from) || learnt.is_some_and(|a| a.ip().to_canonical() == from.ip().to_canonical());
-                let to = if known { Some(from) } else { learnt };
-                let copy = matches!(verdict, Verdict::Replayed | Verdict::Duplicated);
-                if let (Some(answer), Some(to)) = (probe.filter(|_| !copy), to) {
+                if let (Some(answer), Some(to)) = (probe, answer_to(verdict, from, configured(&from), learnt)) {
                     if let Err(e) = self.sock.send_to(&answer.emit(&self.key), to) {
                         debug!(peer = %to, error = %e, "probe not answered");
                     }
@@ -1091,6 +1099,30 @@ mod tests {
             "[node]\nname = \"s1\"\n[cluster]\npeers = [\"198.18.1.12\"]\nkey_file = \"/k\"\nquorum = \"none\"\n{extra}"
         );
         Config::parse("vipa.toml", &text).expect("config").cluster.expect("[cluster]")
+    }
+
+    #[test]
+    fn a_probe_is_answered_at_a_peer_address_and_never_when_it_is_a_copy() {
+        let peer: SocketAddr = "198.18.1.12:5999".parse().unwrap();
+        let other: SocketAddr = "[2001:db8:1::12]:5999".parse().unwrap();
+        let stranger: SocketAddr = "198.18.1.66:5999".parse().unwrap();
+        // New or overtaken, from the configured address or the learnt one: answered there.
+        for verdict in [Verdict::Taken, Verdict::Reordered] {
+            assert_eq!(answer_to(verdict, peer, true, None), Some(peer));
+            assert_eq!(answer_to(verdict, peer, true, Some(other)), Some(peer));
+            assert_eq!(answer_to(verdict, other, false, Some(other)), Some(other));
+            // From anywhere else: at the address its heartbeats come from, or nowhere.
+            assert_eq!(answer_to(verdict, stranger, false, Some(peer)), Some(peer));
+            assert_eq!(answer_to(verdict, stranger, false, None), None);
+        }
+        // A replay or a repeat is not answered, even from the peer's own address.
+        for verdict in [Verdict::Replayed, Verdict::Duplicated] {
+            assert_eq!(answer_to(verdict, peer, true, Some(peer)), None);
+            assert_eq!(answer_to(verdict, stranger, false, Some(peer)), None);
+        }
+        // An IPv4 peer heard through an IPv6 socket is the same peer.
+        let mapped: SocketAddr = "[::ffff:198.18.1.12]:5999".parse().unwrap();
+        assert_eq!(answer_to(Verdict::Taken, mapped, false, Some(peer)), Some(mapped));
     }
 
     #[test]
