@@ -10,6 +10,7 @@ use toml::Spanned;
 use super::group::parse_duration;
 use super::{valid_ifname, Ctx};
 use crate::cluster::{ClusterConfig, DvipaConfig, Quorum, Takeback};
+use vipa_wire::cluster::MAX_DVIPAS;
 
 /// The UDP port heartbeats use unless told otherwise.
 pub const DEFAULT_PORT: u16 = 5997;
@@ -103,9 +104,25 @@ pub(crate) fn parse_cluster(
                 }
                 v4 => v4,
             });
+        let at = |cx: &mut Ctx, m: String| cx.err(p.span().start, format!("cluster.peers[{j}]"), m);
         match parsed {
-            Some(a) if !peers.contains(&a) => peers.push(a),
-            Some(_) => cx.err(p.span().start, format!("cluster.peers[{j}]"), format!("{text:?} is listed twice")),
+            Some(a) if a.port() == 0 => at(cx, format!("{text:?} has port 0: use 1 to 65535, or leave the port out")),
+            Some(a) if !another_host(a.ip()) => at(
+                cx,
+                format!("{text:?} is not another host's address: list each other node by an address of its own on the link (not loopback, multicast, broadcast or unspecified)"),
+            ),
+            Some(a) if peers.iter().any(|q: &SocketAddr| q.ip() == a.ip()) => at(
+                cx,
+                format!("{text:?} is listed twice: a peer is another host, each listed once (with the port, if not the cluster's)"),
+            ),
+            Some(a) if addrs.contains_key(&a.ip()) => at(
+                cx,
+                format!(
+                    "{text:?} is already used by {:?} on this host: a peer is another host; list only the other nodes' addresses",
+                    addrs.get(&a.ip()).map_or("", String::as_str)
+                ),
+            ),
+            Some(a) => peers.push(a),
             None => cx.err(
                 p.span().start,
                 format!("cluster.peers[{j}]"),
@@ -190,6 +207,22 @@ pub(crate) fn parse_cluster(
             );
             continue;
         }
+        if cluster.peers.iter().any(|p| p.ip() == addr) {
+            cx.err(
+                address.span().start,
+                key("address"),
+                format!("{addr} is a peer's address (cluster.peers): a DVIPA moves between the nodes, a peer's address stays on its host"),
+            );
+            continue;
+        }
+        if i == MAX_DVIPAS as usize {
+            cx.err(
+                at,
+                format!("dvipa[{i}]"),
+                format!("too many DVIPAs: a cluster has at most {MAX_DVIPAS} (one heartbeat carries them all)"),
+            );
+            break;
+        }
         addrs.insert(addr, format!("dvipa {addr}"));
         let Some(owner) = &d.owner else {
             cx.err(at, key("owner"), "missing key `owner`: the node that holds the DVIPA first (VIPADEFINE)");
@@ -252,6 +285,12 @@ pub(crate) fn parse_cluster(
         out.push(DvipaConfig { address: addr, owner: owner.get_ref().clone(), backups, takeback, announce });
     }
     (Some(cluster), out)
+}
+
+/// Whether `a` can be another host's own address: not loopback, multicast, broadcast or
+/// unspecified.
+fn another_host(a: IpAddr) -> bool {
+    !(a.is_loopback() || a.is_multicast() || a.is_unspecified() || a == IpAddr::from([255, 255, 255, 255]))
 }
 
 /// `multicast` and `multicast_nic`: both or neither; a group that leaves the host, of the
@@ -446,6 +485,37 @@ announce = ["en1"]
             "heartbeat_interval = \"10ms\"\nmulticast = \"239.255.86.1\"\nmulticast_nic = \"en1\"\n",
         ));
         assert!(e[0].contains("peer 198.18.1.13:6000 listens on port 6000, not 5997"), "{e:?}");
+    }
+
+    #[test]
+    fn peers_are_other_hosts_each_listed_once() {
+        let peer = |p: &str| errs(&GOOD.replace("\"198.18.1.13:6000\"", p));
+        for (p, says) in [
+            ("\"198.18.1.13:0\"", "has port 0: use 1 to 65535"),
+            ("\"127.0.0.1\"", "is not another host's address"),
+            ("\"0.0.0.0\"", "is not another host's address"),
+            ("\"::\"", "is not another host's address"),
+            ("\"224.0.0.5\"", "is not another host's address"),
+            ("\"255.255.255.255\"", "is not another host's address"),
+            ("\"198.18.1.12:6000\"", "is listed twice"),
+            ("\"198.18.1.200\"", "198.18.1.200 is a peer's address"),
+        ] {
+            let e = peer(p);
+            assert!(e.iter().any(|e| e.contains(says)), "{p}: {e:?}");
+        }
+        // A DVIPA is not a peer's address either.
+        let e = errs(&GOOD.replace("address = \"198.18.1.200\"", "address = \"198.18.1.12\""));
+        assert!(e[0].contains("198.18.1.12 is a peer's address"), "{e:?}");
+        // Nor a static VIPA's.
+        let vipa = format!("[[vipa]]\nname = \"web\"\naddresses = [\"198.18.1.13\"]\n{GOOD}");
+        let e = errs(&vipa);
+        assert!(e[0].contains("already used by \"web\" on this host"), "{e:?}");
+    }
+
+    #[test]
+    fn a_duration_too_big_for_the_clock_is_refused_not_a_crash() {
+        let e = errs(&GOOD.replace("\"10ms\"", "\"99999999999999999999s\""));
+        assert!(e[0].contains("cluster.heartbeat_interval") && e[0].contains("far too long"), "{e:?}");
     }
 
     #[test]

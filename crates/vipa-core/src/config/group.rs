@@ -55,7 +55,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" | "min" => 60.0,
         _ => return Err(format!("{text:?} has no known unit: use ms, s or m, such as \"10s\" or \"500ms\"")),
     };
-    Ok(Duration::from_secs_f64(n * scale))
+    // (A number too big for a duration is refused here; each caller says what range it
+    // allows.)
+    Duration::try_from_secs_f64(n * scale).map_err(|_| format!("{text:?} is far too long"))
 }
 
 /// Parses `addr/len`.
