@@ -84,6 +84,8 @@ fn answer_to(verdict: Verdict, from: SocketAddr, configured: bool, learnt: Optio
 pub struct ClusterShell {
     pub core: Cluster,
     key: Key,
+    /// The key file's contents at start (a reload with other contents is refused).
+    secret: Vec<u8>,
     sock: UdpSocket,
     /// Announcements (with their repeat count) due once the kernel has applied the state
     /// of the version given.
@@ -243,10 +245,27 @@ pub fn change_allowed(running: Option<&ClusterConfig>, new: Option<&ClusterConfi
         (Some(c), Some(n)) if n.port != c.port || n.key_file != c.key_file => {
             Err("a new cluster port or key file needs a restart of vipad".into())
         }
+        (Some(c), Some(n)) if n.me != c.me => {
+            Err("a new node name needs a restart of vipad (its peers know it by its name)".into())
+        }
         (Some(c), Some(n)) if n.multicast != c.multicast => {
             Err("a new multicast group or NIC for heartbeats needs a restart of vipad".into())
         }
         (Some(_), Some(_)) => Ok(()),
+    }
+}
+
+/// Refuses peers that are this host's own addresses (a configuration copied to every node
+/// unchanged, say): this node's heartbeats would come back to it, and the cluster would
+/// look one node bigger than it is, which moves the majority.
+fn peers_are_others(c: &ClusterConfig, observed: &Observed) -> Result<(), String> {
+    let own = observed.local_addresses();
+    match c.peers.iter().find(|p| own.contains(&p.ip())) {
+        Some(p) => Err(format!(
+            "cluster peer {} is an address of this host: list only the other nodes' addresses in cluster.peers",
+            p.ip()
+        )),
+        None => Ok(()),
     }
 }
 
@@ -499,7 +518,9 @@ impl ClusterShell {
         now: Instant,
     ) -> Result<Option<ClusterHandle>, String> {
         let Some(c) = config.cluster.clone() else { return Ok(None) };
-        let key = Key::new(&load_key(&c.key_file)?);
+        peers_are_others(&c, observed)?;
+        let secret = load_key(&c.key_file)?;
+        let key = Key::new(&secret);
         let peers: Vec<IpAddr> = c.peers.iter().map(SocketAddr::ip).collect();
         let steered = vipa_kernel::steer::bind(c.port, FLAGS_LOW_BYTE, FLAG_ROUTINE as u8, &peers)
             .map_err(|e| format!("cannot listen for heartbeats on UDP port {}: {e}", c.port))?;
@@ -551,6 +572,7 @@ impl ClusterShell {
         let shared = Arc::new(Mutex::new(ClusterShell {
             core,
             key: key.clone(),
+            secret,
             sock,
             announce: Vec::new(),
             addresses: BTreeMap::new(),
@@ -582,8 +604,24 @@ impl ClusterShell {
     /// Takes a changed `[cluster]` or `[[dvipa]]` list: the node starts listening again
     /// (keeping what it holds) under a new incarnation. A different port or key file
     /// needs a restart.
-    pub fn reconfigure(&mut self, config: &Config, observed: &Observed, now: Instant) -> Result<bool, String> {
+    /// Whether this running cluster can take `config` by a reload: checked before anything
+    /// of the new configuration is applied.
+    pub fn check(&self, config: &Config, observed: &Observed) -> Result<(), String> {
         change_allowed(Some(&self.core.config), config.cluster.as_ref())?;
+        let Some(c) = &config.cluster else { return Ok(()) };
+        // The key is read once, at start; a file changed since would leave this node
+        // speaking with the old one while the operator believes the new one is in use.
+        if load_key(&c.key_file)? != self.secret {
+            return Err(format!(
+                "the contents of {} changed: a new key needs a restart of vipad (with the same key on every node)",
+                c.key_file
+            ));
+        }
+        peers_are_others(c, observed)
+    }
+
+    pub fn reconfigure(&mut self, config: &Config, observed: &Observed, now: Instant) -> Result<bool, String> {
+        self.check(config, observed)?;
         let now = self.clock(now);
         let Some(c) = config.cluster.clone() else { return Ok(false) };
         if c == self.core.config && config.dvipas == self.core.dvipas {
@@ -592,8 +630,11 @@ impl ClusterShell {
         // An address being released is on its way out, not a copy to keep.
         let leaving: BTreeSet<IpAddr> = self.releasing.iter().map(|(i, _)| self.core.dvipas[*i].address).collect();
         let present: Vec<IpAddr> = kept(config, observed).into_iter().filter(|a| !leaving.contains(a)).collect();
+        // What the operator deactivated here stays so.
+        let declined = self.core.declined_addresses();
         self.core = Cluster::new(c, config.dvipas.clone(), now, new_incarnation(), &present);
-        info!("cluster configuration changed; listening before claiming");
+        self.core.decline(&declined);
+        info!(still_deactivated = ?declined, "cluster configuration changed; listening before claiming");
         Ok(true)
     }
 
@@ -701,10 +742,14 @@ impl ClusterShell {
                 let probe = (h.flags & FLAG_PROBE != 0 && h.node != self.core.config.me)
                     .then(|| Heartbeat::answer(&self.core.config.me, self.core.incarnation(), &h));
                 let (node, flags) = (h.node.clone(), h.flags);
+                let known = self.core.peers.contains_key(&node);
                 let verdict = self.core.receive(now, h);
                 // A peer's heartbeat the core took (an answer is taken only by the probe it
                 // matches, which the core knows and this does not).
                 let taken = verdict == Verdict::Taken;
+                // An answer that made a node not heard since the start a peer (it answered
+                // the challenge of this run): its address is where it answered from.
+                let confirmed = verdict == Verdict::Answer && !known && self.core.peers.contains_key(&node);
                 let configured =
                     |a: &SocketAddr| self.core.config.peers.iter().any(|p| p.ip() == a.ip().to_canonical());
                 let learnt = self.addresses.get(&node).copied();
@@ -718,7 +763,10 @@ impl ClusterShell {
                 // peer address, once heard, is not given up for another (a group's
                 // datagrams come from the source its kernel picked, link-local for ff02::).
                 let had = self.addresses.get(&node);
-                if taken && had != Some(&from) && !had.is_some_and(|a| configured(a) && !configured(&from)) {
+                if (taken || confirmed)
+                    && had != Some(&from)
+                    && !had.is_some_and(|a| configured(a) && !configured(&from))
+                {
                     self.addresses.insert(node.clone(), from);
                 }
                 // Whether it is in the group, from its heartbeats the core took (not from a
@@ -1165,5 +1213,26 @@ mod tests {
             Some(&cluster("port = 6000\nmulticast = \"239.255.86.1\"\nmulticast_nic = \"en1\"\n")),
         );
         assert!(e.unwrap_err().contains("port or key file"));
+        let mut renamed = same.clone();
+        renamed.me = "s9".into();
+        assert!(change_allowed(Some(&running), Some(&renamed)).unwrap_err().contains("node name needs a restart"));
+    }
+
+    #[test]
+    fn a_peer_that_is_this_hosts_own_address_is_refused() {
+        let c = cluster("");
+        let mut observed = Observed::default();
+        let mine = |addr: &str| vipa_core::model::Address {
+            ifindex: 2,
+            addr: addr.parse().unwrap(),
+            prefix_len: 24,
+            proto: 0,
+            deprecated: false,
+        };
+        observed.addresses.insert((2, "198.18.1.11".parse().unwrap()), mine("198.18.1.11"));
+        assert_eq!(peers_are_others(&c, &observed), Ok(()));
+        observed.addresses.insert((2, "198.18.1.12".parse().unwrap()), mine("198.18.1.12"));
+        let e = peers_are_others(&c, &observed).unwrap_err();
+        assert!(e.contains("198.18.1.12 is an address of this host") && e.contains("other nodes"), "{e}");
     }
 }

@@ -497,9 +497,11 @@ impl Daemon {
 
     /// Whether a new configuration's cluster part can be taken without a restart.
     fn cluster_check(&self, config: &Config) -> Result<(), String> {
-        let running = self.cluster.as_ref().map(|c| c.lock().core.config.clone());
-        crate::cluster::change_allowed(running.as_ref(), config.cluster.as_ref())
-            .map_err(|e| format!("{e}; the running configuration stays"))
+        match &self.cluster {
+            Some(c) => c.lock().check(config, &self.observed),
+            None => crate::cluster::change_allowed(None, config.cluster.as_ref()),
+        }
+        .map_err(|e| format!("{e}; the running configuration stays"))
     }
 
     /// Brings the IPMP groups and the cluster in line with the configuration just adopted.
@@ -543,6 +545,10 @@ impl Daemon {
                 return Response::Error { message: format!("the change is refused, nothing was changed:\n{message}") }
             }
         };
+        // (The file may carry a cluster change made by hand that this one would apply.)
+        if let Err(message) = self.cluster_check(&config) {
+            return Response::Error { message: format!("the change is refused, nothing was changed: {message}") };
+        }
         if let Err(e) = write_atomically(&self.config_path, new_text.as_bytes()) {
             return Response::Error {
                 message: format!("{}: cannot write: {e}; nothing was changed", self.config_path.display()),

@@ -332,6 +332,41 @@ fn planned_move_hands_over() {
 }
 
 #[test]
+fn a_reload_keeps_a_deactivation_and_refuses_what_needs_a_restart() {
+    let (env, _procs) = up("immediate");
+    let o = env.vipactl(1, &["dvipa", "deactivate", DVIPA]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    holder_is(&env, 2, Duration::from_secs(2)).expect("s2 takes it when the owner deactivates it");
+    // A move to the node that deactivated it is refused, saying what to do first.
+    let o = env.vipactl(2, &["dvipa", "move", DVIPA, "s1"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("s1 has deactivated") && e.contains("reactivate"), "{e}");
+    // A reload with another cluster setting: the owner listens again, and still does not
+    // take the address back.
+    env.write_config(1, &format!("{CLUSTER}dead_after = 11\n"), &dvipa("immediate"));
+    let o = env.vipactl(1, &["reload"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(env.holders(DVIPA), vec![2], "{}", env.log(1));
+    assert!(out(&env.vipactl(1, &["dvipa"])).contains("DEACTIVATED"), "{}", out(&env.vipactl(1, &["dvipa"])));
+    // A key file whose contents changed, or a new node name, needs a restart: refused,
+    // and nothing changes.
+    let key = std::fs::read(env.key_path()).unwrap();
+    std::fs::write(env.key_path(), "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100\n").unwrap();
+    let o = env.vipactl(1, &["reload"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("a new key needs a restart"), "{e}");
+    std::fs::write(env.key_path(), key).unwrap();
+    let renamed = std::fs::read_to_string(env.config_path(1)).unwrap().replace("name = \"s1\"", "name = \"s9\"");
+    std::fs::write(env.config_path(1), renamed).unwrap();
+    let o = env.vipactl(1, &["reload"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("node name needs a restart"), "{e}");
+    assert!(out(&env.vipactl(2, &["cluster"])).contains("s1 "), "{}", out(&env.vipactl(2, &["cluster"])));
+    assert_eq!(env.holders(DVIPA), vec![2]);
+}
+
+#[test]
 fn a_stopping_holder_hands_over_without_waiting_for_a_death() {
     let (env, mut procs) = up("immediate");
     let _srv = [serve_on(env.host(1), Some(DVIPA)), serve_on(env.host(2), Some(DVIPA))];

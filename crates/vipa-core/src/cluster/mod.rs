@@ -238,7 +238,23 @@ pub enum Verdict {
     Replayed,
     /// In this node's own name (counted as `own_name`).
     OwnName,
+    /// From a node not heard since this node started: kept aside until the node answers
+    /// a challenge of this run (a recorded heartbeat of an earlier run cannot), then taken.
+    Unconfirmed,
 }
+
+/// A node heard from, not a peer yet: it has not answered a challenge of this run.
+#[derive(Debug, Clone, Default)]
+struct Stranger {
+    /// Its latest heartbeat, taken once it answers in that heartbeat's incarnation.
+    heard: Option<Heartbeat>,
+    /// The incarnation it answered in.
+    confirmed: Option<u64>,
+}
+
+/// Most strangers kept at once: names come only from authenticated heartbeats, so only a
+/// cluster bigger than this (or its replayed past) could fill it.
+const MAX_STRANGERS: usize = 256;
 
 /// Adds a probe sent (sequence number, when) to `list`, which keeps the last `keep`.
 fn remember(list: &mut VecDeque<(u64, Instant)>, probe: (u64, Instant), keep: usize) {
@@ -412,6 +428,11 @@ pub struct Cluster {
     /// A routine heartbeat of the peer this node keeps step with was heard since the last
     /// wake: when it arrived, and the grace its next one has (see `handle_timeout`).
     leader_heard: Option<(Instant, Duration)>,
+    /// Nodes heard from since the start that have not answered a challenge yet.
+    strangers: BTreeMap<String, Stranger>,
+    /// The challenges sent to them (sequence number, when): one to every peer serves all
+    /// strangers, at most one an interval; the last [`CHALLENGES`].
+    stranger_challenges: VecDeque<(u64, Instant)>,
 }
 
 type Said = (u16, Vec<u8>, Vec<u8>, Vec<u8>, Vec<(u32, String, u64)>);
@@ -466,7 +487,8 @@ impl Cluster {
             conflict: vec![false; n],
             since: vec![now; n],
             syncing_until: Some(now + sync),
-            had_quorum: false,
+            // (Listening now: its end must not look like a quorum regained.)
+            had_quorum: true,
             next_heartbeat: now,
             next_refresh: now + REFRESH_INTERVAL,
             out: VecDeque::new(),
@@ -487,6 +509,8 @@ impl Cluster {
             prompt_sends: 0,
             calm: false,
             leader_heard: None,
+            strangers: BTreeMap::new(),
+            stranger_challenges: VecDeque::new(),
             config,
             dvipas,
         }
@@ -556,10 +580,12 @@ impl Cluster {
         if self.maps.is_none() {
             let len = n.div_ceil(8);
             let (mut held, mut busy, mut declined) = (vec![0u8; len], vec![0u8; len], vec![0u8; len]);
-            let syncing = self.syncing();
+            // While listening, the held bits are what the kernel still has from before (a
+            // restart, a reload): not claims (the flag says so), but a copy that peers do
+            // not activate beside.
             for i in 0..n {
                 let (byte, mask) = (i / 8, 1u8 << (i % 8));
-                if self.held[i] && !syncing {
+                if self.held[i] {
                     held[byte] |= mask;
                 }
                 if self.busy[i] {
@@ -636,6 +662,15 @@ impl Cluster {
         if h.flags & FLAG_ANSWER != 0 {
             self.answered(now, &h);
             return Verdict::Answer;
+        }
+        if !self.peers.contains_key(&h.node) && h.flags & FLAG_LEAVING == 0 {
+            // Not heard since this node started: the heartbeat may be a recording of an
+            // earlier run, whatever its numbers say. It counts once the node has answered
+            // a challenge of this run in its incarnation.
+            if self.strangers.get(&h.node).and_then(|s| s.confirmed) != Some(h.incarnation) {
+                return self.challenge_stranger(now, h);
+            }
+            self.strangers.remove(&h.node);
         }
         if let Some(p) = self.peers.get_mut(&h.node) {
             if h.incarnation < p.incarnation || (h.incarnation > p.incarnation && h.incarnation <= p.highest) {
@@ -872,13 +907,31 @@ impl Cluster {
     /// the same round, and any replayed answer, match nothing and prove nothing.
     fn answered(&mut self, now: Instant, h: &Heartbeat) {
         let me = self.incarnation;
+        // Every answer that counts echoes this run's incarnation: one given to an earlier
+        // run (whose sequence numbers this one uses again) proves nothing.
+        if h.digest != me {
+            return;
+        }
+        if !self.peers.contains_key(&h.node) {
+            if self.stranger_challenges.iter().any(|(seq, _)| *seq == h.echo) {
+                if let Some(st) = self.strangers.get_mut(&h.node) {
+                    st.confirmed = Some(h.incarnation);
+                    // Its heartbeat of that incarnation counts now; one of another is a
+                    // recording, and the next heartbeat it sends will do.
+                    if let Some(k) = st.heard.take().filter(|k| k.incarnation == h.incarnation) {
+                        self.receive(now, k);
+                    }
+                }
+            }
+            return;
+        }
         let Some(p) = self.peers.get_mut(&h.node) else { return };
         if p.challenges.iter().any(|(seq, _)| *seq == h.echo) {
             // An answer to a probe of this run (the echoed incarnation says so), given now:
             // the incarnation the node runs in. An earlier one than its last is taken up,
             // its heartbeats count from here on, learnt anew like those of any restarted
             // node.
-            if h.digest == me && h.incarnation != p.incarnation {
+            if h.incarnation != p.incarnation {
                 let seq = p.earlier.filter(|(i, _)| *i == h.incarnation).map_or(0, |(_, seq)| seq);
                 (p.incarnation, p.seq, p.seen, p.earlier) = (h.incarnation, seq, 0, None);
                 p.highest = p.highest.max(h.incarnation);
@@ -919,6 +972,30 @@ impl Cluster {
         if let Some(p) = self.peers.get_mut(node) {
             remember(&mut p.challenges, (seq, now), CHALLENGES);
         }
+    }
+
+    /// Keeps `h`, of a node not heard since this start, aside, and challenges it: a probe
+    /// to every peer (the node's address is not known yet; only the node named can answer
+    /// it in a way that counts), which is also a heartbeat of this node's. At most one an
+    /// interval, for all strangers at once.
+    fn challenge_stranger(&mut self, now: Instant, h: Heartbeat) -> Verdict {
+        if !self.strangers.contains_key(&h.node) && self.strangers.len() >= MAX_STRANGERS {
+            return Verdict::Unconfirmed;
+        }
+        let st = self.strangers.entry(h.node.clone()).or_default();
+        if st.heard.as_ref().is_none_or(|k| (h.incarnation, h.seq) > (k.incarnation, k.seq)) {
+            st.heard = Some(h);
+        }
+        let interval = self.config.interval;
+        if self.stranger_challenges.back().is_none_or(|(_, sent)| now >= *sent + interval) {
+            let mut probe = self.heartbeat();
+            probe.flags |= FLAG_PROBE;
+            let seq = probe.seq;
+            self.out.push_back(Output::Heartbeat(probe));
+            self.next_heartbeat = now + interval;
+            remember(&mut self.stranger_challenges, (seq, now), CHALLENGES);
+        }
+        Verdict::Unconfirmed
     }
 
     /// A probe to `node`; returns its sequence number, which the answer echoes.
@@ -996,15 +1073,23 @@ impl Cluster {
             self.gone(&name, format!("is dead: {why}"));
             changed = true;
         }
+        let mut kept = Vec::new();
         if self.syncing_until.is_some_and(|t| now >= t) {
             self.syncing_until = None;
             self.out.push_back(Output::Event("listened for one dead interval; claiming from now on".into()));
             changed = true;
+            kept = (0..self.dvipas.len()).filter(|&i| self.held[i]).collect();
         }
         // Ownership changes only with what is heard, deaths and the end of listening; a
         // plain heartbeat tick decides nothing (and costs nothing with 10,000 DVIPAs).
         if changed {
             self.evaluate(now);
+        }
+        // What it kept through the listening (from before a restart, a reload or a lost
+        // majority) and still holds, it announces again: the neighbours may have been told
+        // of another holder meanwhile.
+        for i in kept.into_iter().filter(|&i| self.held[i]) {
+            self.out.push_back(Output::Announce { index: i, refresh: false });
         }
         if now >= self.next_refresh {
             self.next_refresh = now + REFRESH_INTERVAL;
@@ -1085,6 +1170,13 @@ impl Cluster {
         self.peers.get(node).is_some_and(|p| p.alive && p.same_config && !p.syncing && bit(&p.held, i))
     }
 
+    /// Whether a live peer still listening after its start (or reload) has DVIPA `i` in its
+    /// kernel from before: it keeps it until it has listened, and nobody activates it
+    /// meanwhile (it then claims it, or gives it up to a holder it heard).
+    fn kept_by_listening(&self, i: usize) -> bool {
+        self.peers.values().any(|p| p.alive && p.syncing && p.same_config && bit(&p.held, i))
+    }
+
     fn declines(&self, node: &str, i: usize) -> bool {
         if node == self.config.me {
             return self.declined[i];
@@ -1122,12 +1214,15 @@ impl Cluster {
     /// listening after its start. Nobody holding the address, that node gets it once it has
     /// listened (at most a dead interval): at a cold start of the whole cluster, the node
     /// that happens to finish listening first must not take every address.
+    ///
+    /// A node whose DVIPA list differs (its configuration was changed and reloaded before
+    /// this one's) counts too: its claims cannot be read here, and it may still have the
+    /// address from before its reload.
     fn first_listening(&self, i: usize) -> bool {
         let me = self.config.me.as_str();
-        self.orders[i]
-            .iter()
-            .take_while(|n| n.as_str() != me)
-            .any(|n| self.peers.get(n).is_some_and(|p| p.alive && p.syncing && p.same_config && !bit(&p.declined, i)))
+        self.orders[i].iter().take_while(|n| n.as_str() != me).any(|n| {
+            self.peers.get(n).is_some_and(|p| p.alive && p.syncing && (!p.same_config || !bit(&p.declined, i)))
+        })
     }
 
     /// Who should hold DVIPA `i`, from this node's view.
@@ -1185,6 +1280,16 @@ impl Cluster {
                 continue;
             }
             if self.dvipas[i].rank(&me).is_none() {
+                // Kept from before a change that took this node off its list: the nodes
+                // on it decide who holds it.
+                if self.held[i] {
+                    self.held[i] = false;
+                    self.since[i] = now;
+                    self.conflict[i] = false;
+                    let cause = "this node is no longer its owner or a backup".to_string();
+                    self.out.push_back(Output::Release { index: i, cause });
+                    changed = true;
+                }
                 continue;
             }
             let order = self.order(i);
@@ -1226,6 +1331,7 @@ impl Cluster {
                 && desired.as_deref() == Some(me.as_str())
                 && others.is_empty()
                 && !self.first_listening(i)
+                && !self.kept_by_listening(i)
                 && !self.leaving
             {
                 self.held[i] = true;
@@ -1259,6 +1365,11 @@ impl Cluster {
         if !self.alive_nodes().contains(&node) {
             return Err(format!("{node} is not alive in this node's view of the cluster"));
         }
+        if self.declines(node, i) {
+            return Err(format!(
+                "{node} has deactivated {addr}: run `vipactl dvipa reactivate {addr}` on {node} first"
+            ));
+        }
         self.pin(i, node);
         self.evaluate(now);
         self.send_heartbeat(now);
@@ -1268,7 +1379,7 @@ impl Cluster {
     /// `vipactl dvipa deactivate ADDR`: this node gives the address up and will not take
     /// it until reactivated; a backup takes over.
     pub fn deactivate(&mut self, now: Instant, addr: IpAddr) -> Result<(), String> {
-        let i = self.index(addr).ok_or_else(|| format!("{addr} is not a DVIPA of this cluster"))?;
+        let i = self.member_of(addr)?;
         self.declined[i] = true;
         if self.pinned(i) == Some(self.config.me.as_str()) {
             self.unpin(i);
@@ -1279,11 +1390,41 @@ impl Cluster {
     }
 
     pub fn reactivate(&mut self, now: Instant, addr: IpAddr) -> Result<(), String> {
-        let i = self.index(addr).ok_or_else(|| format!("{addr} is not a DVIPA of this cluster"))?;
+        let i = self.member_of(addr)?;
         self.declined[i] = false;
         self.evaluate(now);
         self.send_heartbeat(now);
         Ok(())
+    }
+
+    /// DVIPA `addr`'s index, if this node is its owner or one of its backups (the nodes
+    /// that can deactivate and reactivate it here).
+    fn member_of(&self, addr: IpAddr) -> Result<usize, String> {
+        let i = self.index(addr).ok_or_else(|| format!("{addr} is not a DVIPA of this cluster"))?;
+        if self.dvipas[i].rank(&self.config.me).is_none() {
+            return Err(format!(
+                "this node ({}) is neither the owner nor a backup of {addr}: run it on {}",
+                self.config.me,
+                self.dvipas[i].order().join(", ")
+            ));
+        }
+        Ok(i)
+    }
+
+    /// The DVIPAs deactivated on this node (kept across a reload by [`Cluster::decline`]).
+    pub fn declined_addresses(&self) -> Vec<IpAddr> {
+        (0..self.dvipas.len()).filter(|&i| self.declined[i]).map(|i| self.dvipas[i].address).collect()
+    }
+
+    /// Deactivates `addrs` (those of them this node backs) before anything is claimed: what
+    /// an operator deactivated stays so across a reload.
+    pub fn decline(&mut self, addrs: &[IpAddr]) {
+        for &a in addrs {
+            if let Ok(i) = self.member_of(a) {
+                self.declined[i] = true;
+            }
+        }
+        self.maps = None;
     }
 
     /// A planned move of DVIPA `i` to `node`, newer than any seen; `""` ends the move.

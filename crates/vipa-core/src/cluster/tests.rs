@@ -318,6 +318,20 @@ impl Sim {
         n.inbox.clear();
     }
 
+    /// vipad on `name` takes a new configuration (`d`): its cluster starts again in a new
+    /// incarnation, keeping what its kernel has and what the operator deactivated.
+    fn reload(&mut self, name: &str, d: Vec<DvipaConfig>, incarnation: u64) {
+        let now = self.local(name);
+        let n = self.nodes.get_mut(name).unwrap();
+        let present: Vec<IpAddr> =
+            n.c.dvipas.iter().zip(&n.kernel).filter(|(_, k)| **k).map(|(d, _)| d.address).collect();
+        let declined = n.c.declined_addresses();
+        n.c = Cluster::new(n.c.config.clone(), d, now, incarnation, &present);
+        n.c.decline(&declined);
+        let len = n.c.dvipas.len().max(n.kernel.len());
+        n.kernel.resize(len, false);
+    }
+
     fn restart(&mut self, name: &str, incarnation: u64) {
         let now = self.local(name);
         let n = self.nodes.get_mut(name).unwrap();
@@ -720,6 +734,61 @@ fn beat(c: &mut Cluster, at: Instant) -> Heartbeat {
         .expect("a heartbeat")
 }
 
+/// The challenge `a` sends to every peer, if it sent one.
+fn challenge_of(a: &mut Cluster) -> Option<Heartbeat> {
+    std::iter::from_fn(|| a.poll_output()).find_map(|o| match o {
+        Output::Heartbeat(p) if p.flags & vipa_wire::cluster::FLAG_PROBE != 0 => Some(p),
+        _ => None,
+    })
+}
+
+/// `h` reaches `a`, which has not heard its sender since it started: kept aside and
+/// challenged; the sender's answer, in `h`'s incarnation, makes it count.
+fn introduce(a: &mut Cluster, at: Instant, h: Heartbeat) {
+    assert_eq!(a.receive(at, h.clone()), Verdict::Unconfirmed);
+    let challenge = challenge_of(a).expect("a challenge");
+    assert_eq!(a.receive(at, Heartbeat::answer(&h.node, h.incarnation, &challenge)), Verdict::Answer);
+    assert!(a.peers.contains_key(&h.node), "taken once answered");
+}
+
+#[test]
+fn a_node_not_heard_since_the_start_counts_only_once_it_answers_a_challenge_of_this_run() {
+    let t0 = Instant::now();
+    let d = dvipas(1, Takeback::Immediate);
+    let mut a = Cluster::new(cluster_config("s1", 3, ms(10), Quorum::Majority), d.clone(), t0, 7, &[]);
+    // A recording of s2's earlier run (incarnation 3), claiming the DVIPA.
+    let mut earlier = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d.clone(), t0, 3, &[]);
+    let mut recorded = beat(&mut earlier, t0);
+    vipa_wire::cluster::set_bit(&mut recorded.held, 0, true);
+    recorded.flags = 0;
+    assert_eq!(a.receive(t0, recorded.clone()), Verdict::Unconfirmed);
+    assert!(a.peers.is_empty(), "taken before it answered");
+    let challenge = challenge_of(&mut a).expect("a challenge to every peer");
+    // More of the recording within the interval: kept aside, not challenged again.
+    let mut more = recorded.clone();
+    more.seq += 1;
+    assert_eq!(a.receive(t0 + ms(1), more), Verdict::Unconfirmed);
+    assert!(challenge_of(&mut a).is_none(), "challenged twice within an interval");
+    // An answer given to an earlier run of s1 does not count; nor one to another probe.
+    let mut stale = Heartbeat::answer("s2", 3, &challenge);
+    stale.digest = 6;
+    a.receive(t0 + ms(2), stale);
+    let mut other = Heartbeat::answer("s2", 3, &challenge);
+    other.echo = challenge.seq + 1;
+    a.receive(t0 + ms(2), other);
+    assert!(a.peers.is_empty());
+    // s2 itself answers, in the incarnation it runs in now (9): the recording (of 3) is
+    // not taken, and s2 holds nothing in s1's view.
+    a.receive(t0 + ms(3), Heartbeat::answer("s2", 9, &challenge));
+    assert!(a.peers.is_empty() && a.holder(0).is_none());
+    // Its next heartbeat, in incarnation 9, counts at once.
+    let mut now_run = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d, t0, 9, &[]);
+    assert_eq!(a.receive(t0 + ms(4), beat(&mut now_run, t0 + ms(4))), Verdict::Taken);
+    assert_eq!(a.peers["s2"].incarnation, 9);
+    // And the recording, replayed again, is a replay now.
+    assert_eq!(a.receive(t0 + ms(5), recorded), Verdict::Replayed);
+}
+
 #[test]
 fn replayed_duplicated_and_own_name_heartbeats_are_dropped() {
     let t0 = Instant::now();
@@ -729,7 +798,7 @@ fn replayed_duplicated_and_own_name_heartbeats_are_dropped() {
     let beats: Vec<Heartbeat> = (0..70).map(|i| beat(&mut b, t0 + ms(10) * i)).collect();
     let (first, overtaken, h) = (&beats[0], &beats[67], beats[69].clone());
     assert!(h.seq > overtaken.seq && overtaken.seq > first.seq);
-    assert_eq!(a.receive(t0, beats[68].clone()), Verdict::Taken);
+    introduce(&mut a, t0, beats[68].clone());
     assert_eq!(a.receive(t0, h.clone()), Verdict::Taken);
     assert_eq!(a.holder(0), None, "s2 claims nothing yet");
     // The same heartbeat again (it came two ways, or the network doubled it): dropped, and
@@ -800,7 +869,7 @@ fn an_earlier_incarnation_counts_only_by_an_answer_to_a_probe_of_this_run() {
     let mut a = Cluster::new(cluster_config("s1", 3, ms(10), Quorum::Majority), d.clone(), t0, 7, &[]);
     let mut b = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d, t0, 5, &[]);
     // s1 knows s2 in incarnation 5, then s2 dies.
-    a.receive(t0, beat(&mut b, t0));
+    introduce(&mut a, t0, beat(&mut b, t0));
     let later = t0 + ms(500);
     a.handle_timeout(later);
     assert!(!a.peers["s2"].alive);
@@ -1082,4 +1151,138 @@ fn read_late_a_peer_whose_death_changes_nothing_is_seen_dead_an_interval_later_a
         let took = dead.0 - killed;
         assert!(took <= ms(1 + 10 + 5 + 11 + 2) + window, "seed {seed}: seen after {took:?} (window {window:?})");
     }
+}
+
+#[test]
+fn a_reload_that_changes_the_dvipa_list_keeps_what_the_node_holds_and_nobody_takes_it_meanwhile() {
+    for seed in 1..6 {
+        let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
+        s.run(ms(600));
+        assert_eq!(s.holders(0), vec!["s1".to_string()], "seed {seed}, before");
+        // s1 reloads first with a fourth DVIPA (its own): its list differs from the
+        // others' until they reload too, so they cannot read its claims.
+        s.watch = s.t;
+        let at = s.t;
+        s.reload("s1", dvipas(4, Takeback::Immediate), 2);
+        s.run(at + ms(1500));
+        assert_eq!(s.holders(0), vec!["s1".to_string()], "seed {seed}");
+        assert_eq!(s.max_holders[0], 1, "seed {seed}: s1's address was taken while it listened");
+        assert!(s.nodes["s1"].kernel[3], "seed {seed}: the new DVIPA is held");
+        // Having listened, it tells the neighbours again where what it kept is.
+        assert!(
+            s.announced.iter().any(|(t, n, i)| *t > at && n == "s1" && *i == 0),
+            "seed {seed}: what s1 kept through the reload was not announced again"
+        );
+    }
+}
+
+#[test]
+fn a_node_taken_off_a_dvipas_list_gives_it_up_to_the_nodes_on_it() {
+    for seed in 1..6 {
+        let mut s = Sim::new(3, dvipas(1, Takeback::Immediate), Quorum::Majority, seed);
+        s.run(ms(600));
+        assert_eq!(s.holders(0), vec!["s1".to_string()]);
+        s.watch = s.t;
+        // The DVIPA goes to s2, backed by s3: s1 is off its list. s1 reloads first, then
+        // the others.
+        let mut d = dvipas(1, Takeback::Immediate);
+        d[0].owner = "s2".into();
+        d[0].backups = vec![("s3".into(), 100)];
+        s.reload("s1", d.clone(), 2);
+        s.run(s.t + ms(400));
+        assert!(!s.nodes["s1"].kernel[0], "seed {seed}: s1 kept an address it is no longer on the list of");
+        s.reload("s2", d.clone(), 2);
+        s.reload("s3", d, 2);
+        s.run(s.t + ms(1000));
+        assert_eq!(s.holders(0), vec!["s2".to_string()], "seed {seed}");
+        assert_eq!(s.max_holders[0], 1, "seed {seed}");
+    }
+}
+
+#[test]
+fn a_reload_keeps_what_the_operator_deactivated() {
+    let mut s = Sim::new(3, dvipas(1, Takeback::Immediate), Quorum::Majority, 3);
+    s.run(ms(600));
+    s.with("s1", |c, now| c.deactivate(now, IpAddr::from([198, 18, 7, 1])).unwrap());
+    s.run(ms(900));
+    assert_eq!(s.holders(0), vec!["s2".to_string()]);
+    s.watch = s.t;
+    s.reload("s1", dvipas(1, Takeback::Immediate), 2);
+    s.run(ms(2000));
+    assert_eq!(s.holders(0), vec!["s2".to_string()], "the reload undid the deactivation");
+    assert_eq!(s.nodes["s1"].c.status(0), DvipaStatus::Deactivated);
+    assert_eq!(s.max_holders[0], 1);
+}
+
+#[test]
+fn a_backup_that_reloads_keeps_an_address_it_may_keep_and_nobody_takes_it_meanwhile() {
+    // s2 holds the DVIPAs with `never` after s1 came back; s2 reloads (same list).
+    let mut d = dvipas(1, Takeback::Never);
+    d[0].backups = vec![("s2".into(), 200)];
+    let mut s = Sim::new(2, d.clone(), Quorum::None, 5);
+    s.run(ms(500));
+    s.kill("s1");
+    s.run(ms(800));
+    s.restart("s1", 2);
+    s.run(ms(1500));
+    assert_eq!(s.holders(0), vec!["s2".to_string()]);
+    s.watch = s.t;
+    let at = s.t;
+    s.reload("s2", d, 3);
+    s.run(at + ms(1500));
+    assert_eq!(s.holders(0), vec!["s2".to_string()], "takeback never: s2 keeps it across its reload");
+    assert_eq!(s.max_holders[0], 1, "s1 activated beside s2's copy while s2 listened");
+}
+
+#[test]
+fn a_lone_node_without_quorum_claims_after_listening_once() {
+    let mut s = owner_and_backup(2);
+    s.kill("s2");
+    s.run(ms(400));
+    // Listening lasts the dead time and an interval: 110 ms at 10 ms heartbeats.
+    let first = s.moves.iter().find(|m| m.1 == "s1" && m.3).map(|m| m.0).expect("s1 activated");
+    assert!(first <= ms(130), "s1 listened twice: activated at {first:?}");
+}
+
+#[test]
+fn moves_and_deactivations_that_cannot_happen_are_refused() {
+    let t0 = Instant::now();
+    let mut d = dvipas(1, Takeback::Immediate);
+    d[0].backups = vec![("s2".into(), 100)];
+    let mut s3 = Cluster::new(cluster_config("s3", 3, ms(10), Quorum::Majority), d, t0, 1, &[]);
+    let a = IpAddr::from([198, 18, 7, 1]);
+    let e = s3.deactivate(t0, a).unwrap_err();
+    assert!(e.contains("neither the owner nor a backup") && e.contains("run it on s1, s2"), "{e}");
+    assert!(s3.reactivate(t0, a).is_err());
+    assert!(s3.deactivate(t0, IpAddr::from([198, 18, 7, 9])).unwrap_err().contains("not a DVIPA"));
+    // A move to a node that deactivated the address: refused, saying what to do first.
+    let mut s = Sim::new(3, dvipas(1, Takeback::Immediate), Quorum::Majority, 4);
+    s.run(ms(600));
+    s.with("s3", |c, now| c.deactivate(now, a).unwrap());
+    s.run(ms(700));
+    let now = s.local("s1");
+    let e = s.nodes.get_mut("s1").unwrap().c.move_to(now, a, "s3").unwrap_err();
+    assert!(e.contains("s3 has deactivated 198.18.7.1") && e.contains("reactivate"), "{e}");
+}
+
+#[test]
+fn an_answer_to_a_probe_counts_only_if_it_echoes_this_runs_incarnation() {
+    let t0 = Instant::now();
+    let d = dvipas(1, Takeback::Immediate);
+    let mut a = Cluster::new(cluster_config("s1", 3, ms(10), Quorum::Majority), d.clone(), t0, 7, &[]);
+    let mut b = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d, t0, 5, &[]);
+    introduce(&mut a, t0, beat(&mut b, t0));
+    // A new peer's round trip is measured at once: a probe to it.
+    a.handle_timeout(t0 + ms(1));
+    let probe = std::iter::from_fn(|| a.poll_output())
+        .find_map(|o| if let Output::HeartbeatTo { heartbeat, .. } = o { Some(heartbeat) } else { None })
+        .expect("a round-trip probe");
+    // Its sequence number may have been used by an earlier run of s1, whose answers an
+    // attacker kept: one that echoes another incarnation measures nothing.
+    let mut earlier = Heartbeat::answer("s2", 5, &probe);
+    earlier.digest = 6;
+    a.receive(t0 + ms(2), earlier);
+    assert!(a.peers["s2"].rtt.is_none(), "an answer given to another run counted");
+    a.receive(t0 + ms(3), Heartbeat::answer("s2", 5, &probe));
+    assert!(a.peers["s2"].rtt.is_some());
 }
