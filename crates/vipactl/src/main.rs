@@ -331,7 +331,12 @@ fn probes(cli: &Cli, view: &vipa_api::IpmpView, fields: Option<&str>, parsable: 
         true
     });
     match r {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            eprintln!(
+                "vipactl: the event stream ended: vipad stopped, or this client fell more than 10,000 events behind"
+            );
+            ExitCode::FAILURE
+        }
         Err(e) => connect_error(&cli.socket, &e),
     }
 }
@@ -349,7 +354,12 @@ fn events(cli: &Cli) -> ExitCode {
         true
     });
     match r {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            eprintln!(
+                "vipactl: the event stream ended: vipad stopped, or this client fell more than 10,000 events behind"
+            );
+            ExitCode::FAILURE
+        }
         Err(e) => connect_error(&cli.socket, &e),
     }
 }

@@ -118,7 +118,9 @@ fn handle(stream: UnixStream, tx: Sender<Input>) -> io::Result<()> {
                 ),
             },
             Ok(Request::Events) => {
-                let (etx, erx) = mpsc::channel();
+                // Bounded: a client that stops reading is dropped once this many events
+                // wait for it, not kept at the daemon's memory's expense.
+                let (etx, erx) = mpsc::sync_channel(crate::ipmp::EVENT_BACKLOG);
                 if tx.send(Input::Subscribe(etx)).is_err() {
                     return Ok(());
                 }

@@ -44,7 +44,7 @@ pub enum Input {
     Resync(String),
     Control(Request, Sender<Response>),
     /// A control connection wants the event stream.
-    Subscribe(Sender<vipa_api::Event>),
+    Subscribe(std::sync::mpsc::SyncSender<vipa_api::Event>),
     /// What the cluster thread decided that concerns the kernel or the event stream.
     Cluster(crate::cluster::News),
     Reload,
@@ -619,8 +619,10 @@ impl Daemon {
         let Some(c) = &self.cluster else {
             return Response::Error { message: "no [cluster] is configured on this node".into() };
         };
-        let Ok(addr) = address.parse::<std::net::IpAddr>() else {
-            return Response::Error { message: format!("{address:?} is not an IP address") };
+        let Ok(addr) = vipa_core::config::parse_host_address(address) else {
+            return Response::Error {
+                message: format!("{address:?} is not a DVIPA address: write it as in [[dvipa]] address, such as 198.18.1.200 or 2001:db8::200"),
+            };
         };
         let news = {
             let mut shell = c.lock();

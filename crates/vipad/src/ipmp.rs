@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -42,6 +42,10 @@ impl Drop for Socket {
     }
 }
 
+/// Events waiting for one `vipactl events` client at most; one that falls further behind
+/// is dropped (its stream ends).
+pub const EVENT_BACKLOG: usize = 10_000;
+
 pub struct Ipmp {
     pub groups: BTreeMap<String, Group>,
     sockets: BTreeMap<(String, bool), Socket>,
@@ -52,7 +56,7 @@ pub struct Ipmp {
     /// Replies wait here for the next tick instead of waking the daemon one by one: a
     /// probe's fate is settled at ticks anyway, and its RTT was measured on arrival.
     replies: Arc<Mutex<Vec<ProbeReply>>>,
-    pub subscribers: Vec<Sender<Event>>,
+    pub subscribers: Vec<SyncSender<Event>>,
     seed: u64,
 }
 
@@ -192,7 +196,14 @@ impl Ipmp {
             text,
             probe,
         };
-        self.subscribers.retain(|s| s.send(e.clone()).is_ok());
+        self.subscribers.retain(|s| match s.try_send(e.clone()) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                warn!(backlog = EVENT_BACKLOG, "an events client fell too far behind and was dropped");
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        });
     }
 
     /// Carries out the groups' outputs. Returns whether the kernel's desired state changed
@@ -405,5 +416,29 @@ impl Ipmp {
             }
         }
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_events_client_that_stops_reading_is_dropped_not_kept_in_memory() {
+        let mut ipmp = Ipmp::new(Instant::now());
+        let (slow, slow_rx) = std::sync::mpsc::sync_channel(EVENT_BACKLOG);
+        let (keen, keen_rx) = std::sync::mpsc::sync_channel(EVENT_BACKLOG);
+        ipmp.subscribers.extend([slow, keen]);
+        for i in 0..EVENT_BACKLOG {
+            ipmp.publish("cluster", format!("event {i}"));
+            // One client keeps up.
+            assert!(keen_rx.try_recv().is_ok());
+        }
+        assert_eq!(ipmp.subscribers.len(), 2);
+        ipmp.publish("cluster", "one too many for the slow one".into());
+        assert_eq!(ipmp.subscribers.len(), 1, "the client that stopped reading is still kept");
+        assert_eq!(keen_rx.try_recv().unwrap().text, "one too many for the slow one");
+        // The slow one gets what was queued, then its stream ends.
+        assert_eq!(slow_rx.iter().count(), EVENT_BACKLOG);
     }
 }

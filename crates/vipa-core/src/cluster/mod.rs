@@ -1358,7 +1358,9 @@ impl Cluster {
     /// `vipactl dvipa move ADDR NODE`: every node prefers NODE for ADDR from now on (the
     /// holder hands over; NODE activates once the holder released).
     pub fn move_to(&mut self, now: Instant, addr: IpAddr, node: &str) -> Result<(), String> {
-        let i = self.index(addr).ok_or_else(|| format!("{addr} is not a DVIPA of this cluster"))?;
+        let i = self
+            .index(addr)
+            .ok_or_else(|| format!("{addr} is not a DVIPA of this cluster: `vipactl dvipa` lists them"))?;
         if self.dvipas[i].rank(node).is_none() {
             return Err(format!("{node} is neither the owner nor a backup of {addr}"));
         }
@@ -1400,7 +1402,9 @@ impl Cluster {
     /// DVIPA `addr`'s index, if this node is its owner or one of its backups (the nodes
     /// that can deactivate and reactivate it here).
     fn member_of(&self, addr: IpAddr) -> Result<usize, String> {
-        let i = self.index(addr).ok_or_else(|| format!("{addr} is not a DVIPA of this cluster"))?;
+        let i = self
+            .index(addr)
+            .ok_or_else(|| format!("{addr} is not a DVIPA of this cluster: `vipactl dvipa` lists them"))?;
         if self.dvipas[i].rank(&self.config.me).is_none() {
             return Err(format!(
                 "this node ({}) is neither the owner nor a backup of {addr}: run it on {}",

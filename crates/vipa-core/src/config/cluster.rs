@@ -8,7 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::group::parse_duration;
-use super::{valid_ifname, Ctx};
+use super::{valid_ifname, Ctx, NODE_NAME_RULE};
 use crate::cluster::{ClusterConfig, DvipaConfig, Quorum, Takeback};
 use vipa_wire::cluster::MAX_DVIPAS;
 
@@ -229,7 +229,11 @@ pub(crate) fn parse_cluster(
             continue;
         };
         if !super::valid_node_name(owner.get_ref()) {
-            cx.err(owner.span().start, key("owner"), format!("{:?} is not a node name", owner.get_ref()));
+            cx.err(
+                owner.span().start,
+                key("owner"),
+                format!("{:?} is not a node name: {NODE_NAME_RULE}", owner.get_ref()),
+            );
         }
         let mut backups = Vec::new();
         let mut seen = BTreeSet::new();
@@ -248,7 +252,7 @@ pub(crate) fn parse_cluster(
                         ),
                     );
                 } else if !super::valid_node_name(node) {
-                    cx.err(rank.span().start, k, format!("{node:?} is not a node name"));
+                    cx.err(rank.span().start, k, format!("{node:?} is not a node name: {NODE_NAME_RULE}"));
                 } else if seen.insert(node.clone()) {
                     backups.push((node.clone(), *rank.get_ref() as u8));
                 }
@@ -530,6 +534,8 @@ announce = ["en1"]
         assert_eq!(e.len(), 2, "{e:?}");
         assert!(e[0].contains("rank 255 is out of range"), "{e:?}");
         assert!(e[1].contains("\"later\" is not a takeback rule"), "{e:?}");
+        let e = errs(&GOOD.replace("owner = \"s1\"", "owner = \"s 1\"").replace("s3 = 100", "\"s/3\" = 100"));
+        assert!(e.len() == 2 && e.iter().all(|e| e.contains("is not a node name: use 1 to 63 letters")), "{e:?}");
         let e = errs("[[dvipa]]\naddress = \"198.18.1.200\"\nowner = \"s1\"\n");
         assert!(e[0].contains("needs a [cluster] table"), "{e:?}");
         let e = errs(&GOOD.replace("[node]\nname = \"s1\"\n", ""));

@@ -322,6 +322,10 @@ impl Config {
     }
 }
 
+/// What a node name may be, for error messages.
+pub(crate) const NODE_NAME_RULE: &str =
+    "use 1 to 63 letters, digits, '-', '_' or '.' (the [node] name of one of the cluster's nodes)";
+
 pub(crate) fn valid_node_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
