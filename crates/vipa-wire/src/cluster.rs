@@ -200,6 +200,24 @@ impl Heartbeat {
         }
     }
 
+    /// How many bytes [`Heartbeat::emit`] makes of it.
+    pub fn emitted_len(&self) -> usize {
+        let pins: usize =
+            self.pins.iter().take(u16::MAX as usize).map(|(_, n, _)| 4 + 1 + n.len().min(MAX_NAME) + 8).sum();
+        4 + 1
+            + 1
+            + 2
+            + 4 * 8
+            + 4
+            + 1
+            + self.node.len().min(MAX_NAME)
+            + 4
+            + 3 * bitmap_len(self.count)
+            + 2
+            + pins
+            + MAC_LEN
+    }
+
     /// The datagram, with its HMAC.
     pub fn emit(&self, key: &Key) -> Vec<u8> {
         let len = bitmap_len(self.count);
@@ -398,6 +416,15 @@ mod tests {
             }
             let _ = Heartbeat::parse(&signed(&b), &KEY);
         }
+    }
+
+    #[test]
+    fn emitted_len_is_the_datagrams_length() {
+        let mut h = sample();
+        assert_eq!(h.emitted_len(), h.emit(&KEY).len());
+        h.count = 10_000;
+        h.pins.push((9_999, "a-node-name-of-some-length".into(), u64::MAX));
+        assert_eq!(h.emitted_len(), h.emit(&KEY).len());
     }
 
     #[test]

@@ -252,6 +252,10 @@ struct Stranger {
     confirmed: Option<u64>,
 }
 
+/// Largest heartbeat, in bytes: a UDP datagram holds 65,507; the rest leaves room for moves
+/// made on other nodes at the same moment.
+pub const MAX_HEARTBEAT: usize = 60_000;
+
 /// Most strangers kept at once: names come only from authenticated heartbeats, so only a
 /// cluster bigger than this (or its replayed past) could fill it.
 const MAX_STRANGERS: usize = 256;
@@ -1370,6 +1374,22 @@ impl Cluster {
         if self.declines(node, i) {
             return Err(format!(
                 "{node} has deactivated {addr}: run `vipactl dvipa reactivate {addr}` on {node} first"
+            ));
+        }
+        // Every node's heartbeat carries every move in force (one per DVIPA at most, ended
+        // ones too): it must stay one datagram.
+        let mut would = Heartbeat {
+            node: self.config.me.clone(),
+            count: self.dvipas.len() as u32,
+            pins: self.pins.iter().filter(|(k, _)| **k != i).map(|(k, (s, n))| (*k as u32, n.clone(), *s)).collect(),
+            ..Default::default()
+        };
+        would.pins.push((i as u32, node.to_string(), 0));
+        if would.emitted_len() > MAX_HEARTBEAT {
+            return Err(format!(
+                "the planned moves in force ({}: one for each DVIPA ever moved, ended ones too) fill the heartbeat ({} bytes with this one, at most {MAX_HEARTBEAT}): moving a DVIPA moved before takes no more room; a restart of every node forgets them all",
+                self.pins.len(),
+                would.emitted_len()
             ));
         }
         self.pin(i, node);

@@ -1286,3 +1286,37 @@ fn an_answer_to_a_probe_counts_only_if_it_echoes_this_runs_incarnation() {
     a.receive(t0 + ms(3), Heartbeat::answer("s2", 5, &probe));
     assert!(a.peers["s2"].rtt.is_some());
 }
+
+#[test]
+fn planned_moves_never_grow_the_heartbeat_past_one_datagram() {
+    let t0 = Instant::now();
+    // The longest node names: each move in force takes 76 bytes of every heartbeat.
+    let (one, two) = ("a".repeat(63), "b".repeat(63));
+    let d: Vec<DvipaConfig> = (0..1000u32)
+        .map(|k| DvipaConfig {
+            address: IpAddr::from([198, 19, (k / 250) as u8, (k % 250 + 1) as u8]),
+            owner: one.clone(),
+            backups: vec![(two.clone(), 100)],
+            takeback: Takeback::Immediate,
+            announce: vec![],
+        })
+        .collect();
+    let mut a = Cluster::new(cluster_config(&one, 2, ms(10), Quorum::None), d.clone(), t0, 1, &[]);
+    let mut b = Cluster::new(cluster_config(&two, 2, ms(10), Quorum::None), d.clone(), t0, 1, &[]);
+    introduce(&mut a, t0, beat(&mut b, t0));
+    let mut moved = 0;
+    let refused = d.iter().find_map(|x| match a.move_to(t0, x.address, &two) {
+        Ok(()) => {
+            moved += 1;
+            None
+        }
+        Err(e) => Some(e),
+    });
+    let e = refused.expect("a move past what a heartbeat holds was refused");
+    assert!(e.contains("fill the heartbeat") && e.contains("at most 60000"), "{e}");
+    assert!(moved > 700, "only {moved} moves");
+    let h = a.heartbeat_now(t0);
+    assert!(h.emitted_len() <= MAX_HEARTBEAT, "{}", h.emitted_len());
+    // A DVIPA moved before can be moved again: its move takes the same room.
+    assert!(a.move_to(t0, d[0].address, &one).is_ok());
+}
