@@ -184,14 +184,16 @@ impl<'a> Reader<'a> {
 }
 
 impl Heartbeat {
-    /// The answer of node `node` (incarnation `incarnation`) to `probe`. It carries no claims
-    /// and no sequence number of its own: it counts only when its `echo` matches a probe
-    /// its receiver has outstanding, so a replayed answer proves nothing. It also echoes
-    /// the prober's incarnation (in `digest`).
-    pub fn answer(node: &str, incarnation: u64, probe: &Heartbeat) -> Heartbeat {
+    /// The answer of node `node` (incarnation `incarnation`, whose last heartbeat had
+    /// sequence number `seq`) to `probe`. It carries no claims: it counts only when its
+    /// `echo` matches a probe its receiver has outstanding, so a replayed answer proves
+    /// nothing. It also echoes the prober's incarnation (in `digest`); its `seq` tells the
+    /// prober that a heartbeat of this node numbered below it is older than the answer.
+    pub fn answer(node: &str, incarnation: u64, seq: u64, probe: &Heartbeat) -> Heartbeat {
         Heartbeat {
             flags: FLAG_ANSWER,
             incarnation,
+            seq,
             digest: probe.incarnation,
             echo: probe.seq,
             interval_us: probe.interval_us,

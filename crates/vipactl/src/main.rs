@@ -333,7 +333,7 @@ fn probes(cli: &Cli, view: &vipa_api::IpmpView, fields: Option<&str>, parsable: 
     match r {
         Ok(()) => {
             eprintln!(
-                "vipactl: the event stream ended: vipad stopped, or this client fell more than 10,000 events behind"
+                "vipactl: the event stream ended: vipad stopped, or this client fell more than 1,024 events behind"
             );
             ExitCode::FAILURE
         }
@@ -356,7 +356,7 @@ fn events(cli: &Cli) -> ExitCode {
     match r {
         Ok(()) => {
             eprintln!(
-                "vipactl: the event stream ended: vipad stopped, or this client fell more than 10,000 events behind"
+                "vipactl: the event stream ended: vipad stopped, or this client fell more than 1,024 events behind"
             );
             ExitCode::FAILURE
         }

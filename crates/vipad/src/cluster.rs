@@ -62,6 +62,28 @@ pub fn load_key(path: &str) -> Result<Vec<u8>, String> {
     Ok(key)
 }
 
+/// Whether a probe of `node`, not yet confirmed, may be answered at every peer address now
+/// (`answered`: when each such node was last answered so): once an interval for each name,
+/// so a replayed probe cannot make this node send more; 256 names at most.
+fn answer_due(answered: &mut BTreeMap<String, Instant>, now: Instant, interval: Duration, node: &str) -> bool {
+    if answered.get(node).is_some_and(|t| now < *t + interval) {
+        return false;
+    }
+    if answered.len() >= 256 {
+        answered.retain(|_, t| now < *t + interval);
+        if answered.len() >= 256 {
+            return false;
+        }
+    }
+    answered.insert(node.to_string(), now);
+    true
+}
+
+/// Whether `a` is one of the configured peer addresses.
+fn is_peer(peers: &[SocketAddr], a: &SocketAddr) -> bool {
+    peers.iter().any(|p| p.ip() == a.ip().to_canonical())
+}
+
 /// Where a probe that came from `from` (a configured peer address or not), whose sender's
 /// heartbeats come from `learnt`, is answered, if at all: where it came from if that is a
 /// peer's address (the configured one, or the learnt one), else at the learnt address (a
@@ -86,6 +108,8 @@ pub struct ClusterShell {
     key: Key,
     /// The key file's contents at start (a reload with other contents is refused).
     secret: Vec<u8>,
+    /// When a probe of each node not yet confirmed was last answered at every peer.
+    stranger_answers: BTreeMap<String, Instant>,
     sock: UdpSocket,
     /// Announcements (with their repeat count) due once the kernel has applied the state
     /// of the version given.
@@ -573,6 +597,7 @@ impl ClusterShell {
             core,
             key: key.clone(),
             secret,
+            stranger_answers: BTreeMap::new(),
             sock,
             announce: Vec::new(),
             addresses: BTreeMap::new(),
@@ -621,7 +646,7 @@ impl ClusterShell {
     }
 
     pub fn reconfigure(&mut self, config: &Config, observed: &Observed, now: Instant) -> Result<bool, String> {
-        self.check(config, observed)?;
+        // (`check` passed before the configuration was adopted.)
         let now = self.clock(now);
         let Some(c) = config.cluster.clone() else { return Ok(false) };
         if c == self.core.config && config.dvipas == self.core.dvipas {
@@ -740,22 +765,32 @@ impl ClusterShell {
         match parsed {
             Ok(h) => {
                 let probe = (h.flags & FLAG_PROBE != 0 && h.node != self.core.config.me)
-                    .then(|| Heartbeat::answer(&self.core.config.me, self.core.incarnation(), &h));
+                    .then(|| Heartbeat::answer(&self.core.config.me, self.core.incarnation(), self.core.seq(), &h));
                 let (node, flags) = (h.node.clone(), h.flags);
-                let known = self.core.peers.contains_key(&node);
                 let verdict = self.core.receive(now, h);
                 // A peer's heartbeat the core took (an answer is taken only by the probe it
                 // matches, which the core knows and this does not).
                 let taken = verdict == Verdict::Taken;
-                // An answer that made a node not heard since the start a peer (it answered
-                // the challenge of this run): its address is where it answered from.
-                let confirmed = verdict == Verdict::Answer && !known && self.core.peers.contains_key(&node);
-                let configured =
-                    |a: &SocketAddr| self.core.config.peers.iter().any(|p| p.ip() == a.ip().to_canonical());
                 let learnt = self.addresses.get(&node).copied();
-                if let (Some(answer), Some(to)) = (probe, answer_to(verdict, from, configured(&from), learnt)) {
-                    if let Err(e) = self.sock.send_to(&answer.emit(&self.key), to) {
-                        debug!(peer = %to, error = %e, "probe not answered");
+                let from_peer = is_peer(&self.core.config.peers, &from);
+                let to: Vec<SocketAddr> = match answer_to(verdict, from, from_peer, learnt) {
+                    Some(to) => vec![to],
+                    // A node not heard since this one started, probing from an address not
+                    // listed (another of its own): answered at every peer address, since it
+                    // is at one of them; once an interval at most for each name.
+                    None if verdict == Verdict::Unconfirmed
+                        && answer_due(&mut self.stranger_answers, now, self.core.config.interval, &node) =>
+                    {
+                        self.core.config.peers.clone()
+                    }
+                    None => Vec::new(),
+                };
+                if let Some(answer) = probe.filter(|_| !to.is_empty()) {
+                    let datagram = answer.emit(&self.key);
+                    for to in to {
+                        if let Err(e) = self.sock.send_to(&datagram, to) {
+                            debug!(peer = %to, error = %e, "probe not answered");
+                        }
                     }
                 }
                 // Where to probe it: where it was last heard from (by a heartbeat the core
@@ -763,10 +798,8 @@ impl ClusterShell {
                 // peer address, once heard, is not given up for another (a group's
                 // datagrams come from the source its kernel picked, link-local for ff02::).
                 let had = self.addresses.get(&node);
-                if (taken || confirmed)
-                    && had != Some(&from)
-                    && !had.is_some_and(|a| configured(a) && !configured(&from))
-                {
+                let peers = &self.core.config.peers;
+                if taken && had != Some(&from) && !had.is_some_and(|a| is_peer(peers, a) && !from_peer) {
                     self.addresses.insert(node.clone(), from);
                 }
                 // Whether it is in the group, from its heartbeats the core took (not from a
@@ -1168,6 +1201,15 @@ mod tests {
             assert_eq!(answer_to(verdict, peer, true, Some(peer)), None);
             assert_eq!(answer_to(verdict, stranger, false, Some(peer)), None);
         }
+        // A node not confirmed yet, from a peer address: answered there; from elsewhere,
+        // not here (the caller answers it at every peer address, once an interval).
+        assert_eq!(answer_to(Verdict::Unconfirmed, peer, true, None), Some(peer));
+        assert_eq!(answer_to(Verdict::Unconfirmed, stranger, false, None), None);
+        let (mut answered, t0, tick) = (BTreeMap::new(), Instant::now(), Duration::from_millis(10));
+        assert!(answer_due(&mut answered, t0, tick, "s2"));
+        assert!(!answer_due(&mut answered, t0 + tick / 2, tick, "s2"), "twice within an interval");
+        assert!(answer_due(&mut answered, t0 + tick / 2, tick, "s3"));
+        assert!(answer_due(&mut answered, t0 + tick, tick, "s2"));
         // An IPv4 peer heard through an IPv6 socket is the same peer.
         let mapped: SocketAddr = "[::ffff:198.18.1.12]:5999".parse().unwrap();
         assert_eq!(answer_to(Verdict::Taken, mapped, false, Some(peer)), Some(mapped));

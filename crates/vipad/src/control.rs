@@ -119,8 +119,10 @@ fn handle(stream: UnixStream, tx: Sender<Input>) -> io::Result<()> {
             },
             Ok(Request::Events) => {
                 // Bounded: a client that stops reading is dropped once this many events
-                // wait for it, not kept at the daemon's memory's expense.
+                // wait for it, not kept at the daemon's memory's expense; and a write that
+                // waits a minute for it ends its stream.
                 let (etx, erx) = mpsc::sync_channel(crate::ipmp::EVENT_BACKLOG);
+                writer.set_write_timeout(Some(std::time::Duration::from_secs(60)))?;
                 if tx.send(Input::Subscribe(etx)).is_err() {
                     return Ok(());
                 }

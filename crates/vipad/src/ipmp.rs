@@ -44,7 +44,7 @@ impl Drop for Socket {
 
 /// Events waiting for one `vipactl events` client at most; one that falls further behind
 /// is dropped (its stream ends).
-pub const EVENT_BACKLOG: usize = 10_000;
+pub const EVENT_BACKLOG: usize = 1024;
 
 pub struct Ipmp {
     pub groups: BTreeMap<String, Group>,

@@ -244,13 +244,24 @@ pub enum Verdict {
 }
 
 /// A node heard from, not a peer yet: it has not answered a challenge of this run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Stranger {
-    /// Its latest heartbeat, taken once it answers in that heartbeat's incarnation.
-    heard: Option<Heartbeat>,
-    /// The incarnation it answered in.
-    confirmed: Option<u64>,
+    /// The incarnation it answered in, and the sequence number its answer gave: its
+    /// heartbeats of that incarnation numbered from there on count (one numbered below
+    /// was sent before the answer, and may be a recording).
+    confirmed: Option<(u64, u64)>,
+    /// The highest incarnation heard in its name: a recording of a run whose clock was
+    /// ahead stays a replay once the node is a peer.
+    highest: u64,
+    /// Challenges asked for it so far, and when the next may be: the wait doubles (up to
+    /// [`STRANGER_BACKOFF`] intervals), so a name that never answers (a node not listed
+    /// in this one's peers, or an old datagram replayed) costs little.
+    tries: u32,
+    next: Instant,
 }
+
+/// Longest wait between challenges for one stranger, in intervals.
+const STRANGER_BACKOFF: u32 = 1024;
 
 /// Largest heartbeat, in bytes: a UDP datagram holds 65,507; the rest leaves room for moves
 /// made on other nodes at the same moment.
@@ -435,7 +446,8 @@ pub struct Cluster {
     /// Nodes heard from since the start that have not answered a challenge yet.
     strangers: BTreeMap<String, Stranger>,
     /// The challenges sent to them (sequence number, when): one to every peer serves all
-    /// strangers, at most one an interval; the last [`CHALLENGES`].
+    /// strangers, at most one an interval; those of the last dead time (an answer later
+    /// than that is too late), and 1,024 at most.
     stranger_challenges: VecDeque<(u64, Instant)>,
 }
 
@@ -527,6 +539,11 @@ impl Cluster {
     /// This node's incarnation (grows with every start).
     pub fn incarnation(&self) -> u64 {
         self.incarnation
+    }
+
+    /// The sequence number of the last heartbeat sent (an answer to a probe carries it).
+    pub fn seq(&self) -> u64 {
+        self.seq
     }
 
     pub fn syncing(&self) -> bool {
@@ -667,14 +684,22 @@ impl Cluster {
             self.answered(now, &h);
             return Verdict::Answer;
         }
+        // The highest incarnation heard in a stranger's name, once it becomes a peer.
+        let mut known_higher = 0;
         if !self.peers.contains_key(&h.node) && h.flags & FLAG_LEAVING == 0 {
             // Not heard since this node started: the heartbeat may be a recording of an
             // earlier run, whatever its numbers say. It counts once the node has answered
-            // a challenge of this run in its incarnation.
-            if self.strangers.get(&h.node).and_then(|s| s.confirmed) != Some(h.incarnation) {
-                return self.challenge_stranger(now, h);
+            // a challenge of this run, in its incarnation and no older than the answer.
+            match self.strangers.get(&h.node).and_then(|s| s.confirmed) {
+                Some((inc, seq)) if inc == h.incarnation && h.seq >= seq => {
+                    known_higher = self.strangers.remove(&h.node).map_or(0, |s| s.highest);
+                }
+                Some((inc, _)) if inc == h.incarnation => {
+                    self.drops.replayed += 1;
+                    return Verdict::Replayed;
+                }
+                _ => return self.challenge_stranger(now, h),
             }
-            self.strangers.remove(&h.node);
         }
         if let Some(p) = self.peers.get_mut(&h.node) {
             if h.incarnation < p.incarnation || (h.incarnation > p.incarnation && h.incarnation <= p.highest) {
@@ -808,7 +833,7 @@ impl Cluster {
         }
         if !same_config && was.is_none_or(|w| w.2) {
             self.out.push_back(Output::Event(format!(
-                "node {} has a different [[dvipa]] list; its claims are ignored until the configurations match",
+                "node {} has a different [[dvipa]] list: its claims cannot be read, and no node takes an address it does not hold until the lists match",
                 h.node
             )));
         }
@@ -832,7 +857,7 @@ impl Cluster {
             _ => (now, HeldUp::new(now), false, None),
         };
         let seen = old.as_ref().filter(|p| p.incarnation == h.incarnation).map_or(0, |p| p.seen);
-        let highest = old.as_ref().map_or(h.incarnation, |p| p.highest.max(h.incarnation));
+        let highest = old.as_ref().map_or(h.incarnation, |p| p.highest.max(h.incarnation)).max(known_higher);
         let (jitter, probes) = old.map(|p| (p.jitter, p.probes)).unwrap_or_default();
         self.peers.insert(
             h.node.clone(),
@@ -917,15 +942,20 @@ impl Cluster {
             return;
         }
         if !self.peers.contains_key(&h.node) {
-            if self.stranger_challenges.iter().any(|(seq, _)| *seq == h.echo) {
-                if let Some(st) = self.strangers.get_mut(&h.node) {
-                    st.confirmed = Some(h.incarnation);
-                    // Its heartbeat of that incarnation counts now; one of another is a
-                    // recording, and the next heartbeat it sends will do.
-                    if let Some(k) = st.heard.take().filter(|k| k.incarnation == h.incarnation) {
-                        self.receive(now, k);
-                    }
-                }
+            // A stranger's answer to a challenge of this run (also one that came before
+            // any heartbeat of its: the challenge another stranger prompted reached it
+            // too): its heartbeats from this one on count.
+            let ours =
+                self.stranger_challenges.iter().any(|(seq, t)| *seq == h.echo && now < *t + self.config.dead_time());
+            if ours && (self.strangers.contains_key(&h.node) || self.strangers.len() < MAX_STRANGERS) {
+                let st = self.strangers.entry(h.node.clone()).or_insert(Stranger {
+                    confirmed: None,
+                    highest: 0,
+                    tries: 0,
+                    next: now,
+                });
+                st.confirmed = Some((h.incarnation, h.seq));
+                st.highest = st.highest.max(h.incarnation);
             }
             return;
         }
@@ -978,26 +1008,35 @@ impl Cluster {
         }
     }
 
-    /// Keeps `h`, of a node not heard since this start, aside, and challenges it: a probe
-    /// to every peer (the node's address is not known yet; only the node named can answer
-    /// it in a way that counts), which is also a heartbeat of this node's. At most one an
-    /// interval, for all strangers at once.
+    /// Challenges `h`'s sender, a node not heard since this start: a probe to every peer
+    /// (the node's address is not known yet; only the node named can answer it in a way
+    /// that counts), which is also a heartbeat of this node's. One probe an interval at
+    /// most serves all strangers; each stranger is asked again after a wait that doubles.
     fn challenge_stranger(&mut self, now: Instant, h: Heartbeat) -> Verdict {
         if !self.strangers.contains_key(&h.node) && self.strangers.len() >= MAX_STRANGERS {
             return Verdict::Unconfirmed;
         }
-        let st = self.strangers.entry(h.node.clone()).or_default();
-        if st.heard.as_ref().is_none_or(|k| (h.incarnation, h.seq) > (k.incarnation, k.seq)) {
-            st.heard = Some(h);
-        }
         let interval = self.config.interval;
+        let st = self.strangers.entry(h.node).or_insert(Stranger { confirmed: None, highest: 0, tries: 0, next: now });
+        st.highest = st.highest.max(h.incarnation);
+        if now < st.next {
+            return Verdict::Unconfirmed;
+        }
+        st.next = now + interval * (1u32 << st.tries.min(10)).min(STRANGER_BACKOFF);
+        st.tries += 1;
         if self.stranger_challenges.back().is_none_or(|(_, sent)| now >= *sent + interval) {
             let mut probe = self.heartbeat();
             probe.flags |= FLAG_PROBE;
             let seq = probe.seq;
             self.out.push_back(Output::Heartbeat(probe));
             self.next_heartbeat = now + interval;
-            remember(&mut self.stranger_challenges, (seq, now), CHALLENGES);
+            let dead = self.config.dead_time();
+            while self.stranger_challenges.front().is_some_and(|(_, t)| *t + dead < now)
+                || self.stranger_challenges.len() >= 1024
+            {
+                self.stranger_challenges.pop_front();
+            }
+            self.stranger_challenges.push_back((seq, now));
         }
         Verdict::Unconfirmed
     }
@@ -1181,6 +1220,13 @@ impl Cluster {
         self.peers.values().any(|p| p.alive && p.syncing && p.same_config && bit(&p.held, i))
     }
 
+    /// Whether a live peer has another DVIPA list (its configuration was changed and
+    /// reloaded, and this one's not yet, or the other way round): its claims cannot be
+    /// read here, so it may hold any address, and nothing is taken until the lists match.
+    fn lists_differ(&self) -> bool {
+        self.peers.values().any(|p| p.alive && !p.same_config)
+    }
+
     fn declines(&self, node: &str, i: usize) -> bool {
         if node == self.config.me {
             return self.declined[i];
@@ -1336,6 +1382,7 @@ impl Cluster {
                 && others.is_empty()
                 && !self.first_listening(i)
                 && !self.kept_by_listening(i)
+                && !self.lists_differ()
                 && !self.leaving
             {
                 self.held[i] = true;

@@ -250,9 +250,9 @@ impl Sim {
             let due: Vec<_> = self.queue.iter().filter(|m| !waits(m, self.t)).cloned().collect();
             self.queue.retain(|m| waits(m, self.t));
             for (_, to, h) in due {
-                let (up, stalled, incarnation) = {
+                let (up, stalled, incarnation, seq) = {
                     let n = &self.nodes[&to];
-                    (n.up, n.stalled, n.c.incarnation())
+                    (n.up, n.stalled, n.c.incarnation(), n.c.seq())
                 };
                 if !up {
                     continue;
@@ -260,7 +260,7 @@ impl Sim {
                 // The receiving thread answers probes, whatever the state machine is doing.
                 if h.flags & vipa_wire::cluster::FLAG_PROBE != 0 {
                     self.directed += 1;
-                    self.send(&to, &h.node.clone(), Heartbeat::answer(&to, incarnation, &h));
+                    self.send(&to, &h.node.clone(), Heartbeat::answer(&to, incarnation, seq, &h));
                 }
                 if stalled {
                     continue;
@@ -742,13 +742,13 @@ fn challenge_of(a: &mut Cluster) -> Option<Heartbeat> {
     })
 }
 
-/// `h` reaches `a`, which has not heard its sender since it started: kept aside and
-/// challenged; the sender's answer, in `h`'s incarnation, makes it count.
+/// `h` reaches `a`, which has not heard its sender since it started: not taken, and its
+/// sender challenged; once the sender answered (its last heartbeat being `h`), `h` counts.
 fn introduce(a: &mut Cluster, at: Instant, h: Heartbeat) {
     assert_eq!(a.receive(at, h.clone()), Verdict::Unconfirmed);
     let challenge = challenge_of(a).expect("a challenge");
-    assert_eq!(a.receive(at, Heartbeat::answer(&h.node, h.incarnation, &challenge)), Verdict::Answer);
-    assert!(a.peers.contains_key(&h.node), "taken once answered");
+    assert_eq!(a.receive(at, Heartbeat::answer(&h.node, h.incarnation, h.seq, &challenge)), Verdict::Answer);
+    assert_eq!(a.receive(at, h.clone()), Verdict::Taken, "not taken once answered");
 }
 
 #[test]
@@ -756,37 +756,79 @@ fn a_node_not_heard_since_the_start_counts_only_once_it_answers_a_challenge_of_t
     let t0 = Instant::now();
     let d = dvipas(1, Takeback::Immediate);
     let mut a = Cluster::new(cluster_config("s1", 3, ms(10), Quorum::Majority), d.clone(), t0, 7, &[]);
-    // A recording of s2's earlier run (incarnation 3), claiming the DVIPA.
-    let mut earlier = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d.clone(), t0, 3, &[]);
+    // A recording of s2's earlier run (incarnation 30, its clock was ahead then), claiming
+    // the DVIPA.
+    let mut earlier = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d.clone(), t0, 30, &[]);
     let mut recorded = beat(&mut earlier, t0);
     vipa_wire::cluster::set_bit(&mut recorded.held, 0, true);
     recorded.flags = 0;
     assert_eq!(a.receive(t0, recorded.clone()), Verdict::Unconfirmed);
     assert!(a.peers.is_empty(), "taken before it answered");
     let challenge = challenge_of(&mut a).expect("a challenge to every peer");
-    // More of the recording within the interval: kept aside, not challenged again.
+    // More of the recording: not challenged again before the wait is over.
     let mut more = recorded.clone();
     more.seq += 1;
-    assert_eq!(a.receive(t0 + ms(1), more), Verdict::Unconfirmed);
+    assert_eq!(a.receive(t0 + ms(1), more.clone()), Verdict::Unconfirmed);
     assert!(challenge_of(&mut a).is_none(), "challenged twice within an interval");
     // An answer given to an earlier run of s1 does not count; nor one to another probe.
-    let mut stale = Heartbeat::answer("s2", 3, &challenge);
+    let mut stale = Heartbeat::answer("s2", 30, 5, &challenge);
     stale.digest = 6;
     a.receive(t0 + ms(2), stale);
-    let mut other = Heartbeat::answer("s2", 3, &challenge);
+    let mut other = Heartbeat::answer("s2", 30, 5, &challenge);
     other.echo = challenge.seq + 1;
     a.receive(t0 + ms(2), other);
+    assert_eq!(a.receive(t0 + ms(3), more.clone()), Verdict::Unconfirmed);
     assert!(a.peers.is_empty());
-    // s2 itself answers, in the incarnation it runs in now (9): the recording (of 3) is
-    // not taken, and s2 holds nothing in s1's view.
-    a.receive(t0 + ms(3), Heartbeat::answer("s2", 9, &challenge));
-    assert!(a.peers.is_empty() && a.holder(0).is_none());
-    // Its next heartbeat, in incarnation 9, counts at once.
+    // s2 itself answers, in the incarnation it runs in now (9), its last heartbeat
+    // numbered 40: the recording is not taken, and s2 holds nothing in s1's view.
     let mut now_run = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d, t0, 9, &[]);
-    assert_eq!(a.receive(t0 + ms(4), beat(&mut now_run, t0 + ms(4))), Verdict::Taken);
+    let early: Vec<Heartbeat> = (0..41).map(|k| beat(&mut now_run, t0 + ms(10) * k)).collect();
+    a.receive(t0 + ms(4), Heartbeat::answer("s2", 9, 40, &challenge));
+    assert_eq!(a.receive(t0 + ms(5), recorded.clone()), Verdict::Unconfirmed);
+    assert!(a.peers.is_empty() && a.holder(0).is_none());
+    // A heartbeat of its current run sent before the answer (a recording of this run) is a
+    // replay; its next one counts at once.
+    assert_eq!(a.receive(t0 + ms(5), early[20].clone()), Verdict::Replayed);
+    assert!(a.peers.is_empty());
+    assert_eq!(a.receive(t0 + ms(6), early[40].clone()), Verdict::Taken);
     assert_eq!(a.peers["s2"].incarnation, 9);
-    // And the recording, replayed again, is a replay now.
-    assert_eq!(a.receive(t0 + ms(5), recorded), Verdict::Replayed);
+    // The recording of the run with the higher incarnation, replayed again, is a replay
+    // now, not a restart.
+    assert_eq!(a.receive(t0 + ms(7), recorded), Verdict::Replayed);
+    assert_eq!(a.peers["s2"].incarnation, 9);
+}
+
+#[test]
+fn a_node_that_never_answers_is_challenged_less_and_less_often() {
+    let t0 = Instant::now();
+    let d = dvipas(1, Takeback::Immediate);
+    let mut a = Cluster::new(cluster_config("s1", 3, ms(10), Quorum::Majority), d.clone(), t0, 7, &[]);
+    let mut lost = Cluster::new(cluster_config("s9", 3, ms(10), Quorum::Majority), d, t0, 3, &[]);
+    let h = beat(&mut lost, t0);
+    // Its datagram replayed every millisecond for 10 s: challenges at 0, 1, 3, 7, 15, ...
+    // intervals.
+    let mut challenges = 0;
+    for k in 0..10_000u32 {
+        a.receive(t0 + Duration::from_millis(u64::from(k)), h.clone());
+        challenges += usize::from(challenge_of(&mut a).is_some());
+    }
+    assert!((8..=11).contains(&challenges), "{challenges} challenges in 10 s");
+}
+
+#[test]
+fn an_answer_that_comes_before_the_strangers_first_heartbeat_counts() {
+    // s2's heartbeat makes s1 challenge every peer; s3 answers that challenge before any
+    // heartbeat of s3's reached s1: its next heartbeat counts at once.
+    let t0 = Instant::now();
+    let d = dvipas(1, Takeback::Immediate);
+    let mut a = Cluster::new(cluster_config("s1", 3, ms(10), Quorum::Majority), d.clone(), t0, 7, &[]);
+    let mut b = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d.clone(), t0, 5, &[]);
+    let mut c = Cluster::new(cluster_config("s3", 3, ms(10), Quorum::Majority), d, t0, 6, &[]);
+    assert_eq!(a.receive(t0, beat(&mut b, t0)), Verdict::Unconfirmed);
+    let challenge = challenge_of(&mut a).expect("a challenge");
+    let next = beat(&mut c, t0 + ms(1));
+    a.receive(t0 + ms(2), Heartbeat::answer("s3", 6, next.seq, &challenge));
+    assert_eq!(a.receive(t0 + ms(3), next), Verdict::Taken);
 }
 
 #[test]
@@ -884,16 +926,16 @@ fn an_earlier_incarnation_counts_only_by_an_answer_to_a_probe_of_this_run() {
         .expect("a probe to s2");
     // An answer given to an earlier run of s1 (another incarnation of s1) does not count,
     // nor one for another probe.
-    let mut stale = Heartbeat::answer("s2", 3, &probe);
+    let mut stale = Heartbeat::answer("s2", 3, 0, &probe);
     stale.digest = 6;
     a.receive(later, stale);
-    let mut other = Heartbeat::answer("s2", 3, &probe);
+    let mut other = Heartbeat::answer("s2", 3, 0, &probe);
     other.echo = probe.seq - 1;
     a.receive(later, other);
     a.receive(later + ms(1), beat(&mut earlier, later + ms(10)));
     assert!(!a.peers["s2"].alive && a.drops.replayed == 2, "taken without the answer");
     // The answer to this probe, from incarnation 3: its heartbeats count again.
-    a.receive(later + ms(2), Heartbeat::answer("s2", 3, &probe));
+    a.receive(later + ms(2), Heartbeat::answer("s2", 3, 0, &probe));
     a.receive(later + ms(20), beat(&mut earlier, later + ms(20)));
     let p = &a.peers["s2"];
     assert!(p.alive && p.incarnation == 3 && a.drops.replayed == 2, "{:?}", (p.alive, p.incarnation));
@@ -1167,12 +1209,22 @@ fn a_reload_that_changes_the_dvipa_list_keeps_what_the_node_holds_and_nobody_tak
         s.run(at + ms(1500));
         assert_eq!(s.holders(0), vec!["s1".to_string()], "seed {seed}");
         assert_eq!(s.max_holders[0], 1, "seed {seed}: s1's address was taken while it listened");
-        assert!(s.nodes["s1"].kernel[3], "seed {seed}: the new DVIPA is held");
+        // While the lists differ, nobody takes what it does not hold: the new DVIPA waits
+        // for the others' reloads.
+        assert!(!s.nodes["s1"].kernel[3], "seed {seed}: the new DVIPA was taken while the lists differed");
         // Having listened, it tells the neighbours again where what it kept is.
         assert!(
             s.announced.iter().any(|(t, n, i)| *t > at && n == "s1" && *i == 0),
             "seed {seed}: what s1 kept through the reload was not announced again"
         );
+        for n in ["s2", "s3"] {
+            s.reload(n, dvipas(4, Takeback::Immediate), 2);
+        }
+        s.run(s.t + ms(1500));
+        assert!(s.nodes["s1"].kernel[3], "seed {seed}: the new DVIPA is held once every node has the list");
+        for i in 0..3 {
+            assert_eq!(s.max_holders[i], 1, "seed {seed}: dvipa {i}");
+        }
     }
 }
 
@@ -1279,11 +1331,11 @@ fn an_answer_to_a_probe_counts_only_if_it_echoes_this_runs_incarnation() {
         .expect("a round-trip probe");
     // Its sequence number may have been used by an earlier run of s1, whose answers an
     // attacker kept: one that echoes another incarnation measures nothing.
-    let mut earlier = Heartbeat::answer("s2", 5, &probe);
+    let mut earlier = Heartbeat::answer("s2", 5, 0, &probe);
     earlier.digest = 6;
     a.receive(t0 + ms(2), earlier);
     assert!(a.peers["s2"].rtt.is_none(), "an answer given to another run counted");
-    a.receive(t0 + ms(3), Heartbeat::answer("s2", 5, &probe));
+    a.receive(t0 + ms(3), Heartbeat::answer("s2", 5, 0, &probe));
     assert!(a.peers["s2"].rtt.is_some());
 }
 
@@ -1319,4 +1371,42 @@ fn planned_moves_never_grow_the_heartbeat_past_one_datagram() {
     assert!(h.emitted_len() <= MAX_HEARTBEAT, "{}", h.emitted_len());
     // A DVIPA moved before can be moved again: its move takes the same room.
     assert!(a.move_to(t0, d[0].address, &one).is_ok());
+}
+
+#[test]
+fn a_cluster_whose_round_trip_is_several_intervals_still_forms() {
+    for seed in 1..4 {
+        let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
+        // 60–70 ms round trips at 10 ms heartbeats: each answer comes six intervals on.
+        s.latency = (30, 35);
+        s.run(ms(2000));
+        for k in ["s1", "s2", "s3"] {
+            assert_eq!(s.nodes[k].c.peers.values().filter(|p| p.alive).count(), 2, "seed {seed}: {k}");
+        }
+        for i in 0..3 {
+            assert_eq!(s.holders(i).len(), 1, "seed {seed}: dvipa {i}: {:?}", s.holders(i));
+        }
+    }
+}
+
+#[test]
+fn a_rolling_change_that_moves_an_address_never_gives_it_two_holders() {
+    for seed in 1..6 {
+        let mut s = Sim::new(3, dvipas(1, Takeback::Immediate), Quorum::Majority, seed);
+        s.run(ms(600));
+        assert_eq!(s.holders(0), vec!["s1".to_string()]);
+        s.watch = s.t;
+        // The new list makes s3 the owner; s3 reloads first, the others a moment later.
+        let mut d = dvipas(1, Takeback::Immediate);
+        d[0].owner = "s3".into();
+        d[0].backups = vec![("s1".into(), 200), ("s2".into(), 100)];
+        s.reload("s3", d.clone(), 2);
+        s.run(s.t + ms(500));
+        assert_eq!(s.holders(0), vec!["s1".to_string()], "seed {seed}: moved while the lists differed");
+        s.reload("s1", d.clone(), 2);
+        s.reload("s2", d, 2);
+        s.run(s.t + ms(1500));
+        assert_eq!(s.holders(0), vec!["s3".to_string()], "seed {seed}");
+        assert_eq!(s.max_holders[0], 1, "seed {seed}");
+    }
 }
