@@ -1228,18 +1228,30 @@ fn a_reload_that_changes_the_dvipa_list_keeps_what_the_node_holds_and_nobody_tak
     }
 }
 
+/// Three nodes with majority quorum, s1 holding the one DVIPA, watched from then on.
+fn held_by_s1_and_watched(seed: u64) -> Sim {
+    let mut s = Sim::new(3, dvipas(1, Takeback::Immediate), Quorum::Majority, seed);
+    s.run(ms(600));
+    assert_eq!(s.holders(0), vec!["s1".to_string()]);
+    s.watch = s.t;
+    s
+}
+
+/// The one DVIPA of [`dvipas`], owned by `owner` and backed by `backups`.
+fn one_dvipa_of(owner: &str, backups: &[(&str, u8)]) -> Vec<DvipaConfig> {
+    let mut d = dvipas(1, Takeback::Immediate);
+    d[0].owner = owner.into();
+    d[0].backups = backups.iter().map(|(n, r)| (n.to_string(), *r)).collect();
+    d
+}
+
 #[test]
 fn a_node_taken_off_a_dvipas_list_gives_it_up_to_the_nodes_on_it() {
     for seed in 1..6 {
-        let mut s = Sim::new(3, dvipas(1, Takeback::Immediate), Quorum::Majority, seed);
-        s.run(ms(600));
-        assert_eq!(s.holders(0), vec!["s1".to_string()]);
-        s.watch = s.t;
+        let mut s = held_by_s1_and_watched(seed);
         // The DVIPA goes to s2, backed by s3: s1 is off its list. s1 reloads first, then
         // the others.
-        let mut d = dvipas(1, Takeback::Immediate);
-        d[0].owner = "s2".into();
-        d[0].backups = vec![("s3".into(), 100)];
+        let d = one_dvipa_of("s2", &[("s3", 100)]);
         s.reload("s1", d.clone(), 2);
         s.run(s.t + ms(400));
         assert!(!s.nodes["s1"].kernel[0], "seed {seed}: s1 kept an address it is no longer on the list of");
@@ -1392,14 +1404,9 @@ fn a_cluster_whose_round_trip_is_several_intervals_still_forms() {
 #[test]
 fn a_rolling_change_that_moves_an_address_never_gives_it_two_holders() {
     for seed in 1..6 {
-        let mut s = Sim::new(3, dvipas(1, Takeback::Immediate), Quorum::Majority, seed);
-        s.run(ms(600));
-        assert_eq!(s.holders(0), vec!["s1".to_string()]);
-        s.watch = s.t;
+        let mut s = held_by_s1_and_watched(seed);
         // The new list makes s3 the owner; s3 reloads first, the others a moment later.
-        let mut d = dvipas(1, Takeback::Immediate);
-        d[0].owner = "s3".into();
-        d[0].backups = vec![("s1".into(), 200), ("s2".into(), 100)];
+        let d = one_dvipa_of("s3", &[("s1", 200), ("s2", 100)]);
         s.reload("s3", d.clone(), 2);
         s.run(s.t + ms(500));
         assert_eq!(s.holders(0), vec!["s1".to_string()], "seed {seed}: moved while the lists differed");
