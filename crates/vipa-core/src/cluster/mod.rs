@@ -260,8 +260,9 @@ struct Stranger {
     next: Instant,
 }
 
-/// Longest wait between challenges for one stranger, in intervals.
-const STRANGER_BACKOFF: u32 = 1024;
+/// Longest wait between challenges for one stranger, in intervals: a node whose answers
+/// could not reach this one for a while is asked again soon after they can.
+const STRANGER_BACKOFF: u32 = 64;
 
 /// Largest heartbeat, in bytes: a UDP datagram holds 65,507; the rest leaves room for moves
 /// made on other nodes at the same moment.
@@ -1022,7 +1023,7 @@ impl Cluster {
         if now < st.next {
             return Verdict::Unconfirmed;
         }
-        st.next = now + interval * (1u32 << st.tries.min(10)).min(STRANGER_BACKOFF);
+        st.next = now + interval * (1u32 << st.tries.min(6)).min(STRANGER_BACKOFF);
         st.tries += 1;
         if self.stranger_challenges.back().is_none_or(|(_, sent)| now >= *sent + interval) {
             let mut probe = self.heartbeat();
