@@ -144,7 +144,13 @@ fn holder_death_is_taken_over_by_the_highest_backup_and_the_owner_takes_it_back(
         env.client.sh("ip neigh show dev cl0"),
         env.log(1)
     );
-    assert!(env.log(1).contains("stale copy from before the restart"), "{}", env.log(1));
+    assert!(
+        env.log(1).contains("stale copy from before the restart"),
+        "{}\n{}\n{}",
+        env.log(1),
+        out(&env.vipactl(1, &["cluster"])),
+        env.log(2)
+    );
     assert!(incarnation_of_s1() > first_incarnation, "a restart is a new incarnation");
 }
 
