@@ -62,20 +62,29 @@ pub fn load_key(path: &str) -> Result<Vec<u8>, String> {
     Ok(key)
 }
 
-/// Whether a probe of `node`, not yet confirmed, may be answered at every peer address now
-/// (`answered`: when each such node was last answered so): once an interval for each name,
-/// so a replayed probe cannot make this node send more; 256 names at most.
-fn answer_due(answered: &mut BTreeMap<String, Instant>, now: Instant, interval: Duration, node: &str) -> bool {
-    if answered.get(node).is_some_and(|t| now < *t + interval) {
-        return false;
-    }
-    if answered.len() >= 256 {
-        answered.retain(|_, t| now < *t + interval);
+/// Answers given at every peer address, by node name: the incarnation and sequence number
+/// of the last probe so answered, and when.
+type Answered = BTreeMap<String, (u64, u64, Instant)>;
+
+/// Whether `probe` (node name, incarnation, sequence number), of a node whose address is not
+/// known yet, may be answered at every peer address now: once an interval for each node,
+/// and only a probe newer than the last so answered (of a later run, or later in the same
+/// run), so a replayed probe can neither make this node send more nor take the turn of
+/// the node's real probes; 256 names at most.
+fn answer_due(answered: &mut Answered, now: Instant, interval: Duration, probe: &(String, u64, u64)) -> bool {
+    let (node, incarnation, seq) = probe;
+    if let Some(&(inc, last, t)) = answered.get(node) {
+        let newer = (*incarnation, *seq) > (inc, last);
+        if !newer || (*incarnation == inc && now < t + interval) {
+            return false;
+        }
+    } else if answered.len() >= 256 {
+        answered.retain(|_, (_, _, t)| now < *t + interval);
         if answered.len() >= 256 {
             return false;
         }
     }
-    answered.insert(node.to_string(), now);
+    answered.insert(node.clone(), (*incarnation, *seq, now));
     true
 }
 
@@ -108,8 +117,8 @@ pub struct ClusterShell {
     key: Key,
     /// The key file's contents at start (a reload with other contents is refused).
     secret: Vec<u8>,
-    /// When a probe of each node not yet confirmed was last answered at every peer.
-    stranger_answers: BTreeMap<String, Instant>,
+    /// Probes of nodes whose address is not known, answered at every peer address.
+    stranger_answers: Answered,
     sock: UdpSocket,
     /// Announcements (with their repeat count) due once the kernel has applied the state
     /// of the version given.
@@ -767,19 +776,23 @@ impl ClusterShell {
                 let probe = (h.flags & FLAG_PROBE != 0 && h.node != self.core.config.me)
                     .then(|| Heartbeat::answer(&self.core.config.me, self.core.incarnation(), self.core.seq(), &h));
                 let (node, flags) = (h.node.clone(), h.flags);
+                let probed = (h.node.clone(), h.incarnation, h.seq);
                 let verdict = self.core.receive(now, h);
                 // A peer's heartbeat the core took (an answer is taken only by the probe it
                 // matches, which the core knows and this does not).
                 let taken = verdict == Verdict::Taken;
                 let learnt = self.addresses.get(&node).copied();
                 let from_peer = is_peer(&self.core.config.peers, &from);
+                let copy = matches!(verdict, Verdict::Replayed | Verdict::Duplicated);
                 let to: Vec<SocketAddr> = match answer_to(verdict, from, from_peer, learnt) {
                     Some(to) => vec![to],
-                    // A node not heard since this one started, probing from an address not
-                    // listed (another of its own): answered at every peer address, since it
-                    // is at one of them; once an interval at most for each name.
-                    None if verdict == Verdict::Unconfirmed
-                        && answer_due(&mut self.stranger_answers, now, self.core.config.interval, &node) =>
+                    // A node whose address is not known yet (not heard since this one
+                    // started), probing from an address not listed (another of its own):
+                    // answered at every peer address, since it is at one of them; once an
+                    // interval at most for each run of each node.
+                    None if !copy
+                        && learnt.is_none()
+                        && answer_due(&mut self.stranger_answers, now, self.core.config.interval, &probed) =>
                     {
                         self.core.config.peers.clone()
                     }
@@ -1205,11 +1218,19 @@ mod tests {
         // not here (the caller answers it at every peer address, once an interval).
         assert_eq!(answer_to(Verdict::Unconfirmed, peer, true, None), Some(peer));
         assert_eq!(answer_to(Verdict::Unconfirmed, stranger, false, None), None);
-        let (mut answered, t0, tick) = (BTreeMap::new(), Instant::now(), Duration::from_millis(10));
-        assert!(answer_due(&mut answered, t0, tick, "s2"));
-        assert!(!answer_due(&mut answered, t0 + tick / 2, tick, "s2"), "twice within an interval");
-        assert!(answer_due(&mut answered, t0 + tick / 2, tick, "s3"));
-        assert!(answer_due(&mut answered, t0 + tick, tick, "s2"));
+        let (mut answered, t0, tick) = (Answered::new(), Instant::now(), Duration::from_millis(10));
+        let probe = |node: &str, inc: u64, seq: u64| (node.to_string(), inc, seq);
+        assert!(answer_due(&mut answered, t0, tick, &probe("s2", 5, 10)));
+        assert!(!answer_due(&mut answered, t0 + tick / 2, tick, &probe("s2", 5, 11)), "twice within an interval");
+        assert!(answer_due(&mut answered, t0 + tick / 2, tick, &probe("s3", 5, 3)));
+        assert!(answer_due(&mut answered, t0 + tick, tick, &probe("s2", 5, 11)));
+        // A replayed probe (older than the last answered) is not answered, and does not
+        // take the turn of the node's next real one.
+        assert!(!answer_due(&mut answered, t0 + tick * 3, tick, &probe("s2", 5, 4)));
+        assert!(!answer_due(&mut answered, t0 + tick * 3, tick, &probe("s2", 4, 99)));
+        assert!(answer_due(&mut answered, t0 + tick * 3, tick, &probe("s2", 5, 12)));
+        // A new run of the node is answered at once.
+        assert!(answer_due(&mut answered, t0 + tick * 3, tick, &probe("s2", 6, 1)));
         // An IPv4 peer heard through an IPv6 socket is the same peer.
         let mapped: SocketAddr = "[::ffff:198.18.1.12]:5999".parse().unwrap();
         assert_eq!(answer_to(Verdict::Taken, mapped, false, Some(peer)), Some(mapped));

@@ -253,11 +253,14 @@ struct Stranger {
     /// The highest incarnation heard in its name: a recording of a run whose clock was
     /// ahead stays a replay once the node is a peer.
     highest: u64,
-    /// Challenges asked for it so far, and when the next may be: the wait doubles (up to
-    /// [`STRANGER_BACKOFF`] intervals), so a name that never answers (a node not listed
-    /// in this one's peers, or an old datagram replayed) costs little.
+    /// Challenges asked for it so far, and when the next may be: one an interval for a dead
+    /// time, then the wait doubles (up to [`STRANGER_BACKOFF`] intervals), so a name that
+    /// never answers (a node not listed in this one's peers, or an old datagram replayed)
+    /// costs little.
     tries: u32,
     next: Instant,
+    /// When a heartbeat of its was last heard.
+    heard: Instant,
 }
 
 /// Longest wait between challenges for one stranger, in intervals: a node whose answers
@@ -450,6 +453,8 @@ pub struct Cluster {
     /// strangers, at most one an interval; those of the last dead time (an answer later
     /// than that is too late), and 1,024 at most.
     stranger_challenges: VecDeque<(u64, Instant)>,
+    /// Dead times the current listening was extended by, for strangers not confirmed yet.
+    extended: u32,
 }
 
 type Said = (u16, Vec<u8>, Vec<u8>, Vec<u8>, Vec<(u32, String, u64)>);
@@ -528,6 +533,7 @@ impl Cluster {
             leader_heard: None,
             strangers: BTreeMap::new(),
             stranger_challenges: VecDeque::new(),
+            extended: 0,
             config,
             dvipas,
         }
@@ -743,7 +749,11 @@ impl Cluster {
         }
         let same_config = h.digest == self.digest && h.count as usize == self.dvipas.len();
         if h.flags & FLAG_LEAVING != 0 {
-            // Its addresses are out of its kernel: the next in line takes them now.
+            // Its addresses are out of its kernel: the next in line takes them now. (From a
+            // node not heard since this start, it says nothing that can be checked.)
+            if !self.peers.contains_key(&h.node) {
+                return Verdict::Unconfirmed;
+            }
             if let Some(p) = self.peers.get_mut(&h.node) {
                 if p.incarnation != h.incarnation {
                     p.seen = 0;
@@ -954,6 +964,7 @@ impl Cluster {
                     highest: 0,
                     tries: 0,
                     next: now,
+                    heard: now,
                 });
                 st.confirmed = Some((h.incarnation, h.seq));
                 st.highest = st.highest.max(h.incarnation);
@@ -1018,12 +1029,22 @@ impl Cluster {
             return Verdict::Unconfirmed;
         }
         let interval = self.config.interval;
-        let st = self.strangers.entry(h.node).or_insert(Stranger { confirmed: None, highest: 0, tries: 0, next: now });
+        let st = self.strangers.entry(h.node).or_insert(Stranger {
+            confirmed: None,
+            highest: 0,
+            tries: 0,
+            next: now,
+            heard: now,
+        });
         st.highest = st.highest.max(h.incarnation);
+        st.heard = now;
         if now < st.next {
             return Verdict::Unconfirmed;
         }
-        st.next = now + interval * (1u32 << st.tries.min(6)).min(STRANGER_BACKOFF);
+        // Every interval while a start's listening lasts (a lost challenge or answer must
+        // not leave a live node unheard when it ends), then less and less often.
+        let doubling = st.tries.saturating_sub(self.config.dead_after);
+        st.next = now + interval * (1u32 << doubling.min(6)).min(STRANGER_BACKOFF);
         st.tries += 1;
         if self.stranger_challenges.back().is_none_or(|(_, sent)| now >= *sent + interval) {
             let mut probe = self.heartbeat();
@@ -1118,8 +1139,25 @@ impl Cluster {
             changed = true;
         }
         let mut kept = Vec::new();
+        // Nodes heard but not confirmed yet (their answers are on the way, or this node's
+        // first datagrams waited for the link's neighbour resolution): listening goes on
+        // for them, up to three dead times more, so that a restart does not take a
+        // majority it cannot see yet for a lost one (and drop what the kernel kept).
+        let unconfirmed = self
+            .strangers
+            .values()
+            .filter(|s| s.confirmed.is_none() && now < s.heard + self.config.dead_time())
+            .count();
+        if self.syncing_until.is_some_and(|t| now >= t) && unconfirmed > 0 && self.extended < 3 {
+            self.extended += 1;
+            self.syncing_until = Some(now + self.config.dead_time());
+            self.out.push_back(Output::Event(format!(
+                "{unconfirmed} node(s) heard but not confirmed yet: listening for another dead interval"
+            )));
+        }
         if self.syncing_until.is_some_and(|t| now >= t) {
             self.syncing_until = None;
+            self.extended = 0;
             self.out.push_back(Output::Event("listened for one dead interval; claiming from now on".into()));
             changed = true;
             kept = (0..self.dvipas.len()).filter(|&i| self.held[i]).collect();
@@ -1331,9 +1369,10 @@ impl Cluster {
                 continue;
             }
             if self.dvipas[i].rank(&me).is_none() {
-                // Kept from before a change that took this node off its list: the nodes
-                // on it decide who holds it.
-                if self.held[i] {
+                // Kept from before a change that took this node off its list: given up
+                // once every live node has the new list and a node on it can take it
+                // (alive, done listening); until then it is better here than nowhere.
+                if self.held[i] && !self.lists_differ() && !self.order(i).is_empty() {
                     self.held[i] = false;
                     self.since[i] = now;
                     self.conflict[i] = false;
@@ -1354,7 +1393,8 @@ impl Cluster {
                     Some(("deactivated by the operator".to_string(), false))
                 } else if let Some(o) = others.iter().find(|o| pos(o) < pos(&me)) {
                     Some((format!("{o} also holds it and comes first"), false))
-                } else if desired.as_deref() != Some(me.as_str()) {
+                } else if desired.as_deref() != Some(me.as_str()) && !self.lists_differ() {
+                    // (While a live node's list differs, nobody may take it: it stays.)
                     desired.as_ref().map(|d| (format!("handing over to {d}"), true))
                 } else {
                     None
