@@ -50,9 +50,6 @@ pub const PROBES: u32 = 20;
 
 /// Heartbeat intervals between two round-trip measurements of a healthy peer.
 const RTT_EVERY: u32 = 256;
-/// Probes asking a peer for its incarnation that are remembered (sent one an interval at
-/// most: a round trip of a few intervals still finds its probe).
-const CHALLENGES: usize = 4;
 
 /// Round trips measured at least while a peer's punctuality is learnt (over [`LEARN`]):
 /// the first, taken as the peer comes, may be slow (a host that just started is busy), and
@@ -205,7 +202,7 @@ pub struct Peer {
     highest: u64,
     /// Probes sent to ask whether it runs in an earlier incarnation than the current one
     /// (its clock was set back before it started again, or its heartbeats are replayed):
-    /// (sequence number, when sent), the last few.
+    /// (sequence number, when sent), those of the last dead time (see [`remember_for`]).
     challenges: VecDeque<(u64, Instant)>,
     /// The latest earlier incarnation heard, and the highest sequence number heard in it.
     earlier: Option<(u64, u64)>,
@@ -281,6 +278,16 @@ fn remember(list: &mut VecDeque<(u64, Instant)>, probe: (u64, Instant), keep: us
         list.pop_front();
     }
     list.push_back(probe);
+}
+
+/// Adds a challenge sent (sequence number, when) to `list`, which keeps those sent within
+/// `dead` (an answer later than that is too late to count; one a few intervals late, on a
+/// long path, still counts), 1,024 at most.
+fn remember_for(list: &mut VecDeque<(u64, Instant)>, challenge: (u64, Instant), dead: Duration) {
+    while list.front().is_some_and(|(_, t)| *t + dead < challenge.1) || list.len() >= 1024 {
+        list.pop_front();
+    }
+    list.push_back(challenge);
 }
 
 /// When `p`'s next heartbeat is due: an interval after its last sign of life (heard from,
@@ -450,8 +457,7 @@ pub struct Cluster {
     /// Nodes heard from since the start that have not answered a challenge yet.
     strangers: BTreeMap<String, Stranger>,
     /// The challenges sent to them (sequence number, when): one to every peer serves all
-    /// strangers, at most one an interval; those of the last dead time (an answer later
-    /// than that is too late), and 1,024 at most.
+    /// strangers, at most one an interval; see [`remember_for`].
     stranger_challenges: VecDeque<(u64, Instant)>,
     /// Dead times the current listening was extended by, for strangers not confirmed yet.
     extended: u32,
@@ -1015,8 +1021,9 @@ impl Cluster {
     /// it is not one of the probes that check on a late peer.
     fn challenge(&mut self, now: Instant, node: &str) {
         let seq = self.send_probe(node);
+        let dead = self.config.dead_time();
         if let Some(p) = self.peers.get_mut(node) {
-            remember(&mut p.challenges, (seq, now), CHALLENGES);
+            remember_for(&mut p.challenges, (seq, now), dead);
         }
     }
 
@@ -1052,13 +1059,7 @@ impl Cluster {
             let seq = probe.seq;
             self.out.push_back(Output::Heartbeat(probe));
             self.next_heartbeat = now + interval;
-            let dead = self.config.dead_time();
-            while self.stranger_challenges.front().is_some_and(|(_, t)| *t + dead < now)
-                || self.stranger_challenges.len() >= 1024
-            {
-                self.stranger_challenges.pop_front();
-            }
-            self.stranger_challenges.push_back((seq, now));
+            remember_for(&mut self.stranger_challenges, (seq, now), self.config.dead_time());
         }
         Verdict::Unconfirmed
     }

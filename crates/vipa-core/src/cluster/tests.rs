@@ -1497,3 +1497,21 @@ fn a_restarted_node_whose_first_datagrams_are_held_up_listens_on_until_it_hears_
         assert_eq!(s.holders(0), vec!["s1".to_string()], "seed {seed}");
     }
 }
+
+#[test]
+fn a_node_whose_clock_was_set_back_is_taken_back_over_a_long_path_too() {
+    // As `a_node_whose_clock_was_set_back_is_taken_back_once_it_answers_in_its_earlier_incarnation`,
+    // with round trips of nine intervals (within the dead time): the answer to each
+    // challenge comes after several more were sent.
+    let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, 2);
+    s.latency = (44, 46);
+    s.run(ms(1500));
+    s.kill("s1");
+    s.run(ms(1900));
+    s.restart("s1", 0);
+    s.run(ms(3000));
+    for k in ["s2", "s3"] {
+        let p = &s.nodes[k].c.peers["s1"];
+        assert!(p.alive && p.incarnation == 0, "{k} sees s1 as {:?}", (p.alive, p.incarnation));
+    }
+}
