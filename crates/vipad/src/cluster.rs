@@ -66,16 +66,22 @@ pub fn load_key(path: &str) -> Result<Vec<u8>, String> {
 /// of the last probe so answered, and when.
 type Answered = BTreeMap<String, (u64, u64, Instant)>;
 
-/// Whether `probe` (node name, incarnation, sequence number), of a node whose address is not
-/// known yet, may be answered at every peer address now: once an interval for each node,
-/// and only a probe newer than the last so answered (of a later run, or later in the same
-/// run), so a replayed probe can neither make this node send more nor take the turn of
-/// the node's real probes; 256 names at most.
-fn answer_due(answered: &mut Answered, now: Instant, interval: Duration, probe: &(String, u64, u64)) -> bool {
-    let (node, incarnation, seq) = probe;
+/// Whether a probe of `node` (its `incarnation` and sequence number `seq`), whose address
+/// is not known yet, may be answered at every peer address now: once an interval for each
+/// node, and only a probe newer than the last so answered (of a later run, or later in the
+/// same run), so a replayed probe can neither make this node send more nor take the turn
+/// of the node's real probes; 256 names at most.
+fn answer_due(
+    answered: &mut Answered,
+    now: Instant,
+    interval: Duration,
+    node: &str,
+    incarnation: u64,
+    seq: u64,
+) -> bool {
     if let Some(&(inc, last, t)) = answered.get(node) {
-        let newer = (*incarnation, *seq) > (inc, last);
-        if !newer || (*incarnation == inc && now < t + interval) {
+        let newer = (incarnation, seq) > (inc, last);
+        if !newer || (incarnation == inc && now < t + interval) {
             return false;
         }
     } else if answered.len() >= 256 {
@@ -84,7 +90,7 @@ fn answer_due(answered: &mut Answered, now: Instant, interval: Duration, probe: 
             return false;
         }
     }
-    answered.insert(node.clone(), (*incarnation, *seq, now));
+    answered.insert(node.to_string(), (incarnation, seq, now));
     true
 }
 
@@ -93,23 +99,32 @@ fn is_peer(peers: &[SocketAddr], a: &SocketAddr) -> bool {
     peers.iter().any(|p| p.ip() == a.ip().to_canonical())
 }
 
+/// Where a probe is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AnswerAt {
+    To(SocketAddr),
+    /// At every peer address: the prober's address is not known yet (see [`answer_due`]).
+    EveryPeer,
+}
+
 /// Where a probe that came from `from` (a configured peer address or not), whose sender's
 /// heartbeats come from `learnt`, is answered, if at all: where it came from if that is a
 /// peer's address (the configured one, or the learnt one), else at the learnt address (a
 /// node may send from another of its addresses, such as an IPv6 DVIPA in the peers'
-/// prefix). A replay or a copy of one already answered is not answered, wherever it came
-/// from: a copy of a probe cannot make this node send anything. One overtaken on the way
-/// still asks for an answer.
-fn answer_to(verdict: Verdict, from: SocketAddr, configured: bool, learnt: Option<SocketAddr>) -> Option<SocketAddr> {
+/// prefix), else at every peer address (a node not heard since this one started, sending
+/// from an address not listed: it is at one of them). A replay or a copy of one already
+/// answered is not answered, wherever it came from: a copy of a probe cannot make this
+/// node send anything. One overtaken on the way still asks for an answer.
+fn answer_to(verdict: Verdict, from: SocketAddr, configured: bool, learnt: Option<SocketAddr>) -> Option<AnswerAt> {
     if matches!(verdict, Verdict::Replayed | Verdict::Duplicated) {
         return None;
     }
     let known = configured || learnt.is_some_and(|a| a.ip().to_canonical() == from.ip().to_canonical());
-    if known {
-        Some(from)
-    } else {
-        learnt
-    }
+    Some(match (known, learnt) {
+        (true, _) => AnswerAt::To(from),
+        (false, Some(a)) => AnswerAt::To(a),
+        (false, None) => AnswerAt::EveryPeer,
+    })
 }
 
 pub struct ClusterShell {
@@ -776,35 +791,16 @@ impl ClusterShell {
                 let probe = (h.flags & FLAG_PROBE != 0 && h.node != self.core.config.me)
                     .then(|| Heartbeat::answer(&self.core.config.me, self.core.incarnation(), self.core.seq(), &h));
                 let (node, flags) = (h.node.clone(), h.flags);
-                let probed = (h.node.clone(), h.incarnation, h.seq);
+                let (incarnation, seq) = (h.incarnation, h.seq);
                 let verdict = self.core.receive(now, h);
                 // A peer's heartbeat the core took (an answer is taken only by the probe it
                 // matches, which the core knows and this does not).
                 let taken = verdict == Verdict::Taken;
                 let learnt = self.addresses.get(&node).copied();
                 let from_peer = is_peer(&self.core.config.peers, &from);
-                let copy = matches!(verdict, Verdict::Replayed | Verdict::Duplicated);
-                let to: Vec<SocketAddr> = match answer_to(verdict, from, from_peer, learnt) {
-                    Some(to) => vec![to],
-                    // A node whose address is not known yet (not heard since this one
-                    // started), probing from an address not listed (another of its own):
-                    // answered at every peer address, since it is at one of them; once an
-                    // interval at most for each run of each node.
-                    None if !copy
-                        && learnt.is_none()
-                        && answer_due(&mut self.stranger_answers, now, self.core.config.interval, &probed) =>
-                    {
-                        self.core.config.peers.clone()
-                    }
-                    None => Vec::new(),
-                };
-                if let Some(answer) = probe.filter(|_| !to.is_empty()) {
-                    let datagram = answer.emit(&self.key);
-                    for to in to {
-                        if let Err(e) = self.sock.send_to(&datagram, to) {
-                            debug!(peer = %to, error = %e, "probe not answered");
-                        }
-                    }
+                if let Some(answer) = probe {
+                    let at = answer_to(verdict, from, from_peer, learnt);
+                    self.send_answer(now, &answer, at, (&node, incarnation, seq));
                 }
                 // Where to probe it: where it was last heard from (by a heartbeat the core
                 // took: a replay or an answer can come from anywhere), but a configured
@@ -843,6 +839,28 @@ impl ClusterShell {
                     self.logged_drop = Some(now);
                     warn!(%from, error = %e, "cluster datagram dropped");
                 }
+            }
+        }
+    }
+
+    /// Sends `answer` to a probe of `prober` (name, incarnation, sequence number) where
+    /// [`answer_to`] said.
+    fn send_answer(&mut self, now: Instant, answer: &Heartbeat, at: Option<AnswerAt>, prober: (&str, u64, u64)) {
+        let (node, incarnation, seq) = prober;
+        let interval = self.core.config.interval;
+        let to: Vec<SocketAddr> = match at {
+            Some(AnswerAt::To(to)) => vec![to],
+            Some(AnswerAt::EveryPeer)
+                if answer_due(&mut self.stranger_answers, now, interval, node, incarnation, seq) =>
+            {
+                self.core.config.peers.clone()
+            }
+            _ => return,
+        };
+        let datagram = answer.emit(&self.key);
+        for to in to {
+            if let Err(e) = self.sock.send_to(&datagram, to) {
+                debug!(peer = %to, error = %e, "probe not answered");
             }
         }
     }
@@ -1202,38 +1220,39 @@ mod tests {
         let stranger: SocketAddr = "198.18.1.66:5999".parse().unwrap();
         // New or overtaken, from the configured address or the learnt one: answered there.
         for verdict in [Verdict::Taken, Verdict::Reordered] {
-            assert_eq!(answer_to(verdict, peer, true, None), Some(peer));
-            assert_eq!(answer_to(verdict, peer, true, Some(other)), Some(peer));
-            assert_eq!(answer_to(verdict, other, false, Some(other)), Some(other));
-            // From anywhere else: at the address its heartbeats come from, or nowhere.
-            assert_eq!(answer_to(verdict, stranger, false, Some(peer)), Some(peer));
-            assert_eq!(answer_to(verdict, stranger, false, None), None);
+            assert_eq!(answer_to(verdict, peer, true, None), Some(AnswerAt::To(peer)));
+            assert_eq!(answer_to(verdict, peer, true, Some(other)), Some(AnswerAt::To(peer)));
+            assert_eq!(answer_to(verdict, other, false, Some(other)), Some(AnswerAt::To(other)));
+            // From anywhere else: at the address its heartbeats come from, or, not known
+            // yet, at every peer address.
+            assert_eq!(answer_to(verdict, stranger, false, Some(peer)), Some(AnswerAt::To(peer)));
+            assert_eq!(answer_to(verdict, stranger, false, None), Some(AnswerAt::EveryPeer));
         }
         // A replay or a repeat is not answered, even from the peer's own address.
         for verdict in [Verdict::Replayed, Verdict::Duplicated] {
             assert_eq!(answer_to(verdict, peer, true, Some(peer)), None);
             assert_eq!(answer_to(verdict, stranger, false, Some(peer)), None);
         }
-        // A node not confirmed yet, from a peer address: answered there; from elsewhere,
-        // not here (the caller answers it at every peer address, once an interval).
-        assert_eq!(answer_to(Verdict::Unconfirmed, peer, true, None), Some(peer));
-        assert_eq!(answer_to(Verdict::Unconfirmed, stranger, false, None), None);
+        // A node not confirmed yet, from a peer address: answered there; from elsewhere, at
+        // every peer address, once an interval for each of its runs (`answer_due`).
+        assert_eq!(answer_to(Verdict::Unconfirmed, peer, true, None), Some(AnswerAt::To(peer)));
+        assert_eq!(answer_to(Verdict::Unconfirmed, stranger, false, None), Some(AnswerAt::EveryPeer));
+        assert_eq!(answer_to(Verdict::Replayed, stranger, false, None), None);
         let (mut answered, t0, tick) = (Answered::new(), Instant::now(), Duration::from_millis(10));
-        let probe = |node: &str, inc: u64, seq: u64| (node.to_string(), inc, seq);
-        assert!(answer_due(&mut answered, t0, tick, &probe("s2", 5, 10)));
-        assert!(!answer_due(&mut answered, t0 + tick / 2, tick, &probe("s2", 5, 11)), "twice within an interval");
-        assert!(answer_due(&mut answered, t0 + tick / 2, tick, &probe("s3", 5, 3)));
-        assert!(answer_due(&mut answered, t0 + tick, tick, &probe("s2", 5, 11)));
+        assert!(answer_due(&mut answered, t0, tick, "s2", 5, 10));
+        assert!(!answer_due(&mut answered, t0 + tick / 2, tick, "s2", 5, 11), "twice within an interval");
+        assert!(answer_due(&mut answered, t0 + tick / 2, tick, "s3", 5, 3));
+        assert!(answer_due(&mut answered, t0 + tick, tick, "s2", 5, 11));
         // A replayed probe (older than the last answered) is not answered, and does not
         // take the turn of the node's next real one.
-        assert!(!answer_due(&mut answered, t0 + tick * 3, tick, &probe("s2", 5, 4)));
-        assert!(!answer_due(&mut answered, t0 + tick * 3, tick, &probe("s2", 4, 99)));
-        assert!(answer_due(&mut answered, t0 + tick * 3, tick, &probe("s2", 5, 12)));
+        assert!(!answer_due(&mut answered, t0 + tick * 3, tick, "s2", 5, 4));
+        assert!(!answer_due(&mut answered, t0 + tick * 3, tick, "s2", 4, 99));
+        assert!(answer_due(&mut answered, t0 + tick * 3, tick, "s2", 5, 12));
         // A new run of the node is answered at once.
-        assert!(answer_due(&mut answered, t0 + tick * 3, tick, &probe("s2", 6, 1)));
+        assert!(answer_due(&mut answered, t0 + tick * 3, tick, "s2", 6, 1));
         // An IPv4 peer heard through an IPv6 socket is the same peer.
         let mapped: SocketAddr = "[::ffff:198.18.1.12]:5999".parse().unwrap();
-        assert_eq!(answer_to(Verdict::Taken, mapped, false, Some(peer)), Some(mapped));
+        assert_eq!(answer_to(Verdict::Taken, mapped, false, Some(peer)), Some(AnswerAt::To(mapped)));
     }
 
     #[test]

@@ -964,14 +964,7 @@ impl Cluster {
             // too): its heartbeats from this one on count.
             let ours =
                 self.stranger_challenges.iter().any(|(seq, t)| *seq == h.echo && now < *t + self.config.dead_time());
-            if ours && (self.strangers.contains_key(&h.node) || self.strangers.len() < MAX_STRANGERS) {
-                let st = self.strangers.entry(h.node.clone()).or_insert(Stranger {
-                    confirmed: None,
-                    highest: 0,
-                    tries: 0,
-                    next: now,
-                    heard: now,
-                });
+            if let Some(st) = self.stranger(&h.node, now).filter(|_| ours) {
                 st.confirmed = Some((h.incarnation, h.seq));
                 st.highest = st.highest.max(h.incarnation);
             }
@@ -1032,17 +1025,8 @@ impl Cluster {
     /// that counts), which is also a heartbeat of this node's. One probe an interval at
     /// most serves all strangers; each stranger is asked again after a wait that doubles.
     fn challenge_stranger(&mut self, now: Instant, h: Heartbeat) -> Verdict {
-        if !self.strangers.contains_key(&h.node) && self.strangers.len() >= MAX_STRANGERS {
-            return Verdict::Unconfirmed;
-        }
-        let interval = self.config.interval;
-        let st = self.strangers.entry(h.node).or_insert(Stranger {
-            confirmed: None,
-            highest: 0,
-            tries: 0,
-            next: now,
-            heard: now,
-        });
+        let (interval, dead_after) = (self.config.interval, self.config.dead_after);
+        let Some(st) = self.stranger(&h.node, now) else { return Verdict::Unconfirmed };
         st.highest = st.highest.max(h.incarnation);
         st.heard = now;
         if now < st.next {
@@ -1050,12 +1034,11 @@ impl Cluster {
         }
         // Every interval while a start's listening lasts (a lost challenge or answer must
         // not leave a live node unheard when it ends), then less and less often.
-        let doubling = st.tries.saturating_sub(self.config.dead_after);
+        let doubling = st.tries.saturating_sub(dead_after);
         st.next = now + interval * (1u32 << doubling.min(6)).min(STRANGER_BACKOFF);
         st.tries += 1;
         if self.stranger_challenges.back().is_none_or(|(_, sent)| now >= *sent + interval) {
-            let mut probe = self.heartbeat();
-            probe.flags |= FLAG_PROBE;
+            let probe = self.probe_heartbeat();
             let seq = probe.seq;
             self.out.push_back(Output::Heartbeat(probe));
             self.next_heartbeat = now + interval;
@@ -1064,10 +1047,25 @@ impl Cluster {
         Verdict::Unconfirmed
     }
 
-    /// A probe to `node`; returns its sequence number, which the answer echoes.
-    fn send_probe(&mut self, node: &str) -> u64 {
+    /// A heartbeat that asks its receivers for an answer at once.
+    fn probe_heartbeat(&mut self) -> Heartbeat {
         let mut h = self.heartbeat();
         h.flags |= FLAG_PROBE;
+        h
+    }
+
+    /// The record of stranger `node`, made if new; `None` when [`MAX_STRANGERS`] are kept.
+    fn stranger(&mut self, node: &str, now: Instant) -> Option<&mut Stranger> {
+        if !self.strangers.contains_key(node) && self.strangers.len() >= MAX_STRANGERS {
+            return None;
+        }
+        let fresh = Stranger { confirmed: None, highest: 0, tries: 0, next: now, heard: now };
+        Some(self.strangers.entry(node.to_string()).or_insert(fresh))
+    }
+
+    /// A probe to `node`; returns its sequence number, which the answer echoes.
+    fn send_probe(&mut self, node: &str) -> u64 {
+        let h = self.probe_heartbeat();
         let seq = h.seq;
         self.out.push_back(Output::HeartbeatTo { node: node.to_string(), heartbeat: h });
         seq
@@ -1144,14 +1142,17 @@ impl Cluster {
         // first datagrams waited for the link's neighbour resolution): listening goes on
         // for them, up to three dead times more, so that a restart does not take a
         // majority it cannot see yet for a lost one (and drop what the kernel kept).
-        let unconfirmed = self
-            .strangers
-            .values()
-            .filter(|s| s.confirmed.is_none() && now < s.heard + self.config.dead_time())
-            .count();
-        if self.syncing_until.is_some_and(|t| now >= t) && unconfirmed > 0 && self.extended < 3 {
+        let listened = self.syncing_until.is_some_and(|t| now >= t);
+        let dead = self.config.dead_time();
+        // (Counted only when listening ends: this runs every interval.)
+        let unconfirmed = if listened && self.extended < 3 {
+            self.strangers.values().filter(|s| s.confirmed.is_none() && now < s.heard + dead).count()
+        } else {
+            0
+        };
+        if unconfirmed > 0 {
             self.extended += 1;
-            self.syncing_until = Some(now + self.config.dead_time());
+            self.syncing_until = Some(now + dead);
             self.out.push_back(Output::Event(format!(
                 "{unconfirmed} node(s) heard but not confirmed yet: listening for another dead interval"
             )));
@@ -1354,6 +1355,9 @@ impl Cluster {
         self.had_quorum = quorum;
         let mut changed = false;
         let me = self.config.me.clone();
+        // A live node's DVIPA list differs: nothing is taken, and holders keep what they
+        // hold (see `lists_differ`).
+        let differ = self.lists_differ();
         for i in 0..self.dvipas.len() {
             let others: Vec<String> = self.peers.keys().filter(|n| self.claims(n, i)).cloned().collect();
             if !others.is_empty() {
@@ -1373,7 +1377,7 @@ impl Cluster {
                 // Kept from before a change that took this node off its list: given up
                 // once every live node has the new list and a node on it can take it
                 // (alive, done listening); until then it is better here than nowhere.
-                if self.held[i] && !self.lists_differ() && !self.order(i).is_empty() {
+                if self.held[i] && !differ && !self.order(i).is_empty() {
                     self.held[i] = false;
                     self.since[i] = now;
                     self.conflict[i] = false;
@@ -1394,7 +1398,7 @@ impl Cluster {
                     Some(("deactivated by the operator".to_string(), false))
                 } else if let Some(o) = others.iter().find(|o| pos(o) < pos(&me)) {
                     Some((format!("{o} also holds it and comes first"), false))
-                } else if desired.as_deref() != Some(me.as_str()) && !self.lists_differ() {
+                } else if desired.as_deref() != Some(me.as_str()) && !differ {
                     // (While a live node's list differs, nobody may take it: it stays.)
                     desired.as_ref().map(|d| (format!("handing over to {d}"), true))
                 } else {
@@ -1424,7 +1428,7 @@ impl Cluster {
                 && others.is_empty()
                 && !self.first_listening(i)
                 && !self.kept_by_listening(i)
-                && !self.lists_differ()
+                && !differ
                 && !self.leaving
             {
                 self.held[i] = true;
