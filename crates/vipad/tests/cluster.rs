@@ -47,6 +47,13 @@ fn holder_is(env: &ClusterEnv, k: usize, within: Duration) -> Option<Duration> {
     holder_among(env, k, &[1, 2, 3], within)
 }
 
+/// s1's vipad is killed and its cable cut; s2 takes over.
+fn s1_dies(env: &ClusterEnv, procs: &mut [Proc]) {
+    procs[0].kill();
+    env.cut(1);
+    holder_among(env, 2, &[2, 3], Duration::from_secs(3)).expect("s2 took over");
+}
+
 /// Waits until `k` is the only holder among the hosts `live` (a killed host's kernel keeps
 /// its copy, unreachable behind its cut cable).
 fn holder_among(env: &ClusterEnv, k: usize, live: &[usize], within: Duration) -> Option<Duration> {
@@ -160,9 +167,7 @@ fn a_nic_that_ignores_arp_for_other_nics_addresses_gets_the_dvipa_as_an_address(
     // Under arp_ignore 1 the kernel answers ARP only for addresses on the NIC itself, so
     // s2 must put the DVIPA there when it takes over.
     env.host(2).sh("sysctl -qw net.ipv4.conf.en1.arp_ignore=1");
-    procs[0].kill();
-    env.cut(1);
-    holder_among(&env, 2, &[2, 3], Duration::from_secs(3)).expect("s2 took over");
+    s1_dies(&env, &mut procs);
     let addrs = env.host(2).sh(&format!("ip -o addr show dev en1 to {DVIPA}"));
     assert!(addrs.contains(&format!(" {DVIPA}/32 ")), "{addrs}");
     assert!(env.host(2).sh("ip route show table local proto 86").is_empty());
@@ -187,9 +192,7 @@ fn link_cut_alone_moves_it_and_the_minority_releases() {
 #[test]
 fn when_idle_waits_for_the_last_connection() {
     let (env, mut procs) = up("when-idle");
-    procs[0].kill();
-    env.cut(1);
-    holder_among(&env, 2, &[2, 3], Duration::from_secs(3)).expect("s2 took over");
+    s1_dies(&env, &mut procs);
     let _srv = serve_on(env.host(2), Some(DVIPA));
     // A long TCP stream to the DVIPA, now held by s2.
     let run = stream(&env.client, DVIPA, 2500);
@@ -301,9 +304,7 @@ fn faketime() -> Option<std::path::PathBuf> {
 #[test]
 fn a_node_started_again_with_its_clock_behind_is_taken_back_by_its_peers() {
     let (env, mut procs) = up("immediate");
-    procs[0].kill();
-    env.cut(1);
-    holder_among(&env, 2, &[2, 3], Duration::from_secs(3)).expect("s2 took over");
+    s1_dies(&env, &mut procs);
     // s1 starts again with its wall clock an hour behind (a clock set back, a host without
     // a clock battery): its incarnation, taken from that clock, is below the one its peers
     // know, so its heartbeats look like replays of an earlier run. The peers ask it by a
