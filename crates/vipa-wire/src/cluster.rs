@@ -223,7 +223,7 @@ impl Heartbeat {
     /// The datagram, with its HMAC.
     pub fn emit(&self, key: &Key) -> Vec<u8> {
         let len = bitmap_len(self.count);
-        let mut b = Vec::with_capacity(64 + 3 * len + MAC_LEN);
+        let mut b = Vec::with_capacity(self.emitted_len());
         b.extend_from_slice(MAGIC);
         b.push(VERSION);
         b.push(TYPE_HEARTBEAT);
