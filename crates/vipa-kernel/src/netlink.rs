@@ -20,7 +20,7 @@ use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressProtocol, AddressScope, CacheInfo,
 };
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
-use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage, NeighbourState};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteNextHop, RouteNextHopFlags, RouteProtocol, RouteScope,
     RouteType,
@@ -61,6 +61,15 @@ pub enum Outcome {
     AlreadyThere,
     /// What it was to change is gone (`ESRCH`, `ENOENT`, `EADDRNOTAVAIL`, `ENODEV`).
     AlreadyGone,
+}
+
+/// Which unresolved neighbour entries to forget (see `forget_unresolved_neighbours`).
+#[derive(Debug, Clone, Copy)]
+pub enum Unresolved<'a> {
+    /// Every one on the NIC with this index.
+    OnNic(u32),
+    /// Those towards these addresses, on any NIC.
+    To(&'a [IpAddr]),
 }
 
 /// The request socket, and the last full message of every route seen.
@@ -153,18 +162,29 @@ impl Kernel {
         Ok(out)
     }
 
-    /// Deletes the neighbour entries on `ifindex` the kernel is still resolving or failed
-    /// to resolve. A host that lost its link kept trying to reach the peers it talked to;
-    /// once it holds an address again, its replies to such a peer would wait for the next
-    /// try, up to a second away. Without the entry, the first reply resolves at once.
-    /// Returns how many went.
-    pub fn forget_unresolved_neighbours(&mut self, ifindex: u32) -> Result<usize, KernelError> {
+    /// Deletes the neighbour entries the kernel is still resolving or failed to resolve,
+    /// of those `which` picks: on one NIC, or towards some addresses on any NIC. A host
+    /// that lost its link kept trying to reach the peers it talked to; once it can reach
+    /// them again, a datagram to such a peer would wait for the kernel's next try, up to a
+    /// second away. Without the entry, the first datagram resolves at once. Returns how
+    /// many went.
+    pub fn forget_unresolved_neighbours(&mut self, which: Unresolved<'_>) -> Result<usize, KernelError> {
         let mut gone = 0;
         for m in self.dump(RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()))? {
             let RouteNetlinkMessage::NewNeighbour(n) = m else { continue };
-            if n.header.ifindex != ifindex
-                || !matches!(n.header.state, NeighbourState::Incomplete | NeighbourState::Failed)
-            {
+            if !matches!(n.header.state, NeighbourState::Incomplete | NeighbourState::Failed) {
+                continue;
+            }
+            let destination = n.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+                _ => None,
+            });
+            let picked = match which {
+                Unresolved::OnNic(index) => n.header.ifindex == index,
+                Unresolved::To(addrs) => destination.is_some_and(|d| addrs.contains(&d)),
+            };
+            if !picked {
                 continue;
             }
             let mut del = NeighbourMessage::default();

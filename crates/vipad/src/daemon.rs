@@ -23,6 +23,7 @@ use vipa_api::{ApplyReport, Request, Response, StatusView};
 use vipa_core::model::{KernelEvent, Observed, Op};
 use vipa_core::plan::{self, wanted_sysctls};
 use vipa_core::{Config, DeviceMode, Ledger};
+use vipa_kernel::netlink::Unresolved;
 use vipa_kernel::{Kernel, Outcome, Update};
 
 use crate::{edit, views};
@@ -99,6 +100,23 @@ pub enum Refresh {
     Neighbours(u32),
 }
 
+/// Drops the neighbour entries towards the cluster's peers that the kernel is still
+/// resolving or failed to resolve (see `forget_unresolved_neighbours`). A vipad that sent
+/// into a cut link, or died while its link was down, leaves such entries, and the kernel's
+/// next try can be a second away: until then nothing this node sends reaches those peers,
+/// and a restarted node's challenges go unanswered, so it would give up what it kept for
+/// want of a quorum. Without the entries, the next heartbeat resolves at once (the few
+/// queued on them are lost; the next interval's go out). Done at start and whenever a
+/// carrier comes back.
+pub fn forget_unresolved_peers(kernel: &mut Kernel, c: &vipa_core::cluster::ClusterConfig) {
+    let peers: Vec<std::net::IpAddr> = c.peers.iter().map(|p| p.ip()).collect();
+    match kernel.forget_unresolved_neighbours(Unresolved::To(&peers)) {
+        Ok(0) => {}
+        Ok(n) => info!(entries = n, "unresolved neighbour entries towards peers dropped, to be resolved afresh"),
+        Err(e) => warn!(error = %e, "cannot list neighbour entries"),
+    }
+}
+
 /// Reads and validates a configuration file: syntax and model errors, then what the
 /// kernel's view tells. Returns the config and its warnings.
 pub fn load_config(path: &Path, observed: &Observed, mode: DeviceMode) -> Result<(Config, Vec<String>), String> {
@@ -166,6 +184,9 @@ impl Daemon {
                                 let before = self.observed.links.get(&after.index).cloned();
                                 if before.as_ref().is_some_and(|b| b.carrier != after.carrier) {
                                     info!(interface = %after.name, carrier = after.carrier, "carrier changed");
+                                    if let (true, Some(c)) = (after.carrier, &self.config.cluster) {
+                                        forget_unresolved_peers(&mut self.kernel, c);
+                                    }
                                 }
                                 let ops = plan::carrier_changed(&self.config, before.as_ref(), after, &self.observed);
                                 refreshes.extend(ops.into_iter().map(Refresh::Route));
@@ -386,7 +407,7 @@ impl Daemon {
     /// (see `forget_unresolved_neighbours`), and says so if there were any.
     fn forget_unresolved(&mut self, index: u32) {
         let nic = self.observed.links.get(&index).map_or_else(|| index.to_string(), |l| l.name.clone());
-        match self.kernel.forget_unresolved_neighbours(index) {
+        match self.kernel.forget_unresolved_neighbours(Unresolved::OnNic(index)) {
             Ok(0) => {}
             Ok(n) => {
                 info!(interface = %nic, entries = n, "unresolved neighbour entries dropped, to be resolved afresh")

@@ -111,6 +111,12 @@ fn holder_death_is_taken_over_by_the_highest_backup_and_the_owner_takes_it_back(
     assert!(env.log(2).contains("node s1 is dead: no heartbeat for"), "{}", env.log(2));
     assert!(env.log(2).contains("none of 20 probes answered"), "{}", env.log(2));
 
+    // What the killed vipad sent last, into the cut link, left the kernel resolving its
+    // peers, with its next try up to a second away (made certain here, not left to when
+    // the kill came). The vipad that starts must reach its peers at once all the same.
+    env.host(1).sh("ping -c1 -W0.2 198.18.1.12 ; ping -c1 -W0.2 198.18.1.13 ; true");
+    let stale = env.host(1).sh("ip neigh show dev en1");
+    assert!(stale.contains("198.18.1.12") && stale.contains("198.18.1.13"), "{stale}");
     // The owner comes back: takeback through a handover, never two holders.
     env.restore(1);
     // s1's kernel still has the address from before it was killed.
@@ -159,6 +165,10 @@ fn holder_death_is_taken_over_by_the_highest_backup_and_the_owner_takes_it_back(
         env.log(2)
     );
     assert!(incarnation_of_s1() > first_incarnation, "a restart is a new incarnation");
+    // Its peers answered at once: it never gave its address up for want of a quorum.
+    let log1 = env.log(1);
+    assert!(log1.contains("unresolved neighbour entries towards peers dropped"), "{log1}");
+    assert!(!log1.contains("no quorum"), "{log1}");
 }
 
 #[test]
@@ -186,6 +196,13 @@ fn link_cut_alone_moves_it_and_the_minority_releases() {
     assert!(ok.is_some(), "{:?}", env.holders(DVIPA));
     assert!(out(&env.vipactl(1, &["cluster"])).contains("quorum NO"));
     env.restore(1);
+    // s1 kept sending into the cut link, so its kernel is still resolving its peers, next
+    // try up to a second away; with the cable back, its heartbeats reach them at once.
+    let t = Instant::now();
+    let back = |m: serde_json::Value| m["state"] == "alive" || m["state"] == "listening";
+    let heard = wait_for(Duration::from_secs(3), || back(env.member(2, "s1")).then(|| t.elapsed()));
+    eprintln!("s2 heard s1 again {heard:?} after the cable came back");
+    assert!(heard.is_some_and(|d| d < Duration::from_millis(300)), "{heard:?}\n{}\n{}", env.log(1), env.log(2));
     holder_is(&env, 1, Duration::from_secs(3)).expect("back on s1");
 }
 
