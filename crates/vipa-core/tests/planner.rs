@@ -304,7 +304,7 @@ fn foreign_address_identical_to_vipa_is_used_but_not_removed() {
 #[test]
 fn nic_address_as_vipa_is_an_error_and_missing_nic_a_warning() {
     let c = config("[[vipa]]\nname = \"vi0\"\naddresses = [\"198.18.1.1\"]\nsource_interfaces = [\"en9\"]\n");
-    let f = vipa_core::check("vipa.toml", &c, &seed_host(), DeviceMode::Loopback);
+    let f = vipa_core::check("vipa.toml", &c, &seed_host(), &Ledger::default(), DeviceMode::Loopback);
     assert_eq!(f.errors.len(), 1);
     assert!(
         f.errors[0]
@@ -412,6 +412,37 @@ fn ipv4_dvipas_are_local_routes_and_ipv6_ones_addresses() {
         !o.local_addresses().contains(&ip("198.18.1.200")) && !o.local_addresses().contains(&ip("2001:db8:1::200"))
     );
     assert!(plan_held(&c, &o, &[]).is_empty());
+}
+
+#[test]
+fn a_dvipa_that_is_already_a_nics_address_is_refused_unless_vipa_put_it_there() {
+    let c = config(DVIPAS);
+    let mut o = seed_host();
+    let check = |o: &Observed, ledger: &Ledger| vipa_core::check("vipa.toml", &c, o, ledger, DeviceMode::Loopback);
+    assert!(check(&o, &Ledger::default()).errors.is_empty());
+    // The operator's own address: this host would answer for it while another node holds it.
+    let a = Address { ifindex: 2, addr: ip("2001:db8:1::200"), prefix_len: 64, proto: 0, deprecated: false };
+    o.addresses.insert((2, a.addr), a);
+    let f = check(&o, &Ledger::default());
+    assert_eq!(
+        f.errors,
+        vec!["vipa.toml: dvipa[1].address: 2001:db8:1::200 is already the address of interface en1 (2001:db8:1::200/64), not one vipa put there: this host would answer for it while another node holds it; give the DVIPA an address no interface has, or take it off en1 first"]
+    );
+    // vipa's own, kept in the kernel by a vipad that was killed: by its tag, or by the
+    // ledger where the kernel keeps no tag.
+    let mut ledger = Ledger::default();
+    ledger.addresses.insert(("en1".into(), ip("2001:db8:1::200")));
+    assert!(check(&o, &ledger).errors.is_empty());
+    o.addresses.get_mut(&(2, ip("2001:db8:1::200"))).unwrap().proto = vipa_core::model::ADDR_PROTO_VIPA;
+    assert!(check(&o, &Ledger::default()).errors.is_empty());
+    // The same for IPv4, on another NIC than it is announced on.
+    let a = Address { ifindex: 3, addr: ip("198.18.1.200"), prefix_len: 32, proto: 0, deprecated: false };
+    o.addresses.insert((3, a.addr), a);
+    let f = check(&o, &Ledger::default());
+    assert_eq!(f.errors.len(), 1);
+    assert!(
+        f.errors[0].starts_with("vipa.toml: dvipa[0].address: 198.18.1.200 is already the address of interface en5")
+    );
 }
 
 #[test]

@@ -119,23 +119,29 @@ pub fn forget_unresolved_peers(kernel: &mut Kernel, c: &vipa_core::cluster::Clus
 
 /// Reads and validates a configuration file: syntax and model errors, then what the
 /// kernel's view tells. Returns the config and its warnings.
-pub fn load_config(path: &Path, observed: &Observed, mode: DeviceMode) -> Result<(Config, Vec<String>), String> {
+pub fn load_config(
+    path: &Path,
+    observed: &Observed,
+    ledger: &Ledger,
+    mode: DeviceMode,
+) -> Result<(Config, Vec<String>), String> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => return Err(format!("{}: cannot read the configuration file: {e}", path.display())),
     };
-    validate(path, &text, observed, mode)
+    validate(path, &text, observed, ledger, mode)
 }
 
 pub fn validate(
     path: &Path,
     text: &str,
     observed: &Observed,
+    ledger: &Ledger,
     mode: DeviceMode,
 ) -> Result<(Config, Vec<String>), String> {
     let file = path.display().to_string();
     let config = Config::parse(&file, text).map_err(|e| e.to_string())?;
-    let findings = plan::check(&file, &config, observed, mode);
+    let findings = plan::check(&file, &config, observed, ledger, mode);
     if !findings.errors.is_empty() {
         return Err(findings.errors.join("\n"));
     }
@@ -492,7 +498,7 @@ impl Daemon {
     /// Re-reads the configuration file and applies the difference.
     pub fn reload(&mut self) -> Response {
         self.counters.reloads += 1;
-        match load_config(&self.config_path, &self.observed, self.mode) {
+        match load_config(&self.config_path, &self.observed, &self.ledger, self.mode) {
             Err(message) => {
                 self.last_reload_error = Some(message.clone());
                 Response::Error { message }
@@ -560,7 +566,7 @@ impl Daemon {
             return Response::Error { message };
         }
         let new_text = doc.to_string();
-        let (config, warnings) = match validate(&self.config_path, &new_text, &self.observed, self.mode) {
+        let (config, warnings) = match validate(&self.config_path, &new_text, &self.observed, &self.ledger, self.mode) {
             Ok(x) => x,
             Err(message) => {
                 return Response::Error { message: format!("the change is refused, nothing was changed:\n{message}") }

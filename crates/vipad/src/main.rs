@@ -56,7 +56,7 @@ fn main() {
         .init();
     let args = Args::parse();
     if let Some(file) = &args.check {
-        std::process::exit(check(file));
+        std::process::exit(check(file, &state_path(&args)));
     }
     if let Err(e) = run(args) {
         error!("{e:#}");
@@ -65,8 +65,14 @@ fn main() {
     }
 }
 
-/// `vipad --check FILE`: reads the kernel (never writes it) to check against it.
-fn check(file: &Path) -> i32 {
+/// Where vipad remembers what it changed.
+fn state_path(args: &Args) -> PathBuf {
+    args.state.clone().unwrap_or_else(|| args.socket.with_extension("state"))
+}
+
+/// `vipad --check FILE`: reads the kernel (never writes it) to check against it, and the
+/// ledger at `state` (what a running vipad put there is not someone else's).
+fn check(file: &Path, state: &Path) -> i32 {
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
         Err(e) => {
@@ -86,7 +92,7 @@ fn check(file: &Path) -> i32 {
             Default::default()
         }
     };
-    match daemon::validate(file, &text, &observed, mode) {
+    match daemon::validate(file, &text, &observed, &daemon::load_ledger(state), mode) {
         Ok((config, warnings)) => {
             for w in &warnings {
                 println!("warning: {w}");
@@ -107,7 +113,7 @@ fn check(file: &Path) -> i32 {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let state_path = args.state.clone().unwrap_or_else(|| args.socket.with_extension("state"));
+    let state_path = state_path(&args);
 
     let events = Events::subscribe().context("cannot subscribe to kernel events (vipad needs CAP_NET_ADMIN)")?;
     let mut kernel = Kernel::open().context("cannot open netlink")?;
@@ -119,9 +125,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     info!(mode = ?mode, note = %mode_note, "VIPA device");
     let updates = kernel.snapshot().context("cannot read kernel state")?;
     let observed = daemon::observe(&mut kernel, updates);
+    let ledger = daemon::load_ledger(&state_path);
 
     let (config, warnings) = if args.config.exists() {
-        daemon::load_config(&args.config, &observed, mode)
+        daemon::load_config(&args.config, &observed, &ledger, mode)
             .map_err(|m| anyhow::anyhow!("{m}\nvipad did not start; nothing was changed"))?
     } else {
         let w = format!(
@@ -141,7 +148,6 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let listener =
         control::bind(&args.socket).with_context(|| format!("cannot listen on {}", args.socket.display()))?;
-    let ledger = daemon::load_ledger(&state_path);
 
     let (tx, rx) = mpsc::channel();
     {

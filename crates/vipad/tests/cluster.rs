@@ -381,12 +381,22 @@ fn a_reload_keeps_a_deactivation_and_refuses_what_needs_a_restart() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("a new key needs a restart"), "{e}");
     std::fs::write(env.key_path(), key).unwrap();
-    let renamed = std::fs::read_to_string(env.config_path(1)).unwrap().replace("name = \"s1\"", "name = \"s9\"");
-    std::fs::write(env.config_path(1), renamed).unwrap();
+    let file = std::fs::read_to_string(env.config_path(1)).unwrap();
+    std::fs::write(env.config_path(1), file.replace("name = \"s1\"", "name = \"s9\"")).unwrap();
     let o = env.vipactl(1, &["reload"]);
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("node name needs a restart"), "{e}");
     assert!(out(&env.vipactl(2, &["cluster"])).contains("s1 "), "{}", out(&env.vipactl(2, &["cluster"])));
+    assert_eq!(env.holders(DVIPA), vec![2]);
+    // A DVIPA that is already an address of this host, not one vipa put there, is refused:
+    // the host would answer for it while another node holds it.
+    std::fs::write(env.config_path(1), file).unwrap();
+    env.host(1).sh(&format!("ip addr add {DVIPA}/24 dev en1"));
+    let o = env.vipactl(1, &["reload"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains(&format!("{DVIPA} is already the address of interface en1")), "{e}");
+    env.host(1).sh(&format!("ip addr del {DVIPA}/24 dev en1"));
+    assert!(env.vipactl(1, &["reload"]).status.success());
     assert_eq!(env.holders(DVIPA), vec![2]);
 }
 

@@ -504,10 +504,25 @@ pub struct Findings {
 }
 
 /// Checks what only the kernel's view can tell: an address that already belongs to a NIC
-/// (error), a source interface that does not exist yet (warning: applied when it
-/// appears), a device name taken by something that is not a dummy (error).
-pub fn check(file: &str, config: &Config, observed: &Observed, mode: DeviceMode) -> Findings {
+/// (error; for a DVIPA, unless vipa put it there, as `ledger` or its tag tells), a source
+/// interface that does not exist yet (warning: applied when it appears), a device name
+/// taken by something that is not a dummy (error).
+pub fn check(file: &str, config: &Config, observed: &Observed, ledger: &Ledger, mode: DeviceMode) -> Findings {
     let mut f = Findings::default();
+    let ifname = |index: u32| observed.links.get(&index).map_or_else(|| format!("ifindex {index}"), |l| l.name.clone());
+    for (i, d) in config.dvipas.iter().enumerate() {
+        for a in observed.addresses.values().filter(|a| a.addr == d.address) {
+            let owner = ifname(a.ifindex);
+            // A DVIPA this host holds, or held before vipad was restarted.
+            if a.proto == ADDR_PROTO_VIPA || ledger.addresses.contains(&(owner.clone(), a.addr)) {
+                continue;
+            }
+            f.errors.push(format!(
+                "{file}: dvipa[{i}].address: {} is already the address of interface {owner} ({}/{}), not one vipa put there: this host would answer for it while another node holds it; give the DVIPA an address no interface has, or take it off {owner} first",
+                d.address, a.addr, a.prefix_len
+            ));
+        }
+    }
     for (i, v) in config.vipas.iter().enumerate() {
         let dev = vipa_device(v, observed, mode);
         if mode == DeviceMode::Dummy {
