@@ -100,17 +100,18 @@ pub enum Refresh {
     Neighbours(u32),
 }
 
-/// Drops the neighbour entries towards the cluster's peers that the kernel is still
-/// resolving or failed to resolve (see `forget_unresolved_neighbours`). A vipad that sent
-/// into a cut link, or died while its link was down, leaves such entries, and the kernel's
-/// next try can be a second away: until then nothing this node sends reaches those peers,
-/// and a restarted node's challenges go unanswered, so it would give up what it kept for
-/// want of a quorum. Without the entries, the next heartbeat resolves at once (the few
-/// queued on them are lost; the next interval's go out). Done at start and whenever a
-/// carrier comes back.
-pub fn forget_unresolved_peers(kernel: &mut Kernel, c: &vipa_core::cluster::ClusterConfig) {
-    let peers: Vec<std::net::IpAddr> = c.peers.iter().map(|p| p.ip()).collect();
-    match kernel.forget_unresolved_neighbours(Unresolved::To(&peers)) {
+/// Drops the neighbour entries towards the cluster's peers, and the gateways of the
+/// routes they may lie behind, that the kernel is still resolving or failed to resolve
+/// (see `forget_unresolved_neighbours`). A vipad that sent into a cut link, or died while
+/// its link was down, leaves such entries, and the kernel's next try can be a second
+/// away: until then nothing this node sends reaches those peers, and a restarted node's
+/// challenges go unanswered, so it would give up what it kept for want of a quorum.
+/// Without the entries, the next heartbeat resolves at once (the few queued on them are
+/// lost; the next interval's go out). Done at start and whenever a carrier comes back.
+pub fn forget_unresolved_peers(kernel: &mut Kernel, c: &vipa_core::cluster::ClusterConfig, observed: &Observed) {
+    let gateways = observed.routes.values().flat_map(|r| r.gateways.iter().copied());
+    let towards: Vec<std::net::IpAddr> = c.peers.iter().map(|p| p.ip()).chain(gateways).collect();
+    match kernel.forget_unresolved_neighbours(Unresolved::To(&towards)) {
         Ok(0) => {}
         Ok(n) => info!(entries = n, "unresolved neighbour entries towards peers dropped, to be resolved afresh"),
         Err(e) => warn!(error = %e, "cannot list neighbour entries"),
@@ -191,7 +192,7 @@ impl Daemon {
                                 if before.as_ref().is_some_and(|b| b.carrier != after.carrier) {
                                     info!(interface = %after.name, carrier = after.carrier, "carrier changed");
                                     if let (true, Some(c)) = (after.carrier, &self.config.cluster) {
-                                        forget_unresolved_peers(&mut self.kernel, c);
+                                        forget_unresolved_peers(&mut self.kernel, c, &self.observed);
                                     }
                                 }
                                 let ops = plan::carrier_changed(&self.config, before.as_ref(), after, &self.observed);

@@ -195,7 +195,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .map_err(|m| anyhow::anyhow!("{m}\nvipad did not start; nothing was changed"))?;
     drop(tx);
     if let Some(c) = &config.cluster {
-        daemon::forget_unresolved_peers(&mut kernel, c);
+        daemon::forget_unresolved_peers(&mut kernel, c, &observed);
     }
     let nft = if config.groups.is_empty() { Ok(()) } else { vipa_kernel::nft::available() };
     if let Err(why) = &nft {
