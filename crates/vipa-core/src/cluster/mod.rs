@@ -975,9 +975,11 @@ impl Cluster {
             // An answer to a probe of this run (the echoed incarnation says so), given now:
             // the incarnation the node runs in. An earlier one than its last is taken up,
             // its heartbeats count from here on, learnt anew like those of any restarted
-            // node.
+            // node: those numbered from the answer's on (one numbered below was sent
+            // before the answer, and may be a recording), and above any heard meanwhile.
             if h.incarnation != p.incarnation {
-                let seq = p.earlier.filter(|(i, _)| *i == h.incarnation).map_or(0, |(_, seq)| seq);
+                let heard = p.earlier.filter(|(i, _)| *i == h.incarnation).map_or(0, |(_, seq)| seq);
+                let seq = heard.max(h.seq.saturating_sub(1));
                 (p.incarnation, p.seq, p.seen, p.earlier) = (h.incarnation, seq, 0, None);
                 p.highest = p.highest.max(h.incarnation);
                 p.challenges.clear();

@@ -968,6 +968,40 @@ fn an_earlier_incarnation_counts_only_by_an_answer_to_a_probe_of_this_run() {
 }
 
 #[test]
+fn a_set_back_nodes_heartbeats_older_than_its_answer_do_not_count_even_after_a_replay_of_another_run() {
+    let t0 = Instant::now();
+    let d = dvipas(1, Takeback::Immediate);
+    let mut a = Cluster::new(cluster_config("s1", 3, ms(10), Quorum::Majority), d.clone(), t0, 7, &[]);
+    let mut b = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d.clone(), t0, 5, &[]);
+    introduce(&mut a, t0, beat(&mut b, t0));
+    let later = t0 + ms(500);
+    a.handle_timeout(later);
+    while a.poll_output().is_some() {}
+    // s2 runs again in incarnation 3 (its clock was set back); its first heartbeat, which
+    // someone records, is dropped and s2 is asked which run it is in.
+    let mut run = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d.clone(), later, 3, &[]);
+    let recorded = beat(&mut run, later);
+    assert_eq!(a.receive(later, recorded.clone()), Verdict::Replayed);
+    let probe = std::iter::from_fn(|| a.poll_output())
+        .find_map(|o| if let Output::HeartbeatTo { heartbeat, .. } = o { Some(heartbeat) } else { None })
+        .expect("a probe to s2");
+    // A recording of yet another run of s2 (incarnation 2) comes between.
+    let mut other = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d, later, 2, &[]);
+    assert_eq!(a.receive(later + ms(1), beat(&mut other, later + ms(1))), Verdict::Replayed);
+    // s2 sends on, then answers: its heartbeats numbered from its answer on count.
+    let mut last = beat(&mut run, later + ms(10));
+    for k in 2..5 {
+        last = beat(&mut run, later + ms(10 * k));
+    }
+    assert!(last.seq > recorded.seq);
+    assert_eq!(a.receive(later + ms(41), Heartbeat::answer("s2", 3, last.seq, &probe)), Verdict::Answer);
+    assert_eq!(a.peers["s2"].incarnation, 3, "taken back");
+    // The recording of its first heartbeat, older than the answer, replayed now: dropped.
+    assert_ne!(a.receive(later + ms(42), recorded), Verdict::Taken);
+    assert_eq!(a.receive(later + ms(50), beat(&mut run, later + ms(50))), Verdict::Taken);
+}
+
+#[test]
 fn a_restarted_node_gives_up_its_stale_copy_before_claiming() {
     let mut s = Sim::new(3, dvipas(1, Takeback::Immediate), Quorum::Majority, 11);
     s.run(ms(500));
