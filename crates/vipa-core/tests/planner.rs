@@ -435,7 +435,19 @@ fn a_dvipa_that_is_already_a_nics_address_is_refused_unless_vipa_put_it_there() 
     assert!(check(&o, &ledger).errors.is_empty());
     o.addresses.get_mut(&(2, ip("2001:db8:1::200"))).unwrap().proto = vipa_core::model::ADDR_PROTO_VIPA;
     assert!(check(&o, &Ledger::default()).errors.is_empty());
-    // The same for IPv4, on another NIC than it is announced on.
+    // Untagged, but where and as vipa puts it (a kernel without address tags, and a vipad
+    // killed before it wrote its ledger): taken, with a warning, so a restart still starts.
+    let a = o.addresses.get_mut(&(2, ip("2001:db8:1::200"))).unwrap();
+    (a.proto, a.prefix_len) = (0, 128);
+    let f = check(&o, &Ledger::default());
+    assert!(f.errors.is_empty(), "{:?}", f.errors);
+    assert_eq!(f.warnings.len(), 1);
+    assert!(f.warnings[0].contains("2001:db8:1::200 is on interface en1 as vipa would put it"), "{}", f.warnings[0]);
+    // The ledger names it under another device (renamed since): still vipa's.
+    let mut renamed = Ledger::default();
+    renamed.addresses.insert(("eth1".into(), ip("2001:db8:1::200")));
+    assert!(check(&o, &renamed).errors.is_empty() && check(&o, &renamed).warnings.is_empty());
+    // Host-length and untagged, on another NIC than vipa would use: someone else's.
     let a = Address { ifindex: 3, addr: ip("198.18.1.200"), prefix_len: 32, proto: 0, deprecated: false };
     o.addresses.insert((3, a.addr), a);
     let f = check(&o, &Ledger::default());
@@ -443,6 +455,24 @@ fn a_dvipa_that_is_already_a_nics_address_is_refused_unless_vipa_put_it_there() 
     assert!(
         f.errors[0].starts_with("vipa.toml: dvipa[0].address: 198.18.1.200 is already the address of interface en5")
     );
+    o.addresses.remove(&(3, ip("198.18.1.200")));
+    // Inside a local route that is not vipa's: the host takes every address in it.
+    let mut anyip = route("198.18.1.0", 24, 0, None, 1, None, 3);
+    (anyip.key.table, anyip.local, anyip.unicast) = (255, true, false);
+    o.routes.insert(anyip.key, anyip);
+    let f = check(&o, &Ledger::default());
+    assert_eq!(
+        f.errors,
+        vec!["vipa.toml: dvipa[0].address: 198.18.1.200 is inside the local route 198.18.1.0/24 (table 255), which is not vipa's: this host takes and answers for every address in it, also while another node holds the DVIPA; give the DVIPA an address outside it, or delete the route"]
+    );
+    // vipa's own local route for it, and the kernel's local routes, are not in the way.
+    o.routes.clear();
+    let mut kernels = route("198.18.1.1", 32, 0, None, 2, None, PROTO_KERNEL);
+    (kernels.key.table, kernels.local) = (255, true);
+    for r in [OwnedRoute::dvipa(ip("198.18.1.200"), 2).to_route(), kernels] {
+        o.routes.insert(r.key, r);
+    }
+    assert!(check(&o, &Ledger::default()).errors.is_empty());
 }
 
 #[test]

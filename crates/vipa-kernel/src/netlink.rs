@@ -8,7 +8,7 @@
 //! Netlink types stay in this module: callers see `vipa_core::model` types and the
 //! opaque [`Update`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::IpAddr;
 
@@ -20,7 +20,9 @@ use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressProtocol, AddressScope, CacheInfo,
 };
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
-use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourMessage, NeighbourState,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteNextHop, RouteNextHopFlags, RouteProtocol, RouteScope,
     RouteType,
@@ -69,7 +71,7 @@ pub enum Unresolved<'a> {
     /// Every one on the NIC with this index.
     OnNic(u32),
     /// Those towards these addresses, on any NIC.
-    To(&'a [IpAddr]),
+    To(&'a HashSet<IpAddr>),
 }
 
 /// The request socket, and the last full message of every route seen.
@@ -172,7 +174,12 @@ impl Kernel {
         let mut gone = 0;
         for m in self.dump(RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()))? {
             let RouteNetlinkMessage::NewNeighbour(n) = m else { continue };
-            if !matches!(n.header.state, NeighbourState::Incomplete | NeighbourState::Failed) {
+            // An entry the operator set up to be kept resolved (`managed`) is theirs.
+            let managed = n
+                .attributes
+                .iter()
+                .any(|a| matches!(a, NeighbourAttribute::ExtFlags(f) if f.contains(NeighbourExtFlags::Managed)));
+            if managed || !matches!(n.header.state, NeighbourState::Incomplete | NeighbourState::Failed) {
                 continue;
             }
             let destination = n.attributes.iter().find_map(|a| match a {

@@ -13,6 +13,7 @@
 //! thread keeps the cluster's state (see `cluster.rs`); this thread reads what it holds
 //! when it plans.
 
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -102,15 +103,16 @@ pub enum Refresh {
 
 /// Drops the neighbour entries towards the cluster's peers, and the gateways of the
 /// routes they may lie behind, that the kernel is still resolving or failed to resolve
-/// (see `forget_unresolved_neighbours`). A vipad that sent into a cut link, or died while
-/// its link was down, leaves such entries, and the kernel's next try can be a second
-/// away: until then nothing this node sends reaches those peers, and a restarted node's
-/// challenges go unanswered, so it would give up what it kept for want of a quorum.
-/// Without the entries, the next heartbeat resolves at once (the few queued on them are
-/// lost; the next interval's go out). Done at start and whenever a carrier comes back.
+/// (see `forget_unresolved_neighbours`). A vipad that died while its link was down leaves
+/// such entries, and the kernel's next try can be a second away: until then (or until a
+/// peer's own request happens to resolve them) nothing this node sends reaches those
+/// peers, its challenges go unanswered, and it would give up what it kept for want of a
+/// quorum. Without the entries, the first heartbeat resolves at once. Done at start,
+/// before the cluster thread sends anything (see `forget_unresolved` for a carrier that
+/// comes back).
 pub fn forget_unresolved_peers(kernel: &mut Kernel, c: &vipa_core::cluster::ClusterConfig, observed: &Observed) {
     let gateways = observed.routes.values().flat_map(|r| r.gateways.iter().copied());
-    let towards: Vec<std::net::IpAddr> = c.peers.iter().map(|p| p.ip()).chain(gateways).collect();
+    let towards: HashSet<std::net::IpAddr> = c.peers.iter().map(|p| p.ip()).chain(gateways).collect();
     match kernel.forget_unresolved_neighbours(Unresolved::To(&towards)) {
         Ok(0) => {}
         Ok(n) => info!(entries = n, "unresolved neighbour entries towards peers dropped, to be resolved afresh"),
@@ -191,8 +193,13 @@ impl Daemon {
                                 let before = self.observed.links.get(&after.index).cloned();
                                 if before.as_ref().is_some_and(|b| b.carrier != after.carrier) {
                                     info!(interface = %after.name, carrier = after.carrier, "carrier changed");
-                                    if let (true, Some(c)) = (after.carrier, &self.config.cluster) {
-                                        forget_unresolved_peers(&mut self.kernel, c, &self.observed);
+                                    // Every entry the NIC is still resolving dates from
+                                    // the outage (the kernel dropped the others when the
+                                    // carrier went): heartbeats to the peers behind it,
+                                    // sent into the cut link, would wait up to a second
+                                    // for the kernel's next try.
+                                    if after.carrier && self.config.cluster.is_some() {
+                                        self.forget_unresolved(after.index);
                                     }
                                 }
                                 let ops = plan::carrier_changed(&self.config, before.as_ref(), after, &self.observed);
@@ -742,7 +749,11 @@ pub fn load_ledger(path: &Path) -> Ledger {
             warn!(path = %path.display(), error = %e, "state file not understood; starting from the kernel alone");
             Ledger::default()
         }),
-        Err(_) => Ledger::default(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ledger::default(),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "cannot read the state file; starting from the kernel alone");
+            Ledger::default()
+        }
     }
 }
 

@@ -191,12 +191,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let epoch = std::time::Instant::now();
     let ipmp = ipmp::Ipmp::new(epoch);
-    let cluster = cluster::ClusterShell::start(&config, &observed, tx.clone(), epoch)
-        .map_err(|m| anyhow::anyhow!("{m}\nvipad did not start; nothing was changed"))?;
-    drop(tx);
     if let Some(c) = &config.cluster {
         daemon::forget_unresolved_peers(&mut kernel, c, &observed);
     }
+    let cluster = cluster::ClusterShell::start(&config, &observed, tx.clone(), epoch)
+        .map_err(|m| anyhow::anyhow!("{m}\nvipad did not start; nothing was changed"))?;
+    drop(tx);
     let nft = if config.groups.is_empty() { Ok(()) } else { vipa_kernel::nft::available() };
     if let Err(why) = &nft {
         warn!(reason = %why, "IPMP ARP binding unavailable");

@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, VipaConfig};
 use crate::model::{
-    host_prefix_len, is_vipa_local, Link, Observed, Op, OwnedRoute, Route, RouteKey, SysctlKey, SysctlKind,
-    ADDR_PROTO_VIPA, PROTO_KERNEL, PROTO_VIPA, TABLE_LOCAL, TABLE_MAIN,
+    host_prefix_len, is_vipa_local, same_prefix, Link, Observed, Op, OwnedRoute, Route, RouteKey, SysctlKey,
+    SysctlKind, ADDR_PROTO_VIPA, PROTO_KERNEL, PROTO_VIPA, TABLE_LOCAL, TABLE_MAIN,
 };
 
 /// Where VIPA addresses live.
@@ -503,18 +503,38 @@ pub struct Findings {
     pub warnings: Vec<String>,
 }
 
-/// Checks what only the kernel's view can tell: an address that already belongs to a NIC
-/// (error; for a DVIPA, unless vipa put it there, as `ledger` or its tag tells), a source
-/// interface that does not exist yet (warning: applied when it appears), a device name
-/// taken by something that is not a dummy (error).
-pub fn check(file: &str, config: &Config, observed: &Observed, ledger: &Ledger, mode: DeviceMode) -> Findings {
-    let mut f = Findings::default();
+/// Refuses a DVIPA this host would answer for while another node holds it: an address an
+/// interface already has that vipa did not put there (not tagged as vipa's, not in the
+/// ledger), or one inside a local route that is not vipa's. An untagged one where and as
+/// vipa puts it (host-length, on the DVIPA's first `announce` NIC or `lo`) is taken as a
+/// vipad's that was killed before it wrote its ledger, on a kernel without address tags,
+/// and only warned about.
+fn check_dvipas(file: &str, config: &Config, observed: &Observed, ledger: &Ledger, f: &mut Findings) {
+    if config.dvipas.is_empty() {
+        return;
+    }
     let ifname = |index: u32| observed.links.get(&index).map_or_else(|| format!("ifindex {index}"), |l| l.name.clone());
+    // By address, once: thousands of DVIPAs, and as many addresses.
+    let mut by_addr: BTreeMap<IpAddr, Vec<&crate::model::Address>> = BTreeMap::new();
+    for a in observed.addresses.values() {
+        by_addr.entry(a.addr).or_default().push(a);
+    }
+    let recorded: BTreeSet<IpAddr> = ledger.addresses.iter().map(|(_, a)| *a).collect();
+    let foreign_locals: Vec<&Route> =
+        observed.routes.values().filter(|r| r.local && r.protocol != PROTO_KERNEL && !is_vipa_local(r)).collect();
+    let lo = observed.loopback().map(|l| l.name.clone());
     for (i, d) in config.dvipas.iter().enumerate() {
-        for a in observed.addresses.values().filter(|a| a.addr == d.address) {
+        let home = d.announce.first().or(lo.as_ref());
+        for a in by_addr.get(&d.address).into_iter().flatten() {
+            if a.proto == ADDR_PROTO_VIPA || recorded.contains(&a.addr) {
+                continue;
+            }
             let owner = ifname(a.ifindex);
-            // A DVIPA this host holds, or held before vipad was restarted.
-            if a.proto == ADDR_PROTO_VIPA || ledger.addresses.contains(&(owner.clone(), a.addr)) {
+            if a.proto == 0 && a.prefix_len == host_prefix_len(a.addr) && home == Some(&owner) {
+                f.warnings.push(format!(
+                    "{file}: dvipa[{i}].address: {} is on interface {owner} as vipa would put it, but not marked as vipa's; taken as left there by a vipad that was stopped before it wrote down what it added (if it is someone else's, take it off {owner}: this host would answer for it while another node holds it)",
+                    d.address
+                ));
                 continue;
             }
             f.errors.push(format!(
@@ -522,7 +542,22 @@ pub fn check(file: &str, config: &Config, observed: &Observed, ledger: &Ledger, 
                 d.address, a.addr, a.prefix_len
             ));
         }
+        for r in foreign_locals.iter().filter(|r| same_prefix(r.key.dst, d.address, r.key.dst_len)) {
+            f.errors.push(format!(
+                "{file}: dvipa[{i}].address: {} is inside the local route {}/{} (table {}), which is not vipa's: this host takes and answers for every address in it, also while another node holds the DVIPA; give the DVIPA an address outside it, or delete the route",
+                d.address, r.key.dst, r.key.dst_len, r.key.table
+            ));
+        }
     }
+}
+
+/// Checks what only the kernel's view can tell: an address that already belongs to a NIC
+/// (error; for a DVIPA, unless vipa put it there, as `ledger` or its tag tells), a source
+/// interface that does not exist yet (warning: applied when it appears), a device name
+/// taken by something that is not a dummy (error).
+pub fn check(file: &str, config: &Config, observed: &Observed, ledger: &Ledger, mode: DeviceMode) -> Findings {
+    let mut f = Findings::default();
+    check_dvipas(file, config, observed, ledger, &mut f);
     for (i, v) in config.vipas.iter().enumerate() {
         let dev = vipa_device(v, observed, mode);
         if mode == DeviceMode::Dummy {
