@@ -9,7 +9,7 @@
 pub mod lab;
 pub mod probe;
 
-use std::io;
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -183,7 +183,31 @@ impl Netns {
 }
 
 impl Drop for Netns {
+    /// Deletes the namespace's links one by one first: left to the namespace's deletion,
+    /// the kernel tears them all down in one go, holding the lock every routing change on
+    /// the machine waits for (here 0.25 s for 15 small namespaces, against 0.05 s this
+    /// way), and a test still running meanwhile sees its vipad stall that long.
     fn drop(&mut self) {
+        // Never a panic here: this runs while a failed test unwinds too.
+        let listed = Command::new("ip").args(["-n", &self.name, "-j", "link", "show"]).output();
+        let links: serde_json::Value =
+            listed.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or_default();
+        let names = links.as_array().into_iter().flatten().filter_map(|l| l["ifname"].as_str());
+        let dels: String = names.filter(|n| *n != "lo").map(|n| format!("link del dev {n}\n")).collect();
+        if !dels.is_empty() {
+            let child = Command::new("ip")
+                .args(["-n", &self.name, "-force", "-batch", "-"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+            if let Ok(mut child) = child {
+                if let Some(mut stdin) = child.stdin.take() {
+                    let _ = stdin.write_all(dels.as_bytes());
+                }
+                let _ = child.wait();
+            }
+        }
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }

@@ -195,10 +195,10 @@ impl Daemon {
                                     info!(interface = %after.name, carrier = after.carrier, "carrier changed");
                                     // Every entry the NIC is still resolving dates from
                                     // the outage (the kernel dropped the others when the
-                                    // carrier went): heartbeats to the peers behind it,
-                                    // sent into the cut link, would wait up to a second
-                                    // for the kernel's next try.
-                                    if after.carrier && self.config.cluster.is_some() {
+                                    // carrier went): what was sent into the cut link
+                                    // (heartbeats to the peers behind it, IPMP probes)
+                                    // would wait up to a second for the kernel's next try.
+                                    if after.carrier {
                                         self.forget_unresolved(after.index);
                                     }
                                 }
