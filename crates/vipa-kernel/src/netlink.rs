@@ -72,6 +72,8 @@ pub enum Unresolved<'a> {
     OnNic(u32),
     /// Those towards these addresses, on any NIC.
     To(&'a HashSet<IpAddr>),
+    /// Those on the NIC with this index towards these addresses.
+    OnNicTo(u32, &'a HashSet<IpAddr>),
 }
 
 /// The request socket, and the last full message of every route seen.
@@ -172,7 +174,12 @@ impl Kernel {
     /// many went.
     pub fn forget_unresolved_neighbours(&mut self, which: Unresolved<'_>) -> Result<usize, KernelError> {
         let mut gone = 0;
-        for m in self.dump(RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()))? {
+        let mut ask = NeighbourMessage::default();
+        // The kernel lists only that NIC's entries then.
+        if let Unresolved::OnNic(index) | Unresolved::OnNicTo(index, _) = which {
+            ask.attributes.push(NeighbourAttribute::IfIndex(index));
+        }
+        for m in self.dump(RouteNetlinkMessage::GetNeighbour(ask))? {
             let RouteNetlinkMessage::NewNeighbour(n) = m else { continue };
             // An entry the operator set up to be kept resolved (`managed`) is theirs.
             let managed = n
@@ -187,9 +194,11 @@ impl Kernel {
                 NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
                 _ => None,
             });
+            let towards = |addrs: &HashSet<IpAddr>| destination.is_some_and(|d| addrs.contains(&d));
             let picked = match which {
                 Unresolved::OnNic(index) => n.header.ifindex == index,
-                Unresolved::To(addrs) => destination.is_some_and(|d| addrs.contains(&d)),
+                Unresolved::To(addrs) => towards(addrs),
+                Unresolved::OnNicTo(index, addrs) => n.header.ifindex == index && towards(addrs),
             };
             if !picked {
                 continue;

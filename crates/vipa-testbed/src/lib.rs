@@ -10,7 +10,7 @@ pub mod lab;
 pub mod probe;
 
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -57,7 +57,7 @@ fn sweep_stale() {
             continue;
         };
         if !pid_alive(pid) {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
+            delete_netns(name);
         }
     }
 }
@@ -79,7 +79,9 @@ impl Netns {
     /// Creates a namespace with a fixed name (the lab); an existing one of that name is
     /// replaced.
     pub fn named(name: &str) -> Netns {
-        let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+        if Path::new("/run/netns").join(name).exists() {
+            delete_netns(name);
+        }
         let st = Command::new("ip").args(["netns", "add", name]).status().expect("ip netns add");
         assert!(st.success(), "ip netns add {name} failed");
         let ns = Netns { name: name.to_string() };
@@ -183,33 +185,45 @@ impl Netns {
 }
 
 impl Drop for Netns {
-    /// Deletes the namespace's links one by one first: left to the namespace's deletion,
-    /// the kernel tears them all down in one go, holding the lock every routing change on
-    /// the machine waits for (here 0.25 s for 15 small namespaces, against 0.05 s this
-    /// way), and a test still running meanwhile sees its vipad stall that long.
     fn drop(&mut self) {
-        // Never a panic here: this runs while a failed test unwinds too.
-        let listed = Command::new("ip").args(["-n", &self.name, "-j", "link", "show"]).output();
-        let links: serde_json::Value =
-            listed.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or_default();
-        let names = links.as_array().into_iter().flatten().filter_map(|l| l["ifname"].as_str());
-        let dels: String = names.filter(|n| *n != "lo").map(|n| format!("link del dev {n}\n")).collect();
-        if !dels.is_empty() {
-            let child = Command::new("ip")
-                .args(["-n", &self.name, "-force", "-batch", "-"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn();
-            if let Ok(mut child) = child {
-                if let Some(mut stdin) = child.stdin.take() {
-                    let _ = stdin.write_all(dels.as_bytes());
-                }
+        delete_netns(&self.name);
+    }
+}
+
+/// Deletes namespace `name`, its links one by one first: left to the namespace's
+/// deletion, the kernel tears them all down in one go, holding the lock every routing
+/// change on the machine waits for (here 0.25 s for 15 small namespaces, against 0.05 s
+/// this way), and a test still running meanwhile sees its vipad stall that long. Never
+/// panics (it runs while a failed test unwinds too), and waits at most 5 s for the links
+/// (a device the kernel cannot free would hold `ip` up); the namespace's deletion does
+/// the rest in the background.
+fn delete_netns(name: &str) {
+    let listed = Command::new("ip").args(["-n", name, "-j", "link", "show"]).stderr(Stdio::null()).output();
+    let links: serde_json::Value = listed.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or_default();
+    let names = links.as_array().into_iter().flatten().filter_map(|l| l["ifname"].as_str());
+    let dels: String = names.filter(|n| *n != "lo").map(|n| format!("link del dev {n}\n")).collect();
+    if !dels.is_empty() {
+        let child = Command::new("ip")
+            .args(["-n", name, "-force", "-batch", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        if let Ok(mut child) = child {
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = stdin.write_all(dels.as_bytes());
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
                 let _ = child.wait();
             }
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
+    let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
 }
 
 /// A process started by the testbed; killed (SIGKILL) and reaped on drop.

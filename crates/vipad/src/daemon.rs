@@ -103,19 +103,33 @@ pub enum Refresh {
 
 /// Drops the neighbour entries towards the cluster's peers, and the gateways of the
 /// routes they may lie behind, that the kernel is still resolving or failed to resolve
-/// (see `forget_unresolved_neighbours`). A vipad that died while its link was down leaves
-/// such entries, and the kernel's next try can be a second away: until then (or until a
-/// peer's own request happens to resolve them) nothing this node sends reaches those
-/// peers, its challenges go unanswered, and it would give up what it kept for want of a
-/// quorum. Without the entries, the first heartbeat resolves at once. Done at start,
-/// before the cluster thread sends anything (see `forget_unresolved` for a carrier that
-/// comes back).
-pub fn forget_unresolved_peers(kernel: &mut Kernel, c: &vipa_core::cluster::ClusterConfig, observed: &Observed) {
+/// (see `forget_unresolved_neighbours`): all of them at start, before the cluster thread
+/// sends anything, and those on NIC `nic` when its carrier comes back (the kernel dropped
+/// the others when the carrier went). What vipad sent into a cut link, or a vipad killed
+/// while its link was down, leaves such entries, and the kernel's next try can be a second
+/// away: until then (or until a peer's own request resolves them) nothing this node sends
+/// reaches those peers, its challenges go unanswered, and it would give up what it kept
+/// for want of a quorum. Without the entries, the first heartbeat resolves at once. (What
+/// other programs had queued on such an entry is dropped with it; they were waiting on a
+/// dead path.)
+pub fn forget_unresolved_peers(
+    kernel: &mut Kernel,
+    c: &vipa_core::cluster::ClusterConfig,
+    observed: &Observed,
+    nic: Option<u32>,
+) {
     let gateways = observed.routes.values().flat_map(|r| r.gateways.iter().copied());
     let towards: HashSet<std::net::IpAddr> = c.peers.iter().map(|p| p.ip()).chain(gateways).collect();
-    match kernel.forget_unresolved_neighbours(Unresolved::To(&towards)) {
+    let which = match nic {
+        Some(index) => Unresolved::OnNicTo(index, &towards),
+        None => Unresolved::To(&towards),
+    };
+    match kernel.forget_unresolved_neighbours(which) {
         Ok(0) => {}
-        Ok(n) => info!(entries = n, "unresolved neighbour entries towards peers dropped, to be resolved afresh"),
+        Ok(n) => {
+            let interface = nic.and_then(|i| observed.links.get(&i)).map_or("any", |l| l.name.as_str());
+            info!(entries = n, interface = %interface, "unresolved neighbour entries towards peers dropped, to be resolved afresh")
+        }
         Err(e) => warn!(error = %e, "cannot list neighbour entries"),
     }
 }
@@ -193,13 +207,8 @@ impl Daemon {
                                 let before = self.observed.links.get(&after.index).cloned();
                                 if before.as_ref().is_some_and(|b| b.carrier != after.carrier) {
                                     info!(interface = %after.name, carrier = after.carrier, "carrier changed");
-                                    // Every entry the NIC is still resolving dates from
-                                    // the outage (the kernel dropped the others when the
-                                    // carrier went): what was sent into the cut link
-                                    // (heartbeats to the peers behind it, IPMP probes)
-                                    // would wait up to a second for the kernel's next try.
-                                    if after.carrier {
-                                        self.forget_unresolved(after.index);
+                                    if let (true, Some(c)) = (after.carrier, &self.config.cluster) {
+                                        forget_unresolved_peers(&mut self.kernel, c, &self.observed, Some(after.index));
                                     }
                                 }
                                 let ops = plan::carrier_changed(&self.config, before.as_ref(), after, &self.observed);

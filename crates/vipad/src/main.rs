@@ -192,7 +192,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let epoch = std::time::Instant::now();
     let ipmp = ipmp::Ipmp::new(epoch);
     if let Some(c) = &config.cluster {
-        daemon::forget_unresolved_peers(&mut kernel, c, &observed);
+        daemon::forget_unresolved_peers(&mut kernel, c, &observed, None);
     }
     let cluster = cluster::ClusterShell::start(&config, &observed, tx.clone(), epoch)
         .map_err(|m| anyhow::anyhow!("{m}\nvipad did not start; nothing was changed"))?;
