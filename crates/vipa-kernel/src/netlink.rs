@@ -167,7 +167,7 @@ impl Kernel {
     }
 
     /// Deletes the neighbour entries the kernel is still resolving or failed to resolve,
-    /// of those `which` picks: on one NIC, or towards some addresses on any NIC. A host
+    /// of those `which` picks: on one NIC, towards some addresses, or both. A host
     /// that lost its link kept trying to reach the peers it talked to; once it can reach
     /// them again, a datagram to such a peer would wait for the kernel's next try, up to a
     /// second away. Without the entry, the first datagram resolves at once. Returns how

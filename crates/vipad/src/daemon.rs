@@ -104,14 +104,13 @@ pub enum Refresh {
 /// Drops the neighbour entries towards the cluster's peers, and the gateways of the
 /// routes they may lie behind, that the kernel is still resolving or failed to resolve
 /// (see `forget_unresolved_neighbours`): all of them at start, before the cluster thread
-/// sends anything, and those on NIC `nic` when its carrier comes back (the kernel dropped
-/// the others when the carrier went). What vipad sent into a cut link, or a vipad killed
-/// while its link was down, leaves such entries, and the kernel's next try can be a second
-/// away: until then (or until a peer's own request resolves them) nothing this node sends
-/// reaches those peers, its challenges go unanswered, and it would give up what it kept
-/// for want of a quorum. Without the entries, the first heartbeat resolves at once. (What
-/// other programs had queued on such an entry is dropped with it; they were waiting on a
-/// dead path.)
+/// sends anything, and those on NIC `nic` when its carrier comes back. What vipad sent
+/// into a cut link, or a vipad killed while its link was down, leaves such entries, and
+/// the kernel's next try can be a second away: until then (or until a peer's own request
+/// resolves them) nothing this node sends reaches those peers, its challenges go
+/// unanswered, and it would give up what it kept for want of a quorum. Without the
+/// entries, the first heartbeat resolves at once. (What other programs had queued on such
+/// an entry is dropped with it; they were waiting on a dead path.)
 pub fn forget_unresolved_peers(
     kernel: &mut Kernel,
     c: &vipa_core::cluster::ClusterConfig,
