@@ -190,6 +190,11 @@ impl Observed {
         self.links.values().find(|l| l.loopback)
     }
 
+    /// The name of link `index`, for messages (`ifindex N` if it is not known).
+    pub fn link_name(&self, index: u32) -> String {
+        self.links.get(&index).map_or_else(|| format!("ifindex {index}"), |l| l.name.clone())
+    }
+
     /// Applies one kernel event.
     pub fn apply(&mut self, event: &KernelEvent) {
         match event {

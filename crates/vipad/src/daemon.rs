@@ -119,17 +119,19 @@ pub fn forget_unresolved_peers(
 ) {
     let gateways = observed.routes.values().flat_map(|r| r.gateways.iter().copied());
     let towards: HashSet<std::net::IpAddr> = c.peers.iter().map(|p| p.ip()).chain(gateways).collect();
-    let which = match nic {
-        Some(index) => Unresolved::OnNicTo(index, &towards),
-        None => Unresolved::To(&towards),
+    let (which, interface) = match nic {
+        Some(index) => (Unresolved::OnNicTo(index, &towards), observed.link_name(index)),
+        None => (Unresolved::To(&towards), "any".to_string()),
     };
+    forget(kernel, which, &interface, "unresolved neighbour entries towards peers dropped, to be resolved afresh");
+}
+
+/// Carries out `forget_unresolved_neighbours`, and says `done` if there were any.
+fn forget(kernel: &mut Kernel, which: Unresolved<'_>, interface: &str, done: &str) {
     match kernel.forget_unresolved_neighbours(which) {
         Ok(0) => {}
-        Ok(n) => {
-            let interface = nic.and_then(|i| observed.links.get(&i)).map_or("any", |l| l.name.as_str());
-            info!(entries = n, interface = %interface, "unresolved neighbour entries towards peers dropped, to be resolved afresh")
-        }
-        Err(e) => warn!(error = %e, "cannot list neighbour entries"),
+        Ok(n) => info!(interface = %interface, entries = n, "{done}"),
+        Err(e) => warn!(interface = %interface, error = %e, "cannot list neighbour entries"),
     }
 }
 
@@ -428,14 +430,13 @@ impl Daemon {
     /// Drops the neighbour entries NIC `index` is still resolving or failed to resolve
     /// (see `forget_unresolved_neighbours`), and says so if there were any.
     fn forget_unresolved(&mut self, index: u32) {
-        let nic = self.observed.links.get(&index).map_or_else(|| index.to_string(), |l| l.name.clone());
-        match self.kernel.forget_unresolved_neighbours(Unresolved::OnNic(index)) {
-            Ok(0) => {}
-            Ok(n) => {
-                info!(interface = %nic, entries = n, "unresolved neighbour entries dropped, to be resolved afresh")
-            }
-            Err(e) => warn!(interface = %nic, error = %e, "cannot list neighbour entries"),
-        }
+        let nic = self.observed.link_name(index);
+        forget(
+            &mut self.kernel,
+            Unresolved::OnNic(index),
+            &nic,
+            "unresolved neighbour entries dropped, to be resolved afresh",
+        );
     }
 
     /// Carries out a refresh after a carrier change; a repeat (`again`) logs its route

@@ -738,6 +738,34 @@ fn beat(c: &mut Cluster, at: Instant) -> Heartbeat {
         .expect("a heartbeat")
 }
 
+/// The probe `a` sends to one peer, if it sent one.
+fn probe_of(a: &mut Cluster) -> Option<Heartbeat> {
+    std::iter::from_fn(|| a.poll_output()).find_map(|o| {
+        if let Output::HeartbeatTo { heartbeat, .. } = o {
+            Some(heartbeat)
+        } else {
+            None
+        }
+    })
+}
+
+/// Node `me` of a three-node cluster with one DVIPA, at `at`, in incarnation `incarnation`.
+fn node(me: &str, at: Instant, incarnation: u64) -> Cluster {
+    Cluster::new(cluster_config(me, 3, ms(10), Quorum::Majority), dvipas(1, Takeback::Immediate), at, incarnation, &[])
+}
+
+/// s1 (incarnation 7), which knew s2 in incarnation 5 and has held it dead since; and when.
+fn s1_after_s2_died() -> (Cluster, Instant) {
+    let t0 = Instant::now();
+    let mut a = node("s1", t0, 7);
+    introduce(&mut a, t0, beat(&mut node("s2", t0, 5), t0));
+    let later = t0 + ms(500);
+    a.handle_timeout(later);
+    assert!(!a.peers["s2"].alive);
+    while a.poll_output().is_some() {}
+    (a, later)
+}
+
 /// The challenge `a` sends to every peer, if it sent one.
 fn challenge_of(a: &mut Cluster) -> Option<Heartbeat> {
     std::iter::from_fn(|| a.poll_output()).find_map(|o| match o {
@@ -758,11 +786,10 @@ fn introduce(a: &mut Cluster, at: Instant, h: Heartbeat) {
 #[test]
 fn a_node_not_heard_since_the_start_counts_only_once_it_answers_a_challenge_of_this_run() {
     let t0 = Instant::now();
-    let d = dvipas(1, Takeback::Immediate);
-    let mut a = Cluster::new(cluster_config("s1", 3, ms(10), Quorum::Majority), d.clone(), t0, 7, &[]);
+    let mut a = node("s1", t0, 7);
     // A recording of s2's earlier run (incarnation 30, its clock was ahead then), claiming
     // the DVIPA.
-    let mut earlier = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d.clone(), t0, 30, &[]);
+    let mut earlier = node("s2", t0, 30);
     let mut recorded = beat(&mut earlier, t0);
     vipa_wire::cluster::set_bit(&mut recorded.held, 0, true);
     recorded.flags = 0;
@@ -785,7 +812,7 @@ fn a_node_not_heard_since_the_start_counts_only_once_it_answers_a_challenge_of_t
     assert!(a.peers.is_empty());
     // s2 itself answers, in the incarnation it runs in now (9), its last heartbeat
     // numbered 40: the recording is not taken, and s2 holds nothing in s1's view.
-    let mut now_run = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d, t0, 9, &[]);
+    let mut now_run = node("s2", t0, 9);
     let early: Vec<Heartbeat> = (0..41).map(|k| beat(&mut now_run, t0 + ms(10) * k)).collect();
     a.receive(t0 + ms(4), Heartbeat::answer("s2", 9, 40, &challenge));
     assert_eq!(a.receive(t0 + ms(5), recorded.clone()), Verdict::Unconfirmed);
@@ -805,9 +832,8 @@ fn a_node_not_heard_since_the_start_counts_only_once_it_answers_a_challenge_of_t
 #[test]
 fn a_node_that_never_answers_is_challenged_less_and_less_often() {
     let t0 = Instant::now();
-    let d = dvipas(1, Takeback::Immediate);
-    let mut a = Cluster::new(cluster_config("s1", 3, ms(10), Quorum::Majority), d.clone(), t0, 7, &[]);
-    let mut lost = Cluster::new(cluster_config("s9", 3, ms(10), Quorum::Majority), d, t0, 3, &[]);
+    let mut a = node("s1", t0, 7);
+    let mut lost = node("s9", t0, 3);
     let h = beat(&mut lost, t0);
     // Its datagram replayed every millisecond for 10 s: a challenge an interval for a
     // dead time (10), then after 2, 4, ... 64 intervals, then every 64 (one a millisecond
@@ -823,9 +849,8 @@ fn a_node_that_never_answers_is_challenged_less_and_less_often() {
 #[test]
 fn a_leaving_heartbeat_of_a_node_not_heard_since_the_start_is_not_taken() {
     let t0 = Instant::now();
-    let d = dvipas(1, Takeback::Immediate);
-    let mut a = Cluster::new(cluster_config("s1", 3, ms(10), Quorum::Majority), d.clone(), t0, 7, &[]);
-    let mut b = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d, t0, 5, &[]);
+    let mut a = node("s1", t0, 7);
+    let mut b = node("s2", t0, 5);
     let mut leaving = beat(&mut b, t0);
     leaving.flags |= vipa_wire::cluster::FLAG_LEAVING;
     assert_eq!(a.receive(t0, leaving), Verdict::Unconfirmed);
@@ -837,10 +862,9 @@ fn an_answer_that_comes_before_the_strangers_first_heartbeat_counts() {
     // s2's heartbeat makes s1 challenge every peer; s3 answers that challenge before any
     // heartbeat of s3's reached s1: its next heartbeat counts at once.
     let t0 = Instant::now();
-    let d = dvipas(1, Takeback::Immediate);
-    let mut a = Cluster::new(cluster_config("s1", 3, ms(10), Quorum::Majority), d.clone(), t0, 7, &[]);
-    let mut b = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d.clone(), t0, 5, &[]);
-    let mut c = Cluster::new(cluster_config("s3", 3, ms(10), Quorum::Majority), d, t0, 6, &[]);
+    let mut a = node("s1", t0, 7);
+    let mut b = node("s2", t0, 5);
+    let mut c = node("s3", t0, 6);
     assert_eq!(a.receive(t0, beat(&mut b, t0)), Verdict::Unconfirmed);
     let challenge = challenge_of(&mut a).expect("a challenge");
     let next = beat(&mut c, t0 + ms(1));
@@ -851,9 +875,8 @@ fn an_answer_that_comes_before_the_strangers_first_heartbeat_counts() {
 #[test]
 fn replayed_duplicated_and_own_name_heartbeats_are_dropped() {
     let t0 = Instant::now();
-    let d = dvipas(1, Takeback::Immediate);
-    let mut a = Cluster::new(cluster_config("s1", 3, ms(10), Quorum::Majority), d.clone(), t0, 1, &[]);
-    let mut b = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d, t0, 5, &[]);
+    let mut a = node("s1", t0, 1);
+    let mut b = node("s2", t0, 5);
     let beats: Vec<Heartbeat> = (0..70).map(|i| beat(&mut b, t0 + ms(10) * i)).collect();
     let (first, overtaken, h) = (&beats[0], &beats[67], beats[69].clone());
     assert!(h.seq > overtaken.seq && overtaken.seq > first.seq);
@@ -923,24 +946,14 @@ fn a_node_whose_clock_was_set_back_is_taken_back_once_it_answers_in_its_earlier_
 
 #[test]
 fn an_earlier_incarnation_counts_only_by_an_answer_to_a_probe_of_this_run() {
-    let t0 = Instant::now();
-    let d = dvipas(1, Takeback::Immediate);
-    let mut a = Cluster::new(cluster_config("s1", 3, ms(10), Quorum::Majority), d.clone(), t0, 7, &[]);
-    let mut b = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d, t0, 5, &[]);
     // s1 knows s2 in incarnation 5, then s2 dies.
-    introduce(&mut a, t0, beat(&mut b, t0));
-    let later = t0 + ms(500);
-    a.handle_timeout(later);
-    assert!(!a.peers["s2"].alive);
-    while a.poll_output().is_some() {}
+    let (mut a, later) = s1_after_s2_died();
+    let mut b = node("s2", later - ms(500), 5);
     // A heartbeat of incarnation 3: dropped as a replay, and s2 is sent a probe.
-    let mut earlier =
-        Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), dvipas(1, Takeback::Immediate), later, 3, &[]);
+    let mut earlier = node("s2", later, 3);
     a.receive(later, beat(&mut earlier, later));
     assert_eq!(a.drops.replayed, 1);
-    let probe = std::iter::from_fn(|| a.poll_output())
-        .find_map(|o| if let Output::HeartbeatTo { heartbeat, .. } = o { Some(heartbeat) } else { None })
-        .expect("a probe to s2");
+    let probe = probe_of(&mut a).expect("a probe to s2");
     // An answer given to an earlier run of s1 (another incarnation of s1) does not count,
     // nor one for another probe.
     let mut stale = Heartbeat::answer("s2", 3, 0, &probe);
@@ -969,24 +982,15 @@ fn an_earlier_incarnation_counts_only_by_an_answer_to_a_probe_of_this_run() {
 
 #[test]
 fn a_set_back_nodes_heartbeats_older_than_its_answer_do_not_count_even_after_a_replay_of_another_run() {
-    let t0 = Instant::now();
-    let d = dvipas(1, Takeback::Immediate);
-    let mut a = Cluster::new(cluster_config("s1", 3, ms(10), Quorum::Majority), d.clone(), t0, 7, &[]);
-    let mut b = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d.clone(), t0, 5, &[]);
-    introduce(&mut a, t0, beat(&mut b, t0));
-    let later = t0 + ms(500);
-    a.handle_timeout(later);
-    while a.poll_output().is_some() {}
+    let (mut a, later) = s1_after_s2_died();
     // s2 runs again in incarnation 3 (its clock was set back); its first heartbeat, which
     // someone records, is dropped and s2 is asked which run it is in.
-    let mut run = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d.clone(), later, 3, &[]);
+    let mut run = node("s2", later, 3);
     let recorded = beat(&mut run, later);
     assert_eq!(a.receive(later, recorded.clone()), Verdict::Replayed);
-    let probe = std::iter::from_fn(|| a.poll_output())
-        .find_map(|o| if let Output::HeartbeatTo { heartbeat, .. } = o { Some(heartbeat) } else { None })
-        .expect("a probe to s2");
+    let probe = probe_of(&mut a).expect("a probe to s2");
     // A recording of yet another run of s2 (incarnation 2) comes between.
-    let mut other = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d, later, 2, &[]);
+    let mut other = node("s2", later, 2);
     assert_eq!(a.receive(later + ms(1), beat(&mut other, later + ms(1))), Verdict::Replayed);
     // s2 sends on, then answers: its heartbeats numbered from its answer on count.
     let mut last = beat(&mut run, later + ms(10));
@@ -1385,15 +1389,12 @@ fn moves_and_deactivations_that_cannot_happen_are_refused() {
 #[test]
 fn an_answer_to_a_probe_counts_only_if_it_echoes_this_runs_incarnation() {
     let t0 = Instant::now();
-    let d = dvipas(1, Takeback::Immediate);
-    let mut a = Cluster::new(cluster_config("s1", 3, ms(10), Quorum::Majority), d.clone(), t0, 7, &[]);
-    let mut b = Cluster::new(cluster_config("s2", 3, ms(10), Quorum::Majority), d, t0, 5, &[]);
+    let mut a = node("s1", t0, 7);
+    let mut b = node("s2", t0, 5);
     introduce(&mut a, t0, beat(&mut b, t0));
     // A new peer's round trip is measured at once: a probe to it.
     a.handle_timeout(t0 + ms(1));
-    let probe = std::iter::from_fn(|| a.poll_output())
-        .find_map(|o| if let Output::HeartbeatTo { heartbeat, .. } = o { Some(heartbeat) } else { None })
-        .expect("a round-trip probe");
+    let probe = probe_of(&mut a).expect("a round-trip probe");
     // Its sequence number may have been used by an earlier run of s1, whose answers an
     // attacker kept: one that echoes another incarnation measures nothing.
     let mut earlier = Heartbeat::answer("s2", 5, 0, &probe);

@@ -513,7 +513,6 @@ fn check_dvipas(file: &str, config: &Config, observed: &Observed, ledger: &Ledge
     if config.dvipas.is_empty() {
         return;
     }
-    let ifname = |index: u32| observed.links.get(&index).map_or_else(|| format!("ifindex {index}"), |l| l.name.clone());
     // By address, once: thousands of DVIPAs, and as many addresses.
     let mut by_addr: BTreeMap<IpAddr, Vec<&crate::model::Address>> = BTreeMap::new();
     for a in observed.addresses.values() {
@@ -529,7 +528,7 @@ fn check_dvipas(file: &str, config: &Config, observed: &Observed, ledger: &Ledge
             if a.proto == ADDR_PROTO_VIPA || recorded.contains(&a.addr) {
                 continue;
             }
-            let owner = ifname(a.ifindex);
+            let owner = observed.link_name(a.ifindex);
             if a.proto == 0 && a.prefix_len == host_prefix_len(a.addr) && home == Some(&owner) {
                 f.warnings.push(format!(
                     "{file}: dvipa[{i}].address: {} is on interface {owner} as vipa would put it, but not marked as vipa's; taken as left there by a vipad that was stopped before it wrote down what it added (if it is someone else's, take it off {owner}: this host would answer for it while another node holds it)",
@@ -576,8 +575,7 @@ pub fn check(file: &str, config: &Config, observed: &Observed, ledger: &Ledger, 
                 if Some(a.ifindex) == dev.map(|d| d.index) {
                     continue;
                 }
-                let owner =
-                    observed.links.get(&a.ifindex).map_or_else(|| format!("ifindex {}", a.ifindex), |l| l.name.clone());
+                let owner = observed.link_name(a.ifindex);
                 f.errors.push(format!(
                     "{file}:{line}: vipa[{i}].addresses[{j}]: {addr} is already the address of interface {owner} ({addr}/{}): a VIPA address must not be a NIC's own address; pick an address no interface has",
                     a.prefix_len
