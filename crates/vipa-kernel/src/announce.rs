@@ -1,23 +1,26 @@
 //! Gratuitous ARP (request and reply forms) and unsolicited Neighbor Advertisements,
-//! sent when an address moves so neighbours update their caches at once.
+//! sent when an address moves so neighbours update their caches at once; and the
+//! reachability probe (ARP request or Neighbor Solicitation) sent straight to a peer's
+//! last known link-layer address.
 
 use std::io;
 use std::mem;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use vipa_wire::arp::{Operation, Packet, Repr};
 use vipa_wire::ndp::NeighborAdvert;
 
 const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IPV6: u16 = 0x86dd;
 
-fn packet_addr(ifindex: u32, dst: [u8; 6]) -> SockAddr {
+fn packet_addr(ifindex: u32, dst: [u8; 6], protocol: u16) -> SockAddr {
     let mut storage = socket2::SockAddrStorage::zeroed();
     // SAFETY: sockaddr_ll fits in the storage; every field used is set below.
     unsafe {
         let ll = storage.view_as::<libc::sockaddr_ll>();
         ll.sll_family = libc::AF_PACKET as u16;
-        ll.sll_protocol = ETH_P_ARP.to_be();
+        ll.sll_protocol = protocol.to_be();
         ll.sll_ifindex = ifindex as i32;
         ll.sll_halen = 6;
         ll.sll_addr[..6].copy_from_slice(&dst);
@@ -30,7 +33,7 @@ fn packet_addr(ifindex: u32, dst: [u8; 6]) -> SockAddr {
 /// round reaches neighbours before any repeat.
 pub fn garp_many(ifindex: u32, mac: [u8; 6], ips: &[Ipv4Addr], count: u32) -> io::Result<()> {
     let sock = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(i32::from(ETH_P_ARP.to_be()))))?;
-    let dst = packet_addr(ifindex, [0xff; 6]);
+    let dst = packet_addr(ifindex, [0xff; 6], ETH_P_ARP);
     for _ in 0..count {
         for &ip in ips {
             for op in [Operation::Request, Operation::Reply] {
@@ -49,6 +52,34 @@ pub fn garp_many(ifindex: u32, mac: [u8; 6], ips: &[Ipv4Addr], count: u32) -> io
             }
         }
     }
+    Ok(())
+}
+
+/// Sends one reachability probe out of `ifindex` straight to `peer` at `peer_mac`, from
+/// `own` at `own_mac` (both of the same family): an ARP request, or a Neighbor
+/// Solicitation. It goes out as a whole frame, past the kernel's neighbour table, which
+/// may hold the peer as unresolved and would otherwise queue it. The peer's kernel
+/// answers it, and the answer resolves this host's entry for the peer; the request
+/// resolves the peer's entry for `own`.
+pub fn probe_neighbour(ifindex: u32, own_mac: [u8; 6], own: IpAddr, peer_mac: [u8; 6], peer: IpAddr) -> io::Result<()> {
+    let (frame, protocol) = match (own, peer) {
+        (IpAddr::V4(own), IpAddr::V4(peer)) => {
+            let mut frame = vec![0u8; 14 + vipa_wire::arp::LEN];
+            frame[0..6].copy_from_slice(&peer_mac);
+            frame[6..12].copy_from_slice(&own_mac);
+            frame[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
+            Repr::request(own_mac, own, peer)
+                .emit(&mut Packet::new_checked(&mut frame[14..]).map_err(io::Error::other)?);
+            (frame, ETH_P_ARP)
+        }
+        (IpAddr::V6(own), IpAddr::V6(peer)) => {
+            (vipa_wire::ndp::solicit_frame(own_mac, own, peer_mac, peer).to_vec(), ETH_P_IPV6)
+        }
+        _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "addresses of different families")),
+    };
+    // Protocol 0: this socket only sends.
+    let sock = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0)))?;
+    sock.send_to(&frame, &packet_addr(ifindex, peer_mac, protocol))?;
     Ok(())
 }
 

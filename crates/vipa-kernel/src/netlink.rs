@@ -76,6 +76,14 @@ pub enum Unresolved<'a> {
     OnNicTo(u32, &'a HashSet<IpAddr>),
 }
 
+/// A neighbour entry with a link-layer address (see `known_neighbours`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Neighbour {
+    pub address: IpAddr,
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+}
+
 /// The request socket, and the last full message of every route seen.
 pub struct Kernel {
     socket: Socket,
@@ -213,6 +221,34 @@ impl Kernel {
             }
         }
         Ok(gone)
+    }
+
+    /// The link-layer addresses the kernel knows for `towards`: entries that have one
+    /// (reachable, stale, being checked, or set by hand), with their NIC.
+    pub fn known_neighbours(&mut self, towards: &HashSet<IpAddr>) -> Result<Vec<Neighbour>, KernelError> {
+        let mut found = Vec::new();
+        for m in self.dump(RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()))? {
+            let RouteNetlinkMessage::NewNeighbour(n) = m else { continue };
+            if matches!(n.header.state, NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None) {
+                continue;
+            }
+            let mut address = None;
+            let mut mac = None;
+            for a in &n.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => address = Some(IpAddr::V4(*a)),
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => address = Some(IpAddr::V6(*a)),
+                    NeighbourAttribute::LinkLayerAddress(l) => mac = <[u8; 6]>::try_from(l.as_slice()).ok(),
+                    _ => {}
+                }
+            }
+            if let (Some(address), Some(mac)) = (address, mac) {
+                if towards.contains(&address) {
+                    found.push(Neighbour { address, ifindex: n.header.ifindex, mac });
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Everything vipa looks at, as a list of updates (links, then addresses, then routes).

@@ -63,6 +63,54 @@ impl Steered {
     }
 }
 
+/// The most the kernel holds back for one neighbour it is still resolving, when no NIC
+/// says (`unres_qlen_bytes`' default).
+const NEIGHBOUR_QUEUE_DEFAULT: usize = 212_992;
+/// The most [`reserve_send_buffer`] asks for.
+const SEND_BUFFER_MAX: usize = 64 << 20;
+
+/// Makes `sock`'s send buffer big enough that the datagrams the kernel holds back for
+/// neighbours it cannot resolve never fill it. Such datagrams stay charged to the socket
+/// until the neighbour resolves or fails, up to `unres_qlen_bytes` a neighbour: with the
+/// default buffer, the size of that very limit, a peer dead long enough for its neighbour
+/// entry to lapse takes the whole buffer for a few seconds at a time, and then nothing
+/// this socket sends reaches the live peers either. So the buffer is made room for one
+/// such queue per peer (`peers`; a gateway's queue is shared, so this is the most) and
+/// one more for what goes out, with `SO_SNDBUFFORCE` (root may exceed `wmem_max`), else
+/// as far as `SO_SNDBUF` goes. Memory is used only as datagrams wait. Returns the size
+/// the socket has and the size wanted.
+pub fn reserve_send_buffer(sock: &UdpSocket, peers: usize) -> io::Result<(usize, usize)> {
+    let per_neighbour = largest_neighbour_queue().unwrap_or(NEIGHBOUR_QUEUE_DEFAULT);
+    let want = per_neighbour.saturating_mul(peers + 1).min(SEND_BUFFER_MAX);
+    let s = socket2::SockRef::from(sock);
+    let has = s.send_buffer_size()?;
+    if has >= want {
+        return Ok((has, want));
+    }
+    // The kernel doubles the value given (for its own bookkeeping).
+    let half = libc::c_int::try_from(want / 2).unwrap_or(libc::c_int::MAX);
+    if setopt(sock, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &half).is_err() {
+        s.set_send_buffer_size(want / 2)?;
+    }
+    Ok((s.send_buffer_size()?, want))
+}
+
+/// The largest `unres_qlen_bytes` of any NIC, or of the defaults for new ones, in either
+/// family.
+fn largest_neighbour_queue() -> Option<usize> {
+    let mut largest = None;
+    for family in ["ipv4", "ipv6"] {
+        let Ok(dirs) = std::fs::read_dir(format!("/proc/sys/net/{family}/neigh")) else { continue };
+        for d in dirs.flatten() {
+            let v = std::fs::read_to_string(d.path().join("unres_qlen_bytes")).ok();
+            if let Some(v) = v.and_then(|v| v.trim().parse::<usize>().ok()) {
+                largest = Some(largest.map_or(v, |l: usize| l.max(v)));
+            }
+        }
+    }
+    largest
+}
+
 /// A multicast group for routine heartbeats: the socket that reads them joins it (the
 /// other no longer gets the group's datagrams, which it would by default), and what the
 /// sending socket sends to the group leaves by the NIC, one hop, not looped back to this

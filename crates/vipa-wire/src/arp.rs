@@ -171,6 +171,13 @@ impl Repr {
         Repr { operation, sender_mac: mac, sender_ip: ip, target_mac: [0xff; 6], target_ip: ip }
     }
 
+    /// A request asking who has `target_ip`, as a node's reachability probe sends it
+    /// straight to the address it knows (RFC 1122 §2.3.2.1); its receiver also learns
+    /// where the sender is.
+    pub fn request(sender_mac: Mac, sender_ip: Ipv4Addr, target_ip: Ipv4Addr) -> Repr {
+        Repr { operation: Operation::Request, sender_mac, sender_ip, target_mac: [0; 6], target_ip }
+    }
+
     /// Whether this packet announces its sender's own address.
     pub fn is_gratuitous(&self) -> bool {
         self.sender_ip == self.target_ip

@@ -318,6 +318,22 @@ fn peers_are_others(c: &ClusterConfig, observed: &Observed) -> Result<(), String
 }
 
 /// A new incarnation: the wall clock in microseconds, so that a restart's is higher.
+/// See `vipa_kernel::steer::reserve_send_buffer`: a dead peer's queued heartbeats must not
+/// keep the others from being sent.
+fn reserve_send_buffer(sock: &UdpSocket, peers: usize) {
+    match vipa_kernel::steer::reserve_send_buffer(sock, peers) {
+        Ok((has, want)) if has >= want => {
+            debug!(bytes = has, "heartbeat send buffer holds a resolving neighbour's queue for every peer")
+        }
+        Ok((has, want)) => warn!(
+            bytes = has,
+            wanted = want,
+            "the heartbeat socket's send buffer is smaller than the kernel's queues for unresolved peers can grow: a peer dead for long may keep heartbeats from the others"
+        ),
+        Err(e) => warn!(error = %e, "cannot size the heartbeat socket's send buffer"),
+    }
+}
+
 fn new_incarnation() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1)
 }
@@ -611,6 +627,7 @@ impl ClusterShell {
             }
         };
         let (sock, routine) = (steered.prompt, steered.routine);
+        reserve_send_buffer(&sock, c.peers.len());
         let present = kept(config, observed);
         info!(node = %c.me, peers = ?c.peers, interval_ms = c.interval.as_secs_f64() * 1e3, dead_after = c.dead_after, kept = ?present, "cluster starting; listening before claiming");
         let core = Cluster::new(c, config.dvipas.clone(), now, new_incarnation(), &present);
@@ -681,6 +698,9 @@ impl ClusterShell {
         let present: Vec<IpAddr> = kept(config, observed).into_iter().filter(|a| !leaving.contains(a)).collect();
         // What the operator deactivated here stays so.
         let declined = self.core.declined_addresses();
+        if c.peers.len() > self.core.config.peers.len() {
+            reserve_send_buffer(&self.sock, c.peers.len());
+        }
         self.core = Cluster::new(c, config.dvipas.clone(), now, new_incarnation(), &present);
         self.core.decline(&declined);
         info!(still_deactivated = ?declined, "cluster configuration changed; listening before claiming");
@@ -1061,6 +1081,16 @@ impl ClusterShell {
             .map(|(_, d)| HeldDvipa { address: d.address, device: d.announce.first().cloned() })
             .collect();
         (held, self.version)
+    }
+
+    /// The configured peer addresses no live node is heard from: dead nodes', and those of
+    /// nodes never heard.
+    pub fn unheard(&self) -> BTreeSet<IpAddr> {
+        let live: BTreeSet<IpAddr> = (self.addresses.iter())
+            .filter(|(name, _)| self.core.peers.get(*name).is_some_and(|p| p.alive))
+            .map(|(_, a)| a.ip().to_canonical())
+            .collect();
+        self.core.config.peers.iter().map(|p| p.ip().to_canonical()).filter(|ip| !live.contains(ip)).collect()
     }
 
     /// The cluster in brief, for the status page.

@@ -86,6 +86,8 @@ pub struct Daemon {
     /// its path up between the first refresh and the kernel marking the route `linkdown`
     /// would otherwise stay on the dead NIC.
     pub refresh_due: Vec<(Instant, Refresh)>,
+    /// Probes towards peers not heard (see `reach`).
+    pub reach: crate::reach::Reach,
 }
 
 /// What is done again shortly after a carrier change.
@@ -175,11 +177,14 @@ impl Daemon {
         self.ipmp.observe(&self.observed, now);
         self.ipmp.drain(&self.observed);
         self.reconcile();
+        self.follow_unheard(now);
         loop {
             // Sleep until the next input or the next timer of IPMP groups (the cluster has
             // its own thread).
-            let deadline =
-                [self.ipmp.poll_timeout(), self.refresh_due.iter().map(|(t, _)| *t).min()].into_iter().flatten().min();
+            let deadline = [self.ipmp.poll_timeout(), self.refresh_due.iter().map(|(t, _)| *t).min(), self.reach.due]
+                .into_iter()
+                .flatten()
+                .min();
             let first = match deadline {
                 Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Ok(input) => Some(input),
@@ -194,6 +199,7 @@ impl Daemon {
             let mut dirty = false;
             let mut kernel_changed = false;
             let mut announce = false;
+            let mut membership = false;
             let mut next = first;
             // Take everything already queued before planning once.
             while let Some(input) = next.take() {
@@ -240,6 +246,8 @@ impl Daemon {
                     }
                     Input::Subscribe(tx) => self.ipmp.subscribers.push(tx),
                     Input::Cluster(news) => {
+                        // Membership changes come with an event.
+                        membership |= !news.events.is_empty();
                         for e in news.events {
                             self.ipmp.publish("cluster", e);
                         }
@@ -259,6 +267,7 @@ impl Daemon {
                         let _ = reply.send(resp);
                     }
                     Input::Reload => {
+                        membership = true;
                         let r = self.reload();
                         if let Response::Error { message } = r {
                             error!(%message, "reload refused; the running configuration stays");
@@ -295,7 +304,24 @@ impl Daemon {
             } else if announce {
                 self.announce_cluster();
             }
+            if membership {
+                self.follow_unheard(now);
+            }
+            self.reach.tick(now);
         }
+    }
+
+    /// Brings the probes towards peers not heard up to date with the cluster's view.
+    fn follow_unheard(&mut self, now: Instant) {
+        let Some(c) = &self.cluster else {
+            self.reach = Default::default();
+            return;
+        };
+        let (unheard, interval) = {
+            let shell = c.lock();
+            (shell.unheard(), shell.core.config.interval)
+        };
+        self.reach.update(unheard, interval, &mut self.kernel, &self.observed, now);
     }
 
     /// On a stop: hands over the DVIPAs a live peer can take (out of the kernel first; the

@@ -11,6 +11,7 @@ mod control;
 mod daemon;
 mod edit;
 mod ipmp;
+mod reach;
 mod views;
 
 use std::path::{Path, PathBuf};
@@ -230,6 +231,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         nft,
         cluster,
         refresh_due: Vec::new(),
+        reach: Default::default(),
     };
     d.run(rx);
     let _ = std::fs::remove_file(&args.socket);

@@ -263,6 +263,125 @@ fn partition_minority_releases_and_one_holder_remains_after_healing() {
     assert_eq!(env.client_neigh(DVIPA), Some(env.mac(1)), "the client's ARP entry names the holder");
 }
 
+/// A peer dead long enough for the kernel to be resolving its address again (its entry
+/// lapsed; here within seconds, by default within about a minute) has what is sent to it
+/// held back in that entry, charged to the sending socket. That must not keep the live
+/// nodes from hearing each other: before, every three seconds the two live nodes of three
+/// each declared the other dead, and the owner gave its address up and took it again.
+#[test]
+fn a_peer_dead_for_long_does_not_make_the_live_nodes_lose_each_other() {
+    require_root();
+    let env = ClusterEnv::build(Names::Unique, 3);
+    for k in 1..=3 {
+        env.write_config(k, CLUSTER, &dvipa("immediate"));
+        // Entries lapse fast: reachable for 0.5-1.5 s after the last answer, checked 1 s on.
+        env.host(k).sh(
+            "sysctl -qw net.ipv4.neigh.en1.base_reachable_time_ms=1000 net.ipv4.neigh.en1.delay_first_probe_time=1",
+        );
+    }
+    let mut procs: Vec<Proc> = (1..=3).map(|k| env.start_vipad(k)).collect();
+    holder_is(&env, 1, Duration::from_secs(5)).expect("s1 holds it");
+    procs[2].kill();
+    env.cut(3);
+    let (start, mut resolving) = (Instant::now(), false);
+    while start.elapsed() < Duration::from_secs(10) {
+        let held: Vec<usize> = env.holders(DVIPA).into_iter().filter(|&h| h != 3).collect();
+        assert_eq!(held, vec![1], "{:?} after s3 died\ns1:\n{}", start.elapsed(), env.log(1));
+        resolving |= env.host(1).sh("ip neigh show dev en1 198.18.1.13").contains("INCOMPLETE");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(resolving, "s1's entry for s3 never lapsed: {}", env.host(1).sh("ip -s neigh show dev en1"));
+    for (k, other) in [(1, "s2"), (2, "s1")] {
+        let log = env.log(k);
+        assert!(!log.contains(&format!("node {other} is dead")), "s{k} lost {other}:\n{log}");
+    }
+}
+
+/// After a partition long enough for the kernel to have lost where the peers are (its
+/// entries for them unresolved, its next try seconds away: a switch that reboots), the
+/// healed link is noticed at once: each vipad probes the link-layer address its peers
+/// last had while it does not hear them, and the first probe after healing resolves both
+/// ends. Without that, the owner is heard again only at the kernel's next try.
+fn after_a_long_partition_the_owner_is_heard_and_takes_back_at_once(ipv6: bool) {
+    let (env, _procs) = if ipv6 { up_with_ipv6_peers() } else { up("immediate") };
+    let (family, peer_of_s2) = if ipv6 { ("ipv6", "2001:db8:1::11") } else { ("ipv4", "198.18.1.11") };
+    // The kernel tries again 5 s after a failed try (1 s by default: then the wait would be
+    // anywhere in that second, and the test could pass by luck).
+    for k in 1..=3 {
+        env.host(k).sh(&format!("sysctl -qw net.{family}.neigh.en1.retrans_time_ms=5000"));
+    }
+    env.partition(1);
+    holder_is(&env, 2, Duration::from_secs(3)).expect("the majority side took over");
+    let probing = "peer not heard: probing its last known link-layer address until it is";
+    let noticed = wait_for(Duration::from_secs(3), || {
+        (env.log(1).matches(probing).count() >= 2 && env.log(2).contains(probing)).then_some(())
+    });
+    assert!(noticed.is_some(), "s1:\n{}\ns2:\n{}", env.log(1), env.log(2));
+    // The entries unresolved on every host: gone, made again by the next heartbeat, whose
+    // request the partition drops; the next try is 5 s away.
+    for k in 1..=3 {
+        env.host(k).sh("ip neigh flush dev en1");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let s2_has = env.host(2).sh(&format!("ip neigh show dev en1 {peer_of_s2}"));
+    assert!(s2_has.contains("INCOMPLETE") || s2_has.contains("FAILED"), "s2's entry for s1: {s2_has}");
+    let t = Instant::now();
+    env.heal();
+    let back = holder_is(&env, 1, Duration::from_secs(3));
+    eprintln!("{family}: s1 holds again {back:?} after the partition healed");
+    let back = back.unwrap_or_else(|| {
+        panic!(
+            "s1 never took back: {:?}\ns1:\n{}\ns2:\n{}\ns3:\n{}\n{}\n{}",
+            env.holders(DVIPA),
+            env.log(1),
+            env.log(2),
+            env.log(3),
+            env.host(2).sh("ip -s neigh"),
+            env.host(3).sh("ip -s neigh")
+        )
+    });
+    assert!(
+        back < Duration::from_millis(1500),
+        "s1 took back {back:?} after healing (the kernel's next try was {:?} away)",
+        Duration::from_secs(5).saturating_sub(t.elapsed() - back)
+    );
+    assert_eq!(env.holders(DVIPA), vec![1]);
+}
+
+#[test]
+fn after_a_long_partition_the_owner_is_heard_and_takes_back_at_once_over_ipv4() {
+    after_a_long_partition_the_owner_is_heard_and_takes_back_at_once(false);
+}
+
+#[test]
+fn after_a_long_partition_the_owner_is_heard_and_takes_back_at_once_over_ipv6() {
+    after_a_long_partition_the_owner_is_heard_and_takes_back_at_once(true);
+}
+
+/// [`up`], the peers given by their IPv6 addresses.
+fn up_with_ipv6_peers() -> (ClusterEnv, Vec<Proc>) {
+    require_root();
+    let env = ClusterEnv::build(Names::Unique, 3);
+    for k in 1..=3 {
+        let peers: Vec<String> = (1..=3).filter(|&j| j != k).map(|j| format!("\"2001:db8:1::{}\"", 10 + j)).collect();
+        let text = format!(
+            "[node]\nname = \"s{k}\"\n\n[cluster]\npeers = [{}]\nkey_file = \"{}\"\n{CLUSTER}\n{}",
+            peers.join(", "),
+            env.key_path().display(),
+            dvipa("immediate")
+        );
+        std::fs::write(env.config_path(k), text).expect("config");
+    }
+    let procs: Vec<Proc> = (1..=3).map(|k| env.start_vipad(k)).collect();
+    let ok = wait_for(Duration::from_secs(5), || {
+        (env.holders(DVIPA) == vec![1]
+            && (1..=3).all(|k| out(&env.vipactl(k, &["cluster"])).matches(" alive ").count() == 2))
+        .then_some(())
+    });
+    assert!(ok.is_some(), "{:?}\n{}", env.holders(DVIPA), out(&env.vipactl(2, &["cluster"])));
+    (env, procs)
+}
+
 #[test]
 fn forged_and_replayed_heartbeats_move_nothing() {
     let (env, _procs) = up("immediate");
