@@ -73,8 +73,9 @@ const SEND_BUFFER_MAX: usize = 64 << 20;
 /// neighbours it cannot resolve never fill it. Such datagrams stay charged to the socket
 /// until the neighbour resolves or fails, up to `unres_qlen_bytes` a neighbour: with the
 /// default buffer, the size of that very limit, a peer dead long enough for its neighbour
-/// entry to lapse takes the whole buffer for a few seconds at a time, and then nothing
-/// this socket sends reaches the live peers either. So the buffer is made room for one
+/// entry to lapse can take the whole buffer for seconds at a time (at heartbeats of about
+/// 15 ms or less, which fill that limit within one round of the kernel's tries), and then
+/// nothing this socket sends reaches the live peers either. So the buffer is made room for one
 /// such queue per peer (`peers`; a gateway's queue is shared, so this is the most) and
 /// one more for what goes out, with `SO_SNDBUFFORCE` (root may exceed `wmem_max`), else
 /// as far as `SO_SNDBUF` goes. Memory is used only as datagrams wait. Returns the size
@@ -88,9 +89,9 @@ pub fn reserve_send_buffer(sock: &UdpSocket, peers: usize) -> io::Result<(usize,
         return Ok((has, want));
     }
     // The kernel doubles the value given (for its own bookkeeping).
-    let half = libc::c_int::try_from(want / 2).unwrap_or(libc::c_int::MAX);
+    let half = libc::c_int::try_from(want.div_ceil(2)).unwrap_or(libc::c_int::MAX);
     if setopt(sock, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &half).is_err() {
-        s.set_send_buffer_size(want / 2)?;
+        s.set_send_buffer_size(want.div_ceil(2))?;
     }
     Ok((s.send_buffer_size()?, want))
 }

@@ -167,6 +167,8 @@ pub struct ClusterShell {
     unicast_to: BTreeSet<String>,
     /// Lines for the event stream that are not the core's.
     events: Vec<String>,
+    /// Which node each configured peer address was last heard from.
+    heard_at: BTreeMap<IpAddr, String>,
 }
 
 /// A configured multicast group for routine heartbeats, and the way back into it for a
@@ -318,6 +320,23 @@ fn peers_are_others(c: &ClusterConfig, observed: &Observed) -> Result<(), String
 }
 
 /// A new incarnation: the wall clock in microseconds, so that a restart's is higher.
+/// The configured `peers` missed (see `ClusterShell::unheard`): those whose node, where
+/// one was heard at the address, is not `alive`, and, unless `all_alive`, the others.
+fn missed(
+    peers: &[SocketAddr],
+    heard_at: &BTreeMap<IpAddr, String>,
+    alive: impl Fn(&str) -> bool,
+    all_alive: bool,
+) -> BTreeSet<IpAddr> {
+    (peers.iter())
+        .map(|p| p.ip().to_canonical())
+        .filter(|ip| match heard_at.get(ip) {
+            Some(node) => !alive(node),
+            None => !all_alive,
+        })
+        .collect()
+}
+
 /// See `vipa_kernel::steer::reserve_send_buffer`: a dead peer's queued heartbeats must not
 /// keep the others from being sent.
 fn reserve_send_buffer(sock: &UdpSocket, peers: usize) {
@@ -654,6 +673,7 @@ impl ClusterShell {
             multicast,
             unicast_to: BTreeSet::new(),
             events: Vec::new(),
+            heard_at: BTreeMap::new(),
         }));
         let (thread_shared, counting_shared, counting_tx) = (shared.clone(), shared.clone(), tx.clone());
         thread::Builder::new()
@@ -830,6 +850,9 @@ impl ClusterShell {
                 let peers = &self.core.config.peers;
                 if taken && had != Some(&from) && !had.is_some_and(|a| is_peer(peers, a) && !from_peer) {
                     self.addresses.insert(node.clone(), from);
+                }
+                if taken && from_peer {
+                    self.heard_at.insert(from.ip().to_canonical(), node.clone());
                 }
                 // Whether it is in the group, from its heartbeats the core took (not from a
                 // replayed, repeated or overtaken one, nor from an answer, which says
@@ -1083,14 +1106,18 @@ impl ClusterShell {
         (held, self.version)
     }
 
-    /// The configured peer addresses no live node is heard from: dead nodes', and those of
-    /// nodes never heard.
+    /// The configured peer addresses that are missed: those of dead nodes, and, while not
+    /// every peer is alive, those no live node was heard from (a node may send from
+    /// another address of its host, a VIPA's, or a link-local one to a group: such a
+    /// peer is missed only while some peer really is). None while this node listens
+    /// (after a start or a reload, peers are not heard yet, not missed).
     pub fn unheard(&self) -> BTreeSet<IpAddr> {
-        let live: BTreeSet<IpAddr> = (self.addresses.iter())
-            .filter(|(name, _)| self.core.peers.get(*name).is_some_and(|p| p.alive))
-            .map(|(_, a)| a.ip().to_canonical())
-            .collect();
-        self.core.config.peers.iter().map(|p| p.ip().to_canonical()).filter(|ip| !live.contains(ip)).collect()
+        if self.core.syncing() {
+            return BTreeSet::new();
+        }
+        let alive = |node: &str| self.core.peers.get(node).is_some_and(|p| p.alive);
+        let all_alive = self.core.peers.values().filter(|p| p.alive).count() >= self.core.config.peers.len();
+        missed(&self.core.config.peers, &self.heard_at, alive, all_alive)
     }
 
     /// The cluster in brief, for the status page.
@@ -1328,6 +1355,25 @@ mod tests {
         let mut renamed = same.clone();
         renamed.me = "s9".into();
         assert!(change_allowed(Some(&running), Some(&renamed)).unwrap_err().contains("node name needs a restart"));
+    }
+
+    #[test]
+    fn a_peer_is_missed_when_its_node_is_dead_or_never_heard_while_another_is_missing() {
+        let peers: Vec<SocketAddr> =
+            ["198.18.1.12:5997", "[::ffff:198.18.1.13]:5997", "198.18.1.14:5997"].map(|p| p.parse().unwrap()).to_vec();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // s2 was heard at its address; s3 (IPv4-mapped in the file) too; s4 only from a
+        // VIPA of its host.
+        let heard_at: BTreeMap<IpAddr, String> =
+            [(ip("198.18.1.12"), "s2".to_string()), (ip("198.18.1.13"), "s3".to_string())].into();
+        let all = missed(&peers, &heard_at, |_| true, true);
+        assert!(all.is_empty(), "all alive, wherever they send from: {all:?}");
+        let s3_dead = missed(&peers, &heard_at, |n| n != "s3", false);
+        assert_eq!(
+            s3_dead,
+            [ip("198.18.1.13"), ip("198.18.1.14")].into(),
+            "s3's address, and s4's, not known to be a live node's while one is missing"
+        );
     }
 
     #[test]

@@ -120,7 +120,7 @@ pub fn forget_unresolved_peers(
     nic: Option<u32>,
 ) {
     let gateways = observed.routes.values().flat_map(|r| r.gateways.iter().copied());
-    let towards: HashSet<std::net::IpAddr> = c.peers.iter().map(|p| p.ip()).chain(gateways).collect();
+    let towards: HashSet<std::net::IpAddr> = c.peers.iter().map(|p| p.ip().to_canonical()).chain(gateways).collect();
     let (which, interface) = match nic {
         Some(index) => (Unresolved::OnNicTo(index, &towards), observed.link_name(index)),
         None => (Unresolved::To(&towards), "any".to_string()),
@@ -307,7 +307,7 @@ impl Daemon {
             if membership {
                 self.follow_unheard(now);
             }
-            self.reach.tick(now);
+            self.reach.tick(now, &self.observed);
         }
     }
 

@@ -4,15 +4,18 @@
 //! again by broadcast), and after a partition of some seconds it is unresolved on one
 //! side or both. Heartbeats then wait in it for the kernel's next try, up to a second
 //! (`retrans_time`) after the link is back, and a node heard by its peer does not hear
-//! it: an owner cannot take its address back, a handover waits. So while a peer is not
-//! heard, vipad sends a reachability probe (a unicast ARP request, or a Neighbor
+//! it: an owner cannot take its address back, a handover waits. So while a peer is
+//! missed, vipad sends a reachability probe (a unicast ARP request, or a Neighbor
 //! Solicitation) straight to the link-layer address its entry last had, every
-//! `heartbeat_interval`, at least 100 ms and at most 1 s apart. The first one after the
-//! link is back is answered: the answer resolves this host's entry, and the request
-//! resolves the peer's entry for this host. The kernel's own resolution goes on as
-//! before, so a peer that came back with another link-layer address is still found by
-//! broadcast. A probe is one small frame to one station; nothing is sent for a peer whose
-//! link-layer address was never known (it is left to the kernel).
+//! `heartbeat_interval`, at least 100 ms and at most 1 s apart (1 s once the peer has
+//! been missed for a minute). The first one after the link is back is answered: the
+//! request resolves the peer's entry for this host's address, and the answer this host's
+//! entry for the peer (which its heartbeats keep being resolved; the kernel ignores a
+//! Neighbor Advertisement for an entry that has just failed, until the next heartbeat
+//! starts it again). The kernel's own resolution goes on as before, so a peer that came
+//! back with another link-layer address is still found by broadcast. A probe is one small
+//! frame to one station; nothing is sent for a peer whose link-layer address was never
+//! seen here (it is left to the kernel).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
@@ -25,6 +28,9 @@ use vipa_kernel::Kernel;
 
 const EVERY_MIN: Duration = Duration::from_millis(100);
 const EVERY_MAX: Duration = Duration::from_secs(1);
+/// A peer missed this long is probed once a second only: a link that heals is still
+/// noticed within that second, and a peer that stays dead costs less.
+const SLOWER_AFTER: Duration = Duration::from_secs(60);
 
 /// Where and how a peer is probed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,20 +42,31 @@ struct Via {
     own: IpAddr,
 }
 
+/// A peer being missed.
+#[derive(Debug, Clone)]
+struct Target {
+    since: Instant,
+    last_sent: Option<Instant>,
+}
+
 #[derive(Debug, Default)]
 pub struct Reach {
-    /// Peer addresses not heard now, with the way to probe each when there is one.
-    targets: BTreeMap<IpAddr, Option<Via>>,
+    /// Peer addresses missed now.
+    targets: BTreeMap<IpAddr, Target>,
+    /// The last entry with a link-layer address seen for each peer (kept after the peer
+    /// is heard again: its entry may have lapsed by the time it is missed next).
+    known: BTreeMap<IpAddr, Neighbour>,
     every: Duration,
     /// When the next round of probes is due; none while there is nothing to probe.
     pub due: Option<Instant>,
 }
 
 impl Reach {
-    /// Takes the peers not heard now (`unheard`): those heard again are no longer probed;
-    /// those newly unheard are looked up in the neighbour table, which at that moment
-    /// still has their link-layer address (a peer is declared dead within a few
-    /// heartbeats; the kernel keeps an entry for seconds after the last answer).
+    /// Takes the peers missed now (`unheard`). Whenever that changes, the neighbour table
+    /// is read for the peers newly missed and those heard again: the former's entries
+    /// still have their link-layer address at that moment (a peer is declared dead within
+    /// a few heartbeats; the kernel keeps an entry for seconds after the last answer),
+    /// and the latter's have it afresh, for the next time.
     pub fn update(
         &mut self,
         unheard: BTreeSet<IpAddr>,
@@ -59,40 +76,50 @@ impl Reach {
         now: Instant,
     ) {
         self.every = interval.clamp(EVERY_MIN, EVERY_MAX);
-        self.targets.retain(|a, _| unheard.contains(a));
-        let new: HashSet<IpAddr> = unheard.into_iter().filter(|a| !self.targets.contains_key(a)).collect();
-        if !new.is_empty() {
-            let known = kernel.known_neighbours(&new).unwrap_or_else(|e| {
-                warn!(error = %e, "cannot list neighbour entries; peers not heard are left to the kernel to find");
-                Vec::new()
-            });
-            for peer in new {
-                let via = known.iter().filter(|n| n.address == peer).find_map(|n| via(observed, n));
-                if let Some(v) = via {
-                    info!(
-                        peer = %peer,
-                        interface = %observed.link_name(v.ifindex),
-                        mac = %mac_text(&v.peer_mac),
-                        every_ms = self.every.as_millis() as u64,
-                        "peer not heard: probing its last known link-layer address until it is"
-                    );
+        let back: Vec<IpAddr> = self.targets.keys().filter(|a| !unheard.contains(a)).copied().collect();
+        let new: Vec<IpAddr> = unheard.iter().filter(|a| !self.targets.contains_key(a)).copied().collect();
+        if !back.is_empty() || !new.is_empty() {
+            let towards: HashSet<IpAddr> = back.iter().chain(&new).copied().collect();
+            match kernel.known_neighbours(&towards) {
+                Ok(found) => self.known.extend(found.into_iter().map(|n| (n.address, n))),
+                Err(e) => {
+                    warn!(error = %e, "cannot list neighbour entries; peers not heard may be left to the kernel to find")
                 }
-                self.targets.insert(peer, via);
             }
         }
-        self.due = match self.targets.values().any(Option::is_some) {
+        self.targets.retain(|a, _| unheard.contains(a));
+        for peer in new {
+            match self.known.get(&peer).and_then(|n| via(observed, n)) {
+                Some(v) => info!(
+                    peer = %peer,
+                    interface = %observed.link_name(v.ifindex),
+                    mac = %mac_text(&v.peer_mac),
+                    every_ms = self.every.as_millis() as u64,
+                    "peer not heard: probing its last known link-layer address until it is"
+                ),
+                None => debug!(peer = %peer, "peer not heard, its link-layer address not known: left to the kernel"),
+            }
+            self.targets.insert(peer, Target { since: now, last_sent: None });
+        }
+        self.due = match self.targets.keys().any(|a| self.known.contains_key(a)) {
             true => Some(self.due.unwrap_or(now + self.every)),
             false => None,
         };
     }
 
-    /// Sends a round of probes if one is due.
-    pub fn tick(&mut self, now: Instant) {
+    /// Sends a round of probes if one is due: from where `observed` says now (an address
+    /// may have gone since the peer was missed).
+    pub fn tick(&mut self, now: Instant, observed: &Observed) {
         if self.due.is_none_or(|d| d > now) {
             return;
         }
-        for (peer, via) in &self.targets {
-            let Some(v) = via else { continue };
+        for (peer, t) in &mut self.targets {
+            let slower = now.saturating_duration_since(t.since) >= SLOWER_AFTER;
+            if slower && t.last_sent.is_some_and(|l| now.saturating_duration_since(l) < EVERY_MAX) {
+                continue;
+            }
+            let Some(v) = self.known.get(peer).and_then(|n| via(observed, n)) else { continue };
+            t.last_sent = Some(now);
             if let Err(e) = vipa_kernel::announce::probe_neighbour(v.ifindex, v.own_mac, v.own, v.peer_mac, *peer) {
                 debug!(peer = %peer, error = %e, "cannot send a reachability probe");
             }
