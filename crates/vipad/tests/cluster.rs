@@ -387,6 +387,41 @@ fn up_with_ipv6_peers() -> (ClusterEnv, Vec<Proc>) {
     (env, procs)
 }
 
+/// Two nodes with `quorum = "none"`: cut apart, both hold the address (each side's clients
+/// keep it); once healed, after a partition long enough for their neighbour entries to
+/// lapse, the owner alone keeps it within a moment, and the client's entry names it.
+#[test]
+fn two_nodes_without_quorum_both_hold_while_apart_and_one_keeps_it_at_once_when_healed() {
+    require_root();
+    let env = ClusterEnv::build(Names::Unique, 2);
+    let d = format!(
+        "[[dvipa]]\naddress = \"{DVIPA}\"\nowner = \"s1\"\nbackups = {{ s2 = 200 }}\ntakeback = \"immediate\"\nannounce = [\"en1\"]\n"
+    );
+    for k in 1..=2 {
+        env.write_config(k, &format!("{CLUSTER}quorum = \"none\"\n"), &d);
+        // The kernel's next try 5 s after a failed one (see the partition test above).
+        env.host(k).sh("sysctl -qw net.ipv4.neigh.en1.retrans_time_ms=5000");
+    }
+    let _procs: Vec<Proc> = (1..=2).map(|k| env.start_vipad(k)).collect();
+    holder_is(&env, 1, Duration::from_secs(5)).expect("s1 holds it");
+    env.partition(1);
+    let both = wait_for(Duration::from_secs(3), || (env.holders(DVIPA) == vec![1, 2]).then_some(()));
+    assert!(both.is_some(), "both sides hold it while apart: {:?}\n{}", env.holders(DVIPA), env.log(2));
+    // Each one's entry for the other unresolved, its next try 5 s away.
+    std::thread::sleep(Duration::from_millis(200));
+    for k in 1..=2 {
+        env.host(k).sh("ip neigh flush dev en1");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    env.heal();
+    let one = holder_is(&env, 1, Duration::from_secs(3));
+    eprintln!("one holder {one:?} after healing");
+    let one = one.unwrap_or_else(|| panic!("still {:?}\ns1:\n{}\ns2:\n{}", env.holders(DVIPA), env.log(1), env.log(2)));
+    assert!(one < Duration::from_millis(1500), "two holders for {one:?} after healing");
+    env.client.try_sh(&format!("ping -c1 -W1 {DVIPA}")).expect("client reaches the DVIPA");
+    assert_eq!(env.client_neigh(DVIPA), Some(env.mac(1)), "the client's entry names the holder");
+}
+
 #[test]
 fn forged_and_replayed_heartbeats_move_nothing() {
     let (env, _procs) = up("immediate");
