@@ -111,6 +111,10 @@ fn holder_death_is_taken_over_by_the_highest_backup_and_the_owner_takes_it_back(
     assert!(env.log(2).contains("node s1 is dead: no heartbeat for"), "{}", env.log(2));
     assert!(env.log(2).contains("none of 20 probes answered"), "{}", env.log(2));
 
+    // The host comes back with another NIC (another link-layer address): the peers'
+    // probes, sent to the old one while they miss s1, do not reach it, so only s1 itself
+    // can mend what follows.
+    env.host(1).sh("ip link set en1 address 02:00:00:00:01:11");
     // What the killed vipad sent last, into the cut link, left the kernel resolving its
     // peers, its next try up to a second away: made certain here (not left to when the
     // kill came), and that try put off past the restart. The vipad that starts must reach
