@@ -60,11 +60,13 @@ const SECTIONS: &[&str] = &[
     "ipmp-cpu",
     "dvipa-outage",
     "keepalived",
+    "split-heal",
     "dvipa-scale",
 ];
 
 const USAGE: &str = "usage: vipa-bench [--runs N] [--only SECTION,...] [--intervals MS,...] [--dvipas N,...]
-  sections: baseline, failover, repair, scale, ipmp-link, ipmp-silent, ipmp-cpu, dvipa-outage, keepalived, dvipa-scale
+  sections: baseline, failover, repair, scale, ipmp-link, ipmp-silent, ipmp-cpu, dvipa-outage, keepalived,
+            split-heal, dvipa-scale
   --intervals picks among the heartbeat intervals 1000, 100, 10 and 1 ms; --dvipas takes any counts
   (vipa-bench --beat PEER_ADDR:PORT OWN_PORT OFFSET_US is the bare loop the idle rows are measured against)";
 
@@ -207,6 +209,21 @@ fn main() {
             result: format!("{:.2} ({v:.1} / {k:.1} ms)", v / k),
             target: "≤ 0.33".into(),
         });
+    }
+    if want("split-heal") {
+        let ka = std::process::Command::new("keepalived").arg("--version").output().is_ok();
+        for interval in at(&[1000, 100, 10]) {
+            eprintln!("measuring split brains healed at {interval} ms ({runs} runs) ...");
+            let v = split_heal(runs, interval, None, &mut rows);
+            let k = if ka { split_heal(runs, interval, Some(()), &mut rows) } else { None };
+            if let (Some(v), Some(k)) = (v, k) {
+                rows.push(Row {
+                    what: format!("vipa / keepalived at {interval} ms: two holders after a split brain healed"),
+                    result: format!("{:.2} ({v:.1} / {k:.1} ms)", v / k.max(0.1)),
+                    target: "-".into(),
+                });
+            }
+        }
     }
     if want("dvipa-scale") {
         // Any count asked for (`--dvipas 1` shows what the addresses themselves cost).
@@ -1118,6 +1135,65 @@ fn keepalived_outage(runs: usize, interval_ms: u64, rows: &mut Vec<Row>, medians
     ];
     let label = format!("keepalived, {interval_ms} ms adverts");
     outage_rows("keepalived", label, interval_ms, cases, |_| "(comparison)".into(), rows, medians);
+}
+
+/// A split brain healed: two nodes that both held the address while cut apart (vipa with
+/// `quorum = "none"`; with `keepalived`, two VRRP masters) are joined again, after a
+/// partition long enough for each one's neighbour entry for the other to lapse, as after
+/// a switch reboots (made to lapse within seconds here, on both hosts alike: reachable for
+/// 0.5-1.5 s after the last answer, checked 1 s on). How long two hosts still hold it
+/// after healing; its median, in ms, is returned.
+fn split_heal(runs: usize, interval_ms: u64, keepalived: Option<()>, rows: &mut Vec<Row>) -> Option<f64> {
+    let env = ClusterEnv::build(Names::Unique, 2);
+    for k in 1..=2 {
+        env.host(k).sh(
+            "sysctl -qw net.ipv4.neigh.en1.base_reachable_time_ms=1000 net.ipv4.neigh.en1.delay_first_probe_time=1",
+        );
+    }
+    let (_vipads, _keepaliveds) = match keepalived {
+        Some(()) => (Vec::new(), (1..=2).map(|k| start_keepalived(&env, k, interval_ms)).collect::<Vec<_>>()),
+        None => {
+            let dvipa = format!(
+                "[[dvipa]]\naddress = \"{DVIPA}\"\nowner = \"s1\"\nbackups = {{ s2 = 200 }}\ntakeback = \"immediate\"\nannounce = [\"en1\"]\n"
+            );
+            let cluster = format!("heartbeat_interval = \"{interval_ms}ms\"\nquorum = \"none\"\n");
+            for k in 1..=2 {
+                env.write_config(k, &cluster, &dvipa);
+            }
+            ((1..=2).map(|k| env.start_vipad(k)).collect::<Vec<_>>(), Vec::new())
+        }
+    };
+    let settle = Duration::from_millis(interval_ms * 20 + 10_000);
+    let mut took = Vec::new();
+    for _ in 0..runs {
+        if wait_for(settle, || (env.holders(DVIPA) == vec![1]).then_some(())).is_none() {
+            continue;
+        }
+        env.partition(1);
+        let both = wait_for(settle, || (env.holders(DVIPA) == vec![1, 2]).then_some(()));
+        if both.is_some() {
+            // The entries lapse: a second reachable at most, a second's delay, three
+            // probes a second apart.
+            std::thread::sleep(Duration::from_secs(6));
+            pause_before_fault(interval_ms);
+            let t = Instant::now();
+            env.heal();
+            let one = wait_for(Duration::from_secs(20), || (env.holders(DVIPA).len() == 1).then(|| t.elapsed()));
+            took.extend(one.map(|d| d.as_secs_f64() * 1e3));
+        } else {
+            env.heal();
+        }
+    }
+    let who = match keepalived {
+        Some(()) => format!("keepalived, {interval_ms} ms adverts: two masters"),
+        None => format!("DVIPA, 2 nodes, quorum none, {interval_ms} ms heartbeats: two holders"),
+    };
+    rows.push(Row {
+        what: format!("{who} after a split brain healed (median of {})", took.len()),
+        result: if took.is_empty() { "n/a".into() } else { median_cell(&took, 1) },
+        target: "-".into(),
+    });
+    (!took.is_empty()).then(|| median(took))
 }
 
 /// The longest gap of a stream nothing disturbs: the measurement's own floor on this

@@ -808,7 +808,7 @@ impl ClusterShell {
     fn heartbeat_to_all(&mut self, now: Instant) {
         let h = self.core.heartbeat_now(now);
         let h = self.outgoing(h);
-        self.send_all(&h.emit(&self.key));
+        self.send_all(&h);
     }
 
     /// The time to give the core now (see `clock`).
@@ -961,7 +961,7 @@ impl ClusterShell {
                         }
                     }
                     if to_group.is_none() || also {
-                        self.send_all(&datagram);
+                        self.send_signed(&h, &datagram);
                     } else {
                         for node in self.outside_the_group() {
                             self.send_to(node, &datagram);
@@ -1031,8 +1031,31 @@ impl ClusterShell {
         self.unicast_to.iter().filter(|n| self.core.peers.get(*n).is_some_and(|p| p.alive))
     }
 
-    fn send_all(&self, datagram: &[u8]) {
+    /// Sends `h` to every peer. A routine heartbeat goes to a missed peer (see `unheard`) as
+    /// a prompt one: after a partition, the first to reach the peer is read there at once
+    /// (not at its next turn, up to an interval later), and the split ends as soon as the
+    /// link lets it through.
+    fn send_all(&self, h: &Heartbeat) {
+        self.send_signed(h, &h.emit(&self.key));
+    }
+
+    /// [`Self::send_all`], `datagram` being `h` signed.
+    fn send_signed(&self, h: &Heartbeat, datagram: &[u8]) {
+        let someone_missing = self.core.peers.values().filter(|p| p.alive).count() < self.core.config.peers.len();
+        let missed = match h.flags & FLAG_ROUTINE != 0 && someone_missing {
+            true => self.unheard(),
+            false => BTreeSet::new(),
+        };
+        let prompt = (!missed.is_empty()).then(|| {
+            let mut p = h.clone();
+            p.flags &= !FLAG_ROUTINE;
+            p.emit(&self.key)
+        });
         for p in &self.core.config.peers {
+            let datagram = match &prompt {
+                Some(d) if missed.contains(&p.ip().to_canonical()) => d.as_slice(),
+                _ => datagram,
+            };
             if let Err(e) = self.sock.send_to(datagram, p) {
                 debug!(peer = %p, error = %e, "heartbeat not sent");
             }
@@ -1056,7 +1079,7 @@ impl ClusterShell {
         if self.releasing.is_empty() && std::mem::take(&mut self.pending_all) {
             let h = self.core.heartbeat_now(now);
             let h = self.outgoing(h);
-            self.send_all(&h.emit(&self.key));
+            self.send_all(&h);
         }
     }
 
@@ -1089,7 +1112,7 @@ impl ClusterShell {
         for _ in 0..2 {
             let h = self.core.heartbeat_now(now);
             let h = self.outgoing(h);
-            self.send_all(&h.emit(&self.key));
+            self.send_all(&h);
         }
     }
 

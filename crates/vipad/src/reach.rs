@@ -7,7 +7,7 @@
 //! it: an owner cannot take its address back, a handover waits. So while a peer is
 //! missed, vipad sends a reachability probe (a unicast ARP request, or a Neighbor
 //! Solicitation) straight to the link-layer address its entry last had, every
-//! `heartbeat_interval`, at least 100 ms and at most 1 s apart (1 s once the peer has
+//! `heartbeat_interval`, at least 10 ms and at most 100 ms apart (1 s once the peer has
 //! been missed for a minute). The first one after the link is back is answered: the
 //! request resolves the peer's entry for this host's address, and the answer this host's
 //! entry for the peer (which its heartbeats keep being resolved; the kernel ignores a
@@ -26,8 +26,15 @@ use vipa_core::model::{Observed, ADDR_PROTO_VIPA};
 use vipa_kernel::netlink::Neighbour;
 use vipa_kernel::Kernel;
 
-const EVERY_MIN: Duration = Duration::from_millis(100);
-const EVERY_MAX: Duration = Duration::from_secs(1);
+/// As often as heartbeats go to the peer, up to 100 a second: a healed link is noticed
+/// within about one heartbeat interval.
+const EVERY_MIN: Duration = Duration::from_millis(10);
+/// At most this long apart even at long heartbeat intervals: the heartbeats held back
+/// while the peer was unresolved go out the moment a probe is answered, so the sooner
+/// the probe, the sooner the peer hears this node.
+const EVERY_MAX: Duration = Duration::from_millis(100);
+/// Once a peer has been missed for `SLOWER_AFTER`.
+const EVERY_LATER: Duration = Duration::from_secs(1);
 /// A peer missed this long is probed once a second only: a link that heals is still
 /// noticed within that second, and a peer that stays dead costs less.
 const SLOWER_AFTER: Duration = Duration::from_secs(60);
@@ -115,7 +122,7 @@ impl Reach {
         }
         for (peer, t) in &mut self.targets {
             let slower = now.saturating_duration_since(t.since) >= SLOWER_AFTER;
-            if slower && t.last_sent.is_some_and(|l| now.saturating_duration_since(l) < EVERY_MAX) {
+            if slower && t.last_sent.is_some_and(|l| now.saturating_duration_since(l) < EVERY_LATER) {
                 continue;
             }
             let Some(v) = self.known.get(peer).and_then(|n| via(observed, n)) else { continue };
