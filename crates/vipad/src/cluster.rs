@@ -319,20 +319,30 @@ fn peers_are_others(c: &ClusterConfig, observed: &Observed) -> Result<(), String
     }
 }
 
-/// A new incarnation: the wall clock in microseconds, so that a restart's is higher.
-/// The configured `peers` missed (see `ClusterShell::unheard`): those whose node, where
-/// one was heard at the address, is not `alive`, and, unless `all_alive`, the others.
+/// What this node knows of a peer, for `missed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Known {
+    Alive,
+    Dead,
+    /// Not heard by this configuration of the cluster (after a start or a reload).
+    Unknown,
+}
+
+/// The configured `peers` missed (see `ClusterShell::unheard`): those at which a node was
+/// heard that is now dead; and, unless `others_accounted` (every peer alive, or this node
+/// listening), those no node now known alive was heard at.
 fn missed(
     peers: &[SocketAddr],
     heard_at: &BTreeMap<IpAddr, String>,
-    alive: impl Fn(&str) -> bool,
-    all_alive: bool,
+    known: impl Fn(&str) -> Known,
+    others_accounted: bool,
 ) -> BTreeSet<IpAddr> {
     (peers.iter())
         .map(|p| p.ip().to_canonical())
-        .filter(|ip| match heard_at.get(ip) {
-            Some(node) => !alive(node),
-            None => !all_alive,
+        .filter(|ip| match heard_at.get(ip).map(|n| known(n)) {
+            Some(Known::Alive) => false,
+            Some(Known::Dead) => true,
+            Some(Known::Unknown) | None => !others_accounted,
         })
         .collect()
 }
@@ -353,6 +363,7 @@ fn reserve_send_buffer(sock: &UdpSocket, peers: usize) {
     }
 }
 
+/// A new incarnation: the wall clock in microseconds, so that a restart's is higher.
 fn new_incarnation() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1)
 }
@@ -966,6 +977,15 @@ impl ClusterShell {
                         for node in self.outside_the_group() {
                             self.send_to(node, &datagram);
                         }
+                        // A missed peer reads the group's copy only at its next turn; the
+                        // prompt one, by unicast, at once.
+                        if let Some((prompt, missed)) = self.prompt_for_unheard(&h) {
+                            for p in self.core.config.peers.iter().filter(|p| missed.contains(&p.ip().to_canonical())) {
+                                if let Err(e) = self.sock.send_to(&prompt, p) {
+                                    debug!(peer = %p, error = %e, "heartbeat not sent");
+                                }
+                            }
+                        }
                     }
                 }
                 Output::HeartbeatTo { node, heartbeat } => {
@@ -1041,25 +1061,32 @@ impl ClusterShell {
 
     /// [`Self::send_all`], `datagram` being `h` signed.
     fn send_signed(&self, h: &Heartbeat, datagram: &[u8]) {
-        let someone_missing = self.core.peers.values().filter(|p| p.alive).count() < self.core.config.peers.len();
-        let missed = match h.flags & FLAG_ROUTINE != 0 && someone_missing {
-            true => self.unheard(),
-            false => BTreeSet::new(),
-        };
-        let prompt = (!missed.is_empty()).then(|| {
-            let mut p = h.clone();
-            p.flags &= !FLAG_ROUTINE;
-            p.emit(&self.key)
-        });
+        let prompt = self.prompt_for_unheard(h);
         for p in &self.core.config.peers {
             let datagram = match &prompt {
-                Some(d) if missed.contains(&p.ip().to_canonical()) => d.as_slice(),
+                Some((d, missed)) if missed.contains(&p.ip().to_canonical()) => d.as_slice(),
                 _ => datagram,
             };
             if let Err(e) = self.sock.send_to(datagram, p) {
                 debug!(peer = %p, error = %e, "heartbeat not sent");
             }
         }
+    }
+
+    /// For a routine `h` while peers are missed (see `unheard`): `h` signed as a prompt
+    /// heartbeat, and the missed peer addresses it goes to instead. (Only then is it signed
+    /// twice.)
+    fn prompt_for_unheard(&self, h: &Heartbeat) -> Option<(Vec<u8>, BTreeSet<IpAddr>)> {
+        if h.flags & FLAG_ROUTINE == 0 || !self.any_unheard() {
+            return None;
+        }
+        let missed = self.unheard();
+        if missed.is_empty() {
+            return None;
+        }
+        let mut prompt = h.clone();
+        prompt.flags &= !FLAG_ROUTINE;
+        Some((prompt.emit(&self.key), missed))
     }
 
     /// Only nodes already heard from are probed or answered.
@@ -1129,18 +1156,31 @@ impl ClusterShell {
         (held, self.version)
     }
 
-    /// The configured peer addresses that are missed: those of dead nodes, and, while not
-    /// every peer is alive, those no live node was heard from (a node may send from
+    /// The configured peer addresses that are missed: those of nodes now dead, and, while
+    /// not every peer is alive, those no live node was heard from (a node may send from
     /// another address of its host, a VIPA's, or a link-local one to a group: such a
-    /// peer is missed only while some peer really is). None while this node listens
-    /// (after a start or a reload, peers are not heard yet, not missed).
+    /// peer is missed only while some peer really is). While this node listens, only the
+    /// former: after a start or a reload peers are not heard yet, not missed; after a
+    /// majority regained, the dead ones still are.
     pub fn unheard(&self) -> BTreeSet<IpAddr> {
-        if self.core.syncing() {
-            return BTreeSet::new();
-        }
-        let alive = |node: &str| self.core.peers.get(node).is_some_and(|p| p.alive);
-        let all_alive = self.core.peers.values().filter(|p| p.alive).count() >= self.core.config.peers.len();
-        missed(&self.core.config.peers, &self.heard_at, alive, all_alive)
+        let known = |node: &str| match self.core.peers.get(node) {
+            Some(p) if p.alive => Known::Alive,
+            Some(_) => Known::Dead,
+            None => Known::Unknown,
+        };
+        let accounted = self.core.syncing() || self.all_alive();
+        missed(&self.core.config.peers, &self.heard_at, known, accounted)
+    }
+
+    /// As many live peers as configured ones (a cheap test before `unheard`).
+    fn all_alive(&self) -> bool {
+        self.core.peers.values().filter(|p| p.alive).count() >= self.core.config.peers.len()
+    }
+
+    /// Whether `unheard` may find any (without building the set): a node known dead, or
+    /// fewer live peers than configured ones.
+    fn any_unheard(&self) -> bool {
+        self.core.peers.values().any(|p| !p.alive) || (!self.core.syncing() && !self.all_alive())
     }
 
     /// The cluster in brief, for the status page.
@@ -1389,14 +1429,21 @@ mod tests {
         // VIPA of its host.
         let heard_at: BTreeMap<IpAddr, String> =
             [(ip("198.18.1.12"), "s2".to_string()), (ip("198.18.1.13"), "s3".to_string())].into();
-        let all = missed(&peers, &heard_at, |_| true, true);
+        let all = missed(&peers, &heard_at, |_| Known::Alive, true);
         assert!(all.is_empty(), "all alive, wherever they send from: {all:?}");
-        let s3_dead = missed(&peers, &heard_at, |n| n != "s3", false);
+        let s3 = |n: &str| if n == "s3" { Known::Dead } else { Known::Alive };
         assert_eq!(
-            s3_dead,
+            missed(&peers, &heard_at, s3, false),
             [ip("198.18.1.13"), ip("198.18.1.14")].into(),
             "s3's address, and s4's, not known to be a live node's while one is missing"
         );
+        assert_eq!(
+            missed(&peers, &heard_at, s3, true),
+            [ip("198.18.1.13")].into(),
+            "listening after a majority regained: the dead one only"
+        );
+        let reloaded = missed(&peers, &heard_at, |_| Known::Unknown, true);
+        assert!(reloaded.is_empty(), "listening after a reload: nobody heard yet is missed: {reloaded:?}");
     }
 
     #[test]

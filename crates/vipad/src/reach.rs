@@ -53,7 +53,8 @@ struct Via {
 #[derive(Debug, Clone)]
 struct Target {
     since: Instant,
-    last_sent: Option<Instant>,
+    /// When it is probed next.
+    next: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -106,12 +107,14 @@ impl Reach {
                 ),
                 None => debug!(peer = %peer, "peer not heard, its link-layer address not known: left to the kernel"),
             }
-            self.targets.insert(peer, Target { since: now, last_sent: None });
+            self.targets.insert(peer, Target { since: now, next: now + self.every });
         }
-        self.due = match self.targets.keys().any(|a| self.known.contains_key(a)) {
-            true => Some(self.due.unwrap_or(now + self.every)),
-            false => None,
-        };
+        self.schedule();
+    }
+
+    /// The next round: the soonest probe of a peer whose link-layer address is known.
+    fn schedule(&mut self) {
+        self.due = self.targets.iter().filter(|(a, _)| self.known.contains_key(a)).map(|(_, t)| t.next).min();
     }
 
     /// Sends a round of probes if one is due: from where `observed` says now (an address
@@ -120,18 +123,15 @@ impl Reach {
         if self.due.is_none_or(|d| d > now) {
             return;
         }
-        for (peer, t) in &mut self.targets {
+        for (peer, t) in self.targets.iter_mut().filter(|(_, t)| t.next <= now) {
             let slower = now.saturating_duration_since(t.since) >= SLOWER_AFTER;
-            if slower && t.last_sent.is_some_and(|l| now.saturating_duration_since(l) < EVERY_LATER) {
-                continue;
-            }
+            t.next = now + if slower { EVERY_LATER } else { self.every };
             let Some(v) = self.known.get(peer).and_then(|n| via(observed, n)) else { continue };
-            t.last_sent = Some(now);
             if let Err(e) = vipa_kernel::announce::probe_neighbour(v.ifindex, v.own_mac, v.own, v.peer_mac, *peer) {
                 debug!(peer = %peer, error = %e, "cannot send a reachability probe");
             }
         }
-        self.due = Some(now + self.every);
+        self.schedule();
     }
 }
 
@@ -214,6 +214,33 @@ mod tests {
         let o = observed();
         assert_eq!(via(&o, &entry("198.18.2.12", 2)), None, "another subnet: behind a router");
         assert_eq!(via(&o, &entry("198.18.1.12", 7)), None, "a NIC not seen");
+    }
+
+    #[test]
+    fn a_missed_peer_is_probed_every_interval_for_a_minute_then_once_a_second() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let peer: IpAddr = "198.18.1.12".parse().unwrap();
+        let unknown: IpAddr = "198.18.1.13".parse().unwrap();
+        let mut r = Reach { every: ms(10), ..Reach::default() };
+        r.known.insert(peer, entry("198.18.1.12", 2));
+        for a in [peer, unknown] {
+            r.targets.insert(a, Target { since: t0, next: t0 + ms(10) });
+        }
+        r.schedule();
+        assert_eq!(r.due, Some(t0 + ms(10)));
+        // (No NIC in `observed`: nothing goes out, the schedule moves on all the same.)
+        let observed = Observed::default();
+        r.tick(t0 + ms(5), &observed);
+        assert_eq!(r.due, Some(t0 + ms(10)), "not due yet");
+        r.tick(t0 + ms(10), &observed);
+        assert_eq!(r.due, Some(t0 + ms(20)));
+        let later = t0 + Duration::from_secs(61);
+        r.tick(later, &observed);
+        assert_eq!(r.due, Some(later + Duration::from_secs(1)), "a minute on, once a second: no waking every 10 ms");
+        r.known.clear();
+        r.schedule();
+        assert_eq!(r.due, None, "nothing to probe without a link-layer address");
     }
 
     #[test]
