@@ -307,7 +307,7 @@ fn a_peer_dead_for_long_does_not_make_the_live_nodes_lose_each_other() {
 /// last had while it does not hear them, and the first probe after healing resolves both
 /// ends. Without that, the owner is heard again only at the kernel's next try.
 fn after_a_long_partition_the_owner_is_heard_and_takes_back_at_once(ipv6: bool) {
-    let (env, _procs) = if ipv6 { up_with_ipv6_peers() } else { up("immediate") };
+    let (env, _procs) = if ipv6 { up_with_ipv6_peers("") } else { up("immediate") };
     let (family, peer_of_s2) = if ipv6 { ("ipv6", "2001:db8:1::11") } else { ("ipv4", "198.18.1.11") };
     // The kernel tries again 5 s after a failed try (1 s by default: then the wait would be
     // anywhere in that second, and the test could pass by luck).
@@ -367,14 +367,14 @@ fn after_a_long_partition_the_owner_is_heard_and_takes_back_at_once_over_ipv6() 
     after_a_long_partition_the_owner_is_heard_and_takes_back_at_once(true);
 }
 
-/// [`up`], the peers given by their IPv6 addresses.
-fn up_with_ipv6_peers() -> (ClusterEnv, Vec<Proc>) {
+/// [`up`], the peers given by their IPv6 addresses, `extra` added to `[cluster]`.
+fn up_with_ipv6_peers(extra: &str) -> (ClusterEnv, Vec<Proc>) {
     require_root();
     let env = ClusterEnv::build(Names::Unique, 3);
     for k in 1..=3 {
         let peers: Vec<String> = (1..=3).filter(|&j| j != k).map(|j| format!("\"2001:db8:1::{}\"", 10 + j)).collect();
         let text = format!(
-            "[node]\nname = \"s{k}\"\n\n[cluster]\npeers = [{}]\nkey_file = \"{}\"\n{CLUSTER}\n{}",
+            "[node]\nname = \"s{k}\"\n\n[cluster]\npeers = [{}]\nkey_file = \"{}\"\n{CLUSTER}{extra}\n{}",
             peers.join(", "),
             env.key_path().display(),
             dvipa("immediate")
@@ -807,25 +807,7 @@ fn multicast_heartbeats_go_once_an_interval_to_the_group_and_a_death_is_still_ta
 
 #[test]
 fn ipv6_peers_keep_their_membership_by_an_ipv6_group() {
-    require_root();
-    let env = ClusterEnv::build(Names::Unique, 3);
-    for k in 1..=3 {
-        let peers: Vec<String> = (1..=3).filter(|&j| j != k).map(|j| format!("\"2001:db8:1::{}\"", 10 + j)).collect();
-        let text = format!(
-            "[node]\nname = \"s{k}\"\n\n[cluster]\npeers = [{}]\nkey_file = \"{}\"\n{CLUSTER}multicast = \"ff02::86\"\nmulticast_nic = \"en1\"\n\n{}",
-            peers.join(", "),
-            env.key_path().display(),
-            dvipa("immediate")
-        );
-        std::fs::write(env.config_path(k), text).expect("config");
-    }
-    let _procs: Vec<Proc> = (1..=3).map(|k| env.start_vipad(k)).collect();
-    let ok = wait_for(Duration::from_secs(5), || {
-        (env.holders(DVIPA) == vec![1]
-            && (1..=3).all(|k| out(&env.vipactl(k, &["cluster"])).matches(" alive ").count() == 2))
-        .then_some(())
-    });
-    assert!(ok.is_some(), "{:?}\n{}", env.holders(DVIPA), out(&env.vipactl(2, &["cluster"])));
+    let (env, _procs) = up_with_ipv6_peers("multicast = \"ff02::86\"\nmulticast_nic = \"en1\"\n");
     let view = out(&env.vipactl(2, &["cluster"]));
     assert!(view.contains("heartbeats multicast ff02::86 on en1"), "{view}");
     assert!(env.log(2).contains("routine heartbeats go to a socket of their own"), "{}", env.log(2));
