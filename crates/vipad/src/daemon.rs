@@ -179,8 +179,8 @@ impl Daemon {
         self.reconcile();
         self.follow_unheard(now);
         loop {
-            // Sleep until the next input or the next timer of IPMP groups (the cluster has
-            // its own thread).
+            // Sleep until the next input, the next timer of IPMP groups, a refresh or a
+            // round of probes towards missed peers (the cluster has its own thread).
             let deadline = [self.ipmp.poll_timeout(), self.refresh_due.iter().map(|(t, _)| *t).min(), self.reach.due]
                 .into_iter()
                 .flatten()
