@@ -8,10 +8,10 @@ use std::mem;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use vipa_wire::arp::{Operation, Packet, Repr};
+use vipa_wire::arp::{self, Operation, Repr};
 use vipa_wire::ndp::NeighborAdvert;
 
-const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_ARP: u16 = arp::ETHERTYPE_ARP;
 const ETH_P_IPV6: u16 = 0x86dd;
 
 fn packet_addr(ifindex: u32, dst: [u8; 6], protocol: u16) -> SockAddr {
@@ -37,12 +37,7 @@ pub fn garp_many(ifindex: u32, mac: [u8; 6], ips: &[Ipv4Addr], count: u32) -> io
     for _ in 0..count {
         for &ip in ips {
             for op in [Operation::Request, Operation::Reply] {
-                let mut frame = [0u8; 14 + vipa_wire::arp::LEN];
-                frame[0..6].copy_from_slice(&[0xff; 6]);
-                frame[6..12].copy_from_slice(&mac);
-                frame[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
-                let repr = Repr::gratuitous(op, mac, ip);
-                repr.emit(&mut Packet::new_checked(&mut frame[14..]).map_err(io::Error::other)?);
+                let frame = arp::frame([0xff; 6], &Repr::gratuitous(op, mac, ip));
                 match sock.send_to(&frame, &dst) {
                     Ok(_) => {}
                     // A full queue drops this copy; the next round sends it again.
@@ -64,13 +59,7 @@ pub fn garp_many(ifindex: u32, mac: [u8; 6], ips: &[Ipv4Addr], count: u32) -> io
 pub fn probe_neighbour(ifindex: u32, own_mac: [u8; 6], own: IpAddr, peer_mac: [u8; 6], peer: IpAddr) -> io::Result<()> {
     let (frame, protocol) = match (own, peer) {
         (IpAddr::V4(own), IpAddr::V4(peer)) => {
-            let mut frame = vec![0u8; 14 + vipa_wire::arp::LEN];
-            frame[0..6].copy_from_slice(&peer_mac);
-            frame[6..12].copy_from_slice(&own_mac);
-            frame[12..14].copy_from_slice(&ETH_P_ARP.to_be_bytes());
-            Repr::request(own_mac, own, peer)
-                .emit(&mut Packet::new_checked(&mut frame[14..]).map_err(io::Error::other)?);
-            (frame, ETH_P_ARP)
+            (arp::frame(peer_mac, &Repr::request(own_mac, own, peer)).to_vec(), ETH_P_ARP)
         }
         (IpAddr::V6(own), IpAddr::V6(peer)) => {
             (vipa_wire::ndp::solicit_frame(own_mac, own, peer_mac, peer).to_vec(), ETH_P_IPV6)

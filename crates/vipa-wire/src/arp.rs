@@ -203,9 +203,35 @@ impl fmt::Display for Repr {
     }
 }
 
+/// Ethernet (14) and ARP.
+pub const FRAME_LEN: usize = 14 + LEN;
+pub const ETHERTYPE_ARP: u16 = 0x0806;
+
+/// `repr` in its Ethernet frame, from its sender's link-layer address to `dst`.
+pub fn frame(dst: Mac, repr: &Repr) -> [u8; FRAME_LEN] {
+    let mut f = [0u8; FRAME_LEN];
+    f[0..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&repr.sender_mac);
+    f[12..14].copy_from_slice(&ETHERTYPE_ARP.to_be_bytes());
+    let mut p = Packet { buffer: &mut f[14..] };
+    repr.emit(&mut p);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_unicast_request_goes_in_a_frame_to_the_station_asked() {
+        let r = Repr::request([2, 0, 0, 0, 0, 0x11], Ipv4Addr::new(198, 18, 1, 11), Ipv4Addr::new(198, 18, 1, 12));
+        let f = frame([2, 0, 0, 0, 0, 0x12], &r);
+        assert_eq!(&f[..14], &[2, 0, 0, 0, 0, 0x12, 2, 0, 0, 0, 0, 0x11, 0x08, 0x06]);
+        let back = Repr::parse(&Packet::new_checked(&f[14..]).unwrap()).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.operation, Operation::Request);
+        assert_eq!(back.target_mac, [0; 6], "the target's address is what is asked");
+    }
 
     fn hex(s: &str) -> Vec<u8> {
         (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
