@@ -967,25 +967,17 @@ impl ClusterShell {
                     // Signed once, whoever it goes to.
                     let datagram = h.emit(&self.key);
                     if let Some(group) = to_group {
-                        if let Err(e) = self.sock.send_to(&datagram, group) {
-                            debug!(%group, error = %e, "heartbeat not sent");
-                        }
+                        self.datagram_to(&datagram, &group);
                     }
                     if to_group.is_none() || also {
-                        self.send_signed(&h, &datagram);
+                        self.send_signed(&h, &datagram, false);
                     } else {
                         for node in self.outside_the_group() {
                             self.send_to(node, &datagram);
                         }
                         // A missed peer reads the group's copy only at its next turn; the
                         // prompt one, by unicast, at once.
-                        if let Some((prompt, missed)) = self.prompt_for_unheard(&h) {
-                            for p in self.core.config.peers.iter().filter(|p| missed.contains(&p.ip().to_canonical())) {
-                                if let Err(e) = self.sock.send_to(&prompt, p) {
-                                    debug!(peer = %p, error = %e, "heartbeat not sent");
-                                }
-                            }
-                        }
+                        self.send_signed(&h, &datagram, true);
                     }
                 }
                 Output::HeartbeatTo { node, heartbeat } => {
@@ -1056,20 +1048,25 @@ impl ClusterShell {
     /// (not at its next turn, up to an interval later), and the split ends as soon as the
     /// link lets it through.
     fn send_all(&self, h: &Heartbeat) {
-        self.send_signed(h, &h.emit(&self.key));
+        self.send_signed(h, &h.emit(&self.key), false);
     }
 
-    /// [`Self::send_all`], `datagram` being `h` signed.
-    fn send_signed(&self, h: &Heartbeat, datagram: &[u8]) {
+    /// [`Self::send_all`], `datagram` being `h` signed; with `missed_only`, to the missed
+    /// peers only (the others have it by the group).
+    fn send_signed(&self, h: &Heartbeat, datagram: &[u8], missed_only: bool) {
         let prompt = self.prompt_for_unheard(h);
         for p in &self.core.config.peers {
-            let datagram = match &prompt {
-                Some((d, missed)) if missed.contains(&p.ip().to_canonical()) => d.as_slice(),
-                _ => datagram,
-            };
-            if let Err(e) = self.sock.send_to(datagram, p) {
-                debug!(peer = %p, error = %e, "heartbeat not sent");
+            match &prompt {
+                Some((d, missed)) if missed.contains(&p.ip().to_canonical()) => self.datagram_to(d, p),
+                _ if !missed_only => self.datagram_to(datagram, p),
+                _ => {}
             }
+        }
+    }
+
+    fn datagram_to(&self, datagram: &[u8], to: &SocketAddr) {
+        if let Err(e) = self.sock.send_to(datagram, to) {
+            debug!(peer = %to, error = %e, "heartbeat not sent");
         }
     }
 
@@ -1092,9 +1089,7 @@ impl ClusterShell {
     /// Only nodes already heard from are probed or answered.
     fn send_to(&self, node: &str, datagram: &[u8]) {
         if let Some(to) = self.addresses.get(node) {
-            if let Err(e) = self.sock.send_to(datagram, to) {
-                debug!(peer = %to, error = %e, "heartbeat not sent");
-            }
+            self.datagram_to(datagram, to);
         }
     }
 
