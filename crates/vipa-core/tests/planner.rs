@@ -370,16 +370,18 @@ fn plan_held(c: &Config, o: &Observed, held: &[plan::HeldDvipa]) -> Vec<Op> {
 }
 
 #[test]
-fn ipv4_dvipas_are_local_routes_and_ipv6_ones_addresses() {
+fn ipv4_dvipas_are_local_routes_and_ipv6_ones_a_route_then_an_address() {
     let c = config(DVIPAS);
     let mut o = seed_host();
     let ops = plan_held(&c, &o, &held(&c));
     assert_eq!(
         ops,
         vec![
-            // Never the source of the host's own traffic: it moves.
-            Op::AddAddress { ifindex: 2, addr: ip("2001:db8:1::200"), prefix_len: 128, source: false },
             Op::AddRoute { route: OwnedRoute::dvipa(ip("198.18.1.200"), 2) },
+            Op::AddRoute { route: OwnedRoute::dvipa(ip("2001:db8:1::200"), 2) },
+            // After the routes, which hold it already; never the source of the host's own
+            // traffic: it moves.
+            Op::AddAddress { ifindex: 2, addr: ip("2001:db8:1::200"), prefix_len: 128, source: false },
         ]
     );
     apply(&mut o, &ops);
@@ -403,15 +405,66 @@ fn ipv4_dvipas_are_local_routes_and_ipv6_ones_addresses() {
     assert_eq!(ops, deprecate);
     // Someone else's identical address, not in the ledger: used as it is, never changed.
     assert!(plan_held(&c, &by_hand, &held(&c)).is_empty());
-    // Released: the route and the address go.
+    // Released: the routes and the address go.
     let ops = plan_held(&c, &o, &[]);
-    assert_eq!(ops.len(), 2, "{ops:?}");
+    assert_eq!(ops.len(), 3, "{ops:?}");
     assert!(ops.contains(&Op::DelRoute { key: OwnedRoute::dvipa(ip("198.18.1.200"), 2).key() }));
+    assert!(ops.contains(&Op::DelRoute { key: OwnedRoute::dvipa(ip("2001:db8:1::200"), 2).key() }));
+    assert!(ops.contains(&Op::DelAddress { ifindex: 2, addr: ip("2001:db8:1::200"), prefix_len: 128 }));
     apply(&mut o, &ops);
     assert!(
         !o.local_addresses().contains(&ip("198.18.1.200")) && !o.local_addresses().contains(&ip("2001:db8:1::200"))
     );
     assert!(plan_held(&c, &o, &[]).is_empty());
+}
+
+#[test]
+fn thousands_of_ipv6_dvipas_take_their_routes_first_and_their_addresses_last() {
+    let mut text = String::from("[node]\nname = \"s1\"\n[cluster]\npeers = [\"198.18.1.12\"]\nkey_file = \"/k\"\n");
+    for i in 0..100 {
+        text.push_str(&format!(
+            "[[dvipa]]\naddress = \"2001:db8:19::{:x}\"\nowner = \"s1\"\nannounce = [\"en1\"]\n",
+            i + 1
+        ));
+    }
+    let c = config(&text);
+    let mut o = seed_host();
+    let first = plan::plan_runtime(&c, &o, &Ledger::default(), DeviceMode::Loopback, &[], &held(&c));
+    let routes = first.ops.iter().take_while(|op| matches!(op, Op::AddRoute { .. })).count();
+    assert_eq!(routes, 100, "every route first: {:?}", first.ops.first());
+    assert_eq!(first.ops.len(), 200, "then the addresses");
+    assert_eq!(first.trailing, 100, "which the daemon may leave for later plans");
+    assert!(first.ops[100..].iter().all(|op| matches!(op, Op::AddAddress { ifindex: 2, source: false, .. })));
+    // The daemon stops after a few: the routes already hold every address, and the next
+    // plan has only the rest of the addresses, still marked as trailing.
+    apply(&mut o, &first.ops[..130]);
+    for i in 0..100u32 {
+        assert!(o.local_addresses().contains(&ip(&format!("2001:db8:19::{:x}", i + 1))), "held by its route at once");
+    }
+    let held_v6 = held(&c);
+    let answer = plan::dvipas_to_answer_for(&o, &held_v6);
+    assert_eq!(answer.len(), 1);
+    assert_eq!(answer[&2].len(), 70, "the daemon answers for those whose address is still to come");
+    assert!(
+        !answer[&2].contains(&"2001:db8:19::1".parse().unwrap())
+            && answer[&2].contains(&"2001:db8:19::64".parse().unwrap())
+    );
+    let next = plan::plan_runtime(&c, &o, &Ledger::default(), DeviceMode::Loopback, &[], &held_v6);
+    assert_eq!((next.ops.len(), next.trailing), (70, 70), "{:?}", next.ops.first());
+    apply(&mut o, &next.ops);
+    let p = plan::plan_runtime(&c, &o, &Ledger::default(), DeviceMode::Loopback, &[], &held_v6);
+    assert!(p.ops.is_empty() && p.trailing == 0, "converged: {:?}", p.ops);
+    assert!(plan::dvipas_to_answer_for(&o, &held_v6).is_empty(), "the kernel answers for every address now");
+    let v6 = |o: &Observed| {
+        o.addresses.keys().filter(|(i, a)| *i == 2 && a.to_string().starts_with("2001:db8:19::")).count()
+    };
+    assert_eq!(v6(&o), 100, "every address is on en1 in the end");
+    // Released, all at once: routes and addresses; nothing is answered for.
+    let p = plan::plan_runtime(&c, &o, &Ledger::default(), DeviceMode::Loopback, &[], &[]);
+    assert_eq!((p.ops.len(), p.trailing), (200, 0));
+    apply(&mut o, &p.ops);
+    assert_eq!(v6(&o), 0);
+    assert!(o.local_addresses().iter().all(|a| !a.to_string().starts_with("2001:db8:19::")));
 }
 
 #[test]

@@ -9,12 +9,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use vipa_wire::arp::{self, Operation, Repr};
-use vipa_wire::ndp::NeighborAdvert;
 
 const ETH_P_ARP: u16 = arp::ETHERTYPE_ARP;
-const ETH_P_IPV6: u16 = 0x86dd;
+pub(crate) const ETH_P_IPV6: u16 = 0x86dd;
 
-fn packet_addr(ifindex: u32, dst: [u8; 6], protocol: u16) -> SockAddr {
+pub(crate) fn packet_addr(ifindex: u32, dst: [u8; 6], protocol: u16) -> SockAddr {
     let mut storage = socket2::SockAddrStorage::zeroed();
     // SAFETY: sockaddr_ll fits in the storage; every field used is set below.
     unsafe {
@@ -72,65 +71,23 @@ pub fn probe_neighbour(ifindex: u32, own_mac: [u8; 6], own: IpAddr, peer_mac: [u
     Ok(())
 }
 
-/// Sends `count` unsolicited Neighbor Advertisements (Override set) for each of `ips` to
-/// ff02::1 out of `ifname`, each from its own address, over one socket (the source is
-/// chosen per datagram with `IPV6_PKTINFO`; the kernel computes the checksum). Each round
-/// announces every address once. Returns the addresses that could not be announced.
-pub fn unsolicited_na_many(
-    ifname: &str,
-    ifindex: u32,
-    mac: [u8; 6],
-    ips: &[Ipv6Addr],
-    count: u32,
-) -> io::Result<Vec<(Ipv6Addr, io::Error)>> {
-    let sock = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))?;
-    sock.bind_device(Some(ifname.as_bytes()))?;
-    sock.set_multicast_hops_v6(255)?;
-    sock.set_unicast_hops_v6(255)?;
-    sock.set_multicast_if_v6(ifindex)?;
-    let group: Ipv6Addr = "ff02::1".parse().expect("literal");
-    let mut failed: Vec<(Ipv6Addr, io::Error)> = Vec::new();
+/// Sends `count` unsolicited Neighbor Advertisements (Override set) for each of `ips` from
+/// `mac` to ff02::1 out of `ifindex`, over one socket, as whole frames: the kernel's IPv6
+/// layer would refuse a source it holds by a local route only. Each round announces
+/// every address once.
+pub fn unsolicited_na_many(ifindex: u32, mac: [u8; 6], ips: &[Ipv6Addr], count: u32) -> io::Result<()> {
+    // Protocol 0: this socket only sends.
+    let sock = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0)))?;
+    let dst = packet_addr(ifindex, vipa_wire::ndp::ALL_NODES_MAC, ETH_P_IPV6);
     for _ in 0..count {
         for &ip in ips {
-            if failed.iter().any(|(f, _)| *f == ip) {
-                continue;
-            }
-            let msg = NeighborAdvert::unsolicited(ip, mac).emit();
-            match send_from(&sock, &msg, ip, group, ifindex) {
-                Ok(()) => {}
+            match sock.send_to(&vipa_wire::ndp::unsolicited_frame(mac, ip), &dst) {
+                Ok(_) => {}
                 // A full queue drops this copy; the next round sends it again.
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
-                Err(e) => failed.push((ip, e)),
+                Err(e) => return Err(e),
             }
         }
-    }
-    Ok(failed)
-}
-
-/// One datagram from `src` (an address of this host) to `dst` on link `ifindex`.
-fn send_from(sock: &Socket, msg: &[u8], src: Ipv6Addr, dst: Ipv6Addr, ifindex: u32) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let to = SockAddr::from(std::net::SocketAddrV6::new(dst, 0, 0, ifindex));
-    // SAFETY: all-zero is a valid in6_pktinfo.
-    let mut info: libc::in6_pktinfo = unsafe { mem::zeroed() };
-    info.ipi6_addr.s6_addr = src.octets();
-    info.ipi6_ifindex = ifindex as _;
-    let mut iov = libc::iovec { iov_base: msg.as_ptr() as *mut libc::c_void, iov_len: msg.len() };
-    let mut control = [0u64; 8];
-    let mut m = crate::msg::header(to.as_ptr() as *mut libc::c_void, to.len(), &mut iov, &mut control);
-    // SAFETY: CMSG_SPACE only computes a size; the control buffer (64 bytes) holds one
-    // in6_pktinfo message, and CMSG_FIRSTHDR/CMSG_DATA point into it.
-    unsafe {
-        m.msg_controllen = libc::CMSG_SPACE(mem::size_of::<libc::in6_pktinfo>() as u32) as _;
-        let c = libc::CMSG_FIRSTHDR(&m);
-        (*c).cmsg_level = libc::IPPROTO_IPV6;
-        (*c).cmsg_type = libc::IPV6_PKTINFO;
-        (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<libc::in6_pktinfo>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::in6_pktinfo>(), info);
-    }
-    // SAFETY: every pointer in `m` points at a live buffer of the length given.
-    if unsafe { libc::sendmsg(sock.as_raw_fd(), &m, 0) } < 0 {
-        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

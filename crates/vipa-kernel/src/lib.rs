@@ -15,6 +15,7 @@ mod msg;
 pub mod netlink;
 pub mod nft;
 pub mod probe;
+pub mod responder;
 pub mod steer;
 pub mod sysctl;
 

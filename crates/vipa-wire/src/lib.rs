@@ -6,8 +6,8 @@
 //! codepoints decode as data.
 //!
 //! What it does not do: open sockets or decide when to send (the kernel adapter and the
-//! core do). It holds ARP (gratuitous announcements), ICMP echo (probes) and the
-//! unsolicited Neighbor Advertisement.
+//! core do). It holds ARP (gratuitous announcements), ICMP echo (probes) and Neighbor
+//! Discovery (announcements, answers, probes).
 
 pub mod arp;
 pub mod cluster;
@@ -21,6 +21,8 @@ pub enum WireError {
     Truncated { have: usize, need: usize },
     #[error("not the expected ICMP message (type {0})")]
     NotEcho(u8),
+    #[error("not a valid Neighbor Solicitation: {0}")]
+    NotSolicit(&'static str),
     #[error("not an Ethernet/IPv4 ARP packet (hardware {hardware}, protocol {protocol:#06x}, lengths {hlen}/{plen})")]
     Unsupported { hardware: u16, protocol: u16, hlen: u8, plen: u8 },
 }

@@ -28,15 +28,8 @@ pub fn send(observed: &Observed, items: impl IntoIterator<Item = (IpAddr, String
     for ((nic, count), addrs) in v6 {
         let Some(l) = observed.link_by_name(&nic) else { continue };
         let Some(mac) = l.mac else { continue };
-        match vipa_kernel::announce::unsolicited_na_many(&nic, l.index, mac, &addrs, count) {
-            Ok(failed) => {
-                for (a, e) in &failed {
-                    warn!(address = %a, interface = %nic, error = %e, "announcement failed");
-                }
-                if failed.len() < addrs.len() {
-                    info!(interface = %nic, addresses = addrs.len() - failed.len(), first = %addrs[0], count, "announced");
-                }
-            }
+        match vipa_kernel::announce::unsolicited_na_many(l.index, mac, &addrs, count) {
+            Ok(()) => info!(interface = %nic, addresses = addrs.len(), first = %addrs[0], count, "announced"),
             Err(e) => warn!(interface = %nic, addresses = addrs.len(), error = %e, "announcement failed"),
         }
     }

@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 use vipa_api::{ApplyReport, Request, Response, StatusView};
@@ -30,14 +30,15 @@ use vipa_kernel::{Kernel, Outcome, Update};
 use crate::{edit, views};
 
 /// When the refreshes after a carrier change are repeated.
-const REFRESH_AGAIN: [std::time::Duration; 3] = [
-    std::time::Duration::from_millis(20),
-    std::time::Duration::from_millis(200),
-    std::time::Duration::from_millis(1000),
-];
+const REFRESH_AGAIN: [Duration; 3] =
+    [Duration::from_millis(20), Duration::from_millis(200), Duration::from_millis(1000)];
 
 /// Plans larger than this are logged as one summary line, each change at debug level.
 const BULK: usize = 32;
+
+/// How long one plan goes on adding the addresses of IPv6 DVIPAs their routes already hold
+/// (`Plan::trailing`) before the daemon acts on what came meanwhile and plans again.
+const TRAILING_AT_ONCE: Duration = Duration::from_millis(50);
 
 /// Everything the daemon reacts to.
 pub enum Input {
@@ -88,6 +89,11 @@ pub struct Daemon {
     pub refresh_due: Vec<(Instant, Refresh)>,
     /// Probes towards peers not heard (see `reach`).
     pub reach: crate::reach::Reach,
+    /// Answers for IPv6 DVIPAs whose address is still to come (see `answer`).
+    pub answering: crate::answer::Answering,
+    /// The last plan left IPv6 DVIPA addresses for later: plan again once the inputs
+    /// queued meanwhile are handled.
+    pub more: bool,
 }
 
 /// What is done again shortly after a carrier change.
@@ -181,10 +187,15 @@ impl Daemon {
         loop {
             // Sleep until the next input, the next timer of IPMP groups, a refresh or a
             // round of probes towards missed peers (the cluster has its own thread).
-            let deadline = [self.ipmp.poll_timeout(), self.refresh_due.iter().map(|(t, _)| *t).min(), self.reach.due]
-                .into_iter()
-                .flatten()
-                .min();
+            let deadline = [
+                self.ipmp.poll_timeout(),
+                self.refresh_due.iter().map(|(t, _)| *t).min(),
+                self.reach.due,
+                self.more.then(Instant::now),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let first = match deadline {
                 Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Ok(input) => Some(input),
@@ -299,7 +310,7 @@ impl Daemon {
             if self.ipmp.drain(&self.observed) {
                 dirty = true;
             }
-            if dirty {
+            if dirty || self.more {
                 self.reconcile();
             } else if announce {
                 self.announce_cluster();
@@ -379,12 +390,15 @@ impl Daemon {
         let mut failed = false;
         let mut arp = None;
         let mut held_version = 0;
+        let mut held = Vec::new();
+        self.more = false;
         // One round normally suffices; a second covers what the first made possible.
         for _round in 0..3 {
             self.refresh_sysctls();
             let runtime = self.ipmp.runtime();
-            let (held, version) = self.cluster.as_ref().map(|c| c.lock().held()).unwrap_or_default();
-            held_version = version;
+            (held, held_version) = self.cluster.as_ref().map(|c| c.lock().held()).unwrap_or_default();
+            // Before the changes: nothing released is answered for while it goes.
+            self.answering.follow(&self.observed, &held);
             let plan = plan::plan_runtime(&self.config, &self.observed, &self.ledger, self.mode, &runtime, &held);
             arp = Some(plan.arp.clone());
             if plan.ops.is_empty() {
@@ -392,10 +406,22 @@ impl Daemon {
                 break;
             }
             let mut progress = false;
+            let bulk = plan.ops.len() > BULK;
+            let trailing_from = plan.ops.len() - plan.trailing;
+            let mut trailing_until = None;
+            let mut applied = 0;
             // Thousands of addresses take a while; the cluster thread keeps the heartbeats
             // going meanwhile.
-            for op in &plan.ops {
-                match self.apply_one(op, plan.ops.len() > BULK) {
+            for (i, op) in plan.ops.iter().enumerate() {
+                if i >= trailing_from {
+                    let until = *trailing_until.get_or_insert_with(|| Instant::now() + TRAILING_AT_ONCE);
+                    if Instant::now() >= until {
+                        // The rest after whatever came meanwhile.
+                        self.more = true;
+                        break;
+                    }
+                }
+                match self.apply_one(op, bulk) {
                     Some(outcome) => {
                         changes.push(op.to_string());
                         if outcome != Outcome::AlreadyGone || matches!(op, Op::DelAddress { .. } | Op::DelRoute { .. })
@@ -406,9 +432,11 @@ impl Daemon {
                     }
                     None => failed = true,
                 }
+                applied += 1;
             }
-            if plan.ops.len() > BULK {
-                info!(changes = plan.ops.len(), first = %plan.ops[0], "applied a batch of changes");
+            // (Trailing addresses alone are followed by the log lines of `answer`.)
+            if bulk && trailing_from > 0 {
+                info!(changes = applied, first = %plan.ops[0], "applied a batch of changes");
             }
             self.set_ledger(plan.ledger);
             if failed {
@@ -416,11 +444,15 @@ impl Daemon {
                 self.resync();
                 failed = false;
             }
+            if self.more {
+                break;
+            }
             if !progress || matches!(plan.ops.first(), Some(Op::AddDummy { .. })) {
                 // A new dummy device is known by its event; the next event plans again.
                 break;
             }
         }
+        self.answering.follow(&self.observed, &held);
         // Neighbours hear of a move once the kernel holds it; the ARP filter (an nft run,
         // tens of milliseconds) follows, since the announcement already points them right.
         self.ipmp.announce(&self.observed);

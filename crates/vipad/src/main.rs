@@ -6,6 +6,7 @@
 //! removes and re-adds an address or route on its way up.
 
 mod announce;
+mod answer;
 mod cluster;
 mod control;
 mod daemon;
@@ -232,6 +233,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         cluster,
         refresh_due: Vec::new(),
         reach: Default::default(),
+        answering: Default::default(),
+        more: false,
     };
     d.run(rx);
     let _ = std::fs::remove_file(&args.socket);

@@ -685,6 +685,69 @@ fn ipv6_dvipa_is_taken_over_with_an_unsolicited_na() {
     env.client.try_sh(&format!("ping -6 -c1 -W1 {DVIPA6}")).expect("reachable on s2");
 }
 
+/// Thousands of IPv6 DVIPAs taken over at once: the kernel takes a while to add their
+/// addresses (each one makes it walk every multicast group of the NIC), so their local
+/// routes come first, and vipad answers neighbour solicitations for them meanwhile.
+#[test]
+fn ipv6_dvipas_taken_over_by_the_thousand_are_answered_for_before_their_addresses_come() {
+    require_root();
+    const N: usize = 2000;
+    let env = ClusterEnv::build(Names::Unique, 2);
+    let d: String = (1..=N)
+        .map(|i| {
+            format!("[[dvipa]]\naddress = \"2001:db8:1::19:{i:x}\"\nowner = \"s1\"\nbackups = {{ s2 = 100 }}\nannounce = [\"en1\"]\n")
+        })
+        .collect();
+    for k in 1..=2 {
+        env.write_config(k, "heartbeat_interval = \"10ms\"\nquorum = \"none\"\n", &d);
+    }
+    let mut procs: Vec<Proc> = (1..=2).map(|k| env.start_vipad(k)).collect();
+    let addresses = |k: usize| env.host(k).sh("ip -6 addr show dev en1").matches("inet6 2001:db8:1::19:").count();
+    let started = Instant::now();
+    let all = wait_for(Duration::from_secs(60), || (addresses(1) == N).then_some(()));
+    eprintln!("s1 had every address {:?} after it started", started.elapsed());
+    assert!(all.is_some(), "s1 has {} of {N} addresses\n{}", addresses(1), env.log(1));
+    // Added in order: the last is the last to come.
+    let last = format!("2001:db8:1::19:{N:x}");
+    let has_last = || env.host(2).sh(&format!("ip -6 addr show dev en1 to {last}/128")).contains(&last);
+    procs[0].kill();
+    env.cut(1);
+    let taken = Instant::now();
+    // Seen without its address before and after a client that never knew it reached it:
+    // vipad answered the client's solicitation, and the route took the ping.
+    let seen = wait_for(Duration::from_secs(10), || {
+        if has_last() {
+            return Some(Err(format!(
+                "the address came {:?} after the cut, before the route was seen alone",
+                taken.elapsed()
+            )));
+        }
+        if !env.holders(&last).contains(&2) {
+            return None;
+        }
+        let reached = env.client.try_sh(&format!("ping -6 -c1 -W1 {last}")).is_ok();
+        (reached && !has_last()).then(|| Ok(taken.elapsed()))
+    });
+    match seen {
+        Some(Ok(after)) => eprintln!("reached by its route {after:?} after the cut"),
+        Some(Err(e)) => panic!("{e}\n{}", env.log(2)),
+        None => panic!("never reached on s2 while its address was still to come\n{}", env.log(2)),
+    }
+    assert_eq!(env.client_neigh(&last), Some(env.mac(2)), "the client learnt s2 from the answer");
+    // Then the addresses follow, and the kernel answers for them from then on.
+    let all = wait_for(Duration::from_secs(60), || (addresses(2) == N).then_some(()));
+    eprintln!("s2 had every address {:?} after the cut", taken.elapsed());
+    assert!(all.is_some(), "s2 has {} of {N} addresses\n{}", addresses(2), env.log(2));
+    let log = wait_for(Duration::from_secs(2), || {
+        let log = env.log(2);
+        log.contains("is an address on the NIC again").then_some(log)
+    });
+    let log = log.unwrap_or_else(|| panic!("{}", env.log(2)));
+    assert!(log.contains("answering neighbour solicitations for IPv6 DVIPAs"), "{log}");
+    env.client.sh(&format!("ip -6 neigh flush dev cl0"));
+    env.client.try_sh(&format!("ping -6 -c1 -W1 {last}")).expect("reachable by its address");
+}
+
 #[test]
 fn the_holder_refreshes_its_announcement_so_a_wrong_neighbour_entry_is_corrected() {
     let (env, _procs) = up("immediate");

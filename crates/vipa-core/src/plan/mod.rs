@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 pub mod group;
 
 pub use group::{ArpFilter, GroupRuntime};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -89,6 +89,14 @@ pub struct Plan {
     pub ledger: Ledger,
     /// The nftables ARP filter the IPMP groups need (empty without groups).
     pub arp: ArpFilter,
+    /// How many of the last `ops` add the addresses of IPv6 DVIPAs that their local
+    /// routes, earlier in `ops`, already hold. Each costs the kernel a walk of every
+    /// multicast group of the NIC (one per address), so thousands take it tens of
+    /// seconds, while the routes take a fraction of one and make the host take the
+    /// addresses' traffic at once; the daemon answers neighbour solicitations for them
+    /// until the addresses follow (`dvipas_to_answer_for`). It may stop anywhere among
+    /// these, act on whatever came meanwhile, and plan again.
+    pub trailing: usize,
 }
 
 /// The device a VIPA's addresses go on, if it exists.
@@ -224,8 +232,8 @@ pub fn plan(config: &Config, observed: &Observed, ledger: &Ledger, mode: DeviceM
 /// thousands of them take seconds; a local route takes microseconds. The kernel answers
 /// ARP for a local route only while the receiving NIC's effective `arp_ignore` is 0 (for
 /// an address on that NIC also under 1 and 3), so anything else, or a value vipa is about
-/// to raise for a static VIPA or does not know, keeps the address. IPv6 always takes the
-/// address: the kernel answers neighbour solicitations only for addresses on the device.
+/// to raise for a static VIPA or does not know, keeps the address. (IPv6 DVIPAs on a NIC
+/// take both, the route first: see `Plan::trailing`.)
 fn dvipas_as_routes(dev: &Link, observed: &Observed, managed: &[(String, Vec<SysctlKind>)]) -> bool {
     if dev.loopback {
         return false;
@@ -235,6 +243,22 @@ fn dvipas_as_routes(dev: &Link, observed: &Observed, managed: &[(String, Vec<Sys
     };
     let raised = managed.iter().any(|(nic, kinds)| *nic == dev.name && kinds.contains(&SysctlKind::ArpIgnore));
     matches!((value(&dev.name), value("all")), (Some(0), Some(0))) && !raised
+}
+
+/// The IPv6 DVIPAs the kernel takes traffic for by their local route but would not answer
+/// neighbour solicitations for, since their address is not on the NIC yet (see
+/// `Plan::trailing`): the daemon answers for them meanwhile. By NIC index.
+pub fn dvipas_to_answer_for(observed: &Observed, held: &[HeldDvipa]) -> BTreeMap<u32, BTreeSet<Ipv6Addr>> {
+    let mut answer: BTreeMap<u32, BTreeSet<Ipv6Addr>> = BTreeMap::new();
+    for d in held {
+        let (IpAddr::V6(addr), Some(nic)) = (d.address, &d.device) else { continue };
+        let Some(l) = observed.link_by_name(nic) else { continue };
+        let routed = observed.routes.get(&OwnedRoute::dvipa(d.address, l.index).key()).is_some_and(is_vipa_local);
+        if routed && !observed.addresses.contains_key(&(l.index, d.address)) {
+            answer.entry(l.index).or_default().insert(addr);
+        }
+    }
+    answer
 }
 
 /// A DVIPA this node holds, and the device it goes on (`None`: `lo`).
@@ -263,6 +287,8 @@ pub fn plan_runtime(
     // would otherwise prefer it to the NIC's own address, its longest match. IPv4 picks
     // the route's preferred source, the NIC's address.)
     let mut not_sources: BTreeSet<(u32, IpAddr)> = BTreeSet::new();
+    // IPv6 DVIPAs held by their route whose address is still to come.
+    let mut trailing: Vec<(u32, IpAddr)> = Vec::new();
     for d in dvipas {
         let dev = match &d.device {
             Some(n) => observed.link_by_name(n),
@@ -273,6 +299,16 @@ pub fn plan_runtime(
             if d.address.is_ipv4() && routes {
                 let r = OwnedRoute::dvipa(d.address, l.index);
                 want.routes.insert(r.key(), r);
+            } else if d.address.is_ipv6() && !l.loopback {
+                // The route at once, the address after (`Plan::trailing`).
+                let r = OwnedRoute::dvipa(d.address, l.index);
+                want.routes.insert(r.key(), r);
+                not_sources.insert((l.index, d.address));
+                if observed.addresses.contains_key(&(l.index, d.address)) {
+                    want.addresses.insert((l.index, d.address), host_prefix_len(d.address));
+                } else {
+                    trailing.push((l.index, d.address));
+                }
             } else {
                 want.addresses.insert((l.index, d.address), host_prefix_len(d.address));
                 if d.address.is_ipv6() {
@@ -281,8 +317,13 @@ pub fn plan_runtime(
             }
         }
     }
+    let trailing: BTreeSet<(u32, IpAddr)> = trailing.into_iter().collect();
+    for &(ifindex, addr) in &trailing {
+        want.addresses.insert((ifindex, addr), host_prefix_len(addr));
+    }
     let mut next = ledger.clone();
     let mut add_links = Vec::new();
+    let mut trailing_addrs = Vec::new();
     let mut add_addrs = Vec::new();
     let mut routes = Vec::new();
     let mut sysctls = Vec::new();
@@ -325,7 +366,12 @@ pub fn plan_runtime(
         match observed.addresses.get(&(ifindex, addr)) {
             None => {
                 let source = !not_sources.contains(&(ifindex, addr));
-                add_addrs.push(Op::AddAddress { ifindex, addr, prefix_len, source });
+                let op = Op::AddAddress { ifindex, addr, prefix_len, source };
+                if trailing.contains(&(ifindex, addr)) {
+                    trailing_addrs.push(op);
+                } else {
+                    add_addrs.push(op);
+                }
             }
             // Someone else's identical address is used as it is, and not claimed.
             Some(a) if a.proto != ADDR_PROTO_VIPA && !ledger.addresses.contains(&(name.clone(), addr)) => continue,
@@ -467,7 +513,9 @@ pub fn plan_runtime(
     ops.extend(sysctls);
     ops.extend(del_addrs);
     ops.extend(del_links);
-    Plan { ops, ledger: next, arp: want.arp }
+    let trailing = trailing_addrs.len();
+    ops.extend(trailing_addrs);
+    Plan { ops, ledger: next, arp: want.arp, trailing }
 }
 
 /// What to do when a link's carrier changes. IPv4 drops cached routes on its own; IPv6
