@@ -62,11 +62,12 @@ const SECTIONS: &[&str] = &[
     "keepalived",
     "split-heal",
     "dvipa-scale",
+    "dvipa-scale-v6",
 ];
 
 const USAGE: &str = "usage: vipa-bench [--runs N] [--only SECTION,...] [--intervals MS,...] [--dvipas N,...]
   sections: baseline, failover, repair, scale, ipmp-link, ipmp-silent, ipmp-cpu, dvipa-outage, keepalived,
-            split-heal, dvipa-scale
+            split-heal, dvipa-scale, dvipa-scale-v6 (the IPv6 rows of dvipa-scale alone)
   --intervals picks among the heartbeat intervals 1000, 100, 10 and 1 ms; --dvipas takes any counts
   (vipa-bench --beat PEER_ADDR:PORT OWN_PORT OFFSET_US is the bare loop the idle rows are measured against)";
 
@@ -225,16 +226,18 @@ fn main() {
             }
         }
     }
+    if want("dvipa-scale") || want("dvipa-scale-v6") {
+        for &n in dvipas.as_deref().unwrap_or(&[1000, 10_000]) {
+            eprintln!("measuring one takeover of {n} IPv6 DVIPAs ...");
+            dvipa_scale_v6(n as usize, &mut rows);
+        }
+    }
     if want("dvipa-scale") {
         // Any count asked for (`--dvipas 1` shows what the addresses themselves cost).
         let counts = dvipas.clone().unwrap_or_else(|| vec![1000, 10_000]);
         for &n in &counts {
             eprintln!("measuring one takeover of {n} DVIPAs ...");
             dvipa_scale(n as usize, &mut rows);
-        }
-        for &n in &counts {
-            eprintln!("measuring one takeover of {n} IPv6 DVIPAs ...");
-            dvipa_scale_v6(n as usize, &mut rows);
         }
         if dvipas.as_ref().is_none_or(|v| v.contains(&1000)) {
             eprintln!("measuring three idle nodes with majority quorum and 1,000 DVIPAs ...");
