@@ -269,6 +269,20 @@ pub struct StatusView {
     /// The cluster in brief, if configured.
     #[serde(default)]
     pub cluster: Option<ClusterSummary>,
+    /// vipad answering neighbour solicitations for IPv6 DVIPAs whose address is still to
+    /// come, if it ever did since it started.
+    #[serde(default)]
+    pub answering: Option<AnsweringSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnsweringSummary {
+    /// NICs it answers on now, with how many addresses each.
+    pub nics: Vec<(String, usize)>,
+    /// Solicitations answered since it started.
+    pub answered: u64,
+    /// Frames dropped as not valid solicitations (RFC 4861 §7.1.1).
+    pub invalid: u64,
 }
 
 /// An IPMP group on the status page.

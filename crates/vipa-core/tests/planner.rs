@@ -434,6 +434,8 @@ fn thousands_of_ipv6_dvipas_take_their_routes_first_and_their_addresses_last() {
     assert_eq!(routes, 100, "every route first: {:?}", first.ops.first());
     assert_eq!(first.ops.len(), 200, "then the addresses");
     assert_eq!(first.trailing, 100, "which the daemon may leave for later plans");
+    let in_ledger = |l: &Ledger| l.addresses.iter().filter(|(_, a)| a.to_string().starts_with("2001:db8:19::")).count();
+    assert_eq!(in_ledger(&first.ledger), 0, "not claimed in the ledger before they are there");
     assert!(first.ops[100..].iter().all(|op| matches!(op, Op::AddAddress { ifindex: 2, source: false, .. })));
     // The daemon stops after a few: the routes already hold every address, and the next
     // plan has only the rest of the addresses, still marked as trailing.
@@ -451,6 +453,7 @@ fn thousands_of_ipv6_dvipas_take_their_routes_first_and_their_addresses_last() {
     );
     let next = plan::plan_runtime(&c, &o, &Ledger::default(), DeviceMode::Loopback, &[], &held_v6);
     assert_eq!((next.ops.len(), next.trailing), (70, 70), "{:?}", next.ops.first());
+    assert_eq!(in_ledger(&next.ledger), 30, "those there are");
     apply(&mut o, &next.ops);
     let p = plan::plan_runtime(&c, &o, &Ledger::default(), DeviceMode::Loopback, &[], &held_v6);
     assert!(p.ops.is_empty() && p.trailing == 0, "converged: {:?}", p.ops);

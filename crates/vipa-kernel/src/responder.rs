@@ -28,6 +28,8 @@ use crate::announce::{packet_addr, ETH_P_IPV6};
 struct Nic {
     mac: [u8; 6],
     targets: HashSet<Ipv6Addr>,
+    /// Whether this socket holds the NIC's `PACKET_MR_ALLMULTI` membership.
+    allmulti: bool,
 }
 
 /// Counts since it started.
@@ -37,6 +39,8 @@ pub struct Counts {
     pub answered: AtomicU64,
     /// Frames the filter let through that were not valid solicitations (dropped).
     pub invalid: AtomicU64,
+    /// Reads that failed.
+    pub read_errors: AtomicU64,
 }
 
 pub struct Responder {
@@ -49,8 +53,11 @@ impl Responder {
     /// Opens the socket and starts the thread that answers; nothing is answered until
     /// `set` gives it addresses.
     pub fn start() -> io::Result<Responder> {
-        let sock = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(i32::from(ETH_P_IPV6.to_be()))))?;
+        // Protocol 0 receives nothing until bound: the filter is in place before the first
+        // frame comes.
+        let sock = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0)))?;
         attach_filter(&sock)?;
+        sock.bind(&packet_addr(0, [0; 6], ETH_P_IPV6))?;
         let sock = Arc::new(sock);
         let nics: Arc<Mutex<HashMap<u32, Nic>>> = Arc::default();
         let counts: Arc<Counts> = Arc::default();
@@ -60,23 +67,26 @@ impl Responder {
     }
 
     /// From now on, answers for exactly `targets` on NIC `ifindex` at `mac` (none: stops
-    /// answering there, and stops asking it for every multicast frame).
+    /// answering there, and stops asking it for every multicast frame). An error says
+    /// that the NIC could not be asked for every multicast frame: it still answers what
+    /// reaches it (solicitations sent straight to this host, all of them on a NIC that
+    /// does not filter multicast).
     pub fn set(&self, ifindex: u32, mac: [u8; 6], targets: HashSet<Ipv6Addr>) -> io::Result<()> {
         let mut nics = lock(&self.nics);
-        let had = nics.get(&ifindex).is_some_and(|n| !n.targets.is_empty());
-        let has = !targets.is_empty();
-        if has && !had {
-            self.membership(ifindex, libc::PACKET_ADD_MEMBERSHIP)?;
-        } else if had && !has {
-            // A NIC that went away took the membership with it.
-            let _ = self.membership(ifindex, libc::PACKET_DROP_MEMBERSHIP);
+        let had = nics.remove(&ifindex).map(|n| n.allmulti);
+        if targets.is_empty() {
+            if had == Some(true) {
+                // (A NIC that went away took the membership with it.)
+                let _ = self.membership(ifindex, libc::PACKET_DROP_MEMBERSHIP);
+            }
+            return Ok(());
         }
-        if has {
-            nics.insert(ifindex, Nic { mac, targets });
-        } else {
-            nics.remove(&ifindex);
-        }
-        Ok(())
+        let joined = match had {
+            Some(true) => Ok(()),
+            _ => self.membership(ifindex, libc::PACKET_ADD_MEMBERSHIP),
+        };
+        nics.insert(ifindex, Nic { mac, targets, allmulti: joined.is_ok() });
+        joined
     }
 
     /// The NICs it answers on now, with how many addresses each.
@@ -166,13 +176,15 @@ fn answer_loop(sock: &Socket, nics: &Mutex<HashMap<u32, Nic>>, counts: &Counts) 
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
-                warn!(error = %e, "neighbour solicitations cannot be read; IPv6 DVIPAs are answered only once their address is on the NIC");
-                return;
+                counts.read_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "neighbour solicitations cannot be read; trying again in a second");
+                std::thread::sleep(std::time::Duration::from_secs(1));
             }
             continue;
         }
-        // This host's own frames, on their way out.
-        if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+        // Only frames for this host: not those a bridge floods, or a NIC in promiscuous
+        // mode sees, sent to another host (a neighbour checking the old holder, say).
+        if !matches!(from.sll_pkttype, libc::PACKET_HOST | libc::PACKET_MULTICAST | libc::PACKET_BROADCAST) {
             continue;
         }
         let ifindex = from.sll_ifindex as u32;

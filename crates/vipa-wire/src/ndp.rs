@@ -1,19 +1,3 @@
-//! The unsolicited Neighbor Advertisement that announces an IPv6 address on a move
-//! (RFC 4861 §4.4, §7.2.6), with the Override flag and the target link-layer address;
-//! and the unicast Neighbor Solicitation (§4.3, §7.2.2) that asks a peer known by its
-//! link-layer address whether it is there again, in its whole Ethernet frame.
-//!
-//! ```text
-//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//! |     Type (136)|     Code (0)  |          Checksum             |
-//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//! |R|S|O|                     Reserved                            |
-//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//! |                       Target Address (16)                     |
-//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-//! |  Type (2)     |  Length (1)   |   Link-Layer Address (6) ...
-//! ```
-
 //! Neighbor Discovery (RFC 4861) in whole Ethernet frames, sent past the kernel's IPv6
 //! layer: the Neighbor Advertisement (§4.4) that announces an IPv6 address on a move
 //! (unsolicited, §7.2.6) or answers a solicitation for a DVIPA the kernel does not hold as
@@ -353,6 +337,17 @@ mod tests {
                 resum(f)
             },
             "unspecified",
+        );
+        // From ::, without the option, but to a group other than a solicited-node one.
+        refused(
+            &|f| {
+                f.truncate(54 + 24);
+                f[18..20].copy_from_slice(&24u16.to_be_bytes());
+                f[22..38].copy_from_slice(&[0; 16]);
+                f[38..54].copy_from_slice(&ALL_NODES.octets());
+                resum(f)
+            },
+            "not to a solicited-node group",
         );
     }
 

@@ -150,6 +150,18 @@ pub fn status(s: &StatusView) -> String {
             if c.listening { ", listening" } else { "" }
         );
     }
+    if let Some(a) = &s.answering {
+        let now = if a.nics.is_empty() {
+            "none now".to_string()
+        } else {
+            a.nics.iter().map(|(nic, n)| format!("{n} on {nic}")).collect::<Vec<_>>().join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "answers  neighbour solicitations for IPv6 DVIPAs whose address is still to come: {now}; {} answered, {} invalid dropped",
+            a.answered, a.invalid
+        );
+    }
     for w in &s.warnings {
         let _ = writeln!(out, "warning: {w}");
     }

@@ -6,11 +6,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv6Addr;
+use std::sync::atomic::Ordering;
 
 use tracing::{error, info, warn};
 use vipa_core::model::Observed;
 use vipa_core::plan::{self, HeldDvipa};
 use vipa_kernel::responder::Responder;
+
+/// What is answered on one NIC: the NIC's link-layer address (none: nothing can be) and
+/// the addresses.
+type Nic = (Option<[u8; 6]>, BTreeSet<Ipv6Addr>);
 
 #[derive(Default)]
 pub struct Answering {
@@ -18,13 +23,26 @@ pub struct Answering {
     /// The responder could not start; said once.
     unavailable: bool,
     /// What it answers for now, by NIC index.
-    now: BTreeMap<u32, BTreeSet<Ipv6Addr>>,
+    now: BTreeMap<u32, Nic>,
 }
 
 impl Answering {
+    /// For `vipactl status`, once the responder has started.
+    pub fn summary(&self, observed: &Observed) -> Option<vipa_api::AnsweringSummary> {
+        let r = self.responder.as_ref()?;
+        Some(vipa_api::AnsweringSummary {
+            nics: self.now.iter().map(|(&i, (_, t))| (observed.link_name(i), t.len())).collect(),
+            answered: r.counts.answered.load(Ordering::Relaxed),
+            invalid: r.counts.invalid.load(Ordering::Relaxed),
+        })
+    }
+
     /// Answers for exactly what `held` and the kernel call for, from now on.
     pub fn follow(&mut self, observed: &Observed, held: &[HeldDvipa]) {
-        let want = plan::dvipas_to_answer_for(observed, held);
+        let want: BTreeMap<u32, Nic> = plan::dvipas_to_answer_for(observed, held)
+            .into_iter()
+            .map(|(index, targets)| (index, (observed.links.get(&index).and_then(|l| l.mac), targets)))
+            .collect();
         if want == self.now {
             return;
         }
@@ -48,17 +66,25 @@ impl Answering {
                 continue;
             }
             let interface = observed.link_name(index);
-            let mac = observed.links.get(&index).and_then(|l| l.mac).unwrap_or_default();
-            let targets = after.map(|t| t.iter().copied().collect()).unwrap_or_default();
+            let (mac, targets) = match after {
+                Some((Some(mac), t)) => (*mac, t.iter().copied().collect()),
+                Some((None, _)) => {
+                    if before.is_none_or(|(m, _)| m.is_some()) {
+                        warn!(%interface, "the NIC has no link-layer address: neighbour solicitations for IPv6 DVIPAs whose address is still to come go unanswered");
+                    }
+                    ([0; 6], Default::default())
+                }
+                None => ([0; 6], Default::default()),
+            };
             if let Err(e) = responder.set(index, mac, targets) {
-                warn!(%interface, error = %e, "cannot receive every multicast frame; neighbour solicitations for IPv6 DVIPAs whose address is still to come go unanswered");
+                warn!(%interface, error = %e, "cannot ask the NIC for every multicast frame: for IPv6 DVIPAs whose address is still to come, only solicitations sent straight to this host are answered");
             }
             match (before, after) {
-                (None, Some(t)) => {
+                (None, Some((_, t))) => {
                     info!(%interface, addresses = t.len(), "answering neighbour solicitations for IPv6 DVIPAs until the kernel holds their addresses")
                 }
                 (Some(_), None) => {
-                    info!(%interface, answered = responder.counts.answered.load(std::sync::atomic::Ordering::Relaxed), "every IPv6 DVIPA held is an address on the NIC again; the kernel answers for them")
+                    info!(%interface, answered = responder.counts.answered.load(Ordering::Relaxed), "no IPv6 DVIPA held here waits for its address any more; the kernel answers for every one")
                 }
                 _ => {}
             }

@@ -285,7 +285,17 @@ impl Daemon {
                         }
                     }
                     Input::Stop(signal) => {
-                        if self.leave_cluster() {
+                        let left = self.leave_cluster();
+                        // The kernel answers only for addresses: a DVIPA still held by its
+                        // route alone would be out of new neighbours' reach once vipad is
+                        // gone.
+                        if self.more {
+                            info!(signal, "stopping once the IPv6 DVIPAs still held here are addresses on their NICs");
+                            while self.more {
+                                self.reconcile();
+                            }
+                        }
+                        if left {
                             info!(signal, "stopping; DVIPAs a live peer can take were handed over; other addresses and routes stay in place for the next vipad");
                         } else {
                             info!(signal, "stopping; addresses and routes stay in place for the next vipad");
@@ -406,13 +416,18 @@ impl Daemon {
                 break;
             }
             let mut progress = false;
-            let bulk = plan.ops.len() > BULK;
             let trailing_from = plan.ops.len() - plan.trailing;
+            // (Trailing addresses alone are followed by the log lines of `answer`.)
+            let bulk = plan.ops.len() > BULK || trailing_from == 0;
             let mut trailing_until = None;
             let mut applied = 0;
             // Thousands of addresses take a while; the cluster thread keeps the heartbeats
             // going meanwhile.
             for (i, op) in plan.ops.iter().enumerate() {
+                if i == trailing_from {
+                    // The routes hold them now: answered for until their addresses come.
+                    self.answering.follow(&self.observed, &held);
+                }
                 if i >= trailing_from {
                     let until = *trailing_until.get_or_insert_with(|| Instant::now() + TRAILING_AT_ONCE);
                     if Instant::now() >= until {
@@ -434,7 +449,6 @@ impl Daemon {
                 }
                 applied += 1;
             }
-            // (Trailing addresses alone are followed by the log lines of `answer`.)
             if bulk && trailing_from > 0 {
                 info!(changes = applied, first = %plan.ops[0], "applied a batch of changes");
             }
@@ -443,6 +457,8 @@ impl Daemon {
                 // Never assume: look at what the kernel really has before planning again.
                 self.resync();
                 failed = false;
+                // What failed is tried again on the next event, not at once.
+                self.more = false;
             }
             if self.more {
                 break;
@@ -796,6 +812,7 @@ impl Daemon {
                 .map(|g| vipa_api::GroupSummary { group: g.group, state: g.state, active: g.active })
                 .collect(),
             cluster: self.cluster.as_ref().map(|c| c.lock().summary()),
+            answering: self.answering.summary(&self.observed),
         }
     }
 }

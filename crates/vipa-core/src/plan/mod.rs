@@ -368,10 +368,11 @@ pub fn plan_runtime(
                 let source = !not_sources.contains(&(ifindex, addr));
                 let op = Op::AddAddress { ifindex, addr, prefix_len, source };
                 if trailing.contains(&(ifindex, addr)) {
+                    // The daemon may stop before it: in the ledger once it is there.
                     trailing_addrs.push(op);
-                } else {
-                    add_addrs.push(op);
+                    continue;
                 }
+                add_addrs.push(op);
             }
             // Someone else's identical address is used as it is, and not claimed.
             Some(a) if a.proto != ADDR_PROTO_VIPA && !ledger.addresses.contains(&(name.clone(), addr)) => continue,
