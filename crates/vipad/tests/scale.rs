@@ -1,0 +1,86 @@
+//! Dynamic VIPAs by the thousand. A test binary of its own: the kernel's work on thousands
+//! of addresses holds the lock all of networking shares, which would slow the timed tests
+//! of the other binaries were they run beside it.
+
+use std::time::{Duration, Instant};
+
+use vipa_testbed::lab::{ClusterEnv, Names};
+use vipa_testbed::{require_root, wait_for, Proc};
+
+fn out(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Thousands of IPv6 DVIPAs taken over at once: the kernel takes a while to add their
+/// addresses (each one makes it walk every multicast group of the NIC), so their local
+/// routes come first, and vipad answers neighbour solicitations for them meanwhile.
+#[test]
+fn ipv6_dvipas_taken_over_by_the_thousand_are_answered_for_before_their_addresses_come() {
+    require_root();
+    const N: usize = 2000;
+    let env = ClusterEnv::build(Names::Unique, 2);
+    let d: String = (1..=N)
+        .map(|i| {
+            format!("[[dvipa]]\naddress = \"2001:db8:1::19:{i:x}\"\nowner = \"s1\"\nbackups = {{ s2 = 100 }}\nannounce = [\"en1\"]\n")
+        })
+        .collect();
+    for k in 1..=2 {
+        env.write_config(k, "heartbeat_interval = \"10ms\"\nquorum = \"none\"\n", &d);
+    }
+    let mut procs: Vec<Proc> = (1..=2).map(|k| env.start_vipad(k)).collect();
+    let addresses = |k: usize| env.host(k).sh("ip -6 addr show dev en1").matches("inet6 2001:db8:1::19:").count();
+    let started = Instant::now();
+    let all = wait_for(Duration::from_secs(60), || (addresses(1) == N).then_some(()));
+    eprintln!("s1 had every address {:?} after it started", started.elapsed());
+    assert!(all.is_some(), "s1 has {} of {N} addresses\n{}", addresses(1), env.log(1));
+    // Added in order: the last is the last to come.
+    let last = format!("2001:db8:1::19:{N:x}");
+    let has_last = || env.host(2).sh(&format!("ip -6 addr show dev en1 to {last}/128")).contains(&last);
+    procs[0].kill();
+    env.cut(1);
+    let taken = Instant::now();
+    // Seen without its address before and after a client that knew nothing of it
+    // reached it: vipad answered the client's solicitation, and the route took the ping.
+    // (The client's entry is flushed first: one it made before vipad answered would have
+    // been filled in by the announcement.)
+    let answering = |status: &str| status.lines().find(|l| l.starts_with("answers  ")).map(str::to_string);
+    let seen = wait_for(Duration::from_secs(10), || {
+        if has_last() {
+            return Some(Err(format!(
+                "the address came {:?} after the cut, before the route was seen alone",
+                taken.elapsed()
+            )));
+        }
+        let status = out(&env.vipactl(2, &["status"]));
+        if !answering(&status).is_some_and(|l| l.contains(" on en1;")) {
+            return None;
+        }
+        env.client.sh("ip -6 neigh flush dev cl0");
+        let reached = env.client.try_sh(&format!("ping -6 -c1 -W1 {last}")).is_ok();
+        (reached && !has_last()).then(|| Ok(taken.elapsed()))
+    });
+    match seen {
+        Some(Ok(after)) => eprintln!("reached by its route {after:?} after the cut"),
+        Some(Err(e)) => panic!("{e}\n{}", env.log(2)),
+        None => panic!("never reached on s2 while its address was still to come\n{}", env.log(2)),
+    }
+    assert_eq!(env.client_neigh(&last), Some(env.mac(2)), "the client learnt s2 from the answer");
+    let status = out(&env.vipactl(2, &["status"]));
+    let line = answering(&status).unwrap_or_default();
+    assert!(!line.contains(" 0 answered") && line.contains(" 0 invalid dropped"), "{status}");
+    // Stopped now, with no live peer to hand them to, vipad keeps them: it adds the rest of
+    // the addresses before it exits, for the kernel answers only for addresses.
+    let before_stop = addresses(2);
+    assert!(before_stop < N, "every address was there before the stop: the case is not exercised");
+    procs[1].signal(libc::SIGTERM);
+    let stopped = procs[1].wait_timeout(Duration::from_secs(60));
+    eprintln!("s2 had {before_stop} of {N} addresses when told to stop; stopped {:?} after the cut", taken.elapsed());
+    assert!(stopped.is_some(), "vipad did not stop\n{}", env.log(2));
+    assert_eq!(addresses(2), N, "{}", env.log(2));
+    let log = env.log(2);
+    assert!(log.contains("stopping once the IPv6 DVIPAs still held here are addresses on their NICs"), "{log}");
+    assert!(log.contains("answering neighbour solicitations for IPv6 DVIPAs"), "{log}");
+    assert!(log.contains("waits for its address any more"), "{log}");
+    env.client.sh("ip -6 neigh flush dev cl0");
+    env.client.try_sh(&format!("ping -6 -c1 -W1 {last}")).expect("reachable by its address");
+}
