@@ -37,8 +37,11 @@ const REFRESH_AGAIN: [Duration; 3] =
 const BULK: usize = 32;
 
 /// How long one plan goes on adding the addresses of IPv6 DVIPAs their routes already hold
-/// (`Plan::trailing`) before the daemon acts on what came meanwhile and plans again.
+/// (`Plan::trailing`) before the daemon acts on what came meanwhile and plans again: this,
+/// or `TRAILING_TO_PLANNING` times what planning took (with thousands held, most of each
+/// batch still goes to the additions).
 const TRAILING_AT_ONCE: Duration = Duration::from_millis(50);
+const TRAILING_TO_PLANNING: u32 = 4;
 
 /// Everything the daemon reacts to.
 pub enum Input {
@@ -404,12 +407,14 @@ impl Daemon {
         self.more = false;
         // One round normally suffices; a second covers what the first made possible.
         for _round in 0..3 {
+            let round = Instant::now();
             self.refresh_sysctls();
             let runtime = self.ipmp.runtime();
             (held, held_version) = self.cluster.as_ref().map(|c| c.lock().held()).unwrap_or_default();
             // Before the changes: nothing released is answered for while it goes.
             self.answering.follow(&self.observed, &held);
             let plan = plan::plan_runtime(&self.config, &self.observed, &self.ledger, self.mode, &runtime, &held);
+            let planning = round.elapsed();
             arp = Some(plan.arp.clone());
             if plan.ops.is_empty() {
                 self.set_ledger(plan.ledger);
@@ -429,7 +434,8 @@ impl Daemon {
                     self.answering.follow(&self.observed, &held);
                 }
                 if i >= trailing_from {
-                    let until = *trailing_until.get_or_insert_with(|| Instant::now() + TRAILING_AT_ONCE);
+                    let until = *trailing_until
+                        .get_or_insert_with(|| Instant::now() + TRAILING_AT_ONCE.max(planning * TRAILING_TO_PLANNING));
                     if Instant::now() >= until {
                         // The rest after whatever came meanwhile.
                         self.more = true;

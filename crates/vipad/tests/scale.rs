@@ -17,7 +17,7 @@ fn out(o: &std::process::Output) -> String {
 #[test]
 fn ipv6_dvipas_taken_over_by_the_thousand_are_answered_for_before_their_addresses_come() {
     require_root();
-    const N: usize = 2000;
+    const N: usize = 3000;
     let env = ClusterEnv::build(Names::Unique, 2);
     let d: String = (1..=N)
         .map(|i| {
@@ -44,11 +44,13 @@ fn ipv6_dvipas_taken_over_by_the_thousand_are_answered_for_before_their_addresse
     // (The client's entry is flushed first: one it made before vipad answered would have
     // been filled in by the announcement.)
     let answering = |status: &str| status.lines().find(|l| l.starts_with("answers  ")).map(str::to_string);
+    let pings = std::cell::RefCell::new(Vec::new());
     let seen = wait_for(Duration::from_secs(10), || {
         if has_last() {
             return Some(Err(format!(
-                "the address came {:?} after the cut, before the route was seen alone",
-                taken.elapsed()
+                "the address came {:?} after the cut, before the route was seen alone; pings: {:?}",
+                taken.elapsed(),
+                pings.borrow()
             )));
         }
         let status = out(&env.vipactl(2, &["status"]));
@@ -56,7 +58,9 @@ fn ipv6_dvipas_taken_over_by_the_thousand_are_answered_for_before_their_addresse
             return None;
         }
         env.client.sh("ip -6 neigh flush dev cl0");
-        let reached = env.client.try_sh(&format!("ping -6 -c1 -W1 {last}")).is_ok();
+        let ping = env.client.try_sh(&format!("ping -6 -c1 -W1 {last}"));
+        let reached = ping.is_ok();
+        pings.borrow_mut().push(format!("{:?}: {ping:?} {status}", taken.elapsed()));
         (reached && !has_last()).then(|| Ok(taken.elapsed()))
     });
     match seen {
