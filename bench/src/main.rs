@@ -998,6 +998,26 @@ fn dvipa_scale_v6(n: usize, rows: &mut Vec<Row>) {
         result: all.map_or("not within 600 s".into(), ms),
         target: "-".into(),
     });
+    // The owner comes back: it gives its stale copies up, s2 hands over (deleting its
+    // addresses, which costs the kernel as much as adding them), then s1 takes them.
+    env.restore(1);
+    let back = Instant::now();
+    let _s1 = env.start_vipad(1);
+    // Held by s1's decision (its stale routes went before it could claim) and in its kernel.
+    let held = |k: usize, m: usize| {
+        let status = env.vipactl(k, &["status"]);
+        String::from_utf8_lossy(&status.stdout).contains(&format!(" {m}/{n} DVIPAs held here"))
+    };
+    let taken_back = wait_for(Duration::from_secs(600), || {
+        (held(1, n) && held(2, 0) && routes(1) >= n && routes(2) == 0).then(|| back.elapsed())
+    });
+    rows.push(Row {
+        what: format!(
+            "{n} IPv6 DVIPAs taken back (immediate): owner started again to all held by it, each by its route"
+        ),
+        result: taken_back.map_or("not within 600 s".into(), ms),
+        target: "-".into(),
+    });
 }
 
 /// The least a heartbeat at 10 ms costs: every 10 ms of the wall clock, `offset_us` after
