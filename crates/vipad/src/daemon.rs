@@ -43,6 +43,10 @@ const BULK: usize = 32;
 const TRAILING_AT_ONCE: Duration = Duration::from_millis(50);
 const TRAILING_TO_PLANNING: u32 = 4;
 
+/// While a plan adds thousands of routes for IPv6 DVIPAs, the responder takes on those in
+/// place after every so many changes.
+const ANSWER_ALONG_THE_WAY: usize = 1024;
+
 /// Everything the daemon reacts to.
 pub enum Input {
     Kernel(Vec<Update>),
@@ -429,8 +433,10 @@ impl Daemon {
             // Thousands of addresses take a while; the cluster thread keeps the heartbeats
             // going meanwhile.
             for (i, op) in plan.ops.iter().enumerate() {
-                if i == trailing_from {
-                    // The routes hold them now: answered for until their addresses come.
+                // The routes hold them now: answered for until their addresses come (with
+                // thousands, also along the way: a neighbour that asks in between would
+                // otherwise wait for its own retry, a second later).
+                if i == trailing_from || (plan.trailing > 0 && i > 0 && i % ANSWER_ALONG_THE_WAY == 0) {
                     self.answering.follow(&self.observed, &held);
                 }
                 if i >= trailing_from {
