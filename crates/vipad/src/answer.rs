@@ -1,8 +1,9 @@
 //! Keeps the neighbour solicitation responder (`vipa_kernel::responder`) answering for
 //! the IPv6 DVIPAs the kernel holds by their local route while their address is still to
-//! come (`vipa_core::plan::dvipas_to_answer_for`). With a few DVIPAs the address follows
-//! the route within the same plan and the responder is never needed; it starts the first
-//! time thousands are taken over at once.
+//! come (`vipa_core::plan::dvipas_to_answer_for`). With a few DVIPAs (up to 32 at once)
+//! the address follows the route within the same plan and the responder is not needed;
+//! it starts the first time more are taken over at once, or their addresses are slow to
+//! come.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv6Addr;
@@ -76,7 +77,8 @@ impl Answering {
                 }
                 None => ([0; 6], Default::default()),
             };
-            if let Err(e) = responder.set(index, mac, targets) {
+            // (Said when the NIC is taken on, not again at every change of its addresses.)
+            if let (Err(e), None) = (responder.set(index, mac, targets), before) {
                 warn!(%interface, error = %e, "cannot ask the NIC for every multicast frame: for IPv6 DVIPAs whose address is still to come, only solicitations sent straight to this host are answered");
             }
             match (before, after) {

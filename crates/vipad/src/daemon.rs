@@ -47,6 +47,9 @@ const TRAILING_TO_PLANNING: u32 = 4;
 /// place after every so many changes.
 const ANSWER_ALONG_THE_WAY: usize = 1024;
 
+/// How long a stopping vipad goes on adding IPv6 DVIPA addresses (`finish_trailing`).
+const STOP_FINISHING: Duration = Duration::from_secs(60);
+
 /// Everything the daemon reacts to.
 pub enum Input {
     Kernel(Vec<Update>),
@@ -101,6 +104,8 @@ pub struct Daemon {
     /// The last plan left IPv6 DVIPA addresses for later: plan again once the inputs
     /// queued meanwhile are handled.
     pub more: bool,
+    /// How many the last plan left.
+    pub trailing_left: usize,
 }
 
 /// What is done again shortly after a carrier change.
@@ -293,15 +298,7 @@ impl Daemon {
                     }
                     Input::Stop(signal) => {
                         let left = self.leave_cluster();
-                        // The kernel answers only for addresses: a DVIPA still held by its
-                        // route alone would be out of new neighbours' reach once vipad is
-                        // gone.
-                        if self.more {
-                            info!(signal, "stopping once the IPv6 DVIPAs still held here are addresses on their NICs");
-                            while self.more {
-                                self.reconcile();
-                            }
-                        }
+                        self.finish_trailing(signal);
                         if left {
                             info!(signal, "stopping; DVIPAs a live peer can take were handed over; other addresses and routes stay in place for the next vipad");
                         } else {
@@ -336,6 +333,33 @@ impl Daemon {
                 self.follow_unheard(now);
             }
             self.reach.tick(now, &self.observed);
+        }
+    }
+
+    /// Before stopping: the kernel answers only for addresses, so an IPv6 DVIPA still held
+    /// by its route alone would be out of new neighbours' reach once vipad is gone. Adds
+    /// what is left while that gets fewer, for a minute at most (systemd's default stop
+    /// timeout is 90 s).
+    fn finish_trailing(&mut self, signal: &str) {
+        if self.trailing_left == 0 {
+            return;
+        }
+        info!(
+            signal,
+            left = self.trailing_left,
+            "stopping once the IPv6 DVIPAs still held here are addresses on their NICs"
+        );
+        let until = Instant::now() + STOP_FINISHING;
+        loop {
+            let before = self.trailing_left;
+            self.reconcile();
+            if self.trailing_left == 0 {
+                return;
+            }
+            if self.trailing_left >= before || Instant::now() >= until {
+                warn!(left = self.trailing_left, "stopping with IPv6 DVIPAs held by their route alone: neighbours that ask for them go unanswered until vipad runs again");
+                return;
+            }
         }
     }
 
@@ -409,6 +433,7 @@ impl Daemon {
         let mut held_version = 0;
         let mut held = Vec::new();
         self.more = false;
+        self.trailing_left = 0;
         // One round normally suffices; a second covers what the first made possible.
         for _round in 0..3 {
             let round = Instant::now();
@@ -430,13 +455,16 @@ impl Daemon {
             let bulk = plan.ops.len() > BULK || trailing_from == 0;
             let mut trailing_until = None;
             let mut applied = 0;
+            let mut trailing_done = 0;
             // Thousands of addresses take a while; the cluster thread keeps the heartbeats
             // going meanwhile.
             for (i, op) in plan.ops.iter().enumerate() {
                 // The routes hold them now: answered for until their addresses come (with
                 // thousands, also along the way: a neighbour that asks in between would
                 // otherwise wait for its own retry, a second later).
-                if i == trailing_from || (plan.trailing > 0 && i > 0 && i % ANSWER_ALONG_THE_WAY == 0) {
+                // (A few addresses follow at once: no answering for them.)
+                let many = plan.trailing > BULK;
+                if many && (i == trailing_from || (i > 0 && i % ANSWER_ALONG_THE_WAY == 0)) {
                     self.answering.follow(&self.observed, &held);
                 }
                 if i >= trailing_from {
@@ -447,6 +475,9 @@ impl Daemon {
                         self.more = true;
                         break;
                     }
+                }
+                if i >= trailing_from {
+                    trailing_done += 1;
                 }
                 match self.apply_one(op, bulk) {
                     Some(outcome) => {
@@ -464,12 +495,14 @@ impl Daemon {
             if bulk && trailing_from > 0 {
                 info!(changes = applied, first = %plan.ops[0], "applied a batch of changes");
             }
+            self.trailing_left = plan.trailing - trailing_done;
             self.set_ledger(plan.ledger);
             if failed {
                 // Never assume: look at what the kernel really has before planning again.
                 self.resync();
                 failed = false;
-                // What failed is tried again on the next event, not at once.
+                // No more batches on a timer: what failed is retried by the rounds below
+                // and by the next event.
                 self.more = false;
             }
             if self.more {

@@ -235,6 +235,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         reach: Default::default(),
         answering: Default::default(),
         more: false,
+        trailing_left: 0,
     };
     d.run(rx);
     let _ = std::fs::remove_file(&args.socket);

@@ -17,7 +17,7 @@ fn out(o: &std::process::Output) -> String {
 #[test]
 fn ipv6_dvipas_taken_over_by_the_thousand_are_answered_for_before_their_addresses_come() {
     require_root();
-    const N: usize = 3000;
+    const N: usize = 4000;
     let env = ClusterEnv::build(Names::Unique, 2);
     let d: String = (1..=N)
         .map(|i| {
