@@ -985,10 +985,21 @@ fn dvipa_scale_v6(n: usize, rows: &mut Vec<Row>) {
         env.client.try_sh(&format!("ping -6 -c1 -W0.2 {last}")).is_ok().then(|| cut.elapsed())
     });
     let before_address = !env.host(2).sh(&format!("ip -6 addr show dev en1 to {last}/128")).contains(&last);
+    // How many solicitations vipad had answered by then (a slow row: was the client's
+    // first one answered?).
+    let status = String::from_utf8_lossy(&env.vipactl(2, &["status"]).stdout).into_owned();
+    let answered = status
+        .lines()
+        .find(|l| l.starts_with("answers  "))
+        .and_then(|l| l.split("; ").nth(1))
+        .and_then(|l| l.split(" answered").next())
+        .unwrap_or("none")
+        .to_string();
     rows.push(Row {
         what: what("the last one answering a client that never knew it"),
         result: reached.map_or("not within 60 s".into(), |d| {
-            format!("{}{}", ms(d), if before_address { " (before its address)" } else { " (after its address)" })
+            let when = if before_address { "before its address" } else { "after its address" };
+            format!("{} ({when}; {answered} answered)", ms(d))
         }),
         target: target.into(),
     });
