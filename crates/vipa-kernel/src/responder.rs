@@ -39,8 +39,6 @@ pub struct Counts {
     pub answered: AtomicU64,
     /// Frames the filter let through that were not valid solicitations (dropped).
     pub invalid: AtomicU64,
-    /// Reads that failed.
-    pub read_errors: AtomicU64,
 }
 
 pub struct Responder {
@@ -87,11 +85,6 @@ impl Responder {
         };
         nics.insert(ifindex, Nic { mac, targets, allmulti: joined.is_ok() });
         joined
-    }
-
-    /// The NICs it answers on now, with how many addresses each.
-    pub fn answering(&self) -> Vec<(u32, usize)> {
-        lock(&self.nics).iter().map(|(&i, n)| (i, n.targets.len())).collect()
     }
 
     fn membership(&self, ifindex: u32, op: libc::c_int) -> io::Result<()> {
@@ -176,7 +169,6 @@ fn answer_loop(sock: &Socket, nics: &Mutex<HashMap<u32, Nic>>, counts: &Counts) 
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
-                counts.read_errors.fetch_add(1, Ordering::Relaxed);
                 warn!(error = %e, "neighbour solicitations cannot be read; trying again in a second");
                 std::thread::sleep(std::time::Duration::from_secs(1));
             }
