@@ -20,42 +20,80 @@ use std::net::Ipv6Addr;
 
 use crate::WireError;
 
+pub const NEIGHBOR_SOLICIT: u8 = 135;
 pub const NEIGHBOR_ADVERT: u8 = 136;
 pub const FLAG_SOLICITED: u8 = 0x40;
 pub const FLAG_OVERRIDE: u8 = 0x20;
-/// Ethernet (14), IPv6 (40) and a Neighbor Advertisement with the target link-layer
+/// Ethernet (14), IPv6 (40) and a solicitation or advertisement with one link-layer
 /// address option (32).
-pub const ADVERT_FRAME_LEN: usize = 86;
+pub const FRAME_LEN: usize = 86;
 /// ff02::1, where unsolicited advertisements go, and its Ethernet group.
 pub const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 pub const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+const ETHERTYPE_IPV6: u16 = 0x86dd;
+const NEXT_HEADER_ICMPV6: u8 = 58;
+const OPTION_SOURCE_LL: u8 = 1;
+const OPTION_TARGET_LL: u8 = 2;
+/// ff02::1:ff00:0/104, the solicited-node groups.
+const SOLICITED_NODE_PREFIX: [u8; 13] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff];
 
 /// A Neighbor Advertisement for `target` at `own_mac`, from `target` itself to
-/// `destination` at `destination_mac`, with `flags` (`FLAG_*`) and the hop limit of 255
-/// that receivers require. The checksum is computed here.
+/// `destination` at `destination_mac`, with `flags` (`FLAG_*`) and the target link-layer
+/// address option.
 pub fn advert_frame(
     own_mac: [u8; 6],
     target: Ipv6Addr,
     destination_mac: [u8; 6],
     destination: Ipv6Addr,
     flags: u8,
-) -> [u8; ADVERT_FRAME_LEN] {
-    let mut f = [0u8; ADVERT_FRAME_LEN];
-    let icmp = header(&mut f, own_mac, target, destination_mac, destination);
-    icmp[0] = NEIGHBOR_ADVERT;
-    icmp[4] = flags;
-    icmp[8..24].copy_from_slice(&target.octets());
-    icmp[24] = OPTION_TARGET_LL;
-    icmp[25] = 1;
-    icmp[26..32].copy_from_slice(&own_mac);
-    let sum = crate::icmp::checksum(&pseudo_header_and(target, destination, icmp));
-    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-    f
+) -> [u8; FRAME_LEN] {
+    let to = (destination_mac, destination);
+    frame((own_mac, target), to, [NEIGHBOR_ADVERT, flags], target, OPTION_TARGET_LL)
 }
 
 /// The unsolicited form sent on a move: to all nodes, Override set, Solicited clear.
-pub fn unsolicited_frame(own_mac: [u8; 6], target: Ipv6Addr) -> [u8; ADVERT_FRAME_LEN] {
+pub fn unsolicited_frame(own_mac: [u8; 6], target: Ipv6Addr) -> [u8; FRAME_LEN] {
     advert_frame(own_mac, target, ALL_NODES_MAC, ALL_NODES, FLAG_OVERRIDE)
+}
+
+/// A Neighbor Solicitation for `target` sent straight to it (the form a node's reachability
+/// probe takes, §7.3.3), from `source` at `source_mac` to `target_mac`, with the source's
+/// link-layer address, so that the receiver also learns where `source` is.
+pub fn solicit_frame(source_mac: [u8; 6], source: Ipv6Addr, target_mac: [u8; 6], target: Ipv6Addr) -> [u8; FRAME_LEN] {
+    frame((source_mac, source), (target_mac, target), [NEIGHBOR_SOLICIT, 0], target, OPTION_SOURCE_LL)
+}
+
+/// One NDP message in its whole frame, from `from` to `to` (link-layer and IPv6 address
+/// each), with the hop limit of 255 that receivers require: `kind` is its type and flags
+/// byte, then the target and one link-layer address option (of type `option`) carrying
+/// the sender's. The checksum is computed here: the frame goes out as it is, past the
+/// kernel's IPv6 layer.
+fn frame(
+    from: ([u8; 6], Ipv6Addr),
+    to: ([u8; 6], Ipv6Addr),
+    kind: [u8; 2],
+    target: Ipv6Addr,
+    option: u8,
+) -> [u8; FRAME_LEN] {
+    let mut f = [0u8; FRAME_LEN];
+    f[0..6].copy_from_slice(&to.0);
+    f[6..12].copy_from_slice(&from.0);
+    f[12..14].copy_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
+    let (ip, icmp) = f[14..].split_at_mut(40);
+    ip[0] = 0x60;
+    ip[4..6].copy_from_slice(&(icmp.len() as u16).to_be_bytes());
+    ip[6] = NEXT_HEADER_ICMPV6;
+    ip[7] = 255;
+    ip[8..24].copy_from_slice(&from.1.octets());
+    ip[24..40].copy_from_slice(&to.1.octets());
+    icmp[0] = kind[0];
+    icmp[4] = kind[1];
+    icmp[8..24].copy_from_slice(&target.octets());
+    icmp[24..26].copy_from_slice(&[option, 1]);
+    icmp[26..32].copy_from_slice(&from.0);
+    let sum = crate::icmp::checksum(&pseudo_header_and(from.1, to.1, icmp));
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    f
 }
 
 /// A Neighbor Solicitation as read off the link, valid by §7.1.1.
@@ -130,64 +168,13 @@ impl Solicit {
     /// The advertisement that answers it for a target this host holds at `own_mac`
     /// (§7.2.4): to the sender, Solicited and Override set; to all nodes, Solicited clear,
     /// when the sender checks for duplicates (it learns that the address is taken).
-    pub fn answer(&self, own_mac: [u8; 6]) -> [u8; ADVERT_FRAME_LEN] {
+    pub fn answer(&self, own_mac: [u8; 6]) -> [u8; FRAME_LEN] {
         if self.source.is_unspecified() {
             unsolicited_frame(own_mac, self.target)
         } else {
             advert_frame(own_mac, self.target, self.source_mac, self.source, FLAG_SOLICITED | FLAG_OVERRIDE)
         }
     }
-}
-
-const OPTION_SOURCE_LL: u8 = 1;
-const OPTION_TARGET_LL: u8 = 2;
-/// ff02::1:ff00:0/104, the solicited-node groups.
-const SOLICITED_NODE_PREFIX: [u8; 13] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff];
-
-/// Fills in the Ethernet and IPv6 headers of an NDP frame (hop limit 255, the rest of the
-/// frame as ICMPv6) and returns the ICMPv6 part.
-fn header(f: &mut [u8], source_mac: [u8; 6], source: Ipv6Addr, dst_mac: [u8; 6], dst: Ipv6Addr) -> &mut [u8] {
-    f[0..6].copy_from_slice(&dst_mac);
-    f[6..12].copy_from_slice(&source_mac);
-    f[12..14].copy_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
-    let (ip, icmp) = f[14..].split_at_mut(40);
-    ip[0] = 0x60;
-    ip[4..6].copy_from_slice(&(icmp.len() as u16).to_be_bytes());
-    ip[6] = NEXT_HEADER_ICMPV6;
-    ip[7] = 255;
-    ip[8..24].copy_from_slice(&source.octets());
-    ip[24..40].copy_from_slice(&dst.octets());
-    icmp
-}
-
-pub const NEIGHBOR_SOLICIT: u8 = 135;
-/// Ethernet (14), IPv6 (40) and a Neighbor Solicitation with the source link-layer
-/// address option (32).
-pub const SOLICIT_FRAME_LEN: usize = 86;
-const ETHERTYPE_IPV6: u16 = 0x86dd;
-const NEXT_HEADER_ICMPV6: u8 = 58;
-
-/// A Neighbor Solicitation for `target` sent straight to it (the form a node's reachability
-/// probe takes, §7.3.3), from `source` at `source_mac` to `target_mac`, with the hop limit
-/// of 255 that receivers require and the source's link-layer address, so that the
-/// receiver also learns where `source` is. The checksum is computed here: the frame goes
-/// out as it is, past the kernel's IPv6 layer.
-pub fn solicit_frame(
-    source_mac: [u8; 6],
-    source: Ipv6Addr,
-    target_mac: [u8; 6],
-    target: Ipv6Addr,
-) -> [u8; SOLICIT_FRAME_LEN] {
-    let mut f = [0u8; SOLICIT_FRAME_LEN];
-    let icmp = header(&mut f, source_mac, source, target_mac, target);
-    icmp[0] = NEIGHBOR_SOLICIT;
-    icmp[8..24].copy_from_slice(&target.octets());
-    icmp[24] = OPTION_SOURCE_LL;
-    icmp[25] = 1;
-    icmp[26..32].copy_from_slice(&source_mac);
-    let sum = crate::icmp::checksum(&pseudo_header_and(source, target, icmp));
-    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-    f
 }
 
 /// The IPv6 pseudo-header (RFC 8200 §8.1) for an ICMPv6 message, followed by the message.
@@ -249,6 +236,14 @@ mod tests {
         assert_eq!(crate::icmp::checksum(&pseudo_header_and("2001:db8:1::5".parse().unwrap(), ALL_NODES, &f[54..])), 0);
     }
 
+    /// Makes the checksum right again after a change to the frame.
+    fn resum(f: &mut [u8]) {
+        f[54 + 2..54 + 4].copy_from_slice(&[0, 0]);
+        let (s, d) = (<[u8; 16]>::try_from(&f[22..38]).unwrap(), <[u8; 16]>::try_from(&f[38..54]).unwrap());
+        let sum = crate::icmp::checksum(&pseudo_header_and(s.into(), d.into(), &f[54..]));
+        f[54 + 2..54 + 4].copy_from_slice(&sum.to_be_bytes());
+    }
+
     /// A solicitation as a client sends it: to the target's solicited-node group, with its
     /// own link-layer address.
     fn client_solicit(target: Ipv6Addr) -> Vec<u8> {
@@ -257,10 +252,16 @@ mod tests {
         let group = Ipv6Addr::from([0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, t[13], t[14], t[15]]);
         let mut f = solicit_frame([2, 0, 0, 0, 0, 9], client, [0x33, 0x33, 0xff, t[13], t[14], t[15]], target).to_vec();
         f[38..54].copy_from_slice(&group.octets());
-        f[54 + 2..54 + 4].copy_from_slice(&[0, 0]);
-        let sum = crate::icmp::checksum(&pseudo_header_and(client, group, &f[54..]));
-        f[54 + 2..54 + 4].copy_from_slice(&sum.to_be_bytes());
+        resum(&mut f);
         f
+    }
+
+    /// Made a duplicate check: from ::, without the source link-layer option (the frame
+    /// ends at the target); the checksum is left to the caller.
+    fn from_unspecified(f: &mut Vec<u8>) {
+        f.truncate(54 + 24);
+        f[18..20].copy_from_slice(&24u16.to_be_bytes());
+        f[22..38].copy_from_slice(&Ipv6Addr::UNSPECIFIED.octets());
     }
 
     #[test]
@@ -279,14 +280,8 @@ mod tests {
     fn a_duplicate_check_is_answered_to_all_nodes_without_solicited() {
         let target: Ipv6Addr = "2001:db8:19::7".parse().unwrap();
         let mut f = client_solicit(target);
-        // From ::, without the source link-layer option (the frame ends at the target).
-        f.truncate(54 + 24);
-        f[18..20].copy_from_slice(&24u16.to_be_bytes());
-        f[22..38].copy_from_slice(&Ipv6Addr::UNSPECIFIED.octets());
-        f[54 + 2..54 + 4].copy_from_slice(&[0, 0]);
-        let group = Ipv6Addr::from(<[u8; 16]>::try_from(&f[38..54]).unwrap());
-        let sum = crate::icmp::checksum(&pseudo_header_and(Ipv6Addr::UNSPECIFIED, group, &f[54..]));
-        f[54 + 2..54 + 4].copy_from_slice(&sum.to_be_bytes());
+        from_unspecified(&mut f);
+        resum(&mut f);
         let s = Solicit::parse(&f).unwrap();
         assert_eq!(s.source_mac, [2, 0, 0, 0, 0, 9], "the frame's source stands in for the option");
         assert_eq!(s.answer([2, 0, 0, 0, 0, 5]), unsolicited_frame([2, 0, 0, 0, 0, 5], target));
@@ -311,12 +306,6 @@ mod tests {
         refused(&|f| f[18..20].copy_from_slice(&200u16.to_be_bytes()), "payload length");
         refused(&|f| f.truncate(40), "too short");
         // A checksum that is right for the bad field: the field itself is what is refused.
-        let resum = |f: &mut Vec<u8>| {
-            f[54 + 2..54 + 4].copy_from_slice(&[0, 0]);
-            let (s, d) = (<[u8; 16]>::try_from(&f[22..38]).unwrap(), <[u8; 16]>::try_from(&f[38..54]).unwrap());
-            let sum = crate::icmp::checksum(&pseudo_header_and(s.into(), d.into(), &f[54..]));
-            f[54 + 2..54 + 4].copy_from_slice(&sum.to_be_bytes());
-        };
         refused(
             &|f| {
                 f[54 + 8] = 0xff;
@@ -341,9 +330,7 @@ mod tests {
         // From ::, without the option, but to a group other than a solicited-node one.
         refused(
             &|f| {
-                f.truncate(54 + 24);
-                f[18..20].copy_from_slice(&24u16.to_be_bytes());
-                f[22..38].copy_from_slice(&[0; 16]);
+                from_unspecified(f);
                 f[38..54].copy_from_slice(&ALL_NODES.octets());
                 resum(f)
             },
