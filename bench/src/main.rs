@@ -588,9 +588,7 @@ fn ipmp_cpu(rows: &mut Vec<Row>) {
 }
 
 fn dvipa_config(takeback: &str) -> String {
-    format!(
-        "[[dvipa]]\naddress = \"{DVIPA}\"\nowner = \"s1\"\nbackups = {{ s2 = 200, s3 = 100 }}\ntakeback = \"{takeback}\"\nannounce = [\"en1\"]\n"
-    )
+    vipa_testbed::lab::owned_by_s1(DVIPA, "s2 = 200, s3 = 100", takeback)
 }
 
 /// Waits until s1 alone holds the DVIPA and the client reaches it there: its ARP entry
@@ -817,14 +815,7 @@ fn s1_window_ms(env: &ClusterEnv) -> Option<f64> {
 /// `n` `[[dvipa]]` entries (198.19.0.1 on, or 2001:db8:1::1:0:1 on with `v6`), owned by s1
 /// and backed up by `backups`.
 fn owned_by_s1(n: usize, backups: &str, v6: bool) -> String {
-    (0..n)
-        .map(|i| {
-            let address = dvipa_address(i, v6);
-            format!(
-                "[[dvipa]]\naddress = \"{address}\"\nowner = \"s1\"\nbackups = {{ {backups} }}\nannounce = [\"en1\"]\n"
-            )
-        })
-        .collect()
+    (0..n).map(|i| vipa_testbed::lab::owned_by_s1(&dvipa_address(i, v6), backups, "")).collect()
 }
 
 /// The address of the `i`th DVIPA of `owned_by_s1`.
@@ -1217,9 +1208,7 @@ fn split_heal(runs: usize, interval_ms: u64, keepalived: Option<()>, rows: &mut 
     let (_vipads, _keepaliveds) = match keepalived {
         Some(()) => (Vec::new(), (1..=2).map(|k| start_keepalived(&env, k, interval_ms)).collect::<Vec<_>>()),
         None => {
-            let dvipa = format!(
-                "[[dvipa]]\naddress = \"{DVIPA}\"\nowner = \"s1\"\nbackups = {{ s2 = 200 }}\ntakeback = \"immediate\"\nannounce = [\"en1\"]\n"
-            );
+            let dvipa = vipa_testbed::lab::owned_by_s1(DVIPA, "s2 = 200", "immediate");
             let cluster = format!("heartbeat_interval = \"{interval_ms}ms\"\nquorum = \"none\"\n");
             for k in 1..=2 {
                 env.write_config(k, &cluster, &dvipa);

@@ -437,6 +437,13 @@ pub struct ClusterEnv {
 pub const DVIPA: &str = "198.18.1.200";
 pub const DVIPA6: &str = "2001:db8:1::200";
 
+/// One `[[dvipa]]` entry owned by s1 and announced on its en1, with `backups` (the inside
+/// of the table, `s2 = 200, s3 = 100`) and `takeback` (`""`: the default).
+pub fn owned_by_s1(address: &str, backups: &str, takeback: &str) -> String {
+    let takeback = if takeback.is_empty() { String::new() } else { format!("takeback = \"{takeback}\"\n") };
+    format!("[[dvipa]]\naddress = \"{address}\"\nowner = \"s1\"\nbackups = {{ {backups} }}\n{takeback}announce = [\"en1\"]\n")
+}
+
 impl ClusterEnv {
     pub fn build(names: Names, n: usize) -> ClusterEnv {
         let lan = ns(&names, "lan");

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use vipa_testbed::lab::{serve_on, stream, ClusterEnv, Names, DVIPA};
+use vipa_testbed::lab::{owned_by_s1, serve_on, stream, ClusterEnv, Names, DVIPA};
 use vipa_testbed::{require_root, wait_for, workspace_bin, Proc};
 
 /// 10 ms heartbeats: a death is noticed about one interval after the last heartbeat, once
@@ -11,9 +11,7 @@ use vipa_testbed::{require_root, wait_for, workspace_bin, Proc};
 const CLUSTER: &str = "heartbeat_interval = \"10ms\"\n";
 
 fn dvipa(takeback: &str) -> String {
-    format!(
-        "[[dvipa]]\naddress = \"{DVIPA}\"\nowner = \"s1\"\nbackups = {{ s2 = 200, s3 = 100 }}\ntakeback = \"{takeback}\"\nannounce = [\"en1\"]\n"
-    )
+    owned_by_s1(DVIPA, "s2 = 200, s3 = 100", takeback)
 }
 
 fn out(o: &std::process::Output) -> String {
@@ -413,9 +411,7 @@ fn up_with_ipv6_peers(extra: &str) -> (ClusterEnv, Vec<Proc>) {
 fn two_nodes_without_quorum_both_hold_while_apart_and_one_keeps_it_at_once_when_healed() {
     require_root();
     let env = ClusterEnv::build(Names::Unique, 2);
-    let d = format!(
-        "[[dvipa]]\naddress = \"{DVIPA}\"\nowner = \"s1\"\nbackups = {{ s2 = 200 }}\ntakeback = \"immediate\"\nannounce = [\"en1\"]\n"
-    );
+    let d = owned_by_s1(DVIPA, "s2 = 200", "immediate");
     for k in 1..=2 {
         env.write_config(k, &format!("{CLUSTER}quorum = \"none\"\n"), &d);
         // The kernel's next try 5 s after a failed one (see the partition test above).
@@ -659,9 +655,7 @@ fn ipv6_dvipa_is_taken_over_with_an_unsolicited_na() {
     use vipa_testbed::lab::DVIPA6;
     require_root();
     let env = ClusterEnv::build(Names::Unique, 3);
-    let d = format!(
-        "[[dvipa]]\naddress = \"{DVIPA6}\"\nowner = \"s1\"\nbackups = {{ s2 = 200, s3 = 100 }}\nannounce = [\"en1\"]\n"
-    );
+    let d = owned_by_s1(DVIPA6, "s2 = 200, s3 = 100", "");
     for k in 1..=3 {
         env.write_config(k, CLUSTER, &d);
     }

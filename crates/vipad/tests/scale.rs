@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use vipa_testbed::lab::{ClusterEnv, Names};
+use vipa_testbed::lab::{owned_by_s1, ClusterEnv, Names};
 use vipa_testbed::{require_root, wait_for, Proc};
 
 fn out(o: &std::process::Output) -> String {
@@ -19,11 +19,7 @@ fn ipv6_dvipas_taken_over_by_the_thousand_are_answered_for_before_their_addresse
     require_root();
     const N: usize = 4000;
     let env = ClusterEnv::build(Names::Unique, 2);
-    let d: String = (1..=N)
-        .map(|i| {
-            format!("[[dvipa]]\naddress = \"2001:db8:1::19:{i:x}\"\nowner = \"s1\"\nbackups = {{ s2 = 100 }}\nannounce = [\"en1\"]\n")
-        })
-        .collect();
+    let d: String = (1..=N).map(|i| owned_by_s1(&format!("2001:db8:1::19:{i:x}"), "s2 = 100", "")).collect();
     for k in 1..=2 {
         env.write_config(k, "heartbeat_interval = \"10ms\"\nquorum = \"none\"\n", &d);
     }
