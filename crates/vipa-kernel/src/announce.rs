@@ -5,7 +5,7 @@
 
 use std::io;
 use std::mem;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use vipa_wire::arp::{self, Operation, Repr};
@@ -27,22 +27,33 @@ pub(crate) fn packet_addr(ifindex: u32, dst: [u8; 6], protocol: u16) -> SockAddr
     }
 }
 
-/// Sends `count` gratuitous ARPs of each form for each of `ips` from `mac` out of
-/// `ifindex`, over one socket: each round announces every address once, so the first
-/// round reaches neighbours before any repeat.
-pub fn garp_many(ifindex: u32, mac: [u8; 6], ips: &[Ipv4Addr], count: u32) -> io::Result<()> {
-    let sock = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(i32::from(ETH_P_ARP.to_be()))))?;
-    let dst = packet_addr(ifindex, [0xff; 6], ETH_P_ARP);
+/// Announces each of `ips` at `mac` out of `ifindex`, `count` times: an IPv4 address by
+/// gratuitous ARP in both forms (request and reply), an IPv6 one by an unsolicited
+/// Neighbor Advertisement with Override to ff02::1, sent as a whole frame (the kernel's
+/// IPv6 layer would refuse a source it holds by a local route only). One socket; each
+/// round announces every address once, so the first round reaches neighbours before any
+/// repeat.
+pub fn announce_many(ifindex: u32, mac: [u8; 6], ips: &[IpAddr], count: u32) -> io::Result<()> {
+    let arp_to = packet_addr(ifindex, [0xff; 6], ETH_P_ARP);
+    let na_to = packet_addr(ifindex, vipa_wire::ndp::ALL_NODES_MAC, ETH_P_IPV6);
+    let frames: Vec<(&SockAddr, Vec<u8>)> = ips
+        .iter()
+        .flat_map(|&ip| match ip {
+            IpAddr::V4(ip) => [Operation::Request, Operation::Reply]
+                .map(|op| (&arp_to, arp::frame([0xff; 6], &Repr::gratuitous(op, mac, ip)).to_vec()))
+                .to_vec(),
+            IpAddr::V6(ip) => vec![(&na_to, vipa_wire::ndp::unsolicited_frame(mac, ip).to_vec())],
+        })
+        .collect();
+    // Protocol 0: this socket only sends.
+    let sock = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0)))?;
     for _ in 0..count {
-        for &ip in ips {
-            for op in [Operation::Request, Operation::Reply] {
-                let frame = arp::frame([0xff; 6], &Repr::gratuitous(op, mac, ip));
-                match sock.send_to(&frame, &dst) {
-                    Ok(_) => {}
-                    // A full queue drops this copy; the next round sends it again.
-                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
-                    Err(e) => return Err(e),
-                }
+        for (to, frame) in &frames {
+            match sock.send_to(frame, to) {
+                Ok(_) => {}
+                // A full queue drops this copy; the next round sends it again.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                Err(e) => return Err(e),
             }
         }
     }
@@ -68,26 +79,5 @@ pub fn probe_neighbour(ifindex: u32, own_mac: [u8; 6], own: IpAddr, peer_mac: [u
     // Protocol 0: this socket only sends.
     let sock = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0)))?;
     sock.send_to(&frame, &packet_addr(ifindex, peer_mac, protocol))?;
-    Ok(())
-}
-
-/// Sends `count` unsolicited Neighbor Advertisements (Override set) for each of `ips` from
-/// `mac` to ff02::1 out of `ifindex`, over one socket, as whole frames: the kernel's IPv6
-/// layer would refuse a source it holds by a local route only. Each round announces
-/// every address once.
-pub fn unsolicited_na_many(ifindex: u32, mac: [u8; 6], ips: &[Ipv6Addr], count: u32) -> io::Result<()> {
-    // Protocol 0: this socket only sends.
-    let sock = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0)))?;
-    let dst = packet_addr(ifindex, vipa_wire::ndp::ALL_NODES_MAC, ETH_P_IPV6);
-    for _ in 0..count {
-        for &ip in ips {
-            match sock.send_to(&vipa_wire::ndp::unsolicited_frame(mac, ip), &dst) {
-                Ok(_) => {}
-                // A full queue drops this copy; the next round sends it again.
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
     Ok(())
 }

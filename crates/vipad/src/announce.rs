@@ -2,41 +2,26 @@
 //! per NIC over one socket: gratuitous ARPs for IPv4, unsolicited NAs for IPv6.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use tracing::{info, warn};
 use vipa_core::model::Observed;
 
 /// Announces each (address, NIC, repeat count) that the kernel holds by now.
 pub fn send(observed: &Observed, items: impl IntoIterator<Item = (IpAddr, String, u32)>) {
-    let mut v4: BTreeMap<(String, u32), Vec<Ipv4Addr>> = BTreeMap::new();
-    let mut v6: BTreeMap<(String, u32), Vec<Ipv6Addr>> = BTreeMap::new();
     let mut items = items.into_iter().peekable();
     if items.peek().is_none() {
         return;
     }
     let held = observed.local_addresses();
-    for (addr, nic, count) in items {
-        if !held.contains(&addr) {
-            continue;
-        }
-        match addr {
-            IpAddr::V4(a) => v4.entry((nic, count)).or_default().push(a),
-            IpAddr::V6(a) => v6.entry((nic, count)).or_default().push(a),
-        }
+    let mut batches: BTreeMap<(String, u32), Vec<IpAddr>> = BTreeMap::new();
+    for (addr, nic, count) in items.filter(|(a, _, _)| held.contains(a)) {
+        batches.entry((nic, count)).or_default().push(addr);
     }
-    for ((nic, count), addrs) in v6 {
+    for ((nic, count), addrs) in batches {
         let Some(l) = observed.link_by_name(&nic) else { continue };
         let Some(mac) = l.mac else { continue };
-        match vipa_kernel::announce::unsolicited_na_many(l.index, mac, &addrs, count) {
-            Ok(()) => info!(interface = %nic, addresses = addrs.len(), first = %addrs[0], count, "announced"),
-            Err(e) => warn!(interface = %nic, addresses = addrs.len(), error = %e, "announcement failed"),
-        }
-    }
-    for ((nic, count), addrs) in v4 {
-        let Some(l) = observed.link_by_name(&nic) else { continue };
-        let Some(mac) = l.mac else { continue };
-        match vipa_kernel::announce::garp_many(l.index, mac, &addrs, count) {
+        match vipa_kernel::announce::announce_many(l.index, mac, &addrs, count) {
             Ok(()) => info!(interface = %nic, addresses = addrs.len(), first = %addrs[0], count, "announced"),
             Err(e) => warn!(interface = %nic, addresses = addrs.len(), error = %e, "announcement failed"),
         }
