@@ -287,8 +287,8 @@ pub fn plan_runtime(
     // would otherwise prefer it to the NIC's own address, its longest match. IPv4 picks
     // the route's preferred source, the NIC's address.)
     let mut not_sources: BTreeSet<(u32, IpAddr)> = BTreeSet::new();
-    // IPv6 DVIPAs held by their route whose address is still to come.
-    let mut trailing: Vec<(u32, IpAddr)> = Vec::new();
+    // IPv6 DVIPAs held by their route: their address, if still to come, comes last.
+    let mut trailing: BTreeSet<(u32, IpAddr)> = BTreeSet::new();
     for d in dvipas {
         let dev = match &d.device {
             Some(n) => observed.link_by_name(n),
@@ -296,30 +296,27 @@ pub fn plan_runtime(
         };
         if let Some(l) = dev {
             let routes = *as_routes.entry(l.index).or_insert_with(|| dvipas_as_routes(l, observed, &managed_nics));
-            if d.address.is_ipv4() && routes {
+            // IPv4: a route where the kernel answers ARP for one, else the address. IPv6 on
+            // a NIC: both, the address after (`Plan::trailing`); on `lo`: the address.
+            let (route, address) = match (d.address.is_ipv6(), l.loopback) {
+                (false, _) => (routes, !routes),
+                (true, false) => (true, true),
+                (true, true) => (false, true),
+            };
+            if route {
                 let r = OwnedRoute::dvipa(d.address, l.index);
                 want.routes.insert(r.key(), r);
-            } else if d.address.is_ipv6() && !l.loopback {
-                // The route at once, the address after (`Plan::trailing`).
-                let r = OwnedRoute::dvipa(d.address, l.index);
-                want.routes.insert(r.key(), r);
-                not_sources.insert((l.index, d.address));
-                if observed.addresses.contains_key(&(l.index, d.address)) {
-                    want.addresses.insert((l.index, d.address), host_prefix_len(d.address));
-                } else {
-                    trailing.push((l.index, d.address));
-                }
-            } else {
+            }
+            if address {
                 want.addresses.insert((l.index, d.address), host_prefix_len(d.address));
-                if d.address.is_ipv6() {
-                    not_sources.insert((l.index, d.address));
+            }
+            if d.address.is_ipv6() {
+                if route {
+                    trailing.insert((l.index, d.address));
                 }
+                not_sources.insert((l.index, d.address));
             }
         }
-    }
-    let trailing: BTreeSet<(u32, IpAddr)> = trailing.into_iter().collect();
-    for &(ifindex, addr) in &trailing {
-        want.addresses.insert((ifindex, addr), host_prefix_len(addr));
     }
     let mut next = ledger.clone();
     let mut add_links = Vec::new();
