@@ -154,6 +154,8 @@ fn removal_restores_routes_and_sysctls_exactly() {
     let first_del = p.ops.iter().position(|op| matches!(op, Op::DelAddress { .. })).unwrap();
     assert!(p.ops[..first_del].iter().any(|op| matches!(op, Op::SetPrefsrc { .. })));
     assert!(!p.ops[first_del..].iter().any(|op| matches!(op, Op::SetPrefsrc { .. })));
+    // Static VIPAs' addresses are no DVIPA releases: nothing of this plan waits for later.
+    assert_eq!((p.releases, p.trailing), (0, 0));
     converge(&Config::empty(), &mut o, &mut ledger, DeviceMode::Loopback);
     assert_eq!(o, before);
     assert_eq!(ledger, Ledger::default());
@@ -462,10 +464,25 @@ fn thousands_of_ipv6_dvipas_take_their_routes_first_and_their_addresses_last() {
         o.addresses.keys().filter(|(i, a)| *i == 2 && a.to_string().starts_with("2001:db8:19::")).count()
     };
     assert_eq!(v6(&o), 100, "every address is on en1 in the end");
-    // Released, all at once: routes and addresses; nothing is answered for.
+    // Released, all at once: the routes first, then the addresses, which the daemon may
+    // leave for later plans too; nothing is answered for.
     let p = plan::plan_runtime(&c, &o, &Ledger::default(), DeviceMode::Loopback, &[], &[]);
-    assert_eq!((p.ops.len(), p.trailing), (200, 0));
-    apply(&mut o, &p.ops);
+    assert_eq!((p.ops.len(), p.trailing, p.releases), (200, 0, 100));
+    assert!(p.ops[..100].iter().all(|op| matches!(op, Op::DelRoute { .. })), "{:?}", p.ops[0]);
+    assert!(p.ops[100..].iter().all(|op| matches!(op, Op::DelAddress { ifindex: 2, .. })));
+    assert_eq!(in_ledger(&p.ledger), 0, "none of them in the ledger any more");
+    // Stopped after a few: those whose address is gone are off the host (a heartbeat
+    // stops claiming them); the next plan has the rest, still marked as releases.
+    apply(&mut o, &p.ops[..130]);
+    let gone = |o: &Observed, i: u32| !o.local_addresses().contains(&ip(&format!("2001:db8:19::{:x}", i + 1)));
+    assert_eq!((0..100).filter(|&i| gone(&o, i)).count(), 30);
+    let next = plan::plan_runtime(&c, &o, &Ledger::default(), DeviceMode::Loopback, &[], &[]);
+    assert_eq!((next.ops.len(), next.trailing, next.releases), (70, 0, 70), "{:?}", next.ops.first());
+    // Taken again before the rest went: the addresses still there stay, the others come
+    // back behind their routes.
+    let again = plan::plan_runtime(&c, &o, &Ledger::default(), DeviceMode::Loopback, &[], &held_v6);
+    assert_eq!((again.ops.len(), again.trailing, again.releases), (130, 30, 0), "{:?}", again.ops.first());
+    apply(&mut o, &next.ops);
     assert_eq!(v6(&o), 0);
     assert!(o.local_addresses().iter().all(|a| !a.to_string().starts_with("2001:db8:19::")));
 }

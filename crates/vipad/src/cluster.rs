@@ -150,10 +150,10 @@ pub struct ClusterShell {
     /// Counts the changes of what this node holds; the main thread plans from one version
     /// and says which it has applied.
     version: u64,
-    /// DVIPAs released (with the version that released them) whose addresses the kernel
-    /// may still have: until the kernel work for that version is done, heartbeats still
-    /// claim them (a peer activating one now would make two holders).
-    releasing: Vec<(usize, u64)>,
+    /// DVIPAs released whose addresses the kernel may still have: heartbeats still claim
+    /// each until the kernel work of its version is done and the host no longer has its
+    /// address (a peer activating one before would make two holders).
+    releasing: Vec<Releasing>,
     /// A fresh heartbeat to every peer is due when the last of those is done.
     pending_all: bool,
     /// The version the kernel has (see `applied`).
@@ -169,6 +169,15 @@ pub struct ClusterShell {
     events: Vec<String>,
     /// Which node each configured peer address was last heard from.
     heard_at: BTreeMap<IpAddr, String>,
+}
+
+/// A DVIPA released whose address the kernel may still have.
+struct Releasing {
+    index: usize,
+    /// The version that released it.
+    version: u64,
+    /// Still on the host after the kernel work was done, and said so.
+    overdue: bool,
 }
 
 /// A configured multicast group for routine heartbeats, and the way back into it for a
@@ -386,7 +395,7 @@ fn cluster_loop(
     key: Key,
     tx: Sender<Input>,
 ) {
-    above_the_main_thread();
+    prompt(lock(&shared).core.config.interval);
     let mut buf = vec![0u8; 65536];
     // Waiting is done by `ppoll` (a high-resolution timer); a receive timeout on the socket
     // would be rounded to the kernel's tick (4 ms here), too coarse for 1 ms heartbeats.
@@ -587,18 +596,29 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Under real-time scheduling (heartbeats of 10 ms or less), the cluster thread runs one
-/// priority above the rest of vipad: the main thread's kernel work cannot hold up a
-/// heartbeat or a probe answer, even on one CPU.
-fn above_the_main_thread() {
-    // SAFETY: both calls read or set this thread's scheduling only; `param` is only read.
-    unsafe {
-        if libc::sched_getscheduler(0) == libc::SCHED_RR {
-            let param = libc::sched_param { sched_priority: 11 };
-            if libc::sched_setscheduler(0, libc::SCHED_RR, &param) != 0 {
-                debug!(error = %std::io::Error::last_os_error(), "cluster thread keeps the daemon's priority");
-            }
-        }
+/// Heartbeats this fast need the cluster thread scheduled promptly: a few milliseconds of
+/// delay behind other work would look like a death to the peers.
+const FAST_HEARTBEAT: Duration = Duration::from_millis(10);
+
+/// With heartbeats of [`FAST_HEARTBEAT`] or less, the cluster thread takes the fair
+/// scheduler's highest weight (nice -20): it wakes ahead of the main thread's kernel work
+/// and of the host's other processes, and runs first on a busy CPU. Not a real-time class:
+/// since Linux 6.12 the fair scheduler's deadline server runs starved fair tasks above
+/// real-time ones for 50 ms of every second, so a real-time thread on a host whose CPUs
+/// are all busy stalls that long once a second, which peers take for a death
+/// (docs/decisions.md).
+fn prompt(interval: Duration) {
+    if interval > FAST_HEARTBEAT {
+        return;
+    }
+    // SAFETY: gettid takes nothing; setpriority sets the nice value of this thread only.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -20) };
+    if rc == 0 {
+        info!(
+            "heartbeats of 10 ms or less: the cluster thread runs at the highest fair-scheduling priority (nice -20)"
+        );
+    } else {
+        warn!(error = %std::io::Error::last_os_error(), "cannot raise the cluster thread's priority; fast heartbeats may be delayed under load");
     }
 }
 
@@ -725,8 +745,19 @@ impl ClusterShell {
             return Ok(false);
         }
         // An address being released is on its way out, not a copy to keep.
-        let leaving: BTreeSet<IpAddr> = self.releasing.iter().map(|(i, _)| self.core.dvipas[*i].address).collect();
+        let leaving: BTreeSet<IpAddr> = self.releasing.iter().map(|r| self.core.dvipas[r.index].address).collect();
         let present: Vec<IpAddr> = kept(config, observed).into_iter().filter(|a| !leaving.contains(a)).collect();
+        // Still claimed while they go, at their place in the new list (the deletion of one
+        // no longer listed is not left for later: see `Plan::releases`).
+        let at: BTreeMap<IpAddr, usize> = config.dvipas.iter().enumerate().map(|(i, d)| (d.address, i)).collect();
+        let old = &self.core.dvipas;
+        self.releasing = std::mem::take(&mut self.releasing)
+            .into_iter()
+            .filter_map(|mut r| {
+                r.index = *at.get(&old[r.index].address)?;
+                Some(r)
+            })
+            .collect();
         // What the operator deactivated here stays so.
         let declined = self.core.declined_addresses();
         if c.peers.len() > self.core.config.peers.len() {
@@ -946,9 +977,23 @@ impl ClusterShell {
         let version = self.version;
         for o in &outputs {
             if let Output::Release { index, .. } = o {
-                self.releasing.push((*index, version));
+                self.releasing.push(Releasing { index: *index, version, overdue: false });
             }
         }
+        // Thousands moving at once are logged as one line by kind and cause (each at debug
+        // level): a line each would hold this thread, and so the heartbeats, up for tens
+        // of milliseconds.
+        let moves = outputs.iter().filter(|o| matches!(o, Output::Activate { .. } | Output::Release { .. })).count();
+        let bulk = moves > crate::daemon::BULK;
+        let mut summary: BTreeMap<(&str, String), (usize, IpAddr)> = BTreeMap::new();
+        let mut moved = |kind: &'static str, address: IpAddr, cause: &str| {
+            if bulk {
+                debug!(dvipa = %address, %cause, "DVIPA {kind}");
+                summary.entry((kind, cause.to_string())).or_insert((0, address)).0 += 1;
+            } else {
+                info!(dvipa = %address, %cause, "DVIPA {kind}");
+            }
+        };
         for o in outputs {
             match o {
                 Output::Heartbeat(h) => {
@@ -986,13 +1031,13 @@ impl ClusterShell {
                 }
                 Output::Activate { index, cause } => {
                     let d = &self.core.dvipas[index];
-                    info!(dvipa = %d.address, %cause, "DVIPA activated");
+                    moved("activated", d.address, &cause);
                     news.events.push(format!("DVIPA {} activated: {cause}", d.address));
                     self.announce.push((version, d.address, d.announce.clone(), ANNOUNCE_COUNT));
                 }
                 Output::Release { index, cause } => {
                     let d = &self.core.dvipas[index];
-                    info!(dvipa = %d.address, %cause, "DVIPA released");
+                    moved("released", d.address, &cause);
                     news.events.push(format!("DVIPA {} released: {cause}", d.address));
                 }
                 Output::Announce { index, refresh } => {
@@ -1006,6 +1051,9 @@ impl ClusterShell {
                     news.events.push(text);
                 }
             }
+        }
+        for ((kind, cause), (count, first)) in summary {
+            info!(dvipas = count, %first, %cause, "DVIPAs {kind}");
         }
         if news.kernel {
             let watching = self.watched().next().is_some();
@@ -1032,8 +1080,8 @@ impl ClusterShell {
         // an ordinary live holder (silence would get it declared dead). Nor is it routine:
         // what it claims is not what the core's last heartbeat said.
         h.flags &= !(FLAG_LEAVING | FLAG_ROUTINE);
-        for (i, _) in &self.releasing {
-            vipa_wire::cluster::set_bit(&mut h.held, *i, true);
+        for r in &self.releasing {
+            vipa_wire::cluster::set_bit(&mut h.held, r.index, true);
         }
         h
     }
@@ -1093,12 +1141,40 @@ impl ClusterShell {
         }
     }
 
-    /// The kernel has what this node held at `version`: addresses released until then are
-    /// gone, so once none is left a fresh heartbeat goes out (without their claims).
-    pub fn applied(&mut self, now: Instant, version: u64) {
+    /// The kernel has what this node held at `version`, but for addresses of released
+    /// DVIPAs the main thread may leave for later plans (`Plan::releases`): `observed` says
+    /// which are still on the host. As soon as some of those released until then are gone,
+    /// a fresh heartbeat goes out without their claims, so their next holders take them at
+    /// once, not after the last one is deleted. `finished`: the main thread left nothing
+    /// for later, so one still there will not go by itself.
+    pub fn applied(&mut self, now: Instant, version: u64, observed: &Observed, finished: bool) {
         self.kernel_has = version;
-        self.releasing.retain(|(_, v)| *v > version);
-        if self.releasing.is_empty() && std::mem::take(&mut self.pending_all) {
+        let before = self.releasing.len();
+        if before > 0 {
+            let here = observed.local_addresses();
+            let (dvipas, held) = (&self.core.dvipas, &self.core.held);
+            self.releasing.retain_mut(|r| {
+                let address = dvipas[r.index].address;
+                if held[r.index] {
+                    // Taken again meanwhile (its new holder died, say): claimed as held.
+                    return false;
+                }
+                if r.version > version {
+                    // Released after the main thread planned: not its work yet.
+                    return true;
+                }
+                if !here.contains(&address) {
+                    return false;
+                }
+                if finished && !std::mem::replace(&mut r.overdue, true) {
+                    warn!(dvipa = %address, "released, but the address is still on this host (not added by vipa, or its deletion failed): still claimed, so that no other node takes it too");
+                }
+                true
+            });
+        }
+        let freed = self.releasing.len() < before;
+        let done = self.releasing.is_empty() && std::mem::take(&mut self.pending_all);
+        if freed || done {
             let h = self.core.heartbeat_now(now);
             let h = self.outgoing(h);
             self.send_all(&h);

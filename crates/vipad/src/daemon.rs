@@ -34,12 +34,13 @@ const REFRESH_AGAIN: [Duration; 3] =
     [Duration::from_millis(20), Duration::from_millis(200), Duration::from_millis(1000)];
 
 /// Plans larger than this are logged as one summary line, each change at debug level.
-const BULK: usize = 32;
+pub const BULK: usize = 32;
 
-/// How long one plan goes on adding the addresses of IPv6 DVIPAs their routes already hold
-/// (`Plan::trailing`) before the daemon acts on what came meanwhile and plans again: this,
-/// or `TRAILING_TO_PLANNING` times what planning took (with thousands held, most of each
-/// batch still goes to the additions).
+/// How long one plan goes on deleting the addresses of released DVIPAs (`Plan::releases`)
+/// and adding those of IPv6 DVIPAs their routes already hold (`Plan::trailing`) before
+/// the daemon acts on what came meanwhile and plans again: this, or `TRAILING_TO_PLANNING`
+/// times what planning took (with thousands held, most of each batch still goes to the
+/// kernel's work).
 const TRAILING_AT_ONCE: Duration = Duration::from_millis(50);
 const TRAILING_TO_PLANNING: u32 = 4;
 
@@ -47,7 +48,9 @@ const TRAILING_TO_PLANNING: u32 = 4;
 /// place after every so many changes.
 const ANSWER_ALONG_THE_WAY: usize = 1024;
 
-/// How long a stopping vipad goes on adding IPv6 DVIPA addresses (`finish_trailing`).
+/// How long a stopping vipad goes on deleting the addresses of the DVIPAs it hands over and
+/// adding those of the IPv6 DVIPAs it keeps (`finish`), in all; systemd's default stop
+/// timeout is 90 s.
 const STOP_FINISHING: Duration = Duration::from_secs(60);
 
 /// Everything the daemon reacts to.
@@ -101,11 +104,13 @@ pub struct Daemon {
     pub reach: crate::reach::Reach,
     /// Answers for IPv6 DVIPAs whose address is still to come (see `answer`).
     pub answering: crate::answer::Answering,
-    /// The last plan left IPv6 DVIPA addresses for later: plan again once the inputs
-    /// queued meanwhile are handled.
+    /// The last plan left addresses of DVIPAs to delete or to add for later: plan again
+    /// once the inputs queued meanwhile are handled.
     pub more: bool,
-    /// How many the last plan left.
+    /// How many IPv6 DVIPA addresses to add the last plan left.
     pub trailing_left: usize,
+    /// How many addresses of released DVIPAs to delete the last plan left.
+    pub releases_left: usize,
 }
 
 /// What is done again shortly after a carrier change.
@@ -297,8 +302,9 @@ impl Daemon {
                         }
                     }
                     Input::Stop(signal) => {
-                        let left = self.leave_cluster();
-                        self.finish_trailing(signal);
+                        let until = Instant::now() + STOP_FINISHING;
+                        let left = self.leave_cluster(until);
+                        self.finish_trailing(signal, until);
                         if left {
                             info!(signal, "stopping; DVIPAs a live peer can take were handed over; other addresses and routes stay in place for the next vipad");
                         } else {
@@ -338,9 +344,8 @@ impl Daemon {
 
     /// Before stopping: the kernel answers only for addresses, so an IPv6 DVIPA still held
     /// by its route alone would be out of new neighbours' reach once vipad is gone. Adds
-    /// what is left while that gets fewer, for a minute at most (systemd's default stop
-    /// timeout is 90 s).
-    fn finish_trailing(&mut self, signal: &str) {
+    /// what is left while that gets fewer, until `until`.
+    fn finish_trailing(&mut self, signal: &str, until: Instant) {
         if self.trailing_left == 0 {
             return;
         }
@@ -349,16 +354,24 @@ impl Daemon {
             left = self.trailing_left,
             "stopping once the IPv6 DVIPAs still held here are addresses on their NICs"
         );
-        let until = Instant::now() + STOP_FINISHING;
+        let left = self.finish(|d| d.trailing_left, until);
+        if left > 0 {
+            warn!(left, "stopping with IPv6 DVIPAs held by their route alone: neighbours that ask for them go unanswered until vipad runs again");
+        }
+    }
+
+    /// Plans and applies again while `left` (work the last plan left for later) gets
+    /// fewer, until it is none or `until` passed; returns what is left.
+    fn finish(&mut self, left: impl Fn(&Self) -> usize, until: Instant) -> usize {
         loop {
-            let before = self.trailing_left;
-            self.reconcile();
-            if self.trailing_left == 0 {
-                return;
+            let before = left(self);
+            if before == 0 {
+                return 0;
             }
-            if self.trailing_left >= before || Instant::now() >= until {
-                warn!(left = self.trailing_left, "stopping with IPv6 DVIPAs held by their route alone: neighbours that ask for them go unanswered until vipad runs again");
-                return;
+            self.reconcile();
+            let after = left(self);
+            if after >= before || Instant::now() >= until {
+                return after;
             }
         }
     }
@@ -376,9 +389,10 @@ impl Daemon {
         self.reach.update(unheard, interval, &mut self.kernel, &self.observed, now);
     }
 
-    /// On a stop: hands over the DVIPAs a live peer can take (out of the kernel first; the
-    /// reconcile sends the leaving heartbeat), then repeats it. False without a cluster.
-    fn leave_cluster(&mut self) -> bool {
+    /// On a stop: hands over the DVIPAs a live peer can take (out of the kernel first, until
+    /// `until` at the latest; the reconcile sends the leaving heartbeat once they are), then
+    /// repeats it. False without a cluster.
+    fn leave_cluster(&mut self, until: Instant) -> bool {
         let released = match &self.cluster {
             Some(c) => {
                 let mut shell = c.lock();
@@ -389,6 +403,10 @@ impl Daemon {
         };
         if released {
             self.reconcile();
+            let left = self.finish(|d| d.releases_left, until);
+            if left > 0 {
+                warn!(left, "stopping with addresses of DVIPAs handed over still on this host: once the peers find this node gone, they take them, and both hosts answer for them until the addresses are deleted");
+            }
         }
         if let Some(c) = &self.cluster {
             let mut shell = c.lock();
@@ -434,6 +452,7 @@ impl Daemon {
         let mut held = Vec::new();
         self.more = false;
         self.trailing_left = 0;
+        self.releases_left = 0;
         // One round normally suffices; a second covers what the first made possible.
         for _round in 0..3 {
             let round = Instant::now();
@@ -451,11 +470,12 @@ impl Daemon {
             }
             let mut progress = false;
             let trailing_from = plan.ops.len() - plan.trailing;
+            // Where the work the daemon may leave for a later plan begins.
+            let later_from = trailing_from - plan.releases;
             // (Trailing addresses alone are followed by the log lines of `answer`.)
             let bulk = plan.ops.len() > BULK || trailing_from == 0;
-            let mut trailing_until = None;
+            let mut batch_until = None;
             let mut applied = 0;
-            let mut trailing_done = 0;
             // Thousands of addresses take a while; the cluster thread keeps the heartbeats
             // going meanwhile.
             for (i, op) in plan.ops.iter().enumerate() {
@@ -467,17 +487,15 @@ impl Daemon {
                 if many && (i == trailing_from || (i > 0 && i % ANSWER_ALONG_THE_WAY == 0)) {
                     self.answering.follow(&self.observed, &held);
                 }
-                if i >= trailing_from {
-                    let until = *trailing_until
+                if i >= later_from {
+                    let until = *batch_until
                         .get_or_insert_with(|| Instant::now() + TRAILING_AT_ONCE.max(planning * TRAILING_TO_PLANNING));
                     if Instant::now() >= until {
-                        // The rest after whatever came meanwhile.
+                        // The rest after whatever came meanwhile (released DVIPAs whose
+                        // addresses are gone are free for their next holder already).
                         self.more = true;
                         break;
                     }
-                }
-                if i >= trailing_from {
-                    trailing_done += 1;
                 }
                 match self.apply_one(op, bulk) {
                     Some(outcome) => {
@@ -492,10 +510,11 @@ impl Daemon {
                 }
                 applied += 1;
             }
-            if bulk && trailing_from > 0 {
+            if bulk && later_from > 0 {
                 info!(changes = applied, first = %plan.ops[0], "applied a batch of changes");
             }
-            self.trailing_left = plan.trailing - trailing_done;
+            self.releases_left = trailing_from.saturating_sub(applied.max(later_from));
+            self.trailing_left = plan.trailing - applied.saturating_sub(trailing_from);
             self.set_ledger(plan.ledger);
             if failed {
                 // Never assume: look at what the kernel really has before planning again.
@@ -520,7 +539,7 @@ impl Daemon {
         if let Some(c) = &self.cluster {
             let mut shell = c.lock();
             let now = shell.now();
-            shell.applied(now, held_version);
+            shell.applied(now, held_version, &self.observed, !self.more);
         }
         self.announce_cluster();
         if let Some(arp) = arp {

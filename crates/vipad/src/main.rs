@@ -143,11 +143,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         warn!(warning = %w, "configuration");
     }
     let node = config.node_name.clone().unwrap_or_else(hostname);
-    if let Some(c) = &config.cluster {
-        if c.interval <= FAST_HEARTBEAT {
-            realtime();
-        }
-    }
     let listener =
         control::bind(&args.socket).with_context(|| format!("cannot listen on {}", args.socket.display()))?;
 
@@ -236,27 +231,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         answering: Default::default(),
         more: false,
         trailing_left: 0,
+        releases_left: 0,
     };
     d.run(rx);
     let _ = std::fs::remove_file(&args.socket);
     Ok(())
-}
-
-/// Heartbeats this fast need the daemon scheduled promptly: a few milliseconds of delay
-/// behind other work would look like a death to the peers.
-const FAST_HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(10);
-
-/// Round-robin real-time scheduling for this process (threads started later inherit it).
-/// vipad's threads block on I/O and never spin, so this only shortens its wake-up delay.
-fn realtime() {
-    let param = libc::sched_param { sched_priority: 10 };
-    // SAFETY: sched_setscheduler reads `param` only; pid 0 is this thread.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_RR, &param) };
-    if rc == 0 {
-        info!("heartbeats of 10 ms or less: running with real-time (round-robin) scheduling");
-    } else {
-        warn!(error = %std::io::Error::last_os_error(), "cannot use real-time scheduling; fast heartbeats may be delayed under load");
-    }
 }
 
 fn hostname() -> String {

@@ -83,4 +83,66 @@ fn ipv6_dvipas_taken_over_by_the_thousand_are_answered_for_before_their_addresse
     assert!(log.contains("waits for its address any more"), "{log}");
     env.client.sh("ip -6 neigh flush dev cl0");
     env.client.try_sh(&format!("ping -6 -c1 -W1 {last}")).expect("reachable by its address");
+
+    // s2 runs again and holds them all; the owner's host comes back from a reboot (nothing
+    // of vipa's left in its kernel) and takes them back. The kernel takes seconds to delete
+    // thousands of addresses, so s2 hands each over as soon as its own address is gone,
+    // not once the last one is: s1 has some while s2 still has others, and never one that
+    // s2 has too.
+    procs[1] = env.start_vipad(2);
+    let all_held =
+        |k: usize, m: usize| out(&env.vipactl(k, &["status"])).contains(&format!(" {m}/{N} DVIPAs held here"));
+    assert!(wait_for(Duration::from_secs(30), || all_held(2, N).then_some(())).is_some(), "{}", env.log(2));
+    env.host(1).sh("ip -6 addr flush dev en1 to 2001:db8:1::19:0/112");
+    env.host(1).sh("ip -6 route flush table local proto 86");
+    env.restore(1);
+    procs[0] = env.start_vipad(1);
+    let started = Instant::now();
+    // s1's first, then s2's: one on both would have been on s2 after s1 had it, and s1 does
+    // not give it up meanwhile.
+    let dvipas_on = |k: usize| -> std::collections::BTreeSet<String> {
+        let listed = env.host(k).sh("ip -6 addr show dev en1 to 2001:db8:1::19:0/112")
+            + &env.host(k).sh("ip -6 route show table local proto 86");
+        listed
+            .split_whitespace()
+            .map(|w| w.trim_end_matches("/128"))
+            .filter(|w| w.starts_with("2001:db8:1::19:"))
+            .map(str::to_string)
+            .collect()
+    };
+    let mut both: Option<(usize, usize, Duration)> = None;
+    let mut reached_early: Option<Result<String, String>> = None;
+    let handed = wait_for(Duration::from_secs(120), || {
+        let (on1, on2) = (dvipas_on(1), dvipas_on(2));
+        if let Some(x) = on1.intersection(&on2).next() {
+            return Some(Err(format!("{x} on both s1 and s2, {:?} after s1 started", started.elapsed())));
+        }
+        if !on1.is_empty() && !on2.is_empty() && both.is_none() {
+            both = Some((on1.len(), on2.len(), started.elapsed()));
+            // One moved already answers a client that never knew it, at s1.
+            let first = on1.iter().next().cloned().unwrap_or_default();
+            env.client.sh("ip -6 neigh flush dev cl0");
+            let ping = wait_for(Duration::from_secs(5), || env.client.try_sh(&format!("ping -6 -c1 -W2 {first}")).ok());
+            reached_early = Some(match (ping, env.client_neigh(&first)) {
+                (Some(_), Some(mac)) if mac == env.mac(1) => Ok(first),
+                (ping, mac) => Err(format!("{first}: ping {ping:?}, client's entry {mac:?}")),
+            });
+        }
+        (on1.len() == N && on2.is_empty()).then_some(Ok(started.elapsed()))
+    });
+    match handed {
+        Some(Ok(after)) => eprintln!("all {N} handed back {after:?} after s1 started; both had some at {both:?}"),
+        Some(Err(e)) => panic!("{e}\n{}\n{}", env.log(1), env.log(2)),
+        None => panic!("not handed back within 120 s\n{}\n{}", env.log(1), env.log(2)),
+    }
+    let (on1, on2, _) =
+        both.expect("s1 had none of them while s2 still had some: the handover waited for the last one");
+    assert!(on1 < N && on2 < N, "{both:?}");
+    assert!(matches!(reached_early, Some(Ok(_))), "{reached_early:?}");
+    assert!(all_held(1, N) && all_held(2, 0), "{}", out(&env.vipactl(1, &["status"])));
+    for a in [format!("2001:db8:1::19:{:x}", 1), last.clone()] {
+        env.client.sh("ip -6 neigh flush dev cl0");
+        env.client.try_sh(&format!("ping -6 -c1 -W2 {a}")).unwrap_or_else(|e| panic!("{a}: {e}"));
+        assert_eq!(env.client_neigh(&a), Some(env.mac(1)), "{a}");
+    }
 }

@@ -97,6 +97,13 @@ pub struct Plan {
     /// until the addresses follow (`dvipas_to_answer_for`). It may stop anywhere among
     /// these, act on whatever came meanwhile, and plan again.
     pub trailing: usize,
+    /// How many ops just before the trailing ones delete the addresses of released
+    /// DVIPAs. Deleting one costs the kernel a walk of the routing table and of the NIC's
+    /// multicast groups, so thousands take it seconds. The daemon may stop anywhere among
+    /// these too: the daemon's heartbeats claim a released DVIPA for as long as the host
+    /// has its address, so each is free for its next holder once its own address is gone,
+    /// not once the last one is.
+    pub releases: usize,
 }
 
 /// The device a VIPA's addresses go on, if it exists.
@@ -325,6 +332,7 @@ pub fn plan_runtime(
     let mut routes = Vec::new();
     let mut sysctls = Vec::new();
     let mut del_addrs = Vec::new();
+    let mut release_addrs = Vec::new();
     let mut del_links = Vec::new();
 
     // Devices (dummy mode only).
@@ -382,10 +390,15 @@ pub fn plan_runtime(
         next.addresses.insert((name, addr));
     }
     let mut leaving: BTreeSet<IpAddr> = BTreeSet::new();
+    let dvipa_addrs: BTreeSet<IpAddr> = config.dvipas.iter().map(|d| d.address).collect();
     for (&(ifindex, addr), a) in &observed.addresses {
         let ours = a.proto == ADDR_PROTO_VIPA || ledger.addresses.contains(&(ifname(ifindex), addr));
         if ours && !wanted.contains_key(&(ifindex, addr)) {
-            del_addrs.push(Op::DelAddress { ifindex, addr, prefix_len: a.prefix_len });
+            let op = Op::DelAddress { ifindex, addr, prefix_len: a.prefix_len };
+            match dvipa_addrs.contains(&addr) {
+                true => release_addrs.push(op),
+                false => del_addrs.push(op),
+            }
             // An address that moves (IPv6 data addresses) is not leaving the host.
             if !kept.contains(&addr) {
                 leaving.insert(addr);
@@ -511,9 +524,10 @@ pub fn plan_runtime(
     ops.extend(sysctls);
     ops.extend(del_addrs);
     ops.extend(del_links);
-    let trailing = trailing_addrs.len();
+    let (releases, trailing) = (release_addrs.len(), trailing_addrs.len());
+    ops.extend(release_addrs);
     ops.extend(trailing_addrs);
-    Plan { ops, ledger: next, arp: want.arp, trailing }
+    Plan { ops, ledger: next, arp: want.arp, trailing, releases }
 }
 
 /// What to do when a link's carrier changes. IPv4 drops cached routes on its own; IPv6
