@@ -432,6 +432,10 @@ fn thousands_of_ipv6_dvipas_take_their_routes_first_and_their_addresses_last() {
     let c = config(&text);
     let mut o = seed_host();
     let first = plan::plan_runtime(&c, &o, &Ledger::default(), DeviceMode::Loopback, &[], &held(&c));
+    // Before the plan is applied: answered for only once their routes are in, or from now
+    // on when the plan is about to add them.
+    assert!(plan::dvipas_to_answer_for(&o, &held(&c), false).is_empty());
+    assert_eq!(plan::dvipas_to_answer_for(&o, &held(&c), true).get(&2).map(|t| t.len()), Some(100));
     let routes = first.ops.iter().take_while(|op| matches!(op, Op::AddRoute { .. })).count();
     assert_eq!(routes, 100, "every route first: {:?}", first.ops.first());
     assert_eq!(first.ops.len(), 200, "then the addresses");
@@ -446,7 +450,7 @@ fn thousands_of_ipv6_dvipas_take_their_routes_first_and_their_addresses_last() {
         assert!(o.local_addresses().contains(&ip(&format!("2001:db8:19::{:x}", i + 1))), "held by its route at once");
     }
     let held_v6 = held(&c);
-    let answer = plan::dvipas_to_answer_for(&o, &held_v6);
+    let answer = plan::dvipas_to_answer_for(&o, &held_v6, false);
     assert_eq!(answer.len(), 1);
     assert_eq!(answer[&2].len(), 70, "the daemon answers for those whose address is still to come");
     assert!(
@@ -459,7 +463,7 @@ fn thousands_of_ipv6_dvipas_take_their_routes_first_and_their_addresses_last() {
     apply(&mut o, &next.ops);
     let p = plan::plan_runtime(&c, &o, &Ledger::default(), DeviceMode::Loopback, &[], &held_v6);
     assert!(p.ops.is_empty() && p.trailing == 0, "converged: {:?}", p.ops);
-    assert!(plan::dvipas_to_answer_for(&o, &held_v6).is_empty(), "the kernel answers for every address now");
+    assert!(plan::dvipas_to_answer_for(&o, &held_v6, false).is_empty(), "the kernel answers for every address now");
     let v6 = |o: &Observed| {
         o.addresses.keys().filter(|(i, a)| *i == 2 && a.to_string().starts_with("2001:db8:19::")).count()
     };

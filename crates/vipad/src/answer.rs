@@ -38,9 +38,10 @@ impl Answering {
         })
     }
 
-    /// Answers for exactly what `held` and the kernel call for, from now on.
-    pub fn follow(&mut self, observed: &Observed, held: &[HeldDvipa]) {
-        let want: BTreeMap<u32, Nic> = plan::dvipas_to_answer_for(observed, held)
+    /// Answers for exactly what `held` and the kernel call for, from now on (with
+    /// `routes_coming`, also before their routes are in: see `dvipas_to_answer_for`).
+    pub fn follow(&mut self, observed: &Observed, held: &[HeldDvipa], routes_coming: bool) {
+        let want: BTreeMap<u32, Nic> = plan::dvipas_to_answer_for(observed, held, routes_coming)
             .into_iter()
             .map(|(index, targets)| (index, (observed.links.get(&index).and_then(|l| l.mac), targets)))
             .collect();

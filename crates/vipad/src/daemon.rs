@@ -44,10 +44,6 @@ pub const BULK: usize = 32;
 const TRAILING_AT_ONCE: Duration = Duration::from_millis(50);
 const TRAILING_TO_PLANNING: u32 = 4;
 
-/// While a plan adds thousands of routes for IPv6 DVIPAs, the responder takes on those in
-/// place after every so many changes.
-const ANSWER_ALONG_THE_WAY: usize = 1024;
-
 /// How long a stopping vipad goes on deleting the addresses of the DVIPAs it hands over and
 /// adding those of the IPv6 DVIPAs it keeps (`finish`), in all; systemd's default stop
 /// timeout is 90 s.
@@ -459,10 +455,13 @@ impl Daemon {
             self.refresh_sysctls();
             let runtime = self.ipmp.runtime();
             (held, held_version) = self.cluster.as_ref().map(|c| c.lock().held()).unwrap_or_default();
-            // Before the changes: nothing released is answered for while it goes.
-            self.answering.follow(&self.observed, &held);
             let plan = plan::plan_runtime(&self.config, &self.observed, &self.ledger, self.mode, &runtime, &held);
             let planning = round.elapsed();
+            // Before the changes: nothing released is answered for while it goes; with
+            // thousands of addresses to come, all of them are answered for from now on
+            // (their routes come first, in a fraction of a second). A few addresses follow
+            // their routes at once: no answering for them.
+            self.answering.follow(&self.observed, &held, plan.trailing > BULK);
             arp = Some(plan.arp.clone());
             if plan.ops.is_empty() {
                 self.set_ledger(plan.ledger);
@@ -479,14 +478,6 @@ impl Daemon {
             // Thousands of addresses take a while; the cluster thread keeps the heartbeats
             // going meanwhile.
             for (i, op) in plan.ops.iter().enumerate() {
-                // The routes hold them now: answered for until their addresses come (with
-                // thousands, also along the way: a neighbour that asks in between would
-                // otherwise wait for its own retry, a second later).
-                // (A few addresses follow at once: no answering for them.)
-                let many = plan.trailing > BULK;
-                if many && (i == trailing_from || (i > 0 && i % ANSWER_ALONG_THE_WAY == 0)) {
-                    self.answering.follow(&self.observed, &held);
-                }
                 if i >= later_from {
                     let until = *batch_until
                         .get_or_insert_with(|| Instant::now() + TRAILING_AT_ONCE.max(planning * TRAILING_TO_PLANNING));
@@ -532,7 +523,7 @@ impl Daemon {
                 break;
             }
         }
-        self.answering.follow(&self.observed, &held);
+        self.answering.follow(&self.observed, &held, false);
         // Neighbours hear of a move once the kernel holds it; the ARP filter (an nft run,
         // tens of milliseconds) follows, since the announcement already points them right.
         self.ipmp.announce(&self.observed);

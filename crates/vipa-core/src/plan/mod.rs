@@ -254,13 +254,22 @@ fn dvipas_as_routes(dev: &Link, observed: &Observed, managed: &[(String, Vec<Sys
 
 /// The IPv6 DVIPAs the kernel takes traffic for by their local route but would not answer
 /// neighbour solicitations for, since their address is not on the NIC yet (see
-/// `Plan::trailing`): the daemon answers for them meanwhile. By NIC index.
-pub fn dvipas_to_answer_for(observed: &Observed, held: &[HeldDvipa]) -> BTreeMap<u32, BTreeSet<Ipv6Addr>> {
+/// `Plan::trailing`): the daemon answers for them meanwhile. By NIC index. With
+/// `routes_coming`, also those whose route is still to come (the plan about to be applied
+/// adds it): a neighbour that asked between a route going in and the daemon taking it on
+/// would otherwise wait for its own retry, a second later, and one that asks a moment
+/// before the route loses one packet at most.
+pub fn dvipas_to_answer_for(
+    observed: &Observed,
+    held: &[HeldDvipa],
+    routes_coming: bool,
+) -> BTreeMap<u32, BTreeSet<Ipv6Addr>> {
     let mut answer: BTreeMap<u32, BTreeSet<Ipv6Addr>> = BTreeMap::new();
     for d in held {
         let (IpAddr::V6(addr), Some(nic)) = (d.address, &d.device) else { continue };
         let Some(l) = observed.link_by_name(nic) else { continue };
-        let routed = observed.routes.get(&OwnedRoute::dvipa(d.address, l.index).key()).is_some_and(is_vipa_local);
+        let routed = routes_coming
+            || observed.routes.get(&OwnedRoute::dvipa(d.address, l.index).key()).is_some_and(is_vipa_local);
         if routed && !observed.addresses.contains_key(&(l.index, d.address)) {
             answer.entry(l.index).or_default().insert(addr);
         }
