@@ -470,18 +470,25 @@ fn thousands_of_ipv6_dvipas_take_their_routes_first_and_their_addresses_last() {
     assert_eq!(v6(&o), 100, "every address is on en1 in the end");
     // Released, all at once: the routes first, then the addresses, which the daemon may
     // leave for later plans too; nothing is answered for.
-    let p = plan::plan_runtime(&c, &o, &Ledger::default(), DeviceMode::Loopback, &[], &[]);
+    let ledger = plan::plan_runtime(&c, &o, &Ledger::default(), DeviceMode::Loopback, &[], &held_v6).ledger;
+    assert_eq!(in_ledger(&ledger), 100);
+    let p = plan::plan_runtime(&c, &o, &ledger, DeviceMode::Loopback, &[], &[]);
     assert_eq!((p.ops.len(), p.trailing, p.releases), (200, 0, 100));
     assert!(p.ops[..100].iter().all(|op| matches!(op, Op::DelRoute { .. })), "{:?}", p.ops[0]);
     assert!(p.ops[100..].iter().all(|op| matches!(op, Op::DelAddress { ifindex: 2, .. })));
-    assert_eq!(in_ledger(&p.ledger), 0, "none of them in the ledger any more");
+    assert_eq!(in_ledger(&p.ledger), 100, "in the ledger until they are gone (the daemon may stop before)");
     // Stopped after a few: those whose address is gone are off the host (a heartbeat
-    // stops claiming them); the next plan has the rest, still marked as releases.
+    // stops claiming them); the next plan has the rest, still marked as releases, and
+    // still vipa's by the ledger alone (a kernel without address protocols).
     apply(&mut o, &p.ops[..130]);
     let gone = |o: &Observed, i: u32| !o.local_addresses().contains(&ip(&format!("2001:db8:19::{:x}", i + 1)));
     assert_eq!((0..100).filter(|&i| gone(&o, i)).count(), 30);
-    let next = plan::plan_runtime(&c, &o, &Ledger::default(), DeviceMode::Loopback, &[], &[]);
+    for a in o.addresses.values_mut() {
+        a.proto = 0;
+    }
+    let next = plan::plan_runtime(&c, &o, &p.ledger, DeviceMode::Loopback, &[], &[]);
     assert_eq!((next.ops.len(), next.trailing, next.releases), (70, 0, 70), "{:?}", next.ops.first());
+    assert_eq!(in_ledger(&next.ledger), 70, "those still there");
     // Taken again before the rest went: the addresses still there stay, the others come
     // back behind their routes.
     let again = plan::plan_runtime(&c, &o, &Ledger::default(), DeviceMode::Loopback, &[], &held_v6);
@@ -489,6 +496,8 @@ fn thousands_of_ipv6_dvipas_take_their_routes_first_and_their_addresses_last() {
     apply(&mut o, &next.ops);
     assert_eq!(v6(&o), 0);
     assert!(o.local_addresses().iter().all(|a| !a.to_string().starts_with("2001:db8:19::")));
+    let done = plan::plan_runtime(&c, &o, &next.ledger, DeviceMode::Loopback, &[], &[]);
+    assert!(done.ops.is_empty() && in_ledger(&done.ledger) == 0, "out of the ledger once gone: {:?}", done.ops);
 }
 
 #[test]

@@ -153,7 +153,7 @@ pub struct ClusterShell {
     /// DVIPAs released whose addresses the kernel may still have: heartbeats still claim
     /// each until the kernel work of its version is done and the host no longer has its
     /// address (a peer activating one before would make two holders).
-    releasing: Vec<Releasing>,
+    releasing: BTreeMap<usize, Releasing>,
     /// A fresh heartbeat to every peer is due when the last of those is done.
     pending_all: bool,
     /// The version the kernel has (see `applied`).
@@ -173,8 +173,7 @@ pub struct ClusterShell {
 
 /// A DVIPA released whose address the kernel may still have.
 struct Releasing {
-    index: usize,
-    /// The version that released it.
+    /// The version that released it (a later release of the same DVIPA replaces it).
     version: u64,
     /// Still on the host after the kernel work was done, and said so.
     overdue: bool,
@@ -395,7 +394,7 @@ fn cluster_loop(
     key: Key,
     tx: Sender<Input>,
 ) {
-    prompt(lock(&shared).core.config.interval);
+    prompt();
     let mut buf = vec![0u8; 65536];
     // Waiting is done by `ppoll` (a high-resolution timer); a receive timeout on the socket
     // would be rounded to the kernel's tick (4 ms here), too coarse for 1 ms heartbeats.
@@ -596,27 +595,19 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Heartbeats this fast need the cluster thread scheduled promptly: a few milliseconds of
-/// delay behind other work would look like a death to the peers.
-const FAST_HEARTBEAT: Duration = Duration::from_millis(10);
-
-/// With heartbeats of [`FAST_HEARTBEAT`] or less, the cluster thread takes the fair
-/// scheduler's highest weight (nice -20): it wakes ahead of the main thread's kernel work
-/// and of the host's other processes, and runs first on a busy CPU. Not a real-time class:
-/// since Linux 6.12 the fair scheduler's deadline server runs starved fair tasks above
-/// real-time ones for 50 ms of every second, so a real-time thread on a host whose CPUs
-/// are all busy stalls that long once a second, which peers take for a death
-/// (docs/decisions.md).
-fn prompt(interval: Duration) {
-    if interval > FAST_HEARTBEAT {
-        return;
-    }
+/// The cluster thread takes the fair scheduler's highest weight (nice -20): it wakes ahead
+/// of the main thread's kernel work and of the host's other processes, and runs first on
+/// a busy CPU, so that a busy host does not delay a heartbeat or a probe's answer long
+/// enough to look dead (it blocks on I/O, and costs little). Whatever the interval, so
+/// that a reload to faster heartbeats needs no change. Not a real-time class: since Linux
+/// 6.12 the fair scheduler's deadline server runs starved fair tasks above real-time ones
+/// for 50 ms of every second, so a real-time thread on a host whose CPUs are all busy
+/// stalls that long once a second, which peers take for a death (docs/decisions.md).
+fn prompt() {
     // SAFETY: gettid takes nothing; setpriority sets the nice value of this thread only.
     let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -20) };
     if rc == 0 {
-        info!(
-            "heartbeats of 10 ms or less: the cluster thread runs at the highest fair-scheduling priority (nice -20)"
-        );
+        info!("the cluster thread runs at the highest fair-scheduling priority (nice -20)");
     } else {
         warn!(error = %std::io::Error::last_os_error(), "cannot raise the cluster thread's priority; fast heartbeats may be delayed under load");
     }
@@ -697,7 +688,7 @@ impl ClusterShell {
             count_wake,
             nudge,
             version: 0,
-            releasing: Vec::new(),
+            releasing: BTreeMap::new(),
             pending_all: false,
             kernel_has: 0,
             last_now: now,
@@ -745,7 +736,7 @@ impl ClusterShell {
             return Ok(false);
         }
         // An address being released is on its way out, not a copy to keep.
-        let leaving: BTreeSet<IpAddr> = self.releasing.iter().map(|r| self.core.dvipas[r.index].address).collect();
+        let leaving: BTreeSet<IpAddr> = self.releasing.keys().map(|&i| self.core.dvipas[i].address).collect();
         let present: Vec<IpAddr> = kept(config, observed).into_iter().filter(|a| !leaving.contains(a)).collect();
         // Still claimed while they go, at their place in the new list (the deletion of one
         // no longer listed is not left for later: see `Plan::releases`).
@@ -753,10 +744,7 @@ impl ClusterShell {
         let old = &self.core.dvipas;
         self.releasing = std::mem::take(&mut self.releasing)
             .into_iter()
-            .filter_map(|mut r| {
-                r.index = *at.get(&old[r.index].address)?;
-                Some(r)
-            })
+            .filter_map(|(i, r)| Some((*at.get(&old[i].address)?, r)))
             .collect();
         // What the operator deactivated here stays so.
         let declined = self.core.declined_addresses();
@@ -977,7 +965,7 @@ impl ClusterShell {
         let version = self.version;
         for o in &outputs {
             if let Output::Release { index, .. } = o {
-                self.releasing.push(Releasing { index: *index, version, overdue: false });
+                self.releasing.insert(*index, Releasing { version, overdue: false });
             }
         }
         // Thousands moving at once are logged as one line by kind and cause (each at debug
@@ -1080,8 +1068,8 @@ impl ClusterShell {
         // an ordinary live holder (silence would get it declared dead). Nor is it routine:
         // what it claims is not what the core's last heartbeat said.
         h.flags &= !(FLAG_LEAVING | FLAG_ROUTINE);
-        for r in &self.releasing {
-            vipa_wire::cluster::set_bit(&mut h.held, r.index, true);
+        for &i in self.releasing.keys() {
+            vipa_wire::cluster::set_bit(&mut h.held, i, true);
         }
         h
     }
@@ -1141,21 +1129,28 @@ impl ClusterShell {
         }
     }
 
+    /// Whether DVIPAs released may still be on the host (`applied` then wants to know
+    /// what the host has).
+    pub fn releasing(&self) -> bool {
+        !self.releasing.is_empty()
+    }
+
     /// The kernel has what this node held at `version`, but for addresses of released
-    /// DVIPAs the main thread may leave for later plans (`Plan::releases`): `observed` says
-    /// which are still on the host. As soon as some of those released until then are gone,
-    /// a fresh heartbeat goes out without their claims, so their next holders take them at
-    /// once, not after the last one is deleted. `finished`: the main thread left nothing
-    /// for later, so one still there will not go by itself.
-    pub fn applied(&mut self, now: Instant, version: u64, observed: &Observed, finished: bool) {
+    /// DVIPAs the main thread may leave for later plans (`Plan::releases`): `here` is what
+    /// the host has now (`Observed::local_addresses`; needed only while `releasing`). As
+    /// soon as some of those released until then are gone, a fresh heartbeat goes out
+    /// without their claims, so their next holders take them at once, not after the last
+    /// one is deleted. `finished`: the main thread left no deletion for later, so one
+    /// still there will not go by itself.
+    pub fn applied(&mut self, now: Instant, version: u64, here: Option<&BTreeSet<IpAddr>>, finished: bool) {
         self.kernel_has = version;
         let before = self.releasing.len();
-        if before > 0 {
-            let here = observed.local_addresses();
+        let mut overdue: Vec<IpAddr> = Vec::new();
+        if let Some(here) = here {
             let (dvipas, held) = (&self.core.dvipas, &self.core.held);
-            self.releasing.retain_mut(|r| {
-                let address = dvipas[r.index].address;
-                if held[r.index] {
+            self.releasing.retain(|&i, r| {
+                let address = dvipas[i].address;
+                if held[i] {
                     // Taken again meanwhile (its new holder died, say): claimed as held.
                     return false;
                 }
@@ -1167,10 +1162,13 @@ impl ClusterShell {
                     return false;
                 }
                 if finished && !std::mem::replace(&mut r.overdue, true) {
-                    warn!(dvipa = %address, "released, but the address is still on this host (not added by vipa, or its deletion failed): still claimed, so that no other node takes it too");
+                    overdue.push(address);
                 }
                 true
             });
+        }
+        if let Some(first) = overdue.first() {
+            warn!(dvipas = overdue.len(), %first, "released, but the address is still on this host (not added by vipa, or its deletion failed): still claimed, so that no other node takes it too");
         }
         let freed = self.releasing.len() < before;
         let done = self.releasing.is_empty() && std::mem::take(&mut self.pending_all);

@@ -361,13 +361,12 @@ impl Daemon {
     fn finish(&mut self, left: impl Fn(&Self) -> usize, until: Instant) -> usize {
         loop {
             let before = left(self);
-            if before == 0 {
-                return 0;
+            if before == 0 || Instant::now() >= until {
+                return before;
             }
             self.reconcile();
-            let after = left(self);
-            if after >= before || Instant::now() >= until {
-                return after;
+            if left(self) >= before {
+                return left(self);
             }
         }
     }
@@ -447,11 +446,11 @@ impl Daemon {
         let mut held_version = 0;
         let mut held = Vec::new();
         self.more = false;
-        self.trailing_left = 0;
-        self.releases_left = 0;
         // One round normally suffices; a second covers what the first made possible.
         for _round in 0..3 {
             let round = Instant::now();
+            // (What this round leaves for later; none if it has nothing to do.)
+            (self.releases_left, self.trailing_left) = (0, 0);
             self.refresh_sysctls();
             let runtime = self.ipmp.runtime();
             (held, held_version) = self.cluster.as_ref().map(|c| c.lock().held()).unwrap_or_default();
@@ -528,9 +527,12 @@ impl Daemon {
         // tens of milliseconds) follows, since the announcement already points them right.
         self.ipmp.announce(&self.observed);
         if let Some(c) = &self.cluster {
+            // (What the host has is gathered outside the lock: the cluster thread waits
+            // for it.)
+            let here = c.lock().releasing().then(|| self.observed.local_addresses());
             let mut shell = c.lock();
             let now = shell.now();
-            shell.applied(now, held_version, &self.observed, !self.more);
+            shell.applied(now, held_version, here.as_ref(), self.releases_left == 0);
         }
         self.announce_cluster();
         if let Some(arp) = arp {

