@@ -1045,25 +1045,31 @@ fn dvipa_scale_v6(n: usize, rows: &mut Vec<Row>) {
     });
     std::thread::sleep(Duration::from_secs(1));
     for (which, ping) in ["first", "last"].into_iter().zip(pings) {
+        let end = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         ping.signal(libc::SIGINT);
         let out = String::from_utf8_lossy(&ping.output().stdout).into_owned();
         rows.push(Row {
             what: format!(
                 "{n} IPv6 DVIPAs taken back: longest the {which} one handed over went unanswered (ping every 10 ms)"
             ),
-            result: longest_silence(&out).map_or("no replies".into(), |g| format!("{:.0} ms", g * 1e3)),
+            result: longest_silence(&out, end).map_or("no replies".into(), |g| format!("{:.0} ms", g * 1e3)),
             target: "-".into(),
         });
     }
 }
 
-/// The longest time between two replies in the output of `ping -D`, in seconds.
-fn longest_silence(out: &str) -> Option<f64> {
-    let stamps: Vec<f64> = out
+/// The longest time between two replies in the output of `ping -D`, or from the last reply
+/// to `end` (Unix time, when the ping was stopped), in seconds; `None` without replies.
+fn longest_silence(out: &str, end: f64) -> Option<f64> {
+    let mut stamps: Vec<f64> = out
         .lines()
         .filter(|l| l.contains(" bytes from "))
         .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
         .collect();
+    if stamps.is_empty() {
+        return None;
+    }
+    stamps.push(end);
     stamps.windows(2).map(|w| w[1] - w[0]).reduce(f64::max)
 }
 

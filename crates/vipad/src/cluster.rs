@@ -1131,13 +1131,13 @@ impl ClusterShell {
 
     /// Whether DVIPAs released may still be on the host (`applied` then wants to know
     /// what the host has).
-    pub fn releasing(&self) -> bool {
+    pub fn has_releases(&self) -> bool {
         !self.releasing.is_empty()
     }
 
     /// The kernel has what this node held at `version`, but for addresses of released
     /// DVIPAs the main thread may leave for later plans (`Plan::releases`): `here` is what
-    /// the host has now (`Observed::local_addresses`; needed only while `releasing`). As
+    /// the host has now (`Observed::local_addresses`; needed only while `has_releases`). As
     /// soon as some of those released until then are gone, a fresh heartbeat goes out
     /// without their claims, so their next holders take them at once, not after the last
     /// one is deleted. `finished`: the main thread left no deletion for later, so one

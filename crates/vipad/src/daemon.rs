@@ -529,7 +529,7 @@ impl Daemon {
         if let Some(c) = &self.cluster {
             // (What the host has is gathered outside the lock: the cluster thread waits
             // for it.)
-            let here = c.lock().releasing().then(|| self.observed.local_addresses());
+            let here = c.lock().has_releases().then(|| self.observed.local_addresses());
             let mut shell = c.lock();
             let now = shell.now();
             shell.applied(now, held_version, here.as_ref(), self.releases_left == 0);

@@ -403,14 +403,14 @@ pub fn plan_runtime(
     // Released DVIPAs' addresses stay in the ledger until they are gone: the daemon may
     // stop before deleting them, and one known as vipa's by the ledger alone (a kernel
     // without address protocols) would otherwise be left behind.
-    let mut releasing: BTreeSet<(String, IpAddr)> = BTreeSet::new();
+    let mut releasing: BTreeSet<(u32, IpAddr)> = BTreeSet::new();
     for (&(ifindex, addr), a) in &observed.addresses {
         let ours = a.proto == ADDR_PROTO_VIPA || ledger.addresses.contains(&(ifname(ifindex), addr));
         if ours && !wanted.contains_key(&(ifindex, addr)) {
             let op = Op::DelAddress { ifindex, addr, prefix_len: a.prefix_len };
             if dvipa_addrs.contains(&addr) {
                 release_addrs.push(op);
-                releasing.insert((ifname(ifindex), addr));
+                releasing.insert((ifindex, addr));
             } else {
                 del_addrs.push(op);
                 next.addresses.remove(&(ifname(ifindex), addr));
@@ -422,8 +422,10 @@ pub fn plan_runtime(
         }
     }
     next.addresses.retain(|(dev, addr)| {
-        releasing.contains(&(dev.clone(), *addr))
-            || observed.link_by_name(dev).is_some_and(|l| wanted.contains_key(&(l.index, *addr)))
+        observed.link_by_name(dev).is_some_and(|l| {
+            let key = (l.index, *addr);
+            wanted.contains_key(&key) || releasing.contains(&key)
+        })
     });
     let held = observed.local_addresses();
     let present = |addr: IpAddr| !leaving.contains(&addr) && (held.contains(&addr) || kept.contains(&addr));
