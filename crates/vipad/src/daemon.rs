@@ -468,8 +468,7 @@ impl Daemon {
             }
             let mut progress = false;
             let trailing_from = plan.ops.len() - plan.trailing;
-            // Where the work the daemon may leave for a later plan begins.
-            let later_from = trailing_from - plan.releases;
+            let later_from = plan.later_from();
             // (Trailing addresses alone are followed by the log lines of `answer`.)
             let bulk = plan.ops.len() > BULK || trailing_from == 0;
             let mut batch_until = None;
@@ -503,8 +502,7 @@ impl Daemon {
             if bulk && later_from > 0 {
                 info!(changes = applied, first = %plan.ops[0], "applied a batch of changes");
             }
-            self.releases_left = trailing_from.saturating_sub(applied.max(later_from));
-            self.trailing_left = plan.trailing - applied.saturating_sub(trailing_from);
+            (self.releases_left, self.trailing_left) = plan.left_after(applied);
             self.set_ledger(plan.ledger);
             if failed {
                 // Never assume: look at what the kernel really has before planning again.

@@ -106,6 +106,22 @@ pub struct Plan {
     pub releases: usize,
 }
 
+impl Plan {
+    /// Where the work the daemon may leave for a later plan begins: the releases, then
+    /// the trailing additions.
+    pub fn later_from(&self) -> usize {
+        self.ops.len() - self.trailing - self.releases
+    }
+
+    /// What is left for a later plan once the first `applied` ops are done: (releases,
+    /// trailing additions).
+    pub fn left_after(&self, applied: usize) -> (usize, usize) {
+        let trailing_from = self.ops.len() - self.trailing;
+        let applied = applied.min(self.ops.len());
+        (trailing_from.saturating_sub(applied.max(self.later_from())), self.ops.len() - applied.max(trailing_from))
+    }
+}
+
 /// The device a VIPA's addresses go on, if it exists.
 pub fn vipa_device<'a>(v: &VipaConfig, observed: &'a Observed, mode: DeviceMode) -> Option<&'a crate::model::Link> {
     match mode {
@@ -381,12 +397,12 @@ pub fn plan_runtime(
             None => {
                 let source = !not_sources.contains(&(ifindex, addr));
                 let op = Op::AddAddress { ifindex, addr, prefix_len, source };
-                if trailing.contains(&(ifindex, addr)) {
-                    // The daemon may stop before it: in the ledger once it is there.
-                    trailing_addrs.push(op);
-                    continue;
+                // (In the ledger from now on, as every address vipa adds: one that loses its
+                // protocol tag, or a kernel without tags, still shows it is vipa's.)
+                match trailing.contains(&(ifindex, addr)) {
+                    true => trailing_addrs.push(op),
+                    false => add_addrs.push(op),
                 }
-                add_addrs.push(op);
             }
             // Someone else's identical address is used as it is, and not claimed.
             Some(a) if a.proto != ADDR_PROTO_VIPA && !ledger.addresses.contains(&(name.clone(), addr)) => continue,
@@ -400,20 +416,13 @@ pub fn plan_runtime(
     }
     let mut leaving: BTreeSet<IpAddr> = BTreeSet::new();
     let dvipa_addrs: BTreeSet<IpAddr> = config.dvipas.iter().map(|d| d.address).collect();
-    // Released DVIPAs' addresses stay in the ledger until they are gone: the daemon may
-    // stop before deleting them, and one known as vipa's by the ledger alone (a kernel
-    // without address protocols) would otherwise be left behind.
-    let mut releasing: BTreeSet<(u32, IpAddr)> = BTreeSet::new();
     for (&(ifindex, addr), a) in &observed.addresses {
         let ours = a.proto == ADDR_PROTO_VIPA || ledger.addresses.contains(&(ifname(ifindex), addr));
         if ours && !wanted.contains_key(&(ifindex, addr)) {
             let op = Op::DelAddress { ifindex, addr, prefix_len: a.prefix_len };
-            if dvipa_addrs.contains(&addr) {
-                release_addrs.push(op);
-                releasing.insert((ifindex, addr));
-            } else {
-                del_addrs.push(op);
-                next.addresses.remove(&(ifname(ifindex), addr));
+            match dvipa_addrs.contains(&addr) {
+                true => release_addrs.push(op),
+                false => del_addrs.push(op),
             }
             // An address that moves (IPv6 data addresses) is not leaving the host.
             if !kept.contains(&addr) {
@@ -421,10 +430,13 @@ pub fn plan_runtime(
             }
         }
     }
+    // An address leaves the ledger once it is gone, not when its deletion is planned: the
+    // daemon may stop before a release, and one known as vipa's by the ledger alone would
+    // otherwise be left behind.
     next.addresses.retain(|(dev, addr)| {
         observed.link_by_name(dev).is_some_and(|l| {
             let key = (l.index, *addr);
-            wanted.contains_key(&key) || releasing.contains(&key)
+            wanted.contains_key(&key) || observed.addresses.contains_key(&key)
         })
     });
     let held = observed.local_addresses();
