@@ -4,28 +4,13 @@
 //! last known link-layer address.
 
 use std::io;
-use std::mem;
 use std::net::IpAddr;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use vipa_wire::arp::{self, Operation, Repr};
+use vipa_wire::arp::{self, Operation, Repr, ETHERTYPE_ARP};
+use vipa_wire::ndp::ETHERTYPE_IPV6;
 
-const ETH_P_ARP: u16 = arp::ETHERTYPE_ARP;
-pub(crate) const ETH_P_IPV6: u16 = 0x86dd;
-
-pub(crate) fn packet_addr(ifindex: u32, dst: [u8; 6], protocol: u16) -> SockAddr {
-    let mut storage = socket2::SockAddrStorage::zeroed();
-    // SAFETY: sockaddr_ll fits in the storage; every field used is set below.
-    unsafe {
-        let ll = storage.view_as::<libc::sockaddr_ll>();
-        ll.sll_family = libc::AF_PACKET as u16;
-        ll.sll_protocol = protocol.to_be();
-        ll.sll_ifindex = ifindex as i32;
-        ll.sll_halen = 6;
-        ll.sll_addr[..6].copy_from_slice(&dst);
-        SockAddr::new(storage, mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t)
-    }
-}
+use crate::sock::packet_addr;
 
 /// Announces each of `ips` at `mac` out of `ifindex`, `count` times: an IPv4 address by
 /// gratuitous ARP in both forms (request and reply), an IPv6 one by an unsolicited
@@ -34,8 +19,8 @@ pub(crate) fn packet_addr(ifindex: u32, dst: [u8; 6], protocol: u16) -> SockAddr
 /// round announces every address once, so the first round reaches neighbours before any
 /// repeat.
 pub fn announce_many(ifindex: u32, mac: [u8; 6], ips: &[IpAddr], count: u32) -> io::Result<()> {
-    let arp_to = packet_addr(ifindex, [0xff; 6], ETH_P_ARP);
-    let na_to = packet_addr(ifindex, vipa_wire::ndp::ALL_NODES_MAC, ETH_P_IPV6);
+    let arp_to = packet_addr(ifindex, [0xff; 6], ETHERTYPE_ARP);
+    let na_to = packet_addr(ifindex, vipa_wire::ndp::ALL_NODES_MAC, ETHERTYPE_IPV6);
     let frames: Vec<(&SockAddr, Vec<u8>)> = ips
         .iter()
         .flat_map(|&ip| match ip {
@@ -69,10 +54,10 @@ pub fn announce_many(ifindex: u32, mac: [u8; 6], ips: &[IpAddr], count: u32) -> 
 pub fn probe_neighbour(ifindex: u32, own_mac: [u8; 6], own: IpAddr, peer_mac: [u8; 6], peer: IpAddr) -> io::Result<()> {
     let (frame, protocol) = match (own, peer) {
         (IpAddr::V4(own), IpAddr::V4(peer)) => {
-            (arp::frame(peer_mac, &Repr::request(own_mac, own, peer)).to_vec(), ETH_P_ARP)
+            (arp::frame(peer_mac, &Repr::request(own_mac, own, peer)).to_vec(), ETHERTYPE_ARP)
         }
         (IpAddr::V6(own), IpAddr::V6(peer)) => {
-            (vipa_wire::ndp::solicit_frame(own_mac, own, peer_mac, peer).to_vec(), ETH_P_IPV6)
+            (vipa_wire::ndp::solicit_frame(own_mac, own, peer_mac, peer).to_vec(), ETHERTYPE_IPV6)
         }
         _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "addresses of different families")),
     };

@@ -16,6 +16,7 @@ pub mod netlink;
 pub mod nft;
 pub mod probe;
 pub mod responder;
+mod sock;
 pub mod steer;
 pub mod sysctl;
 

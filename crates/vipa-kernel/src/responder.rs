@@ -20,9 +20,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, warn};
-use vipa_wire::ndp::Solicit;
+use vipa_wire::ndp::{Solicit, ETHERTYPE_IPV6};
 
-use crate::announce::{packet_addr, ETH_P_IPV6};
+use crate::sock::{attach_cbpf, bpf, packet_addr, setopt, BPF_JMP_JEQ_K, BPF_LD_B_ABS, BPF_LD_H_ABS, BPF_RET_K};
 
 /// What the responder answers for on one NIC.
 struct Nic {
@@ -55,7 +55,7 @@ impl Responder {
         // frame comes.
         let sock = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0)))?;
         attach_filter(&sock)?;
-        sock.bind(&packet_addr(0, [0; 6], ETH_P_IPV6))?;
+        sock.bind(&packet_addr(0, [0; 6], ETHERTYPE_IPV6))?;
         let sock = Arc::new(sock);
         let nics: Arc<Mutex<HashMap<u32, Nic>>> = Arc::default();
         let counts: Arc<Counts> = Arc::default();
@@ -92,20 +92,7 @@ impl Responder {
         let mut mreq: libc::packet_mreq = unsafe { mem::zeroed() };
         mreq.mr_ifindex = ifindex as i32;
         mreq.mr_type = libc::PACKET_MR_ALLMULTI as u16;
-        // SAFETY: mreq is a live packet_mreq of the size given.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.sock.as_raw_fd(),
-                libc::SOL_PACKET,
-                op,
-                (&raw const mreq).cast(),
-                mem::size_of::<libc::packet_mreq>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        setopt(&*self.sock, libc::SOL_PACKET, op, &mreq)
     }
 }
 
@@ -117,36 +104,17 @@ fn lock(nics: &Mutex<HashMap<u32, Nic>>) -> MutexGuard<'_, HashMap<u32, Nic>> {
 /// byte after the IPv6 header is 135 (Neighbor Solicitation); `Solicit::parse` checks the
 /// rest.
 fn attach_filter(sock: &Socket) -> io::Result<()> {
-    const LD_H_ABS: u16 = 0x28;
-    const LD_B_ABS: u16 = 0x30;
-    const JEQ_K: u16 = 0x15;
-    const RET_K: u16 = 0x06;
-    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
     let program = [
-        op(LD_H_ABS, 0, 0, 12),
-        op(JEQ_K, 0, 5, u32::from(ETH_P_IPV6)),
-        op(LD_B_ABS, 0, 0, 20),
-        op(JEQ_K, 0, 3, 58),
-        op(LD_B_ABS, 0, 0, 54),
-        op(JEQ_K, 0, 1, u32::from(vipa_wire::ndp::NEIGHBOR_SOLICIT)),
-        op(RET_K, 0, 0, 2048),
-        op(RET_K, 0, 0, 0),
+        bpf(BPF_LD_H_ABS, 0, 0, 12),
+        bpf(BPF_JMP_JEQ_K, 0, 5, u32::from(ETHERTYPE_IPV6)),
+        bpf(BPF_LD_B_ABS, 0, 0, 20),
+        bpf(BPF_JMP_JEQ_K, 0, 3, 58),
+        bpf(BPF_LD_B_ABS, 0, 0, 54),
+        bpf(BPF_JMP_JEQ_K, 0, 1, u32::from(vipa_wire::ndp::NEIGHBOR_SOLICIT)),
+        bpf(BPF_RET_K, 0, 0, 2048),
+        bpf(BPF_RET_K, 0, 0, 0),
     ];
-    let prog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr().cast_mut() };
-    // SAFETY: prog points at `program`, alive for the call; the kernel copies it.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            (&raw const prog).cast(),
-            mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    attach_cbpf(sock, libc::SO_ATTACH_FILTER, &program)
 }
 
 fn answer_loop(sock: &Socket, nics: &Mutex<HashMap<u32, Nic>>, counts: &Counts) {
@@ -196,7 +164,7 @@ fn answer_loop(sock: &Socket, nics: &Mutex<HashMap<u32, Nic>>, counts: &Counts) 
             }
         };
         let Some(frame) = answer else { continue };
-        let to = packet_addr(ifindex, <[u8; 6]>::try_from(&frame[0..6]).unwrap_or_default(), ETH_P_IPV6);
+        let to = packet_addr(ifindex, <[u8; 6]>::try_from(&frame[0..6]).unwrap_or_default(), ETHERTYPE_IPV6);
         match sock.send_to(&frame, &to) {
             Ok(_) => {
                 counts.answered.fetch_add(1, Ordering::Relaxed);

@@ -22,6 +22,8 @@ use std::time::{Duration, SystemTime};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use crate::sock::{attach_cbpf, bpf, setopt, BPF_JMP_JSET_K, BPF_LD_B_ABS, BPF_RET_K};
+
 /// The port's sockets.
 pub struct Steered {
     /// Datagrams that are not routine (all of them, when `routine` is `None`); also the
@@ -239,19 +241,6 @@ fn opt<T>(sock: &UdpSocket, level: libc::c_int, option: libc::c_int, what: &str,
     setopt(sock, level, option, value).map_err(|e| io::Error::other(format!("{what}: {e}")))
 }
 
-/// Sets option `option` of `level` to `value` (a plain struct or int the kernel reads).
-fn setopt<T>(sock: &impl AsRawFd, level: libc::c_int, option: libc::c_int, value: &T) -> io::Result<()> {
-    // SAFETY: `value` is a live `T` of the size given; the kernel only reads it.
-    let rc = unsafe {
-        libc::setsockopt(sock.as_raw_fd(), level, option, (value as *const T).cast(), size_of::<T>() as libc::socklen_t)
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 fn bind_plain(port: u16) -> io::Result<UdpSocket> {
     UdpSocket::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port))
         .or_else(|_| UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)))
@@ -274,29 +263,21 @@ fn member(port: u16) -> io::Result<Socket> {
     })
 }
 
-// Classic BPF opcodes (linux/filter.h): BPF_LD (0) | BPF_B | BPF_ABS, BPF_JMP | BPF_JSET |
-// BPF_K (0), BPF_RET | BPF_K.
-const BPF_LD_B_ABS: u16 = 0x10 | 0x20;
-const BPF_JMP_JSET_K: u16 = 0x05 | 0x40;
-const BPF_RET_K: u16 = 0x06;
-
 fn steered(port: u16, byte: u32, mask: u8, peers: &[IpAddr]) -> io::Result<(UdpSocket, UdpSocket)> {
     // Socket 0 of the group is the first bound: the rest; socket 1: routine.
     let prompt = member(port)?;
     let routine = member(port)?;
     let program = [
-        libc::sock_filter { code: BPF_LD_B_ABS, jt: 0, jf: 0, k: byte },
-        libc::sock_filter { code: BPF_JMP_JSET_K, jt: 0, jf: 1, k: u32::from(mask) },
-        libc::sock_filter { code: BPF_RET_K, jt: 0, jf: 0, k: 1 },
-        libc::sock_filter { code: BPF_RET_K, jt: 0, jf: 0, k: 0 },
+        bpf(BPF_LD_B_ABS, 0, 0, byte),
+        bpf(BPF_JMP_JSET_K, 0, 1, u32::from(mask)),
+        bpf(BPF_RET_K, 0, 0, 1),
+        bpf(BPF_RET_K, 0, 0, 0),
     ];
-    let prog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut libc::sock_filter };
-    // The kernel copies the program: `program` need only outlive the call.
-    set_option(&routine, libc::SO_ATTACH_REUSEPORT_CBPF, &prog)
+    attach_cbpf(&routine, libc::SO_ATTACH_REUSEPORT_CBPF, &program)
         .map_err(|e| io::Error::other(format!("the kernel refused a SO_REUSEPORT filter: {e}")))?;
     // Both: what the routine socket holds is put in order with what the other gave.
     for sock in [&routine, &prompt] {
-        set_option(sock, libc::SO_TIMESTAMPNS, &(1 as libc::c_int))
+        setopt(sock, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &(1 as libc::c_int))
             .map_err(|e| io::Error::other(format!("no arrival times: {e}")))?;
     }
     let (routine, prompt): (UdpSocket, UdpSocket) = (routine.into(), prompt.into());
@@ -314,11 +295,6 @@ fn steered(port: u16, byte: u32, mask: u8, peers: &[IpAddr]) -> io::Result<(UdpS
     }
     routine.set_nonblocking(true)?;
     Ok((routine, prompt))
-}
-
-/// Sets a SOL_SOCKET option to `value` (a plain struct or int the kernel reads).
-fn set_option<T>(sock: &Socket, option: libc::c_int, value: &T) -> io::Result<()> {
-    setopt(sock, libc::SOL_SOCKET, option, value)
 }
 
 /// Sends one datagram of each kind to `to` (the port on a loopback address) and sees

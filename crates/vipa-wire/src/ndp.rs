@@ -30,7 +30,7 @@ pub const FRAME_LEN: usize = 86;
 /// ff02::1, where unsolicited advertisements go, and its Ethernet group.
 pub const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 pub const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
-const ETHERTYPE_IPV6: u16 = 0x86dd;
+pub const ETHERTYPE_IPV6: u16 = 0x86dd;
 const NEXT_HEADER_ICMPV6: u8 = 58;
 const OPTION_SOURCE_LL: u8 = 1;
 const OPTION_TARGET_LL: u8 = 2;
@@ -231,8 +231,15 @@ mod tests {
     fn unsolicited_advert_goes_to_all_nodes_with_override_only() {
         let f = unsolicited_frame([2, 0, 0, 0, 0, 5], "2001:db8:1::5".parse().unwrap());
         assert_eq!(&f[0..6], &ALL_NODES_MAC);
+        // What neighbours update their entries from: the sender, the target and its
+        // link-layer address option.
+        assert_eq!(&f[6..12], &[2, 0, 0, 0, 0, 5]);
+        let dvipa: Ipv6Addr = "2001:db8:1::5".parse().unwrap();
+        assert_eq!(&f[22..38], &dvipa.octets(), "from the DVIPA itself");
         assert_eq!(&f[38..54], &ALL_NODES.octets());
         assert_eq!(f[54 + 4], FLAG_OVERRIDE);
+        assert_eq!(&f[54 + 8..54 + 24], &dvipa.octets());
+        assert_eq!(&f[54 + 24..54 + 32], &[2, 1, 2, 0, 0, 0, 0, 5], "target link-layer address option");
         assert_eq!(crate::icmp::checksum(&pseudo_header_and("2001:db8:1::5".parse().unwrap(), ALL_NODES, &f[54..])), 0);
     }
 

@@ -958,7 +958,8 @@ impl ClusterShell {
     pub fn drain(&mut self) -> News {
         let mut news = News { events: std::mem::take(&mut self.events), ..News::default() };
         let outputs: Vec<Output> = std::iter::from_fn(|| self.core.poll_output()).collect();
-        if outputs.iter().any(|o| matches!(o, Output::Activate { .. } | Output::Release { .. })) {
+        let moves = outputs.iter().filter(|o| matches!(o, Output::Activate { .. } | Output::Release { .. })).count();
+        if moves > 0 {
             self.version += 1;
             news.kernel = true;
         }
@@ -971,7 +972,6 @@ impl ClusterShell {
         // Thousands moving at once are logged as one line by kind and cause (each at debug
         // level): a line each would hold this thread, and so the heartbeats, up for tens
         // of milliseconds.
-        let moves = outputs.iter().filter(|o| matches!(o, Output::Activate { .. } | Output::Release { .. })).count();
         let bulk = moves > crate::daemon::BULK;
         let mut summary: BTreeMap<(&str, String), (usize, IpAddr)> = BTreeMap::new();
         let mut moved = |kind: &'static str, address: IpAddr, cause: &str| {
