@@ -956,8 +956,9 @@ fn dvipa_scale(n: usize, rows: &mut Vec<Row>) {
 /// answered by vipad, its ping taken by the route); every address on the NIC.
 fn dvipa_scale_v6(n: usize, rows: &mut Vec<Row>) {
     let (env, mut s1, _s2) = owner_and_backup(n, true);
-    let routes = |k: usize| env.host(k).sh("ip -6 route show table local type local dev en1 proto 86").lines().count();
-    let addresses = |k: usize| env.host(k).sh("ip -6 addr show dev en1").matches("inet6 2001:db8:1::1:").count();
+    let routes = |k: usize| env.host(k).vipa_local_routes("en1", true).len();
+    // (Every IPv6 address of `dvipa_address` is in this prefix.)
+    let addresses = |k: usize| env.host(k).addresses_in("en1", "2001:db8:1::1:0:0/96").len();
     let what = |m: &str| format!("{n} IPv6 DVIPAs moved in one takeover: kill to {m} (10 ms heartbeats)");
     let start = Instant::now();
     if wait_for(Duration::from_secs(600), || (routes(1) >= n && addresses(1) >= n).then_some(())).is_none() {
@@ -983,7 +984,7 @@ fn dvipa_scale_v6(n: usize, rows: &mut Vec<Row>) {
     let reached = wait_for(Duration::from_secs(60), || {
         env.client.try_sh(&format!("ping -6 -c1 -W0.2 {last}")).is_ok().then(|| cut.elapsed())
     });
-    let before_address = !env.host(2).sh(&format!("ip -6 addr show dev en1 to {last}/128")).contains(&last);
+    let before_address = env.host(2).addresses_in("en1", &format!("{last}/128")).is_empty();
     let dropped = client_drops() - drops_before;
     // How many solicitations vipad had answered by then (a slow row: was the client's
     // first one answered?).

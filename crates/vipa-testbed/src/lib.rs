@@ -166,6 +166,25 @@ impl Netns {
         self.sh(&format!("ip -4 route show table local type local dev {dev}")).lines().count()
     }
 
+    /// The addresses on `dev` within prefix `to` (`2001:db8:1::/112`, or one address as
+    /// `/128`), without their length.
+    pub fn addresses_in(&self, dev: &str, to: &str) -> std::collections::BTreeSet<String> {
+        let family = if to.contains(':') { "-6" } else { "-4" };
+        self.sh(&format!("ip {family} -o addr show dev {dev} to {to}"))
+            .lines()
+            .filter_map(|l| Some(l.split_whitespace().nth(3)?.split('/').next()?.to_string()))
+            .collect()
+    }
+
+    /// The addresses vipa holds on `dev` by its local routes (DVIPAs), of one family.
+    pub fn vipa_local_routes(&self, dev: &str, v6: bool) -> std::collections::BTreeSet<String> {
+        let family = if v6 { "-6" } else { "-4" };
+        self.sh(&format!("ip {family} route show table local type local dev {dev} proto 86"))
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+            .collect()
+    }
+
     /// The hardware address of `dev`.
     pub fn mac(&self, dev: &str) -> String {
         self.ip_json(&format!("link show dev {dev}"))[0]["address"].as_str().unwrap_or("").to_string()
