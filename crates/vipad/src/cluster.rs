@@ -1054,8 +1054,8 @@ impl ClusterShell {
     }
 
     /// A heartbeat as it leaves: marked for unicast when this node is not in a multicast
-    /// group; while released addresses may still be in the kernel, it still claims them,
-    /// and a fresh one follows when the kernel is done.
+    /// group; while released addresses may still be in the kernel, it still claims those
+    /// no other node holds, and a fresh one follows when the kernel is done.
     fn outgoing(&mut self, mut h: Heartbeat) -> Heartbeat {
         if !self.multicast.as_ref().is_some_and(|m| m.member) {
             h.flags |= FLAG_UNICAST;
@@ -1068,9 +1068,7 @@ impl ClusterShell {
         // an ordinary live holder (silence would get it declared dead). Nor is it routine:
         // what it claims is not what the core's last heartbeat said.
         h.flags &= !(FLAG_LEAVING | FLAG_ROUTINE);
-        for &i in self.releasing.keys() {
-            vipa_wire::cluster::set_bit(&mut h.held, i, true);
-        }
+        self.core.claim_going(&mut h, self.releasing.keys().copied());
         h
     }
 

@@ -1256,6 +1256,19 @@ impl Cluster {
         self.peers.get(node).is_some_and(|p| p.alive && p.same_config && !p.syncing && bit(&p.held, i))
     }
 
+    /// Claims in `h`, a heartbeat of this node's, each DVIPA of `going`: released here,
+    /// its address still in the kernel, so that no next holder activates beside it. Not
+    /// one a live peer holds already: that one needs no waiting for, and were it after this
+    /// node in the order, it would give the DVIPA up for a claim that is going (a stale
+    /// copy from before a restart, still being deleted when the listening ended).
+    pub fn claim_going(&self, h: &mut Heartbeat, going: impl IntoIterator<Item = usize>) {
+        for i in going {
+            if !self.peers.keys().any(|n| self.claims(n, i)) {
+                vipa_wire::cluster::set_bit(&mut h.held, i, true);
+            }
+        }
+    }
+
     /// Whether a live peer still listening after its start (or reload) has DVIPA `i` in its
     /// kernel from before: it keeps it until it has listened, and nobody activates it
     /// meanwhile (it then claims it, or gives it up to a holder it heard).

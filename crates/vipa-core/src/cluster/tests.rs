@@ -784,6 +784,42 @@ fn introduce(a: &mut Cluster, at: Instant, h: Heartbeat) {
 }
 
 #[test]
+fn a_stale_copy_still_being_deleted_is_not_claimed_against_its_holder() {
+    let t0 = Instant::now();
+    let addr = dvipas(1, Takeback::Immediate)[0].address;
+    // s1, the owner, starts again with its copy from before still in the kernel; s2 holds
+    // the DVIPA meanwhile.
+    let mut a =
+        Cluster::new(cluster_config("s1", 3, ms(10), Quorum::Majority), dvipas(1, Takeback::Immediate), t0, 7, &[addr]);
+    let mut b = node("s2", t0, 5);
+    let mut held = beat(&mut b, t0);
+    vipa_wire::cluster::set_bit(&mut held.held, 0, true);
+    held.flags = 0;
+    introduce(&mut a, t0, held.clone());
+    let released = std::iter::from_fn(|| a.poll_output()).any(|o| matches!(o, Output::Release { index: 0, .. }));
+    assert!(released, "the stale copy was not given up");
+    // Its listening over, the kernel still deleting the copy: s1's heartbeats do not claim
+    // it (s2, after s1 in the order, would give it up for that claim), ...
+    let mut t = t0;
+    while a.syncing() {
+        t += ms(10);
+        held.seq += 1;
+        a.receive(t, held.clone());
+        a.handle_timeout(t);
+    }
+    let mut h = a.heartbeat_now(t);
+    a.claim_going(&mut h, [0]);
+    assert!(!bit(&h.held, 0) && h.flags & vipa_wire::cluster::FLAG_SYNCING == 0, "{h:?}");
+    // ... but once s2 is gone, a copy still here is claimed: nobody activates beside it.
+    t += ms(500);
+    a.handle_timeout(t);
+    assert!(!a.peers["s2"].alive);
+    let mut h = a.heartbeat_now(t);
+    a.claim_going(&mut h, [0]);
+    assert!(bit(&h.held, 0));
+}
+
+#[test]
 fn a_node_not_heard_since_the_start_counts_only_once_it_answers_a_challenge_of_this_run() {
     let t0 = Instant::now();
     let mut a = node("s1", t0, 7);
