@@ -12,37 +12,49 @@ use vipa_wire::ndp::ETHERTYPE_IPV6;
 
 use crate::sock::packet_addr;
 
-/// Announces each of `ips` at `mac` out of `ifindex`, `count` times: an IPv4 address by
-/// gratuitous ARP in both forms (request and reply), an IPv6 one by an unsolicited
-/// Neighbor Advertisement with Override to ff02::1, sent as a whole frame (the kernel's
-/// IPv6 layer would refuse a source it holds by a local route only). One socket; each
-/// round announces every address once, so the first round reaches neighbours before any
-/// repeat.
-pub fn announce_many(ifindex: u32, mac: [u8; 6], ips: &[IpAddr], count: u32) -> io::Result<()> {
-    let arp_to = packet_addr(ifindex, [0xff; 6], ETHERTYPE_ARP);
-    let na_to = packet_addr(ifindex, vipa_wire::ndp::ALL_NODES_MAC, ETHERTYPE_IPV6);
-    let frames: Vec<(&SockAddr, Vec<u8>)> = ips
-        .iter()
-        .flat_map(|&ip| match ip {
-            IpAddr::V4(ip) => [Operation::Request, Operation::Reply]
-                .map(|op| (&arp_to, arp::frame([0xff; 6], &Repr::gratuitous(op, mac, ip)).to_vec()))
-                .to_vec(),
-            IpAddr::V6(ip) => vec![(&na_to, vipa_wire::ndp::unsolicited_frame(mac, ip).to_vec())],
-        })
-        .collect();
-    // Protocol 0: this socket only sends.
-    let sock = Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0)))?;
-    for _ in 0..count {
-        for (to, frame) in &frames {
-            match sock.send_to(frame, to) {
-                Ok(_) => {}
-                // A full queue drops this copy; the next round sends it again.
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
-                Err(e) => return Err(e),
+/// A socket that announces addresses: an IPv4 address by gratuitous ARP in both forms
+/// (request and reply), an IPv6 one by an unsolicited Neighbor Advertisement with
+/// Override to ff02::1, sent as a whole frame (the kernel's IPv6 layer would refuse a
+/// source it holds by a local route only).
+pub struct Announcing {
+    sock: Socket,
+}
+
+impl Announcing {
+    pub fn open() -> io::Result<Announcing> {
+        // Protocol 0: this socket only sends.
+        Ok(Announcing { sock: Socket::new(Domain::PACKET, Type::RAW, Some(Protocol::from(0)))? })
+    }
+
+    /// How many frames announcing `ip` takes.
+    pub fn frames(ip: IpAddr) -> u32 {
+        match ip {
+            IpAddr::V4(_) => 2,
+            IpAddr::V6(_) => 1,
+        }
+    }
+
+    /// Announces `ip` at `mac` out of `ifindex`, once. A full queue drops the frame
+    /// silently (a repeat sends it again); any other error is returned.
+    pub fn send(&self, ifindex: u32, mac: [u8; 6], ip: IpAddr) -> io::Result<()> {
+        let send = |frame: &[u8], to: &SockAddr| match self.sock.send_to(frame, to) {
+            Err(e) if e.raw_os_error() != Some(libc::ENOBUFS) => Err(e),
+            _ => Ok(()),
+        };
+        match ip {
+            IpAddr::V4(ip) => {
+                let to = packet_addr(ifindex, [0xff; 6], ETHERTYPE_ARP);
+                for op in [Operation::Request, Operation::Reply] {
+                    send(&arp::frame([0xff; 6], &Repr::gratuitous(op, mac, ip)), &to)?;
+                }
+                Ok(())
+            }
+            IpAddr::V6(ip) => {
+                let to = packet_addr(ifindex, vipa_wire::ndp::ALL_NODES_MAC, ETHERTYPE_IPV6);
+                send(&vipa_wire::ndp::unsolicited_frame(mac, ip), &to)
             }
         }
     }
-    Ok(())
 }
 
 /// Sends one reachability probe out of `ifindex` straight to `peer` at `peer_mac`, from

@@ -1,29 +1,192 @@
-//! Sending the announcements that follow a move (IPMP binding, DVIPA activation), batched
-//! per NIC over one socket: gratuitous ARPs for IPv4, unsolicited NAs for IPv6.
+//! Sending the announcements that follow a move (IPMP binding, DVIPA activation):
+//! gratuitous ARPs for IPv4, unsolicited NAs for IPv6. A thread of their own sends them,
+//! paced: a few hundred frames go at once, more at [`RATE`]. Thousands of DVIPAs taken
+//! over at once would otherwise be tens of thousands of frames in a burst, more than the
+//! receive queues of the hosts and switches on the link hold: most would be dropped, and
+//! with them the answers to the solicitations of neighbours that are asking meanwhile.
+//!
+//! An address leaves the queue before it leaves the kernel ([`Announcer::withdraw`]), and
+//! a new announcement of an address replaces the old one (it moved to another NIC): no
+//! neighbour is pointed here by a frame sent after the address went.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::IpAddr;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 use vipa_core::model::Observed;
+use vipa_kernel::announce::Announcing;
 
-/// Announces each (address, NIC, repeat count) that the kernel holds by now.
-pub fn send(observed: &Observed, items: impl IntoIterator<Item = (IpAddr, String, u32)>) {
-    let mut items = items.into_iter().peekable();
-    if items.peek().is_none() {
-        return;
+/// Frames sent back to back before pacing sets in: a move of a few dozen addresses goes
+/// out at once, with all its repeats.
+const BURST: f64 = 256.0;
+/// Frames a second after that: 10,000 IPv6 DVIPAs take 0.2 s for their first round.
+const RATE: f64 = 50_000.0;
+/// Frames sent in one go once paced (the thread sleeps between goes).
+const STEP: f64 = 32.0;
+
+/// One address to announce on one NIC, `rounds` more times.
+struct Item {
+    nic: Arc<str>,
+    ifindex: u32,
+    mac: [u8; 6],
+    addr: IpAddr,
+    rounds: u32,
+}
+
+/// What is left to send: first rounds go before any repeat, so an address taken over
+/// late is not announced behind the repeats of thousands taken before it.
+#[derive(Default)]
+struct Queue {
+    first: VecDeque<Item>,
+    repeats: VecDeque<Item>,
+}
+
+impl Queue {
+    fn is_empty(&self) -> bool {
+        self.first.is_empty() && self.repeats.is_empty()
     }
-    let held = observed.local_addresses();
-    let mut batches: BTreeMap<(String, u32), Vec<IpAddr>> = BTreeMap::new();
-    for (addr, nic, count) in items.filter(|(a, _, _)| held.contains(a)) {
-        batches.entry((nic, count)).or_default().push(addr);
+
+    fn retain(&mut self, keep: impl Fn(&Item) -> bool) {
+        self.first.retain(&keep);
+        self.repeats.retain(&keep);
     }
-    for ((nic, count), addrs) in batches {
-        let Some(l) = observed.link_by_name(&nic) else { continue };
-        let Some(mac) = l.mac else { continue };
-        match vipa_kernel::announce::announce_many(l.index, mac, &addrs, count) {
-            Ok(()) => info!(interface = %nic, addresses = addrs.len(), first = %addrs[0], count, "announced"),
-            Err(e) => warn!(interface = %nic, addresses = addrs.len(), error = %e, "announcement failed"),
+
+    fn pop(&mut self) -> Option<Item> {
+        self.first.pop_front().or_else(|| self.repeats.pop_front())
+    }
+
+    fn len(&self) -> usize {
+        self.first.len() + self.repeats.len()
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+/// The queue of announcements and the thread that sends them.
+#[derive(Clone)]
+pub struct Announcer {
+    shared: Arc<Shared>,
+}
+
+impl Announcer {
+    pub fn start() -> Announcer {
+        let shared = Arc::new(Shared::default());
+        let theirs = shared.clone();
+        if let Err(e) = thread::Builder::new().name("announce".into()).spawn(move || run(&theirs)) {
+            warn!(error = %e, "cannot start the announcement thread: moves are not announced");
+        }
+        Announcer { shared }
+    }
+
+    /// Announces each (address, NIC, repeat count) that the kernel holds by now. Every
+    /// address queued is announced once before any is repeated.
+    pub fn send(&self, observed: &Observed, items: impl IntoIterator<Item = (IpAddr, String, u32)>) {
+        let mut items = items.into_iter().peekable();
+        if items.peek().is_none() {
+            return;
+        }
+        let held = observed.local_addresses();
+        let mut batches: BTreeMap<(String, u32), Vec<IpAddr>> = BTreeMap::new();
+        for (addr, nic, count) in items.filter(|(a, _, _)| held.contains(a)) {
+            batches.entry((nic, count)).or_default().push(addr);
+        }
+        let mut new = Vec::new();
+        for ((nic, count), addrs) in batches {
+            let Some(l) = observed.link_by_name(&nic) else { continue };
+            let Some(mac) = l.mac else { continue };
+            info!(interface = %nic, addresses = addrs.len(), first = %addrs[0], count, "announcing");
+            let nic: Arc<str> = nic.into();
+            new.extend(addrs.into_iter().map(|addr| Item {
+                nic: nic.clone(),
+                ifindex: l.index,
+                mac,
+                addr,
+                rounds: count,
+            }));
+        }
+        if new.is_empty() {
+            return;
+        }
+        let renewed: HashSet<IpAddr> = new.iter().map(|i| i.addr).collect();
+        let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue.retain(|i| !renewed.contains(&i.addr));
+        queue.first.extend(new);
+        self.shared.wake.notify_one();
+    }
+
+    /// Before vipad exits: waits until every announcement queued is sent, or `until`.
+    /// Returns how many (address, NIC) were still to be announced then.
+    pub fn finish(&self, until: Instant) -> usize {
+        loop {
+            let left = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()).len();
+            if left == 0 || Instant::now() >= until {
+                return left;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// No frame announces any of `addrs` once this returns (the thread sends with the
+    /// queue locked).
+    pub fn withdraw(&self, addrs: impl IntoIterator<Item = IpAddr>) {
+        let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.is_empty() {
+            return;
+        }
+        let gone: HashSet<IpAddr> = addrs.into_iter().collect();
+        queue.retain(|i| !gone.contains(&i.addr));
+    }
+}
+
+fn run(shared: &Shared) {
+    let mut socket: Option<Announcing> = None;
+    let mut tokens = BURST;
+    let mut last = Instant::now();
+    loop {
+        let mut queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        while queue.is_empty() {
+            queue = shared.wake.wait(queue).unwrap_or_else(|e| e.into_inner());
+        }
+        let now = Instant::now();
+        tokens = (tokens + now.duration_since(last).as_secs_f64() * RATE).min(BURST);
+        last = now;
+        if tokens < 1.0 {
+            drop(queue);
+            thread::sleep(Duration::from_secs_f64((STEP - tokens) / RATE));
+            continue;
+        }
+        let sock = match &socket {
+            Some(s) => s,
+            None => match Announcing::open() {
+                Ok(s) => socket.insert(s),
+                Err(e) => {
+                    warn!(error = %e, addresses = queue.len(), "cannot open a socket to announce moves");
+                    *queue = Queue::default();
+                    continue;
+                }
+            },
+        };
+        while tokens >= 1.0 {
+            let Some(mut item) = queue.pop() else { break };
+            tokens -= f64::from(Announcing::frames(item.addr));
+            if let Err(e) = sock.send(item.ifindex, item.mac, item.addr) {
+                // The NIC went (or went down): nothing more goes out of it until asked again.
+                let left = queue.first.iter().chain(&queue.repeats).filter(|i| i.ifindex == item.ifindex).count();
+                warn!(interface = %item.nic, address = %item.addr, error = %e, left, "announcement failed");
+                queue.retain(|i| i.ifindex != item.ifindex);
+                continue;
+            }
+            item.rounds = item.rounds.saturating_sub(1);
+            if item.rounds > 0 {
+                queue.repeats.push_back(item);
+            }
         }
     }
 }

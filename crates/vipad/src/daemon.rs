@@ -100,6 +100,7 @@ pub struct Daemon {
     pub reach: crate::reach::Reach,
     /// Answers for IPv6 DVIPAs whose address is still to come (see `answer`).
     pub answering: crate::answer::Answering,
+    pub announcer: crate::announce::Announcer,
     /// The last plan left addresses of DVIPAs to delete or to add for later: plan again
     /// once the inputs queued meanwhile are handled.
     pub more: bool,
@@ -301,6 +302,12 @@ impl Daemon {
                         let until = Instant::now() + STOP_FINISHING;
                         let left = self.leave_cluster(until);
                         self.finish_trailing(signal, until);
+                        // What is kept here is announced before vipad goes (a second at
+                        // most: the next vipad announces it again after its listening).
+                        let unsaid = self.announcer.finish(until.min(Instant::now() + Duration::from_secs(1)));
+                        if unsaid > 0 {
+                            warn!(left = unsaid, "stopping before every announcement went out");
+                        }
                         if left {
                             info!(signal, "stopping; DVIPAs a live peer can take were handed over; other addresses and routes stay in place for the next vipad");
                         } else {
@@ -462,6 +469,8 @@ impl Daemon {
             // their routes at once: no answering for them.
             self.answering.follow(&self.observed, &held, plan.trailing > BULK);
             arp = Some(plan.arp.clone());
+            // No frame announces an address once it starts to go (nor after).
+            self.announcer.withdraw(plan.ops.iter().filter_map(going));
             if plan.ops.is_empty() {
                 self.set_ledger(plan.ledger);
                 break;
@@ -523,7 +532,7 @@ impl Daemon {
         self.answering.follow(&self.observed, &held, false);
         // Neighbours hear of a move once the kernel holds it; the ARP filter (an nft run,
         // tens of milliseconds) follows, since the announcement already points them right.
-        self.ipmp.announce(&self.observed);
+        self.ipmp.announce(&self.observed, &self.announcer);
         if let Some(c) = &self.cluster {
             // (What the host has is gathered outside the lock: the cluster thread waits
             // for it.)
@@ -553,7 +562,7 @@ impl Daemon {
                 self.forget_unresolved(index);
             }
         }
-        crate::announce::send(&self.observed, items);
+        self.announcer.send(&self.observed, items);
     }
 
     /// Drops the neighbour entries NIC `index` is still resolving or failed to resolve
@@ -873,6 +882,16 @@ impl Daemon {
 }
 
 /// Applies the events of a snapshot to an empty view.
+/// The address `op` takes off this host: an address, or the host route an IPv6 DVIPA is
+/// held by until its address comes.
+fn going(op: &Op) -> Option<std::net::IpAddr> {
+    match op {
+        Op::DelAddress { addr, .. } => Some(*addr),
+        Op::DelRoute { key } if key.dst_len == if key.dst.is_ipv4() { 32 } else { 128 } => Some(key.dst),
+        _ => None,
+    }
+}
+
 pub fn observe(kernel: &mut Kernel, updates: Vec<Update>) -> Observed {
     let mut o = Observed::default();
     for u in updates {

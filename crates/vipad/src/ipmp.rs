@@ -327,8 +327,8 @@ impl Ipmp {
     }
 
     /// Sends the announcements due after a move, now that the kernel has the binding.
-    pub fn announce(&mut self, observed: &Observed) {
-        crate::announce::send(observed, std::mem::take(&mut self.announce));
+    pub fn announce(&mut self, observed: &Observed, announcer: &crate::announce::Announcer) {
+        announcer.send(observed, std::mem::take(&mut self.announce));
     }
 
     pub fn view(&self) -> IpmpView {

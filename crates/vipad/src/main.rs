@@ -229,6 +229,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         refresh_due: Vec::new(),
         reach: Default::default(),
         answering: Default::default(),
+        announcer: announce::Announcer::start(),
         more: false,
         trailing_left: 0,
         releases_left: 0,
