@@ -35,10 +35,11 @@ impl Announcing {
     }
 
     /// Announces `ip` at `mac` out of `ifindex`, once. A full queue drops the frame
-    /// silently (a repeat sends it again); any other error is returned.
+    /// silently (a repeat sends it again); any other error is returned. It never blocks.
     pub fn send(&self, ifindex: u32, mac: [u8; 6], ip: IpAddr) -> io::Result<()> {
-        let send = |frame: &[u8], to: &SockAddr| match self.sock.send_to(frame, to) {
-            Err(e) if e.raw_os_error() != Some(libc::ENOBUFS) => Err(e),
+        // Never blocking: a NIC whose queue is stuck must not hold the sender up.
+        let send = |frame: &[u8], to: &SockAddr| match self.sock.send_to_with_flags(frame, to, libc::MSG_DONTWAIT) {
+            Err(e) if !matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::EAGAIN)) => Err(e),
             _ => Ok(()),
         };
         match ip {

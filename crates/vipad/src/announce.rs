@@ -9,7 +9,7 @@
 //! a new announcement of an address replaces the old one (it moved to another NIC): no
 //! neighbour is pointed here by a frame sent after the address went.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -26,6 +26,8 @@ const BURST: f64 = 256.0;
 const RATE: f64 = 50_000.0;
 /// Frames sent in one go once paced (the thread sleeps between goes).
 const STEP: f64 = 32.0;
+/// The least pause between two goes.
+const PAUSE: Duration = Duration::from_micros(50);
 
 /// One address to announce on one NIC, `rounds` more times.
 struct Item {
@@ -49,9 +51,9 @@ impl Queue {
         self.first.is_empty() && self.repeats.is_empty()
     }
 
-    fn retain(&mut self, keep: impl Fn(&Item) -> bool) {
-        self.first.retain(&keep);
-        self.repeats.retain(&keep);
+    fn retain(&mut self, mut keep: impl FnMut(&Item) -> bool) {
+        self.first.retain(&mut keep);
+        self.repeats.retain(&mut keep);
     }
 
     fn pop(&mut self) -> Option<Item> {
@@ -114,9 +116,21 @@ impl Announcer {
         if new.is_empty() {
             return;
         }
-        let renewed: HashSet<IpAddr> = new.iter().map(|i| i.addr).collect();
+        // A new announcement of an address replaces those queued: on another NIC, the
+        // address moved; on the same one, it keeps the most rounds either had (a refresh
+        // does not cut an activation's repeats short).
+        let renewed: HashMap<IpAddr, Vec<usize>> = new.iter().enumerate().fold(HashMap::new(), |mut m, (k, i)| {
+            m.entry(i.addr).or_default().push(k);
+            m
+        });
         let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-        queue.retain(|i| !renewed.contains(&i.addr));
+        queue.retain(|old| {
+            let Some(ks) = renewed.get(&old.addr) else { return true };
+            if let Some(&k) = ks.iter().find(|&&k| new[k].ifindex == old.ifindex) {
+                new[k].rounds = new[k].rounds.max(old.rounds);
+            }
+            false
+        });
         queue.first.extend(new);
         self.shared.wake.notify_one();
     }
@@ -133,15 +147,22 @@ impl Announcer {
         }
     }
 
-    /// No frame announces any of `addrs` once this returns (the thread sends with the
-    /// queue locked).
-    pub fn withdraw(&self, addrs: impl IntoIterator<Item = IpAddr>) {
-        let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if queue.is_empty() {
+    /// No frame announces any of `addrs` (out of the NIC given, or any) once this returns
+    /// (the thread sends with the queue locked).
+    pub fn withdraw(&self, addrs: impl IntoIterator<Item = (IpAddr, Option<u32>)>) {
+        // Each address, with the NIC it leaves (`None`: every NIC).
+        let mut gone: HashMap<IpAddr, Option<u32>> = HashMap::new();
+        for (addr, nic) in addrs {
+            let e = gone.entry(addr).or_insert(nic);
+            if *e != nic {
+                *e = None;
+            }
+        }
+        if gone.is_empty() {
             return;
         }
-        let gone: HashSet<IpAddr> = addrs.into_iter().collect();
-        queue.retain(|i| !gone.contains(&i.addr));
+        let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue.retain(|i| gone.get(&i.addr).is_none_or(|nic| nic.is_some_and(|n| n != i.ifindex)));
     }
 }
 
@@ -157,17 +178,12 @@ fn run(shared: &Shared) {
         let now = Instant::now();
         tokens = (tokens + now.duration_since(last).as_secs_f64() * RATE).min(BURST);
         last = now;
-        if tokens < 1.0 {
-            drop(queue);
-            thread::sleep(Duration::from_secs_f64((STEP - tokens) / RATE));
-            continue;
-        }
         let sock = match &socket {
             Some(s) => s,
             None => match Announcing::open() {
                 Ok(s) => socket.insert(s),
                 Err(e) => {
-                    warn!(error = %e, addresses = queue.len(), "cannot open a socket to announce moves");
+                    warn!(error = %e, left = queue.len(), "cannot open a socket to announce moves");
                     *queue = Queue::default();
                     continue;
                 }
@@ -188,5 +204,10 @@ fn run(shared: &Shared) {
                 queue.repeats.push_back(item);
             }
         }
+        drop(queue);
+        // The queue unlocked between goes (the main thread may be waiting to withdraw),
+        // for as long as the next go earns, and a moment at least.
+        let earn = ((STEP - tokens).max(0.0) / RATE).max(PAUSE.as_secs_f64());
+        thread::sleep(Duration::from_secs_f64(earn));
     }
 }

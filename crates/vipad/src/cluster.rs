@@ -1054,8 +1054,9 @@ impl ClusterShell {
     }
 
     /// A heartbeat as it leaves: marked for unicast when this node is not in a multicast
-    /// group; while released addresses may still be in the kernel, it still claims those
-    /// no other node holds, and a fresh one follows when the kernel is done.
+    /// group; while released addresses may still be in the kernel, it marks them going
+    /// (no node activates them meanwhile; one that holds them keeps them), and a fresh one
+    /// follows when the kernel is done.
     fn outgoing(&mut self, mut h: Heartbeat) -> Heartbeat {
         if !self.multicast.as_ref().is_some_and(|m| m.member) {
             h.flags |= FLAG_UNICAST;
@@ -1068,7 +1069,9 @@ impl ClusterShell {
         // an ordinary live holder (silence would get it declared dead). Nor is it routine:
         // what it claims is not what the core's last heartbeat said.
         h.flags &= !(FLAG_LEAVING | FLAG_ROUTINE);
-        self.core.claim_going(&mut h, self.releasing.keys().copied());
+        for &i in self.releasing.keys() {
+            vipa_wire::cluster::set_bit(&mut h.going, i, true);
+        }
         h
     }
 
@@ -1166,7 +1169,7 @@ impl ClusterShell {
             });
         }
         if let Some(first) = overdue.first() {
-            warn!(dvipas = overdue.len(), %first, "released, but the address is still on this host (not added by vipa, or its deletion failed): still claimed, so that no other node takes it too");
+            warn!(dvipas = overdue.len(), %first, "released, but the address is still on this host (not added by vipa, or its deletion failed): still marked going, so that no other node takes it too");
         }
         let freed = self.releasing.len() < before;
         let done = self.releasing.is_empty() && std::mem::take(&mut self.pending_all);
@@ -1184,6 +1187,10 @@ impl ClusterShell {
         let (due, later): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.announce).into_iter().partition(|a| a.0 <= kernel_has);
         self.announce = later;
+        // Not one given up since (its address may still be here, going).
+        let dvipas = &self.core.dvipas;
+        let held = |a: &IpAddr| dvipas.binary_search_by_key(a, |d| d.address).is_ok_and(|i| self.core.held[i]);
+        let due: Vec<_> = due.into_iter().filter(|a| held(&a.1)).collect();
         let taken = due.iter().filter(|a| a.3 != REFRESH_COUNT).flat_map(|a| a.2.iter().cloned()).collect();
         let items = due
             .into_iter()

@@ -881,17 +881,18 @@ impl Daemon {
     }
 }
 
-/// Applies the events of a snapshot to an empty view.
-/// The address `op` takes off this host: an address, or the host route an IPv6 DVIPA is
-/// held by until its address comes.
-fn going(op: &Op) -> Option<std::net::IpAddr> {
+/// The address `op` takes off this host, and from which NIC (`None`: whichever): an
+/// address, or the local route a DVIPA is held by (IPv4 always, IPv6 until its address
+/// comes).
+fn going(op: &Op) -> Option<(std::net::IpAddr, Option<u32>)> {
     match op {
-        Op::DelAddress { addr, .. } => Some(*addr),
-        Op::DelRoute { key } if key.dst_len == if key.dst.is_ipv4() { 32 } else { 128 } => Some(key.dst),
+        Op::DelAddress { ifindex, addr, .. } => Some((*addr, Some(*ifindex))),
+        Op::DelRoute { key } if key.table == vipa_core::model::TABLE_LOCAL => Some((key.dst, None)),
         _ => None,
     }
 }
 
+/// Applies the events of a snapshot to an empty view.
 pub fn observe(kernel: &mut Kernel, updates: Vec<Update>) -> Observed {
     let mut o = Observed::default();
     for u in updates {

@@ -175,6 +175,8 @@ pub struct Peer {
     held: Vec<u8>,
     busy: Vec<u8>,
     declined: Vec<u8>,
+    /// Given up, the address still in its kernel (see [`Heartbeat::going`]).
+    going: Vec<u8>,
     pins: Vec<(u32, String, u64)>,
     pub alive: bool,
     /// How late its heartbeats usually arrive (smoothed lateness beyond the interval; an
@@ -806,6 +808,7 @@ impl Cluster {
                 && p.held == h.held
                 && p.busy == h.busy
                 && p.declined == h.declined
+                && p.going == h.going
                 && p.pins == h.pins
             {
                 p.last_heard = now;
@@ -866,7 +869,9 @@ impl Cluster {
             Some(p) if !fresh => p.next_rtt,
             _ => now,
         };
-        let holds_mine = h.held.iter().zip(&self.mine).any(|(theirs, mine)| theirs & mine != 0);
+        // (One whose address it still has counts too: its death frees it.)
+        let of_mine = |map: &[u8]| map.iter().zip(&self.mine).any(|(theirs, mine)| theirs & mine != 0);
+        let holds_mine = of_mine(&h.held) || of_mine(&h.going);
         // A restarted peer (a new incarnation: a rebooted host may be busy) is learnt anew,
         // its round trip too.
         let (known_since, held_up, punctuality_known, rtt) = match &old {
@@ -888,6 +893,7 @@ impl Cluster {
                 held: h.held,
                 busy: h.busy,
                 declined: h.declined,
+                going: h.going,
                 pins: h.pins,
                 alive: true,
                 jitter,
@@ -1256,17 +1262,10 @@ impl Cluster {
         self.peers.get(node).is_some_and(|p| p.alive && p.same_config && !p.syncing && bit(&p.held, i))
     }
 
-    /// Claims in `h`, a heartbeat of this node's, each DVIPA of `going`: released here,
-    /// its address still in the kernel, so that no next holder activates beside it. Not
-    /// one a live peer holds already: that one needs no waiting for, and were it after this
-    /// node in the order, it would give the DVIPA up for a claim that is going (a stale
-    /// copy from before a restart, still being deleted when the listening ended).
-    pub fn claim_going(&self, h: &mut Heartbeat, going: impl IntoIterator<Item = usize>) {
-        for i in going {
-            if !self.peers.keys().any(|n| self.claims(n, i)) {
-                vipa_wire::cluster::set_bit(&mut h.held, i, true);
-            }
-        }
+    /// Whether a live peer gave DVIPA `i` up and still has its address (see
+    /// [`Heartbeat::going`]): nobody activates it meanwhile.
+    fn going_elsewhere(&self, i: usize) -> bool {
+        self.peers.values().any(|p| p.alive && p.same_config && bit(&p.going, i))
     }
 
     /// Whether a live peer still listening after its start (or reload) has DVIPA `i` in its
@@ -1443,6 +1442,7 @@ impl Cluster {
                 && others.is_empty()
                 && !self.first_listening(i)
                 && !self.kept_by_listening(i)
+                && !self.going_elsewhere(i)
                 && !differ
                 && !self.leaving
             {

@@ -783,40 +783,60 @@ fn introduce(a: &mut Cluster, at: Instant, h: Heartbeat) {
     assert_eq!(a.receive(at, h.clone()), Verdict::Taken, "not taken once answered");
 }
 
-#[test]
-fn a_stale_copy_still_being_deleted_is_not_claimed_against_its_holder() {
-    let t0 = Instant::now();
-    let addr = dvipas(1, Takeback::Immediate)[0].address;
-    // s1, the owner, starts again with its copy from before still in the kernel; s2 holds
-    // the DVIPA meanwhile.
-    let mut a =
-        Cluster::new(cluster_config("s1", 3, ms(10), Quorum::Majority), dvipas(1, Takeback::Immediate), t0, 7, &[addr]);
-    let mut b = node("s2", t0, 5);
-    let mut held = beat(&mut b, t0);
-    vipa_wire::cluster::set_bit(&mut held.held, 0, true);
-    held.flags = 0;
-    introduce(&mut a, t0, held.clone());
-    let released = std::iter::from_fn(|| a.poll_output()).any(|o| matches!(o, Output::Release { index: 0, .. }));
-    assert!(released, "the stale copy was not given up");
-    // Its listening over, the kernel still deleting the copy: s1's heartbeats do not claim
-    // it (s2, after s1 in the order, would give it up for that claim), ...
+/// Node `me` of a three-node cluster with one DVIPA (`takeback`, owner s1, then s2 and s3),
+/// quorum `none`, started at `t0` with the DVIPA's address in its kernel if `kept`; past
+/// its listening at the returned moment, `other`'s heartbeat (one a listening interval)
+/// heard all along.
+fn past_listening(me: &str, takeback: Takeback, kept: bool, other: &mut Heartbeat, t0: Instant) -> (Cluster, Instant) {
+    let d = dvipas(1, takeback);
+    let present = if kept { vec![d[0].address] } else { vec![] };
+    let mut c = Cluster::new(cluster_config(me, 3, ms(10), Quorum::None), d, t0, 7, &present);
+    introduce(&mut c, t0, other.clone());
     let mut t = t0;
-    while a.syncing() {
+    while c.syncing() {
         t += ms(10);
-        held.seq += 1;
-        a.receive(t, held.clone());
-        a.handle_timeout(t);
+        other.seq += 1;
+        c.receive(t, other.clone());
+        c.handle_timeout(t);
     }
-    let mut h = a.heartbeat_now(t);
-    a.claim_going(&mut h, [0]);
-    assert!(!bit(&h.held, 0) && h.flags & vipa_wire::cluster::FLAG_SYNCING == 0, "{h:?}");
-    // ... but once s2 is gone, a copy still here is claimed: nobody activates beside it.
-    t += ms(500);
-    a.handle_timeout(t);
-    assert!(!a.peers["s2"].alive);
-    let mut h = a.heartbeat_now(t);
-    a.claim_going(&mut h, [0]);
-    assert!(bit(&h.held, 0));
+    (c, t)
+}
+
+fn released(c: &mut Cluster) -> Option<String> {
+    std::iter::from_fn(|| c.poll_output()).find_map(|o| match o {
+        Output::Release { index: 0, cause } => Some(cause),
+        _ => None,
+    })
+}
+
+#[test]
+fn an_address_still_going_elsewhere_holds_back_its_next_holder_without_taking_it_from_its_holder() {
+    let t0 = Instant::now();
+    // A node gave the DVIPA up (a handover, or a stale copy from before its restart) and
+    // its kernel still has the address: its heartbeats mark it going.
+    let going_from = |name: &str| {
+        let mut h = beat(&mut node(name, t0, 5), t0);
+        h.flags = 0;
+        vipa_wire::cluster::set_bit(&mut h.going, 0, true);
+        h
+    };
+    // s2, next in line (the owner s1 is not up) and holding nothing, does not activate it
+    // while s3's is going ...
+    let mut going = going_from("s3");
+    let (mut s2, t) = past_listening("s2", Takeback::Immediate, false, &mut going, t0);
+    assert!(!s2.held[0] && s2.holder(0).is_none(), "activated beside an address still going");
+    // ... and does once the address is gone.
+    let mut gone = going.clone();
+    gone.seq += 1;
+    gone.going.clear();
+    s2.receive(t + ms(1), gone);
+    assert!(s2.held[0], "not activated once the address was gone");
+    // s2 holding it (takeback `never`), s1, the owner, still deleting a stale copy: s2
+    // keeps it. Had s1 claimed it, s2 would have given it up to s1, which comes first.
+    let (mut s2, _) = past_listening("s2", Takeback::Never, true, &mut going_from("s1"), t0);
+    assert!(s2.held[0], "{:?}", released(&mut s2));
+    assert_eq!(released(&mut s2), None);
+    assert_eq!(s2.holder(0).as_deref(), Some("s2"));
 }
 
 #[test]
