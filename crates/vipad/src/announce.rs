@@ -1,13 +1,13 @@
 //! Sending the announcements that follow a move (IPMP binding, DVIPA activation):
-//! gratuitous ARPs for IPv4, unsolicited NAs for IPv6. A thread of their own sends them,
-//! paced: a few hundred frames go at once, more at [`RATE`]. Thousands of DVIPAs taken
+//! gratuitous ARPs for IPv4, unsolicited NAs for IPv6, paced: a few hundred frames go at
+//! once (from the caller), more at [`RATE`] (from a thread of their own). Thousands of DVIPAs taken
 //! over at once would otherwise be tens of thousands of frames in a burst, more than the
-//! receive queues of the hosts and switches on the link hold: most would be dropped, and
-//! with them the answers to the solicitations of neighbours that are asking meanwhile.
+//! receive queues of the hosts and switches on the link hold: thousands would be dropped,
+//! and with them the answers to the solicitations of neighbours that are asking meanwhile.
 //!
 //! An address leaves the queue before it leaves the kernel ([`Announcer::withdraw`]), and
-//! a new announcement of an address replaces the old one (it moved to another NIC): no
-//! neighbour is pointed here by a frame sent after the address went.
+//! a new announcement of an address replaces the old one: no neighbour is pointed here by
+//! a frame sent after the address went.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
@@ -39,14 +39,61 @@ struct Item {
 }
 
 /// What is left to send: first rounds go before any repeat, so an address taken over
-/// late is not announced behind the repeats of thousands taken before it.
-#[derive(Default)]
+/// late is not announced behind the repeats of thousands taken before it. With the budget
+/// of frames (a token bucket) and the socket, for whoever sends: the caller of `send`
+/// what the budget allows at once (a move of a few addresses goes out without waiting for
+/// another thread to wake), the thread the rest.
 struct Queue {
     first: VecDeque<Item>,
     repeats: VecDeque<Item>,
+    tokens: f64,
+    last: Instant,
+    socket: Option<Announcing>,
+}
+
+impl Default for Queue {
+    fn default() -> Queue {
+        Queue { first: VecDeque::new(), repeats: VecDeque::new(), tokens: BURST, last: Instant::now(), socket: None }
+    }
 }
 
 impl Queue {
+    /// Sends what the budget allows now.
+    fn go(&mut self) {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * RATE).min(BURST);
+        self.last = now;
+        if self.tokens < 1.0 || self.is_empty() {
+            return;
+        }
+        if self.socket.is_none() {
+            match Announcing::open() {
+                Ok(s) => self.socket = Some(s),
+                Err(e) => {
+                    warn!(error = %e, left = self.len(), "cannot open a socket to announce moves");
+                    (self.first, self.repeats) = Default::default();
+                    return;
+                }
+            }
+        }
+        while self.tokens >= 1.0 {
+            let Some(mut item) = self.pop() else { break };
+            self.tokens -= f64::from(Announcing::frames(item.addr));
+            let Some(sock) = &self.socket else { break };
+            if let Err(e) = sock.send(item.ifindex, item.mac, item.addr) {
+                // The NIC went (or went down): nothing more goes out of it until asked again.
+                let left = self.first.iter().chain(&self.repeats).filter(|i| i.ifindex == item.ifindex).count();
+                warn!(interface = %item.nic, address = %item.addr, error = %e, left, "announcement failed");
+                self.retain(|i| i.ifindex != item.ifindex);
+                continue;
+            }
+            item.rounds = item.rounds.saturating_sub(1);
+            if item.rounds > 0 {
+                self.repeats.push_back(item);
+            }
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.first.is_empty() && self.repeats.is_empty()
     }
@@ -132,7 +179,10 @@ impl Announcer {
             false
         });
         queue.first.extend(new);
-        self.shared.wake.notify_one();
+        queue.go();
+        if !queue.is_empty() {
+            self.shared.wake.notify_one();
+        }
     }
 
     /// Before vipad exits: waits until every announcement queued is sent, or `until`.
@@ -167,47 +217,16 @@ impl Announcer {
 }
 
 fn run(shared: &Shared) {
-    let mut socket: Option<Announcing> = None;
-    let mut tokens = BURST;
-    let mut last = Instant::now();
     loop {
         let mut queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
         while queue.is_empty() {
             queue = shared.wake.wait(queue).unwrap_or_else(|e| e.into_inner());
         }
-        let now = Instant::now();
-        tokens = (tokens + now.duration_since(last).as_secs_f64() * RATE).min(BURST);
-        last = now;
-        let sock = match &socket {
-            Some(s) => s,
-            None => match Announcing::open() {
-                Ok(s) => socket.insert(s),
-                Err(e) => {
-                    warn!(error = %e, left = queue.len(), "cannot open a socket to announce moves");
-                    *queue = Queue::default();
-                    continue;
-                }
-            },
-        };
-        while tokens >= 1.0 {
-            let Some(mut item) = queue.pop() else { break };
-            tokens -= f64::from(Announcing::frames(item.addr));
-            if let Err(e) = sock.send(item.ifindex, item.mac, item.addr) {
-                // The NIC went (or went down): nothing more goes out of it until asked again.
-                let left = queue.first.iter().chain(&queue.repeats).filter(|i| i.ifindex == item.ifindex).count();
-                warn!(interface = %item.nic, address = %item.addr, error = %e, left, "announcement failed");
-                queue.retain(|i| i.ifindex != item.ifindex);
-                continue;
-            }
-            item.rounds = item.rounds.saturating_sub(1);
-            if item.rounds > 0 {
-                queue.repeats.push_back(item);
-            }
-        }
-        drop(queue);
+        queue.go();
         // The queue unlocked between goes (the main thread may be waiting to withdraw),
         // for as long as the next go earns, and a moment at least.
-        let earn = ((STEP - tokens).max(0.0) / RATE).max(PAUSE.as_secs_f64());
+        let earn = ((STEP - queue.tokens).max(0.0) / RATE).max(PAUSE.as_secs_f64());
+        drop(queue);
         thread::sleep(Duration::from_secs_f64(earn));
     }
 }
