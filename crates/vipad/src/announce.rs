@@ -9,7 +9,7 @@
 //! a new announcement of an address replaces the old one: no neighbour is pointed here by
 //! a frame sent after the address went.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -197,22 +197,15 @@ impl Announcer {
         }
     }
 
-    /// No frame announces any of `addrs` (out of the NIC given, or any) once this returns
-    /// (the thread sends with the queue locked).
-    pub fn withdraw(&self, addrs: impl IntoIterator<Item = (IpAddr, Option<u32>)>) {
-        // Each address, with the NIC it leaves (`None`: every NIC).
-        let mut gone: HashMap<IpAddr, Option<u32>> = HashMap::new();
-        for (addr, nic) in addrs {
-            let e = gone.entry(addr).or_insert(nic);
-            if *e != nic {
-                *e = None;
-            }
-        }
+    /// No frame announces any of `addrs` once this returns (every sender sends with the
+    /// queue locked).
+    pub fn withdraw(&self, addrs: impl IntoIterator<Item = IpAddr>) {
+        let gone: HashSet<IpAddr> = addrs.into_iter().collect();
         if gone.is_empty() {
             return;
         }
         let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-        queue.retain(|i| gone.get(&i.addr).is_none_or(|nic| nic.is_some_and(|n| n != i.ifindex)));
+        queue.retain(|i| !gone.contains(&i.addr));
     }
 }
 

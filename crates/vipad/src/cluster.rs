@@ -150,8 +150,8 @@ pub struct ClusterShell {
     /// Counts the changes of what this node holds; the main thread plans from one version
     /// and says which it has applied.
     version: u64,
-    /// DVIPAs released whose addresses the kernel may still have: heartbeats still claim
-    /// each until the kernel work of its version is done and the host no longer has its
+    /// DVIPAs released whose addresses the kernel may still have: heartbeats mark each
+    /// going until the kernel work of its version is done and the host no longer has its
     /// address (a peer activating one before would make two holders).
     releasing: BTreeMap<usize, Releasing>,
     /// A fresh heartbeat to every peer is due when the last of those is done.
@@ -1061,7 +1061,10 @@ impl ClusterShell {
         if !self.multicast.as_ref().is_some_and(|m| m.member) {
             h.flags |= FLAG_UNICAST;
         }
-        if self.releasing.is_empty() {
+        // (Also those the core released since the last drain: a heartbeat sent outside the
+        // rhythm may go before them.)
+        let pending: Vec<usize> = self.core.releases_pending().collect();
+        if self.releasing.is_empty() && pending.is_empty() {
             return h;
         }
         self.pending_all = true;
@@ -1069,7 +1072,7 @@ impl ClusterShell {
         // an ordinary live holder (silence would get it declared dead). Nor is it routine:
         // what it claims is not what the core's last heartbeat said.
         h.flags &= !(FLAG_LEAVING | FLAG_ROUTINE);
-        for &i in self.releasing.keys() {
+        for i in self.releasing.keys().copied().chain(pending) {
             vipa_wire::cluster::set_bit(&mut h.going, i, true);
         }
         h
@@ -1140,8 +1143,8 @@ impl ClusterShell {
     /// DVIPAs the main thread may leave for later plans (`Plan::releases`): `here` is what
     /// the host has now (`Observed::local_addresses`; needed only while `has_releases`). As
     /// soon as some of those released until then are gone, a fresh heartbeat goes out
-    /// without their claims, so their next holders take them at once, not after the last
-    /// one is deleted. `finished`: the main thread left no deletion for later, so one
+    /// without their going marks, so their next holders take them at once, not after the
+    /// last one is deleted. `finished`: the main thread left no deletion for later, so one
     /// still there will not go by itself.
     pub fn applied(&mut self, now: Instant, version: u64, here: Option<&BTreeSet<IpAddr>>, finished: bool) {
         self.kernel_has = version;

@@ -881,13 +881,13 @@ impl Daemon {
     }
 }
 
-/// The address `op` takes off this host, and from which NIC (`None`: whichever): an
-/// address, or the local route a DVIPA is held by (IPv4 always, IPv6 until its address
-/// comes).
-fn going(op: &Op) -> Option<(std::net::IpAddr, Option<u32>)> {
+/// The address `op` takes off this host: an address, or the local route a DVIPA is held by
+/// (IPv4 always, IPv6 until its address comes). Its announcements are withdrawn on every
+/// NIC: a DVIPA is announced on all its `announce` NICs, its address is on the first.
+fn going(op: &Op) -> Option<std::net::IpAddr> {
     match op {
-        Op::DelAddress { ifindex, addr, .. } => Some((*addr, Some(*ifindex))),
-        Op::DelRoute { key } if key.table == vipa_core::model::TABLE_LOCAL => Some((key.dst, None)),
+        Op::DelAddress { addr, .. } => Some(*addr),
+        Op::DelRoute { key } if key.table == vipa_core::model::TABLE_LOCAL => Some(key.dst),
         _ => None,
     }
 }

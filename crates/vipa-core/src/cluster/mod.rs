@@ -1262,6 +1262,15 @@ impl Cluster {
         self.peers.get(node).is_some_and(|p| p.alive && p.same_config && !p.syncing && bit(&p.held, i))
     }
 
+    /// The DVIPAs released by outputs not taken yet (`poll_output`): a heartbeat sent
+    /// before they are must mark them going too.
+    pub fn releases_pending(&self) -> impl Iterator<Item = usize> + '_ {
+        self.out.iter().filter_map(|o| match o {
+            Output::Release { index, .. } => Some(*index),
+            _ => None,
+        })
+    }
+
     /// Whether a live peer gave DVIPA `i` up and still has its address (see
     /// [`Heartbeat::going`]): nobody activates it meanwhile.
     fn going_elsewhere(&self, i: usize) -> bool {
@@ -1434,7 +1443,14 @@ impl Cluster {
                     )));
                     self.out.push_back(Output::Announce { index: i, refresh: false });
                 } else if others.is_empty() {
-                    self.conflict[i] = false;
+                    // Another node still has the address while it deletes it (a stale copy
+                    // from before its restart, say), and its kernel answers for it: the
+                    // neighbours are told again now and once it is gone.
+                    let going = self.going_elsewhere(i);
+                    if going != self.conflict[i] {
+                        self.conflict[i] = going;
+                        self.out.push_back(Output::Announce { index: i, refresh: false });
+                    }
                 }
             } else if quorum
                 && !self.declined[i]

@@ -814,15 +814,16 @@ fn an_address_still_going_elsewhere_holds_back_its_next_holder_without_taking_it
     let t0 = Instant::now();
     // A node gave the DVIPA up (a handover, or a stale copy from before its restart) and
     // its kernel still has the address: its heartbeats mark it going.
-    let going_from = |name: &str| {
-        let mut h = beat(&mut node(name, t0, 5), t0);
+    let going_from = |name: &str, takeback: Takeback| {
+        let config = cluster_config(name, 3, ms(10), Quorum::None);
+        let mut h = beat(&mut Cluster::new(config, dvipas(1, takeback), t0, 5, &[]), t0);
         h.flags = 0;
         vipa_wire::cluster::set_bit(&mut h.going, 0, true);
         h
     };
     // s2, next in line (the owner s1 is not up) and holding nothing, does not activate it
     // while s3's is going ...
-    let mut going = going_from("s3");
+    let mut going = going_from("s3", Takeback::Immediate);
     let (mut s2, t) = past_listening("s2", Takeback::Immediate, false, &mut going, t0);
     assert!(!s2.held[0] && s2.holder(0).is_none(), "activated beside an address still going");
     // ... and does once the address is gone.
@@ -833,10 +834,24 @@ fn an_address_still_going_elsewhere_holds_back_its_next_holder_without_taking_it
     assert!(s2.held[0], "not activated once the address was gone");
     // s2 holding it (takeback `never`), s1, the owner, still deleting a stale copy: s2
     // keeps it. Had s1 claimed it, s2 would have given it up to s1, which comes first.
-    let (mut s2, _) = past_listening("s2", Takeback::Never, true, &mut going_from("s1"), t0);
+    let mut from_s1 = going_from("s1", Takeback::Never);
+    let (mut s2, t) = past_listening("s2", Takeback::Never, true, &mut from_s1, t0);
+    assert!(s2.peers["s1"].same_config && s2.peers["s1"].alive);
     assert!(s2.held[0], "{:?}", released(&mut s2));
-    assert_eq!(released(&mut s2), None);
     assert_eq!(s2.holder(0).as_deref(), Some("s2"));
+    // It tells the neighbours again once the copy is gone (s1's kernel may have answered
+    // for the address meanwhile), and when another one appears.
+    while s2.poll_output().is_some() {}
+    let said = |c: &mut Cluster| {
+        std::iter::from_fn(|| c.poll_output()).filter(|o| matches!(o, Output::Announce { index: 0, .. })).count()
+    };
+    for (k, going) in [(1, false), (2, true)] {
+        from_s1.seq += 1;
+        from_s1.going = vec![u8::from(going)];
+        s2.receive(t + ms(k), from_s1.clone());
+        assert!(s2.held[0]);
+        assert_eq!(said(&mut s2), 1, "going elsewhere: {going}");
+    }
 }
 
 #[test]
