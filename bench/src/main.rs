@@ -1018,12 +1018,17 @@ fn dvipa_scale_v6(n: usize, rows: &mut Vec<Row>) {
     env.restore(1);
     // What a client sees of the first and the last DVIPA handed over (the addresses are
     // deleted in order).
-    let pings: Vec<vipa_testbed::Proc> = [dvipa_address(0, true), last.clone()]
+    // (Into files: a pipe read only at the end would fill after some 750 replies and
+    // stop the ping.)
+    let pings: Vec<(vipa_testbed::Proc, std::path::PathBuf)> = [dvipa_address(0, true), last.clone()]
         .iter()
-        .map(|a| {
+        .enumerate()
+        .map(|(k, a)| {
+            let path = env.dir.join(format!("ping-{k}.txt"));
+            let file = std::fs::File::create(&path).expect("ping output file");
             let mut cmd = env.client.command("ping");
-            cmd.args(["-6", "-D", "-n", "-i", "0.01", "-w", "600", a]).stdout(std::process::Stdio::piped());
-            env.client.spawn(cmd)
+            cmd.args(["-6", "-D", "-n", "-i", "0.01", "-w", "600", a]).stdout(file);
+            (env.client.spawn(cmd), path)
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
@@ -1037,6 +1042,15 @@ fn dvipa_scale_v6(n: usize, rows: &mut Vec<Row>) {
     let taken_back = wait_for(Duration::from_secs(600), || {
         (held(1, n) && held(2, 0) && routes(1) >= n && routes(2) == 0).then(|| back.elapsed())
     });
+    // A slow pass is worth reading about: both logs are kept.
+    if taken_back.is_none_or(|d| d > Duration::from_secs(3)) {
+        for k in 1..=2 {
+            let path = std::env::temp_dir().join(format!("vipa-bench-slow-takeback-s{k}.log"));
+            if std::fs::write(&path, env.log(k)).is_ok() {
+                eprintln!("slow takeback: s{k}'s log is kept in {}", path.display());
+            }
+        }
+    }
     rows.push(Row {
         what: format!(
             "{n} IPv6 DVIPAs taken back (immediate): owner started again to all held by it, each by its route"
@@ -1045,10 +1059,11 @@ fn dvipa_scale_v6(n: usize, rows: &mut Vec<Row>) {
         target: "-".into(),
     });
     std::thread::sleep(Duration::from_secs(1));
-    for (which, ping) in ["first", "last"].into_iter().zip(pings) {
+    for (which, (mut ping, path)) in ["first", "last"].into_iter().zip(pings) {
         let end = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         ping.signal(libc::SIGINT);
-        let out = String::from_utf8_lossy(&ping.output().stdout).into_owned();
+        ping.wait_timeout(Duration::from_secs(5));
+        let out = std::fs::read_to_string(&path).unwrap_or_default();
         rows.push(Row {
             what: format!(
                 "{n} IPv6 DVIPAs taken back: longest the {which} one handed over went unanswered (ping every 10 ms)"
