@@ -14,6 +14,18 @@ fn out(o: &std::process::Output) -> String {
 /// One test at a time: each holds the kernel busy for seconds.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// s1 and s2 running, `n` IPv6 DVIPAs owned by s1 (backup s2) numbered `2001:db8:1::{group}:1`
+/// on, heartbeats every `interval`, quorum `none`.
+fn two_nodes(n: usize, group: &str, interval: &str) -> (ClusterEnv, Vec<Proc>) {
+    let env = ClusterEnv::build(Names::Unique, 2);
+    let d: String = (1..=n).map(|i| owned_by_s1(&format!("2001:db8:1::{group}:{i:x}"), "s2 = 100", "")).collect();
+    for k in 1..=2 {
+        env.write_config(k, &format!("heartbeat_interval = \"{interval}\"\nquorum = \"none\"\n"), &d);
+    }
+    let procs = (1..=2).map(|k| env.start_vipad(k)).collect();
+    (env, procs)
+}
+
 /// Thousands of IPv6 DVIPAs taken over at once: the kernel takes a while to add their
 /// addresses (each one makes it walk every multicast group of the NIC), so their local
 /// routes come first, and vipad answers neighbour solicitations for them meanwhile.
@@ -22,12 +34,7 @@ fn ipv6_dvipas_taken_over_by_the_thousand_are_answered_for_before_their_addresse
     require_root();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     const N: usize = 4000;
-    let env = ClusterEnv::build(Names::Unique, 2);
-    let d: String = (1..=N).map(|i| owned_by_s1(&format!("2001:db8:1::19:{i:x}"), "s2 = 100", "")).collect();
-    for k in 1..=2 {
-        env.write_config(k, "heartbeat_interval = \"10ms\"\nquorum = \"none\"\n", &d);
-    }
-    let mut procs: Vec<Proc> = (1..=2).map(|k| env.start_vipad(k)).collect();
+    let (env, mut procs) = two_nodes(N, "19", "10ms");
     // Every DVIPA of the test is in this prefix.
     const ALL: &str = "2001:db8:1::19:0/112";
     let addresses = |k: usize| env.host(k).addresses_in("en1", ALL).len();
@@ -188,14 +195,9 @@ fn stale_copies_still_being_deleted_do_not_take_dvipas_from_their_holder() {
     require_root();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     const N: usize = 1000;
-    let env = ClusterEnv::build(Names::Unique, 2);
-    let d: String = (1..=N).map(|i| owned_by_s1(&format!("2001:db8:1::1a:{i:x}"), "s2 = 100", "")).collect();
     // Two-millisecond heartbeats: the listening after a start (a dead interval and one
     // heartbeat, 22 ms) is over well before the kernel has deleted the copies.
-    for k in 1..=2 {
-        env.write_config(k, "heartbeat_interval = \"2ms\"\nquorum = \"none\"\n", &d);
-    }
-    let mut procs: Vec<Proc> = (1..=2).map(|k| env.start_vipad(k)).collect();
+    let (env, mut procs) = two_nodes(N, "1a", "2ms");
     const ALL: &str = "2001:db8:1::1a:0/112";
     let addresses = |k: usize| env.host(k).addresses_in("en1", ALL).len();
     let held = |k: usize, m: usize| out(&env.vipactl(k, &["status"])).contains(&format!(" {m}/{N} DVIPAs held here"));
