@@ -490,7 +490,7 @@ fn thousands_of_ipv6_dvipas_take_their_routes_first_and_their_addresses_last() {
     assert!(p.ops[100..].iter().all(|op| matches!(op, Op::DelAddress { ifindex: 2, .. })));
     assert_eq!(in_ledger(&p.ledger), 100, "in the ledger until they are gone (the daemon may stop before)");
     // Stopped after a few: those whose address is gone are off the host (a heartbeat
-    // stops claiming them); the next plan has the rest, still marked as releases, and
+    // clears their going mark); the next plan has the rest, still marked as releases, and
     // still vipa's by the ledger alone (a kernel without address protocols).
     apply(&mut o, &p.ops[..130]);
     let gone = |o: &Observed, i: u32| !o.local_addresses().contains(&ip(&format!("2001:db8:19::{:x}", i + 1)));
@@ -501,10 +501,11 @@ fn thousands_of_ipv6_dvipas_take_their_routes_first_and_their_addresses_last() {
     let next = plan::plan_runtime(&c, &o, &p.ledger, DeviceMode::Loopback, &[], &[]);
     assert_eq!((next.ops.len(), next.trailing, next.releases), (70, 0, 70), "{:?}", next.ops.first());
     assert_eq!(in_ledger(&next.ledger), 70, "those still there");
-    // Taken again before the rest went: the addresses still there stay, the others come
-    // back behind their routes.
-    let again = plan::plan_runtime(&c, &o, &Ledger::default(), DeviceMode::Loopback, &[], &held_v6);
+    // Taken again before the rest went: the addresses still there stay (vipa's, by the
+    // ledger alone), the others come back behind their routes.
+    let again = plan::plan_runtime(&c, &o, &p.ledger, DeviceMode::Loopback, &[], &held_v6);
     assert_eq!((again.ops.len(), again.trailing, again.releases), (130, 30, 0), "{:?}", again.ops.first());
+    assert_eq!(in_ledger(&again.ledger), 100, "the 70 still there are vipa's, and the 30 to come");
     apply(&mut o, &next.ops);
     assert_eq!(v6(&o), 0);
     assert!(o.local_addresses().iter().all(|a| !a.to_string().starts_with("2001:db8:19::")));

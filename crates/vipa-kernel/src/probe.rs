@@ -49,19 +49,8 @@ impl ProbeSocket {
                 let mut filter = [u32::MAX; 8];
                 let t = usize::from(vipa_wire::icmp::ECHO_REPLY_V6);
                 filter[t >> 5] &= !(1 << (t & 31));
-                // SAFETY: the option value is the 32-byte icmp6_filter bitmap.
-                let rc = unsafe {
-                    libc::setsockopt(
-                        std::os::fd::AsRawFd::as_raw_fd(&sock),
-                        libc::IPPROTO_ICMPV6,
-                        ICMP6_FILTER,
-                        filter.as_ptr().cast(),
-                        std::mem::size_of_val(&filter) as libc::socklen_t,
-                    )
-                };
-                if rc != 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                // (The 32-byte icmp6_filter bitmap.)
+                crate::sock::setopt(&sock, libc::IPPROTO_ICMPV6, ICMP6_FILTER, &filter)?;
             }
         }
         sock.set_read_timeout(Some(Duration::from_millis(500)))?;

@@ -431,6 +431,10 @@ pub struct Cluster {
     /// Another node was heard claiming an address this node keeps (a healed partition):
     /// re-announced once, so neighbours point here again.
     conflict: Vec<bool>,
+    /// Another node still has an address this node keeps, and is deleting it (a stale
+    /// copy from before its restart, say; see `going_elsewhere`): re-announced when that
+    /// starts and once it is gone, since its kernel may have answered for the address.
+    going_seen: Vec<bool>,
     pub since: Vec<Instant>,
     syncing_until: Option<Instant>,
     had_quorum: bool,
@@ -515,6 +519,7 @@ impl Cluster {
             clock: 0,
             moving: vec![false; n],
             conflict: vec![false; n],
+            going_seen: vec![false; n],
             since: vec![now; n],
             syncing_until: Some(now + sync),
             // (Listening now: its end must not look like a quorum regained.)
@@ -547,8 +552,9 @@ impl Cluster {
         }
     }
 
+    /// DVIPA `addr`'s index (the list is sorted by address).
     pub fn index(&self, addr: IpAddr) -> Option<usize> {
-        self.dvipas.iter().position(|d| d.address == addr)
+        self.dvipas.binary_search_by_key(&addr, |d| d.address).ok()
     }
 
     /// This node's incarnation (grows with every start).
@@ -1443,12 +1449,12 @@ impl Cluster {
                     )));
                     self.out.push_back(Output::Announce { index: i, refresh: false });
                 } else if others.is_empty() {
-                    // Another node still has the address while it deletes it (a stale copy
-                    // from before its restart, say), and its kernel answers for it: the
-                    // neighbours are told again now and once it is gone.
-                    let going = self.going_elsewhere(i);
-                    if going != self.conflict[i] {
-                        self.conflict[i] = going;
+                    self.conflict[i] = false;
+                }
+                let going = self.held[i] && self.going_elsewhere(i);
+                if going != self.going_seen[i] {
+                    self.going_seen[i] = going;
+                    if self.held[i] {
                         self.out.push_back(Output::Announce { index: i, refresh: false });
                     }
                 }

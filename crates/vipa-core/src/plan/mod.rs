@@ -82,7 +82,8 @@ mod pairs {
 }
 
 /// The planner's answer: operations in the order to apply them, and the ledger as it is
-/// once they have been applied.
+/// once they have been applied (but for the addresses they delete, which stay in it until
+/// a plan finds them gone: the daemon may stop before their deletions).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub ops: Vec<Op>,
@@ -100,9 +101,9 @@ pub struct Plan {
     /// How many ops just before the trailing ones delete the addresses of released
     /// DVIPAs. Deleting one costs the kernel a walk of the routing table and of the NIC's
     /// multicast groups, so thousands take it seconds. The daemon may stop anywhere among
-    /// these too: the daemon's heartbeats claim a released DVIPA for as long as the host
-    /// has its address, so each is free for its next holder once its own address is gone,
-    /// not once the last one is.
+    /// these too: the daemon's heartbeats mark a released DVIPA going for as long as the
+    /// host has its address, so each is free for its next holder once its own address is
+    /// gone, not once the last one is.
     pub releases: usize,
 }
 
@@ -110,15 +111,19 @@ impl Plan {
     /// Where the work the daemon may leave for a later plan begins: the releases, then
     /// the trailing additions.
     pub fn later_from(&self) -> usize {
-        self.ops.len() - self.trailing - self.releases
+        self.trailing_from() - self.releases
+    }
+
+    /// Where the trailing additions begin.
+    pub fn trailing_from(&self) -> usize {
+        self.ops.len() - self.trailing
     }
 
     /// What is left for a later plan once the first `applied` ops are done: (releases,
     /// trailing additions).
     pub fn left_after(&self, applied: usize) -> (usize, usize) {
-        let trailing_from = self.ops.len() - self.trailing;
-        let applied = applied.min(self.ops.len());
-        (trailing_from.saturating_sub(applied.max(self.later_from())), self.ops.len() - applied.max(trailing_from))
+        let releases = self.trailing_from().saturating_sub(applied).min(self.releases);
+        (releases, self.ops.len().saturating_sub(applied).min(self.trailing))
     }
 }
 
