@@ -9,9 +9,9 @@
 //! a new announcement of an address replaces the old one: no neighbour is pointed here by
 //! a frame sent after the address went.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -66,30 +66,32 @@ impl Queue {
         if self.tokens < 1.0 || self.is_empty() {
             return;
         }
-        if self.socket.is_none() {
-            match Announcing::open() {
-                Ok(s) => self.socket = Some(s),
+        let sock = match &mut self.socket {
+            Some(sock) => &*sock,
+            None => match Announcing::open() {
+                Ok(sock) => &*self.socket.insert(sock),
                 Err(e) => {
                     warn!(error = %e, left = self.len(), "cannot open a socket to announce moves");
                     (self.first, self.repeats) = Default::default();
                     return;
                 }
-            }
-        }
-        while self.tokens >= 1.0 {
-            let Some(mut item) = self.pop() else { break };
-            self.tokens -= f64::from(Announcing::frames(item.addr));
-            let Some(sock) = &self.socket else { break };
+            },
+        };
+        let (first, repeats, tokens) = (&mut self.first, &mut self.repeats, &mut self.tokens);
+        while *tokens >= 1.0 {
+            let Some(mut item) = first.pop_front().or_else(|| repeats.pop_front()) else { break };
+            *tokens -= f64::from(Announcing::frames(item.addr));
             if let Err(e) = sock.send(item.ifindex, item.mac, item.addr) {
                 // The NIC went (or went down): nothing more goes out of it until asked again.
-                let left = self.first.iter().chain(&self.repeats).filter(|i| i.ifindex == item.ifindex).count();
+                let left = first.iter().chain(&*repeats).filter(|i| i.ifindex == item.ifindex).count();
                 warn!(interface = %item.nic, address = %item.addr, error = %e, left, "announcement failed");
-                self.retain(|i| i.ifindex != item.ifindex);
+                first.retain(|i| i.ifindex != item.ifindex);
+                repeats.retain(|i| i.ifindex != item.ifindex);
                 continue;
             }
             item.rounds = item.rounds.saturating_sub(1);
             if item.rounds > 0 {
-                self.repeats.push_back(item);
+                repeats.push_back(item);
             }
         }
     }
@@ -103,10 +105,6 @@ impl Queue {
         self.repeats.retain(&mut keep);
     }
 
-    fn pop(&mut self) -> Option<Item> {
-        self.first.pop_front().or_else(|| self.repeats.pop_front())
-    }
-
     fn len(&self) -> usize {
         self.first.len() + self.repeats.len()
     }
@@ -118,8 +116,13 @@ struct Shared {
     wake: Condvar,
 }
 
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The queue of announcements and the thread that sends them.
-#[derive(Clone)]
 pub struct Announcer {
     shared: Arc<Shared>,
 }
@@ -129,21 +132,22 @@ impl Announcer {
         let shared = Arc::new(Shared::default());
         let theirs = shared.clone();
         if let Err(e) = thread::Builder::new().name("announce".into()).spawn(move || run(&theirs)) {
-            warn!(error = %e, "cannot start the announcement thread: moves are not announced");
+            warn!(error = %e, "cannot start the announcement thread: of a move of hundreds of addresses, only the first are announced");
         }
         Announcer { shared }
     }
 
     /// Announces each (address, NIC, repeat count) that the kernel holds by now. Every
     /// address queued is announced once before any is repeated.
-    pub fn send(&self, observed: &Observed, items: impl IntoIterator<Item = (IpAddr, String, u32)>) {
-        let mut items = items.into_iter().peekable();
-        if items.peek().is_none() {
-            return;
-        }
-        let held = observed.local_addresses();
+    /// (`held`: what the host has, `Observed::local_addresses`.)
+    pub fn send(
+        &self,
+        observed: &Observed,
+        held: &BTreeSet<IpAddr>,
+        items: impl IntoIterator<Item = (IpAddr, String, u32)>,
+    ) {
         let mut batches: BTreeMap<(String, u32), Vec<IpAddr>> = BTreeMap::new();
-        for (addr, nic, count) in items.filter(|(a, _, _)| held.contains(a)) {
+        for (addr, nic, count) in items.into_iter().filter(|(a, _, _)| held.contains(a)) {
             batches.entry((nic, count)).or_default().push(addr);
         }
         let mut new = Vec::new();
@@ -166,11 +170,11 @@ impl Announcer {
         // A new announcement of an address replaces those queued: on another NIC, the
         // address moved; on the same one, it keeps the most rounds either had (a refresh
         // does not cut an activation's repeats short).
-        let renewed: HashMap<IpAddr, Vec<usize>> = new.iter().enumerate().fold(HashMap::new(), |mut m, (k, i)| {
-            m.entry(i.addr).or_default().push(k);
-            m
-        });
-        let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut renewed: HashMap<IpAddr, Vec<usize>> = HashMap::new();
+        for (k, i) in new.iter().enumerate() {
+            renewed.entry(i.addr).or_default().push(k);
+        }
+        let mut queue = self.shared.lock();
         queue.retain(|old| {
             let Some(ks) = renewed.get(&old.addr) else { return true };
             if let Some(&k) = ks.iter().find(|&&k| new[k].ifindex == old.ifindex) {
@@ -189,7 +193,7 @@ impl Announcer {
     /// Returns how many (address, NIC) were still to be announced then.
     pub fn finish(&self, until: Instant) -> usize {
         loop {
-            let left = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()).len();
+            let left = self.shared.lock().len();
             if left == 0 || Instant::now() >= until {
                 return left;
             }
@@ -200,18 +204,20 @@ impl Announcer {
     /// No frame announces any of `addrs` once this returns (every sender sends with the
     /// queue locked).
     pub fn withdraw(&self, addrs: impl IntoIterator<Item = IpAddr>) {
-        let gone: HashSet<IpAddr> = addrs.into_iter().collect();
-        if gone.is_empty() {
+        // (Only the caller's thread queues: empty now, it stays so until it returns.)
+        if self.shared.lock().is_empty() {
             return;
         }
-        let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
-        queue.retain(|i| !gone.contains(&i.addr));
+        let gone: HashSet<IpAddr> = addrs.into_iter().collect();
+        if !gone.is_empty() {
+            self.shared.lock().retain(|i| !gone.contains(&i.addr));
+        }
     }
 }
 
 fn run(shared: &Shared) {
     loop {
-        let mut queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut queue = shared.lock();
         while queue.is_empty() {
             queue = shared.wake.wait(queue).unwrap_or_else(|e| e.into_inner());
         }

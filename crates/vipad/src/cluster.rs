@@ -736,16 +736,9 @@ impl ClusterShell {
             return Ok(false);
         }
         // An address being released is on its way out, not a copy to keep.
-        let leaving: BTreeSet<IpAddr> = self.releasing.keys().map(|&i| self.core.dvipas[i].address).collect();
-        let present: Vec<IpAddr> = kept(config, observed).into_iter().filter(|a| !leaving.contains(a)).collect();
-        // Still claimed while they go, at their place in the new list (the deletion of one
-        // no longer listed is not left for later: see `Plan::releases`).
-        let at: BTreeMap<IpAddr, usize> = config.dvipas.iter().enumerate().map(|(i, d)| (d.address, i)).collect();
-        let old = &self.core.dvipas;
-        self.releasing = std::mem::take(&mut self.releasing)
-            .into_iter()
-            .filter_map(|(i, r)| Some((*at.get(&old[i].address)?, r)))
-            .collect();
+        let leaving: BTreeMap<IpAddr, Releasing> =
+            std::mem::take(&mut self.releasing).into_iter().map(|(i, r)| (self.core.dvipas[i].address, r)).collect();
+        let present: Vec<IpAddr> = kept(config, observed).into_iter().filter(|a| !leaving.contains_key(a)).collect();
         // What the operator deactivated here stays so.
         let declined = self.core.declined_addresses();
         if c.peers.len() > self.core.config.peers.len() {
@@ -753,6 +746,9 @@ impl ClusterShell {
         }
         self.core = Cluster::new(c, config.dvipas.clone(), now, new_incarnation(), &present);
         self.core.decline(&declined);
+        // Still marked going while they go, at their place in the new list (the deletion
+        // of one no longer listed is not left for later: see `Plan::releases`).
+        self.releasing = leaving.into_iter().filter_map(|(a, r)| Some((self.core.index(a)?, r))).collect();
         info!(still_deactivated = ?declined, "cluster configuration changed; listening before claiming");
         Ok(true)
     }
@@ -1063,18 +1059,18 @@ impl ClusterShell {
         }
         // (Also those the core released since the last drain: a heartbeat sent outside the
         // rhythm may go before them.)
-        let pending: Vec<usize> = self.core.releases_pending().collect();
-        if self.releasing.is_empty() && pending.is_empty() {
+        let mut going = self.releasing.keys().copied().chain(self.core.releases_pending()).peekable();
+        if going.peek().is_none() {
             return h;
+        }
+        for i in going {
+            vipa_wire::cluster::set_bit(&mut h.going, i, true);
         }
         self.pending_all = true;
         // "Leaving" tells peers to take everything at once: not yet. Until then the node is
         // an ordinary live holder (silence would get it declared dead). Nor is it routine:
-        // what it claims is not what the core's last heartbeat said.
+        // what it marks going is not what the core's last heartbeat said.
         h.flags &= !(FLAG_LEAVING | FLAG_ROUTINE);
-        for i in self.releasing.keys().copied().chain(pending) {
-            vipa_wire::cluster::set_bit(&mut h.going, i, true);
-        }
         h
     }
 
@@ -1133,44 +1129,36 @@ impl ClusterShell {
         }
     }
 
-    /// Whether DVIPAs released may still be on the host (`applied` then wants to know
-    /// what the host has).
-    pub fn has_releases(&self) -> bool {
-        !self.releasing.is_empty()
-    }
-
     /// The kernel has what this node held at `version`, but for addresses of released
     /// DVIPAs the main thread may leave for later plans (`Plan::releases`): `here` is what
-    /// the host has now (`Observed::local_addresses`; needed only while `has_releases`). As
+    /// the host has now (`Observed::local_addresses`). As
     /// soon as some of those released until then are gone, a fresh heartbeat goes out
     /// without their going marks, so their next holders take them at once, not after the
     /// last one is deleted. `finished`: the main thread left no deletion for later, so one
     /// still there will not go by itself.
-    pub fn applied(&mut self, now: Instant, version: u64, here: Option<&BTreeSet<IpAddr>>, finished: bool) {
+    pub fn applied(&mut self, now: Instant, version: u64, here: &BTreeSet<IpAddr>, finished: bool) {
         self.kernel_has = version;
         let before = self.releasing.len();
         let mut overdue: Vec<IpAddr> = Vec::new();
-        if let Some(here) = here {
-            let (dvipas, held) = (&self.core.dvipas, &self.core.held);
-            self.releasing.retain(|&i, r| {
-                let address = dvipas[i].address;
-                if held[i] {
-                    // Taken again meanwhile (its new holder died, say): claimed as held.
-                    return false;
-                }
-                if r.version > version {
-                    // Released after the main thread planned: not its work yet.
-                    return true;
-                }
-                if !here.contains(&address) {
-                    return false;
-                }
-                if finished && !std::mem::replace(&mut r.overdue, true) {
-                    overdue.push(address);
-                }
-                true
-            });
-        }
+        let (dvipas, held) = (&self.core.dvipas, &self.core.held);
+        self.releasing.retain(|&i, r| {
+            let address = dvipas[i].address;
+            if held[i] {
+                // Taken again meanwhile (its new holder died, say): claimed as held.
+                return false;
+            }
+            if r.version > version {
+                // Released after the main thread planned: not its work yet.
+                return true;
+            }
+            if !here.contains(&address) {
+                return false;
+            }
+            if finished && !std::mem::replace(&mut r.overdue, true) {
+                overdue.push(address);
+            }
+            true
+        });
         if let Some(first) = overdue.first() {
             warn!(dvipas = overdue.len(), %first, "released, but the address is still on this host (not added by vipa, or its deletion failed): still marked going, so that no other node takes it too");
         }
@@ -1191,8 +1179,7 @@ impl ClusterShell {
             std::mem::take(&mut self.announce).into_iter().partition(|a| a.0 <= kernel_has);
         self.announce = later;
         // Not one given up since (its address may still be here, going).
-        let dvipas = &self.core.dvipas;
-        let held = |a: &IpAddr| dvipas.binary_search_by_key(a, |d| d.address).is_ok_and(|i| self.core.held[i]);
+        let held = |a: &IpAddr| self.core.index(*a).is_some_and(|i| self.core.held[i]);
         let due: Vec<_> = due.into_iter().filter(|a| held(&a.1)).collect();
         let taken = due.iter().filter(|a| a.3 != REFRESH_COUNT).flat_map(|a| a.2.iter().cloned()).collect();
         let items = due

@@ -13,7 +13,7 @@
 //! thread keeps the cluster's state (see `cluster.rs`); this thread reads what it holds
 //! when it plans.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -336,7 +336,8 @@ impl Daemon {
             if dirty || self.more {
                 self.reconcile();
             } else if announce {
-                self.announce_cluster();
+                let held = self.observed.local_addresses();
+                self.announce_cluster(&held);
             }
             if membership {
                 self.follow_unheard(now);
@@ -476,7 +477,7 @@ impl Daemon {
                 break;
             }
             let mut progress = false;
-            let trailing_from = plan.ops.len() - plan.trailing;
+            let trailing_from = plan.trailing_from();
             let later_from = plan.later_from();
             // (Trailing addresses alone are followed by the log lines of `answer`.)
             let bulk = plan.ops.len() > BULK || trailing_from == 0;
@@ -508,7 +509,7 @@ impl Daemon {
                 }
                 applied += 1;
             }
-            if bulk && later_from > 0 {
+            if bulk && trailing_from > 0 {
                 info!(changes = applied, first = %plan.ops[0], "applied a batch of changes");
             }
             (self.releases_left, self.trailing_left) = plan.left_after(applied);
@@ -530,39 +531,42 @@ impl Daemon {
             }
         }
         self.answering.follow(&self.observed, &held, false);
+        // What the host has now, once (thousands of addresses): gathered outside the lock,
+        // for the cluster thread waits for it.
+        let here = self.observed.local_addresses();
         // Neighbours hear of a move once the kernel holds it; the ARP filter (an nft run,
         // tens of milliseconds) follows, since the announcement already points them right.
-        self.ipmp.announce(&self.observed, &self.announcer);
+        self.ipmp.announce(&self.observed, &here, &self.announcer);
         if let Some(c) = &self.cluster {
-            // (What the host has is gathered outside the lock: the cluster thread waits
-            // for it.)
-            let here = c.lock().has_releases().then(|| self.observed.local_addresses());
             let mut shell = c.lock();
             let now = shell.now();
-            shell.applied(now, held_version, here.as_ref(), self.releases_left == 0);
+            shell.applied(now, held_version, &here, self.releases_left == 0);
         }
-        self.announce_cluster();
+        self.announce_cluster(&here);
         if let Some(arp) = arp {
             self.apply_arp_filter(&arp);
         }
         changes
     }
 
-    /// Announces the DVIPAs that are due, now that the kernel has them.
-    fn announce_cluster(&mut self) {
+    /// Announces the DVIPAs that are due, now that the kernel has them (`held`: what the
+    /// host has, `Observed::local_addresses`).
+    fn announce_cluster(&mut self, held: &BTreeSet<std::net::IpAddr>) {
         let Some(c) = &self.cluster else { return };
         let (items, taken) = c.lock().announcements();
+        if items.is_empty() {
+            return;
+        }
         // Replies to peers the kernel failed to reach while this node was cut off must not
         // wait for its next try (see `forget_unresolved_neighbours`); only on NICs where an
         // address taken is in the kernel by now.
-        let held = self.observed.local_addresses();
         let reached = |nic: &String| items.iter().any(|(a, n, _)| n == nic && held.contains(a));
         for nic in taken.iter().filter(|n| reached(n)) {
             if let Some(index) = self.observed.link_by_name(nic).map(|l| l.index) {
                 self.forget_unresolved(index);
             }
         }
-        self.announcer.send(&self.observed, items);
+        self.announcer.send(&self.observed, held, items);
     }
 
     /// Drops the neighbour entries NIC `index` is still resolving or failed to resolve
@@ -882,7 +886,7 @@ impl Daemon {
 }
 
 /// The address `op` takes off this host: an address, or the local route a DVIPA is held by
-/// (IPv4 always, IPv6 until its address comes). Its announcements are withdrawn on every
+/// (IPv4 on a NIC that answers ARP for every local address, IPv6 until its address comes). Its announcements are withdrawn on every
 /// NIC: a DVIPA is announced on all its `announce` NICs, its address is on the first.
 fn going(op: &Op) -> Option<std::net::IpAddr> {
     match op {

@@ -327,8 +327,13 @@ impl Ipmp {
     }
 
     /// Sends the announcements due after a move, now that the kernel has the binding.
-    pub fn announce(&mut self, observed: &Observed, announcer: &crate::announce::Announcer) {
-        announcer.send(observed, std::mem::take(&mut self.announce));
+    pub fn announce(
+        &mut self,
+        observed: &Observed,
+        held: &std::collections::BTreeSet<std::net::IpAddr>,
+        announcer: &crate::announce::Announcer,
+    ) {
+        announcer.send(observed, held, std::mem::take(&mut self.announce));
     }
 
     pub fn view(&self) -> IpmpView {
