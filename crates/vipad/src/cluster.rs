@@ -25,9 +25,7 @@ use vipa_core::cluster::{confirm_window, Cluster, ClusterConfig, Output, Quorum,
 use vipa_core::model::Observed;
 use vipa_core::plan::HeldDvipa;
 use vipa_core::Config;
-use vipa_wire::cluster::{
-    Heartbeat, HeartbeatError, Key, FLAGS_LOW_BYTE, FLAG_LEAVING, FLAG_PROBE, FLAG_ROUTINE, FLAG_UNICAST,
-};
+use vipa_wire::cluster::{Heartbeat, HeartbeatError, Key, FLAGS_LOW_BYTE, FLAG_PROBE, FLAG_ROUTINE, FLAG_UNICAST};
 
 use crate::daemon::Input;
 
@@ -150,12 +148,10 @@ pub struct ClusterShell {
     /// Counts the changes of what this node holds; the main thread plans from one version
     /// and says which it has applied.
     version: u64,
-    /// DVIPAs released whose addresses the kernel may still have: heartbeats mark each
-    /// going until the kernel work of its version is done and the host no longer has its
-    /// address (a peer activating one before would make two holders).
+    /// DVIPAs released whose addresses the kernel may still have: the core marks each
+    /// going until told that the kernel work of its version is done and the host no longer
+    /// has its address (a peer activating one before would make two holders).
     releasing: BTreeMap<usize, Releasing>,
-    /// A fresh heartbeat to every peer is due when the last of those is done.
-    pending_all: bool,
     /// The version the kernel has (see `applied`).
     kernel_has: u64,
     /// The latest time the core was given: time never goes back for it (see `clock`).
@@ -689,7 +685,6 @@ impl ClusterShell {
             nudge,
             version: 0,
             releasing: BTreeMap::new(),
-            pending_all: false,
             kernel_has: 0,
             last_now: now,
             multicast,
@@ -748,6 +743,7 @@ impl ClusterShell {
         self.core.decline(&declined);
         // Still marked going while they go, at their place in the new list (the deletion
         // of one no longer listed is not left for later: see `Plan::releases`).
+        self.core.still_going(&leaving.keys().copied().collect::<Vec<_>>());
         self.releasing = leaving.into_iter().filter_map(|(a, r)| Some((self.core.index(a)?, r))).collect();
         info!(still_deactivated = ?declined, "cluster configuration changed; listening before claiming");
         Ok(true)
@@ -833,7 +829,7 @@ impl ClusterShell {
     /// A heartbeat to every peer now, outside the rhythm.
     fn heartbeat_to_all(&mut self, now: Instant) {
         let h = self.core.heartbeat_now(now);
-        let h = self.outgoing(h);
+        let h = self.unicast_if_outside(h);
         self.send_all(&h);
     }
 
@@ -981,7 +977,7 @@ impl ClusterShell {
         for o in outputs {
             match o {
                 Output::Heartbeat(h) => {
-                    let h = self.outgoing(h);
+                    let h = self.unicast_if_outside(h);
                     // A routine heartbeat, the same for every peer: once, to the group. Just
                     // joined again from outside, this node sends one to the group as well.
                     let routine = h.flags & FLAG_ROUTINE != 0;
@@ -1010,7 +1006,7 @@ impl ClusterShell {
                     }
                 }
                 Output::HeartbeatTo { node, heartbeat } => {
-                    let h = self.outgoing(heartbeat);
+                    let h = self.unicast_if_outside(heartbeat);
                     self.send_to(&node, &h.emit(&self.key));
                 }
                 Output::Activate { index, cause } => {
@@ -1050,27 +1046,11 @@ impl ClusterShell {
     }
 
     /// A heartbeat as it leaves: marked for unicast when this node is not in a multicast
-    /// group; while released addresses may still be in the kernel, it marks them going
-    /// (no node activates them meanwhile; one that holds them keeps them), and a fresh one
-    /// follows when the kernel is done.
-    fn outgoing(&mut self, mut h: Heartbeat) -> Heartbeat {
+    /// group.
+    fn unicast_if_outside(&self, mut h: Heartbeat) -> Heartbeat {
         if !self.multicast.as_ref().is_some_and(|m| m.member) {
             h.flags |= FLAG_UNICAST;
         }
-        // (Also those the core released since the last drain: a heartbeat sent outside the
-        // rhythm may go before them.)
-        let mut going = self.releasing.keys().copied().chain(self.core.releases_pending()).peekable();
-        if going.peek().is_none() {
-            return h;
-        }
-        for i in going {
-            vipa_wire::cluster::set_bit(&mut h.going, i, true);
-        }
-        self.pending_all = true;
-        // "Leaving" tells peers to take everything at once: not yet. Until then the node is
-        // an ordinary live holder (silence would get it declared dead). Nor is it routine:
-        // what it marks going is not what the core's last heartbeat said.
-        h.flags &= !(FLAG_LEAVING | FLAG_ROUTINE);
         h
     }
 
@@ -1131,19 +1111,17 @@ impl ClusterShell {
 
     /// The kernel has what this node held at `version`, but for addresses of released
     /// DVIPAs the main thread may leave for later plans (`Plan::releases`): `here` is what
-    /// the host has now (`Observed::local_addresses`). As
-    /// soon as some of those released until then are gone, a fresh heartbeat goes out
-    /// without their going marks, so their next holders take them at once, not after the
-    /// last one is deleted. `finished`: the main thread left no deletion for later, so one
-    /// still there will not go by itself.
+    /// the host has now (`Observed::local_addresses`). Those released until then that are
+    /// gone are no longer going for the core, which says so at once (its heartbeat goes
+    /// out here). `finished`: the main thread left no deletion for later, so one still
+    /// there will not go by itself.
     pub fn applied(&mut self, now: Instant, version: u64, here: &BTreeSet<IpAddr>, finished: bool) {
         self.kernel_has = version;
-        let before = self.releasing.len();
+        let mut gone: Vec<usize> = Vec::new();
         let mut overdue: Vec<IpAddr> = Vec::new();
-        let (dvipas, held) = (&self.core.dvipas, &self.core.held);
+        let core = &self.core;
         self.releasing.retain(|&i, r| {
-            let address = dvipas[i].address;
-            if held[i] {
+            if !core.is_going(i) {
                 // Taken again meanwhile (its new holder died, say): claimed as held.
                 return false;
             }
@@ -1151,7 +1129,9 @@ impl ClusterShell {
                 // Released after the main thread planned: not its work yet.
                 return true;
             }
+            let address = core.dvipas[i].address;
             if !here.contains(&address) {
+                gone.push(i);
                 return false;
             }
             if finished && !std::mem::replace(&mut r.overdue, true) {
@@ -1162,12 +1142,12 @@ impl ClusterShell {
         if let Some(first) = overdue.first() {
             warn!(dvipas = overdue.len(), %first, "released, but the address is still on this host (not added by vipa, or its deletion failed): still marked going, so that no other node takes it too");
         }
-        let freed = self.releasing.len() < before;
-        let done = self.releasing.is_empty() && std::mem::take(&mut self.pending_all);
-        if freed || done {
-            let h = self.core.heartbeat_now(now);
-            let h = self.outgoing(h);
-            self.send_all(&h);
+        if !gone.is_empty() {
+            self.core.addresses_gone(now, gone);
+            // Only a heartbeat comes of it; should anything else, it waits for the next turn.
+            let news = self.drain();
+            debug_assert!(!news.kernel, "addresses_gone moved a DVIPA");
+            self.events.extend(news.events);
         }
     }
 
@@ -1202,7 +1182,7 @@ impl ClusterShell {
     pub fn say_goodbye(&mut self, now: Instant) {
         for _ in 0..2 {
             let h = self.core.heartbeat_now(now);
-            let h = self.outgoing(h);
+            let h = self.unicast_if_outside(h);
             self.send_all(&h);
         }
     }

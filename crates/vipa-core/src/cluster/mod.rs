@@ -435,6 +435,10 @@ pub struct Cluster {
     /// copy from before its restart, say; see `going_elsewhere`): re-announced when that
     /// starts and once it is gone, since its kernel may have answered for the address.
     going_seen: Vec<bool>,
+    /// Given up by this node, and its address may still be in this host's kernel: its
+    /// heartbeats mark it going (see [`Heartbeat::going`]) until the shell says the
+    /// address is gone ([`Cluster::addresses_gone`]), so that no node activates it meanwhile.
+    going: Vec<bool>,
     pub since: Vec<Instant>,
     syncing_until: Option<Instant>,
     had_quorum: bool,
@@ -442,14 +446,15 @@ pub struct Cluster {
     next_refresh: Instant,
     out: VecDeque<Output>,
     pub drops: Drops,
-    /// The last heartbeat's bitmaps, reused while nothing they show changed.
-    maps: Option<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+    /// The last heartbeat's bitmaps (held, busy, declined, going), reused while nothing
+    /// they show changed.
+    maps: Option<[Vec<u8>; 4]>,
     /// vipad is stopping: heartbeats say so, and nothing is claimed any more.
     leaving: bool,
     /// The DVIPAs this node is in the order of (owner or backup), as a bitmap.
     mine: Vec<u8>,
-    /// What the last heartbeat sent said (flags, held, busy, declined, pins), and how many
-    /// heartbeats before it said the same.
+    /// What the last heartbeat sent said (flags, held, busy, declined, going, pins), and
+    /// how many heartbeats before it said the same.
     last_said: Option<Said>,
     repeats: u32,
     /// Heartbeats still to go out prompt whatever they say (after a peer came or went).
@@ -469,7 +474,7 @@ pub struct Cluster {
     extended: u32,
 }
 
-type Said = (u16, Vec<u8>, Vec<u8>, Vec<u8>, Vec<(u32, String, u64)>);
+type Said = (u16, [Vec<u8>; 4], Vec<(u32, String, u64)>);
 
 /// FNV-1a over everything that must be identical on every node.
 pub fn digest(dvipas: &[DvipaConfig]) -> u64 {
@@ -520,6 +525,7 @@ impl Cluster {
             moving: vec![false; n],
             conflict: vec![false; n],
             going_seen: vec![false; n],
+            going: vec![false; n],
             since: vec![now; n],
             syncing_until: Some(now + sync),
             // (Listening now: its end must not look like a quorum regained.)
@@ -602,8 +608,11 @@ impl Cluster {
     fn heartbeat(&mut self) -> Heartbeat {
         self.seq += 1;
         let n = self.dvipas.len();
+        // "Leaving" tells peers to take everything at once: not while an address given up
+        // is still here. Until then the node is an ordinary live holder (silence would get
+        // it declared dead).
         let mut h = Heartbeat {
-            flags: if self.leaving {
+            flags: if self.leaving && !self.going.contains(&true) {
                 FLAG_LEAVING
             } else if self.syncing() {
                 FLAG_SYNCING
@@ -619,29 +628,19 @@ impl Cluster {
             pins: self.pins.iter().map(|(i, (stamp, node))| (*i as u32, node.clone(), *stamp)).collect(),
             ..Default::default()
         };
-        if self.maps.is_none() {
-            let len = n.div_ceil(8);
-            let (mut held, mut busy, mut declined) = (vec![0u8; len], vec![0u8; len], vec![0u8; len]);
-            // While listening, the held bits are what the kernel still has from before (a
-            // restart, a reload): not claims (the flag says so), but a copy that peers do
-            // not activate beside.
-            for i in 0..n {
-                let (byte, mask) = (i / 8, 1u8 << (i % 8));
-                if self.held[i] {
-                    held[byte] |= mask;
+        // While listening, the held bits are what the kernel still has from before (a
+        // restart, a reload): not claims (the flag says so), but a copy that peers do not
+        // activate beside.
+        let maps = self.maps.get_or_insert_with(|| {
+            [&self.held, &self.busy, &self.declined, &self.going].map(|bits| {
+                let mut map = vec![0u8; n.div_ceil(8)];
+                for i in (0..n).filter(|&i| bits[i]) {
+                    map[i / 8] |= 1u8 << (i % 8);
                 }
-                if self.busy[i] {
-                    busy[byte] |= mask;
-                }
-                if self.declined[i] {
-                    declined[byte] |= mask;
-                }
-            }
-            self.maps = Some((held, busy, declined));
-        }
-        if let Some((held, busy, declined)) = &self.maps {
-            (h.held, h.busy, h.declined) = (held.clone(), busy.clone(), declined.clone());
-        }
+                map
+            })
+        });
+        [h.held, h.busy, h.declined, h.going] = maps.clone();
         h
     }
 
@@ -660,10 +659,7 @@ impl Cluster {
         let me = self.config.me.clone();
         for i in 0..self.dvipas.len() {
             if self.held[i] && self.order(i).iter().any(|n| *n != me) {
-                self.held[i] = false;
-                self.since[i] = now;
-                let cause = "vipad is stopping: handed over".to_string();
-                self.out.push_back(Output::Release { index: i, cause });
+                self.give_up(now, i, "vipad is stopping: handed over".to_string());
             }
         }
         self.leaving = true;
@@ -676,13 +672,14 @@ impl Cluster {
         // Routine once the two before said the same: a change goes out prompt two times,
         // so one lost copy does not leave it to be read late. (Compared before copied: this
         // runs every interval.)
-        let same = self.last_said.as_ref().is_some_and(|(flags, held, busy, declined, pins)| {
-            (*flags, held, busy, declined, pins) == (h.flags, &h.held, &h.busy, &h.declined, &h.pins)
+        let same = self.last_said.as_ref().is_some_and(|(flags, [held, busy, declined, going], pins)| {
+            (*flags, held, busy, declined, going, pins) == (h.flags, &h.held, &h.busy, &h.declined, &h.going, &h.pins)
         });
         if same {
             self.repeats += 1;
         } else {
-            self.last_said = Some((h.flags, h.held.clone(), h.busy.clone(), h.declined.clone(), h.pins.clone()));
+            let maps = [h.held.clone(), h.busy.clone(), h.declined.clone(), h.going.clone()];
+            self.last_said = Some((h.flags, maps, h.pins.clone()));
             self.repeats = 0;
         }
         if h.flags == 0 && self.repeats >= 2 && self.prompt_sends == 0 {
@@ -1268,13 +1265,48 @@ impl Cluster {
         self.peers.get(node).is_some_and(|p| p.alive && p.same_config && !p.syncing && bit(&p.held, i))
     }
 
-    /// The DVIPAs released by outputs not taken yet (`poll_output`): a heartbeat sent
-    /// before they are must mark them going too.
-    pub fn releases_pending(&self) -> impl Iterator<Item = usize> + '_ {
-        self.out.iter().filter_map(|o| match o {
-            Output::Release { index, .. } => Some(*index),
-            _ => None,
-        })
+    /// DVIPA `i` stops being held here: its address is to leave the kernel, and it is
+    /// marked going until it has ([`Cluster::addresses_gone`]).
+    fn give_up(&mut self, now: Instant, i: usize, cause: String) {
+        self.held[i] = false;
+        self.going[i] = true;
+        self.since[i] = now;
+        self.conflict[i] = false;
+        self.out.push_back(Output::Release { index: i, cause });
+    }
+
+    /// Whether DVIPA `i` was given up here and its address may still be in the kernel.
+    pub fn is_going(&self, i: usize) -> bool {
+        self.going[i]
+    }
+
+    /// The shell found the addresses of these DVIPAs gone from the kernel (after their
+    /// release): they are no longer marked going, and a heartbeat says so at once, so that
+    /// their next holders take them now, not after the last one is deleted. It is the only
+    /// output (once going is empty, a leaving node's heartbeat says it is leaving).
+    pub fn addresses_gone(&mut self, now: Instant, indices: impl IntoIterator<Item = usize>) {
+        let mut changed = false;
+        for i in indices {
+            if i < self.going.len() && std::mem::replace(&mut self.going[i], false) {
+                changed = true;
+            }
+        }
+        if changed {
+            self.maps = None;
+            self.send_heartbeat(now);
+        }
+    }
+
+    /// After a reload (`Cluster::new`): DVIPAs released before it whose addresses may still
+    /// be here are marked going again (an address no longer listed is not).
+    pub fn still_going(&mut self, addrs: &[IpAddr]) {
+        for a in addrs {
+            if let Some(i) = self.index(*a) {
+                self.held[i] = false;
+                self.going[i] = true;
+            }
+        }
+        self.maps = None;
     }
 
     /// Whether a live peer gave DVIPA `i` up and still has its address (see
@@ -1395,10 +1427,8 @@ impl Cluster {
             if self.syncing() {
                 // A copy left from before the start goes as soon as another node claims it.
                 if self.held[i] && !others.is_empty() {
-                    self.held[i] = false;
-                    self.since[i] = now;
                     let cause = format!("stale copy from before the restart: {} holds it", others[0]);
-                    self.out.push_back(Output::Release { index: i, cause });
+                    self.give_up(now, i, cause);
                 }
                 continue;
             }
@@ -1407,11 +1437,7 @@ impl Cluster {
                 // once every live node has the new list and a node on it can take it
                 // (alive, done listening); until then it is better here than nowhere.
                 if self.held[i] && !differ && !self.order(i).is_empty() {
-                    self.held[i] = false;
-                    self.since[i] = now;
-                    self.conflict[i] = false;
-                    let cause = "this node is no longer its owner or a backup".to_string();
-                    self.out.push_back(Output::Release { index: i, cause });
+                    self.give_up(now, i, "this node is no longer its owner or a backup".to_string());
                     changed = true;
                 }
                 continue;
@@ -1434,11 +1460,8 @@ impl Cluster {
                     None
                 };
                 if let Some((cause, handover)) = release {
-                    self.held[i] = false;
-                    self.since[i] = now;
+                    self.give_up(now, i, cause);
                     self.moving[i] = handover;
-                    self.conflict[i] = false;
-                    self.out.push_back(Output::Release { index: i, cause });
                     changed = true;
                 } else if !others.is_empty() && !self.conflict[i] {
                     // Kept against another claimant: tell the neighbours again.
@@ -1469,6 +1492,8 @@ impl Cluster {
                 && !self.leaving
             {
                 self.held[i] = true;
+                // (Still here if it was going: claimed again.)
+                self.going[i] = false;
                 self.since[i] = now;
                 let cause = match self.dvipas[i].owner == me {
                     true => "owner, and no other node holds it".to_string(),

@@ -78,6 +78,18 @@ struct Sim {
     events: Vec<(Duration, String, String)>,
     /// What is sent to a frozen host is lost, not delivered late.
     freeze_drops: bool,
+    /// How long (milliseconds, least and most) the kernel takes to delete a released
+    /// address; (0, 0): at once. The copy counts as a holder until it is deleted.
+    deletion: (u64, u64),
+    /// Deletions under way: (when done, node, address).
+    deleting: Vec<(Duration, String, IpAddr)>,
+    /// (time, node, dvipa index) of each activation while the kernel of another node whose
+    /// daemon runs still had the address.
+    beside: Vec<(Duration, String, usize)>,
+    /// (node, dvipa index, cause) of each release.
+    causes: Vec<(String, usize, String)>,
+    /// (time, node, dvipa index) of each deletion done after [`Sim::deletion`].
+    deleted: Vec<(Duration, String, usize)>,
 }
 
 fn cluster_config(me: &str, n: usize, interval: Duration, quorum: Quorum) -> ClusterConfig {
@@ -149,6 +161,11 @@ impl Sim {
             lazy: false,
             events: vec![],
             freeze_drops: false,
+            deletion: (0, 0),
+            deleting: vec![],
+            beside: vec![],
+            causes: vec![],
+            deleted: vec![],
         }
     }
 
@@ -215,15 +232,32 @@ impl Sim {
     }
 
     fn act(&mut self, name: &str, o: Output) {
+        let now = self.local(name);
+        if let Output::Activate { index, .. } = o {
+            if self.nodes.iter().any(|(n, node)| n != name && node.up && node.kernel[index]) {
+                self.beside.push((self.t, name.to_string(), index));
+            }
+        }
         let node = self.nodes.get_mut(name).unwrap();
         match o {
             Output::Activate { index, .. } => {
                 node.kernel[index] = true;
+                // (Taken again while its deletion was under way: the daemon plans it kept.)
+                let address = node.c.dvipas[index].address;
+                self.deleting.retain(|(_, n, a)| !(n == name && *a == address));
                 self.moves.push((self.t, name.to_string(), index, true));
             }
-            Output::Release { index, .. } => {
-                node.kernel[index] = false;
+            Output::Release { index, cause } => {
                 self.moves.push((self.t, name.to_string(), index, false));
+                self.causes.push((name.to_string(), index, cause));
+                if self.deletion.1 == 0 {
+                    node.kernel[index] = false;
+                    node.c.addresses_gone(now, [index]);
+                } else {
+                    let (lo, hi) = self.deletion;
+                    let at = self.t + ms(lo + self.rng.next() % (hi - lo + 1));
+                    self.deleting.push((at, name.to_string(), node.c.dvipas[index].address));
+                }
             }
             Output::Announce { index, .. } => self.announced.push((self.t, name.to_string(), index)),
             Output::Event(e) => self.events.push((self.t, name.to_string(), e)),
@@ -242,10 +276,28 @@ impl Sim {
         }
     }
 
+    /// The kernel deletions done by now: the copy is gone, and the daemon says so (once its
+    /// state machine runs).
+    fn delete_due(&mut self) {
+        let t = self.t;
+        let runs = |n: &Node| n.up && !n.stalled && !n.frozen;
+        let due: Vec<(Duration, String, IpAddr)> =
+            self.deleting.iter().filter(|(at, n, _)| *at <= t && runs(&self.nodes[n])).cloned().collect();
+        self.deleting.retain(|d| !due.contains(d));
+        for (_, name, address) in due {
+            let node = self.nodes.get_mut(&name).unwrap();
+            let Some(i) = node.c.index(address) else { continue };
+            node.kernel[i] = false;
+            self.deleted.push((self.t, name.clone(), i));
+            self.with(&name, |c, now| c.addresses_gone(now, [i]));
+        }
+    }
+
     /// Runs in 1 ms steps until `until`.
     fn run(&mut self, until: Duration) {
         while self.t < until {
             self.t += ms(1);
+            self.delete_due();
             let frozen: Vec<String> = self.nodes.iter().filter(|(_, n)| n.frozen).map(|(k, _)| k.clone()).collect();
             if self.freeze_drops {
                 self.queue.retain(|m| !frozen.contains(&m.1));
@@ -316,6 +368,7 @@ impl Sim {
     }
 
     fn kill(&mut self, name: &str) {
+        self.deleting.retain(|(_, n, _)| n != name);
         let n = self.nodes.get_mut(name).unwrap();
         n.up = false;
         n.kernel.iter_mut().for_each(|k| *k = false);
@@ -327,13 +380,36 @@ impl Sim {
     fn reload(&mut self, name: &str, d: Vec<DvipaConfig>, incarnation: u64) {
         let now = self.local(name);
         let n = self.nodes.get_mut(name).unwrap();
-        let present: Vec<IpAddr> =
-            n.c.dvipas.iter().zip(&n.kernel).filter(|(_, k)| **k).map(|(d, _)| d.address).collect();
+        // Addresses being deleted are going, not copies to keep (as the daemon does).
+        let (mut going, mut present) = (vec![], vec![]);
+        for (i, d) in n.c.dvipas.iter().enumerate().filter(|(i, _)| n.kernel[*i]) {
+            if n.c.is_going(i) { &mut going } else { &mut present }.push(d.address);
+        }
         let declined = n.c.declined_addresses();
         n.c = Cluster::new(n.c.config.clone(), d, now, incarnation, &present);
         n.c.decline(&declined);
+        n.c.still_going(&going);
         let len = n.c.dvipas.len().max(n.kernel.len());
         n.kernel.resize(len, false);
+    }
+
+    /// Only vipad on `name` is killed (SIGKILL): what its kernel has stays there.
+    fn kill_daemon(&mut self, name: &str) {
+        self.deleting.retain(|(_, n, _)| n != name);
+        let n = self.nodes.get_mut(name).unwrap();
+        n.up = false;
+        n.inbox.clear();
+    }
+
+    /// vipad starts again on `name`, after [`Sim::kill_daemon`]: with the copies its kernel
+    /// kept.
+    fn restart_keeping(&mut self, name: &str, incarnation: u64) {
+        let now = self.local(name);
+        let n = self.nodes.get_mut(name).unwrap();
+        let present: Vec<IpAddr> =
+            n.c.dvipas.iter().zip(&n.kernel).filter(|(_, k)| **k).map(|(d, _)| d.address).collect();
+        n.c = Cluster::new(n.c.config.clone(), n.c.dvipas.clone(), now, incarnation, &present);
+        n.up = true;
     }
 
     fn restart(&mut self, name: &str, incarnation: u64) {
@@ -552,6 +628,93 @@ fn owner_returning_gets_it_back_through_a_handover_without_two_holders() {
         s.run(ms(1500));
         assert_eq!(s.holders(0), vec!["s1".to_string()], "seed {seed}");
         assert_eq!(s.max_holders[0], 1, "seed {seed}: two holders during takeback");
+    }
+}
+
+/// When node `name` activated DVIPA `i` after `after`.
+fn activated(s: &Sim, name: &str, i: usize, after: Duration) -> Option<Duration> {
+    s.moves.iter().find(|m| m.0 >= after && m.1 == name && m.2 == i && m.3).map(|m| m.0)
+}
+
+/// Deleting thousands of addresses takes the kernel seconds, and a copy being deleted
+/// still answers: whether an address is handed back, handed over by a stopping node or
+/// moved by the operator, its next holder waits until the copy is gone, and no longer.
+#[test]
+fn slow_deletions_hold_back_the_next_holder_until_the_copy_is_gone() {
+    for seed in 1..20 {
+        let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
+        // (The silence bound is 100 ms, the listening after a start 110 ms.)
+        s.deletion = (20, 400);
+        s.run(ms(500));
+        s.kill("s1");
+        s.run(ms(800));
+        s.watch = s.t;
+        s.restart("s1", 2);
+        s.run(ms(2000));
+        s.each_held_by_its_owner_alone(&format!("seed {seed}, handed back"));
+
+        // vipad on s1 stops: s2 takes DVIPA 0 as soon as s1's copy is gone.
+        let left = s.t;
+        s.with("s1", |c, now| c.leave(now));
+        s.run(ms(2600));
+        assert_eq!(s.holders(0), vec!["s2".to_string()], "seed {seed}: {:?}", s.moves);
+        let gone = s.deleted.iter().find(|d| d.0 >= left && d.1 == "s1" && d.2 == 0).expect("s1's copy deleted").0;
+        let taken = activated(&s, "s2", 0, left).expect("s2 took DVIPA 0");
+        assert!(gone <= taken && taken <= gone + ms(5), "seed {seed}: gone at {gone:?}, taken at {taken:?}");
+        s.kill("s1");
+        s.run(ms(2700));
+        s.restart("s1", 3);
+        s.run(ms(4000));
+        s.each_held_by_its_owner_alone(&format!("seed {seed}, back after the stop"));
+
+        // The operator moves each DVIPA to the node after its owner.
+        for i in 0..3 {
+            let to = format!("s{}", (i + 1) % 3 + 1);
+            s.with("s1", |c, now| c.move_to(now, c.dvipas[i].address, &to).unwrap());
+        }
+        s.run(ms(5000));
+        for i in 0..3 {
+            assert_eq!(s.holders(i), vec![format!("s{}", (i + 1) % 3 + 1)], "seed {seed}: moved {i}");
+        }
+        assert!(s.max_holders.iter().all(|m| *m == 1), "seed {seed}: two copies at once: {:?}", s.max_holders);
+        assert!(s.beside.is_empty(), "seed {seed}: activated beside a copy still there: {:?}", s.beside);
+    }
+}
+
+/// vipad killed and started again finds its DVIPAs still in the kernel while a backup has
+/// taken them: it gives its copies up, and deleting them may outlast its listening. Marked
+/// going, not held, they neither take the DVIPAs from the backup nor let the owner take
+/// them back beside the backup's copy: the backup hands them back as to any returning
+/// owner.
+#[test]
+fn stale_copies_whose_deletion_outlasts_the_listening_are_handed_back_not_fought_over() {
+    for seed in 1..20 {
+        let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
+        s.deletion = (150, 400);
+        s.run(ms(500));
+        s.kill_daemon("s1");
+        s.run(ms(800));
+        assert_eq!(s.holders(0), vec!["s2".to_string()], "seed {seed}");
+        assert!(s.nodes["s1"].kernel[0], "the copy stays in s1's kernel");
+        let back = s.t;
+        s.restart_keeping("s1", 2);
+        s.run(ms(2500));
+        for i in 0..3 {
+            assert_eq!(s.holders(i), vec![s.nodes["s1"].c.dvipas[i].owner.clone()], "seed {seed} dvipa {i}");
+        }
+        let since_back: Vec<&(String, usize, String)> =
+            s.causes.iter().filter(|(n, i, _)| *i == 0 && (n == "s2" || n == "s1")).collect();
+        assert!(
+            since_back.iter().any(|(n, _, c)| n == "s1" && c.starts_with("stale copy from before the restart")),
+            "seed {seed}: {since_back:?}"
+        );
+        assert!(
+            since_back.iter().filter(|(n, _, _)| n == "s2").all(|(_, _, c)| c == "handing over to s1"),
+            "seed {seed}: s2 gave DVIPA 0 up otherwise than as a handover: {since_back:?}"
+        );
+        // (Given up while listening, 110 ms, and deleted in 150 ms at least.)
+        assert!(activated(&s, "s1", 0, back).is_some_and(|t| t > back + ms(150)), "seed {seed}: {:?}", s.moves);
+        assert!(s.beside.is_empty(), "seed {seed}: activated beside a copy still there: {:?}", s.beside);
     }
 }
 
