@@ -116,8 +116,13 @@ pub struct MemberView {
     /// Milliseconds since its last heartbeat.
     pub last_heard_ms: Option<u64>,
     pub incarnation: Option<u64>,
-    /// Whether its [[dvipa]] list matches this node's.
+    /// Whether its claims can be read here: its [[dvipa]] list matches this node's, or is
+    /// one this node had before a reload (`earlier_list`).
     pub same_config: bool,
+    /// It is on a [[dvipa]] list this node had before a reload (a rolling change): read,
+    /// and spoken to, in that list, DVIPA by DVIPA.
+    #[serde(default)]
+    pub earlier_list: bool,
     /// Smoothed round trip of its probes, in microseconds.
     #[serde(default)]
     pub rtt_us: Option<u64>,

@@ -216,6 +216,9 @@ pub fn cluster(c: &ClusterView) -> String {
         });
         let cfg = if m.state == "self" {
             ""
+        } else if m.earlier_list {
+            // (Read DVIPA by DVIPA in a list this node had before its reload.)
+            "earlier"
         } else if m.same_config {
             "same"
         } else {

@@ -739,8 +739,11 @@ impl ClusterShell {
         if c.peers.len() > self.core.config.peers.len() {
             reserve_send_buffer(&self.sock, c.peers.len());
         }
+        let lists = self.core.lists();
         self.core = Cluster::new(c, config.dvipas.clone(), now, new_incarnation(), &present);
         self.core.decline(&declined);
+        // Peers still on the list this node had (or one before) are read in it.
+        self.core.knows(lists);
         // Still marked going while they go, at their place in the new list (the deletion
         // of one no longer listed is not left for later: see `Plan::releases`).
         self.core.still_going(&leaving.keys().copied().collect::<Vec<_>>());
@@ -826,11 +829,9 @@ impl ClusterShell {
         self.heartbeat_to_all(now);
     }
 
-    /// A heartbeat to every peer now, outside the rhythm.
+    /// A heartbeat to every peer now, outside the rhythm (sent by the turn's `drain`).
     fn heartbeat_to_all(&mut self, now: Instant) {
-        let h = self.core.heartbeat_now(now);
-        let h = self.unicast_if_outside(h);
-        self.send_all(&h);
+        self.core.send_now(now);
     }
 
     /// The time to give the core now (see `clock`).
@@ -1059,19 +1060,20 @@ impl ClusterShell {
         self.unicast_to.iter().filter(|n| self.core.peers.get(*n).is_some_and(|p| p.alive))
     }
 
-    /// Sends `h` to every peer. A routine heartbeat goes to a missed peer (see `unheard`) as
-    /// a prompt one: after a partition, the first to reach the peer is read there at once
-    /// (not at its next turn, up to an interval later), and the split ends as soon as the
-    /// link lets it through.
-    fn send_all(&self, h: &Heartbeat) {
-        self.send_signed(h, &h.emit(&self.key), false);
-    }
-
-    /// [`Self::send_all`], `datagram` being `h` signed; with `missed_only`, to the missed
-    /// peers only (the others have it by the group).
+    /// Sends `h`, signed as `datagram`, to every peer; with `missed_only`, to the missed
+    /// peers only (the others have it by the group). A routine heartbeat goes to a missed
+    /// peer (see `unheard`) as a prompt one: after a partition, the first to reach the peer
+    /// is read there at once (not at its next turn, up to an interval later), and the split
+    /// ends as soon as the link lets it through.
     fn send_signed(&self, h: &Heartbeat, datagram: &[u8], missed_only: bool) {
         let prompt = self.prompt_for_unheard(h);
-        for p in &self.core.config.peers {
+        // Peers on an earlier DVIPA list get theirs, laid out in it, by itself.
+        let earlier: BTreeSet<&str> = self.core.on_earlier_lists().collect();
+        let elsewhere = |p: &SocketAddr| {
+            !earlier.is_empty()
+                && self.heard_at.get(&p.ip().to_canonical()).is_some_and(|n| earlier.contains(n.as_str()))
+        };
+        for p in self.core.config.peers.iter().filter(|p| !elsewhere(p)) {
             match &prompt {
                 Some((d, missed)) if missed.contains(&p.ip().to_canonical()) => self.datagram_to(d, p),
                 _ if !missed_only => self.datagram_to(datagram, p),
@@ -1144,10 +1146,7 @@ impl ClusterShell {
         }
         if !gone.is_empty() {
             self.core.addresses_gone(now, gone);
-            // Only a heartbeat comes of it; should anything else, it waits for the next turn.
-            let news = self.drain();
-            debug_assert!(!news.kernel, "addresses_gone moved a DVIPA");
-            self.events.extend(news.events);
+            self.send_queued();
         }
     }
 
@@ -1181,10 +1180,18 @@ impl ClusterShell {
     /// since a lost one costs the peers a probe round.
     pub fn say_goodbye(&mut self, now: Instant) {
         for _ in 0..2 {
-            let h = self.core.heartbeat_now(now);
-            let h = self.unicast_if_outside(h);
-            self.send_all(&h);
+            self.core.send_now(now);
+            self.send_queued();
         }
+    }
+
+    /// Sends the heartbeats the core has queued outside the cluster thread's turn (after
+    /// kernel work). Nothing else comes of what called for them; should anything, it
+    /// waits for the next turn.
+    fn send_queued(&mut self) {
+        let news = self.drain();
+        debug_assert!(!news.kernel, "a DVIPA moved outside the cluster thread's turn");
+        self.events.extend(news.events);
     }
 
     /// The DVIPAs this node holds, for the planner, and the version they are.
@@ -1250,6 +1257,7 @@ impl ClusterShell {
             last_heard_ms: None,
             incarnation: None,
             same_config: true,
+            earlier_list: false,
             rtt_us: None,
             confirm_us: None,
             confirm_learned: false,
@@ -1272,6 +1280,7 @@ impl ClusterShell {
                 last_heard_ms: c.peer_age(now, name).map(|d| d.as_millis() as u64),
                 incarnation: Some(p.incarnation),
                 same_config: p.same_config,
+                earlier_list: p.on_earlier_list(),
                 rtt_us: p.rtt.map(|(srtt, _)| srtt.as_micros() as u64),
                 confirm_us: Some(confirm_window(p, c.config.interval).as_micros() as u64),
                 confirm_learned: p.punctuality_known,
@@ -1288,6 +1297,7 @@ impl ClusterShell {
                     last_heard_ms: None,
                     incarnation: None,
                     same_config: false,
+                    earlier_list: false,
                     rtt_us: None,
                     confirm_us: None,
                     confirm_learned: false,

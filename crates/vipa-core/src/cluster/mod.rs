@@ -39,6 +39,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+mod lists;
+
 use serde::{Deserialize, Serialize};
 use vipa_wire::cluster::{bit, Heartbeat, FLAG_ANSWER, FLAG_LEAVING, FLAG_PROBE, FLAG_ROUTINE, FLAG_SYNCING};
 
@@ -170,8 +172,12 @@ pub struct Peer {
     /// Bit i: sequence number `seq - 1 - i` was received (see `SEEN`).
     seen: u64,
     pub syncing: bool,
-    /// Its DVIPA list matches ours (else its claims are ignored).
+    /// Its claims can be read here: its DVIPA list is ours, or one this node had before a
+    /// reload (see `list`). Else they are ignored.
     pub same_config: bool,
+    /// It is on an earlier list of this node's (an index in `Cluster::known`): what it
+    /// sends is read over ours, and it is spoken to in its list.
+    list: Option<usize>,
     held: Vec<u8>,
     busy: Vec<u8>,
     declined: Vec<u8>,
@@ -213,6 +219,13 @@ pub struct Peer {
     pub holds_mine: bool,
     pub punctuality_known: bool,
     pub held_up: HeldUp,
+}
+
+impl Peer {
+    /// Whether it is on a DVIPA list this node had before a reload (see `lists`).
+    pub fn on_earlier_list(&self) -> bool {
+        self.list.is_some()
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -472,6 +485,8 @@ pub struct Cluster {
     stranger_challenges: VecDeque<(u64, Instant)>,
     /// Dead times the current listening was extended by, for strangers not confirmed yet.
     extended: u32,
+    /// The DVIPA lists this node had before its reloads, newest first (see `lists`).
+    known: Vec<lists::Known>,
 }
 
 type Said = (u16, [Vec<u8>; 4], Vec<(u32, String, u64)>);
@@ -553,9 +568,63 @@ impl Cluster {
             strangers: BTreeMap::new(),
             stranger_challenges: VecDeque::new(),
             extended: 0,
+            known: Vec::new(),
             config,
             dvipas,
         }
+    }
+
+    /// The DVIPA lists this node carried before a reload, as the core it replaces gave
+    /// them ([`Cluster::lists`]): peers still on one of them are read and spoken to in it
+    /// (see `lists`), so that a rolling change of the list does not stop takeovers.
+    pub fn knows(&mut self, earlier: Vec<Vec<DvipaConfig>>) {
+        self.known.clear();
+        for list in earlier {
+            let k = lists::Known::new(list, &self.dvipas);
+            if k.digest != self.digest
+                && self.known.len() < lists::KEPT
+                && !self.known.iter().any(|o| o.digest == k.digest)
+            {
+                self.known.push(k);
+            }
+        }
+    }
+
+    /// This node's DVIPA list and those it knows from before, newest first: for the core
+    /// that replaces this one on a reload ([`Cluster::knows`]).
+    pub fn lists(&self) -> Vec<Vec<DvipaConfig>> {
+        std::iter::once(self.dvipas.clone()).chain(self.known.iter().map(|k| k.list.clone())).collect()
+    }
+
+    /// The peers on an earlier list of this node's: a heartbeat for every peer reaches them
+    /// as an output of its own, in their list (see `emit_all`), not with the others.
+    pub fn on_earlier_lists(&self) -> impl Iterator<Item = &str> + '_ {
+        self.peers.iter().filter(|(_, p)| p.list.is_some()).map(|(n, _)| n.as_str())
+    }
+
+    /// Sends `h` to every peer: as it is, but to each peer on an earlier list, which gets
+    /// it in that list, to itself only. (Then it is not routine: a routine one goes to the
+    /// multicast group, where every peer would read it.)
+    fn emit_all(&mut self, mut h: Heartbeat) {
+        let earlier: Vec<(String, usize)> = self.peers.iter().filter_map(|(n, p)| Some((n.clone(), p.list?))).collect();
+        if !earlier.is_empty() {
+            h.flags &= !FLAG_ROUTINE;
+        }
+        let spoken: Vec<Output> = earlier
+            .into_iter()
+            .map(|(node, k)| Output::HeartbeatTo { node, heartbeat: self.known[k].speak(&h) })
+            .collect();
+        self.out.push_back(Output::Heartbeat(h));
+        self.out.extend(spoken);
+    }
+
+    /// Sends `h` to peer `node` only, in its list.
+    fn emit_to(&mut self, node: &str, h: Heartbeat) {
+        let heartbeat = match self.peers.get(node).and_then(|p| p.list) {
+            Some(k) => self.known[k].speak(&h),
+            None => h,
+        };
+        self.out.push_back(Output::HeartbeatTo { node: node.to_string(), heartbeat });
     }
 
     /// DVIPA `addr`'s index (the list is sorted by address).
@@ -652,6 +721,12 @@ impl Cluster {
         self.heartbeat()
     }
 
+    /// [`Cluster::heartbeat_now`], sent to every peer (an output to take).
+    pub fn send_now(&mut self, now: Instant) {
+        let h = self.heartbeat_now(now);
+        self.emit_all(h);
+    }
+
     /// vipad is stopping: every DVIPA another live node can take is released (the
     /// heartbeats that follow say this node is leaving, so that node activates at once);
     /// one no other node can take stays in the kernel, as after a kill, for the next start.
@@ -686,7 +761,7 @@ impl Cluster {
             h.flags |= FLAG_ROUTINE;
         }
         self.prompt_sends = self.prompt_sends.saturating_sub(1);
-        self.out.push_back(Output::Heartbeat(h));
+        self.emit_all(h);
         self.next_heartbeat = now + self.config.interval;
     }
 
@@ -758,7 +833,17 @@ impl Cluster {
                 p.seen = p.seen.checked_shl(ahead).unwrap_or(0) | 1u64.checked_shl(ahead - 1).unwrap_or(0);
             }
         }
-        let same_config = h.digest == self.digest && h.count as usize == self.dvipas.len();
+        let n = self.dvipas.len();
+        let list = match h.digest == self.digest && h.count as usize == n {
+            true => None,
+            false => self.known.iter().position(|k| k.digest == h.digest && k.len() == h.count as usize),
+        };
+        let same_config = list.is_some() || (h.digest == self.digest && h.count as usize == n);
+        // On an earlier list of ours: read over ours from here on.
+        let h = match list {
+            Some(k) => self.known[k].read(h, n, self.digest),
+            None => h,
+        };
         if h.flags & FLAG_LEAVING != 0 {
             // Its addresses are out of its kernel: the next in line takes them now. (From a
             // node not heard since this start, it says nothing that can be checked.)
@@ -808,6 +893,7 @@ impl Cluster {
                 && p.incarnation == h.incarnation
                 && p.syncing == syncing
                 && p.same_config == same_config
+                && p.list == list
                 && p.held == h.held
                 && p.busy == h.busy
                 && p.declined == h.declined
@@ -893,6 +979,7 @@ impl Cluster {
                 seen,
                 syncing: h.flags & FLAG_SYNCING != 0,
                 same_config,
+                list,
                 held: h.held,
                 busy: h.busy,
                 declined: h.declined,
@@ -1051,7 +1138,7 @@ impl Cluster {
         if self.stranger_challenges.back().is_none_or(|(_, sent)| now >= *sent + interval) {
             let probe = self.probe_heartbeat();
             let seq = probe.seq;
-            self.out.push_back(Output::Heartbeat(probe));
+            self.emit_all(probe);
             self.next_heartbeat = now + interval;
             remember_for(&mut self.stranger_challenges, (seq, now), self.config.dead_time());
         }
@@ -1078,7 +1165,7 @@ impl Cluster {
     fn send_probe(&mut self, node: &str) -> u64 {
         let h = self.probe_heartbeat();
         let seq = h.seq;
-        self.out.push_back(Output::HeartbeatTo { node: node.to_string(), heartbeat: h });
+        self.emit_to(node, h);
         seq
     }
 
@@ -1417,9 +1504,12 @@ impl Cluster {
         let mut changed = false;
         let me = self.config.me.clone();
         // A live node's DVIPA list differs: nothing is taken, and holders keep what they
-        // hold (see `lists_differ`).
-        let differ = self.lists_differ();
+        // hold (see `lists_differ`); so for a DVIPA whose settings differ on a live node's
+        // earlier list (see `lists`).
+        let unreadable = self.lists_differ();
+        let earlier: Vec<usize> = self.peers.values().filter(|p| p.alive).filter_map(|p| p.list).collect();
         for i in 0..self.dvipas.len() {
+            let differ = unreadable || earlier.iter().any(|&k| self.known[k].changed(i));
             let others: Vec<String> = self.peers.keys().filter(|n| self.claims(n, i)).cloned().collect();
             if !others.is_empty() {
                 self.moving[i] = false;

@@ -197,7 +197,9 @@ impl Sim {
                 Output::Heartbeat(h) => {
                     self.busy_at.push((self.t, name.to_string()));
                     self.sent_flags.push((self.t, name.to_string(), h.flags));
-                    (self.nodes.keys().filter(|n| *n != name).cloned().collect(), h)
+                    // (Peers on an earlier list get theirs by itself.)
+                    let earlier: Vec<String> = node.c.on_earlier_lists().map(str::to_string).collect();
+                    (self.nodes.keys().filter(|n| *n != name && !earlier.contains(n)).cloned().collect(), h)
                 }
                 Output::HeartbeatTo { node, heartbeat } => {
                     self.directed += 1;
@@ -234,7 +236,10 @@ impl Sim {
     fn act(&mut self, name: &str, o: Output) {
         let now = self.local(name);
         if let Output::Activate { index, .. } = o {
-            if self.nodes.iter().any(|(n, node)| n != name && node.up && node.kernel[index]) {
+            // (By address: nodes on different lists number DVIPAs differently.)
+            let address = self.nodes[name].c.dvipas[index].address;
+            let has = |node: &Node| node.c.index(address).is_some_and(|j| node.kernel.get(j) == Some(&true));
+            if self.nodes.iter().any(|(n, node)| n != name && node.up && has(node)) {
                 self.beside.push((self.t, name.to_string(), index));
             }
         }
@@ -270,7 +275,7 @@ impl Sim {
             return;
         }
         for i in 0..self.max_holders.len() {
-            let n = self.nodes.values().filter(|n| n.up && n.kernel[i]).count();
+            let n = self.nodes.values().filter(|n| n.up && n.kernel.get(i) == Some(&true)).count();
             self.max_holders[i] = self.max_holders[i].max(n);
             self.unheld_ms[i] += u32::from(n == 0);
         }
@@ -354,7 +359,7 @@ impl Sim {
     }
 
     fn holders(&self, i: usize) -> Vec<String> {
-        self.nodes.iter().filter(|(_, n)| n.up && n.kernel[i]).map(|(k, _)| k.clone()).collect()
+        self.nodes.iter().filter(|(_, n)| n.up && n.kernel.get(i) == Some(&true)).map(|(k, _)| k.clone()).collect()
     }
 
     /// Asserts that each DVIPA is held by its owner alone, and never had two holders while
@@ -386,11 +391,20 @@ impl Sim {
             if n.c.is_going(i) { &mut going } else { &mut present }.push(d.address);
         }
         let declined = n.c.declined_addresses();
+        let lists = n.c.lists();
         n.c = Cluster::new(n.c.config.clone(), d, now, incarnation, &present);
         n.c.decline(&declined);
         n.c.still_going(&going);
-        let len = n.c.dvipas.len().max(n.kernel.len());
-        n.kernel.resize(len, false);
+        n.c.knows(lists);
+        // Numbered by the new list; what it no longer has is deleted (as the planner does).
+        n.kernel = n.c.dvipas.iter().map(|d| present.contains(&d.address) || going.contains(&d.address)).collect();
+    }
+
+    /// The nodes whose daemon runs and whose kernel has `address` (nodes on different
+    /// lists number DVIPAs differently).
+    fn holding(&self, address: IpAddr) -> Vec<String> {
+        let has = |n: &Node| n.c.index(address).is_some_and(|j| n.kernel.get(j) == Some(&true));
+        self.nodes.iter().filter(|(_, n)| n.up && has(n)).map(|(k, _)| k.clone()).collect()
     }
 
     /// Only vipad on `name` is killed (SIGKILL): what its kernel has stays there.
@@ -409,6 +423,16 @@ impl Sim {
         let present: Vec<IpAddr> =
             n.c.dvipas.iter().zip(&n.kernel).filter(|(_, k)| **k).map(|(d, _)| d.address).collect();
         n.c = Cluster::new(n.c.config.clone(), n.c.dvipas.clone(), now, incarnation, &present);
+        n.up = true;
+    }
+
+    /// vipad starts on `name` (its host rebooted, see [`Sim::kill`]) with DVIPA list `d`: it
+    /// knows no list from before.
+    fn start_with(&mut self, name: &str, incarnation: u64, d: Vec<DvipaConfig>) {
+        let now = self.local(name);
+        let n = self.nodes.get_mut(name).unwrap();
+        n.c = Cluster::new(n.c.config.clone(), d, now, incarnation, &[]);
+        n.kernel = vec![false; n.c.dvipas.len()];
         n.up = true;
     }
 
@@ -1484,36 +1508,85 @@ fn read_late_a_peer_whose_death_changes_nothing_is_seen_dead_an_interval_later_a
     }
 }
 
+/// A rolling change that adds a DVIPA: s1 is reloaded first. It keeps what it holds while
+/// it listens; then it brings the new DVIPA (its own) up, although s2 and s3 do not know it
+/// yet, and a node that dies meanwhile is taken over as ever: s1 and the others read each
+/// other in the list s1 had before.
 #[test]
-fn a_reload_that_changes_the_dvipa_list_keeps_what_the_node_holds_and_nobody_takes_it_meanwhile() {
+fn a_rolling_change_that_adds_a_dvipa_brings_it_up_at_once_and_takeovers_go_on_meanwhile() {
     for seed in 1..6 {
         let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
         s.run(ms(600));
         assert_eq!(s.holders(0), vec!["s1".to_string()], "seed {seed}, before");
-        // s1 reloads first with a fourth DVIPA (its own): its list differs from the
-        // others' until they reload too, so they cannot read its claims.
         s.watch = s.t;
         let at = s.t;
         s.reload("s1", dvipas(4, Takeback::Immediate), 2);
-        s.run(at + ms(1500));
+        s.run(at + ms(1000));
         assert_eq!(s.holders(0), vec!["s1".to_string()], "seed {seed}");
         assert_eq!(s.max_holders[0], 1, "seed {seed}: s1's address was taken while it listened");
-        // While the lists differ, nobody takes what it does not hold: the new DVIPA waits
-        // for the others' reloads.
-        assert!(!s.nodes["s1"].kernel[3], "seed {seed}: the new DVIPA was taken while the lists differed");
         // Having listened, it tells the neighbours again where what it kept is.
         assert!(
             s.announced.iter().any(|(t, n, i)| *t > at && n == "s1" && *i == 0),
             "seed {seed}: what s1 kept through the reload was not announced again"
         );
+        // The new DVIPA is s1's own: up once s1 has listened (110 ms).
+        let new = s.nodes["s1"].c.dvipas[3].address;
+        assert_eq!(s.holding(new), vec!["s1".to_string()], "seed {seed}: the new DVIPA");
+        let up = activated(&s, "s1", 3, at).expect("the new DVIPA activated") - at;
+        assert!(up <= ms(130), "seed {seed}: the new DVIPA came up {up:?} after the reload");
         for n in ["s2", "s3"] {
-            s.reload(n, dvipas(4, Takeback::Immediate), 2);
+            let p = &s.nodes[n].c.peers["s1"];
+            assert!(p.same_config && p.alive, "seed {seed}: {n} cannot read s1");
         }
+        assert_eq!(s.nodes["s1"].c.on_earlier_lists().collect::<Vec<_>>(), vec!["s2", "s3"], "seed {seed}");
+
+        // s3 dies in the middle of the change: its DVIPA (s1 rank 200, s2 rank 100) goes to
+        // s1, as fast as with matching lists.
+        let killed = s.t;
+        s.kill("s3");
+        s.run(killed + ms(400));
+        assert_eq!(s.holders(2), vec!["s1".to_string()], "seed {seed}: {:?}", s.moves);
+        let took = activated(&s, "s1", 2, killed).expect("s1 took s3's DVIPA") - killed;
+        assert!(took < ms(100 - 10), "seed {seed}: taken over after {took:?}, not before the silence bound");
+
+        // The change ends: s2 reloaded, s3 started with the new list. Each DVIPA goes back
+        // to its owner, the new one stays with s1.
+        s.reload("s2", dvipas(4, Takeback::Immediate), 2);
+        s.start_with("s3", 2, dvipas(4, Takeback::Immediate));
         s.run(s.t + ms(1500));
-        assert!(s.nodes["s1"].kernel[3], "seed {seed}: the new DVIPA is held once every node has the list");
-        for i in 0..3 {
-            assert_eq!(s.max_holders[i], 1, "seed {seed}: dvipa {i}");
-        }
+        s.each_held_by_its_owner_alone(&format!("seed {seed}, after the change"));
+        assert_eq!(s.holding(new), vec!["s1".to_string()], "seed {seed}: the new DVIPA");
+        assert!(s.nodes.values().all(|n| n.c.on_earlier_lists().next().is_none()), "seed {seed}");
+        assert!(s.beside.is_empty(), "seed {seed}: activated beside a copy: {:?}", s.beside);
+    }
+}
+
+/// A rolling change that removes a DVIPA: s1, reloaded first, no longer knows it, and tells
+/// the others it is no candidate for it; they, still on the list that has it, take it over
+/// among themselves when its holder dies.
+#[test]
+fn a_rolling_change_that_removes_a_dvipa_leaves_it_to_the_nodes_that_still_list_it() {
+    for seed in 1..6 {
+        let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
+        s.run(ms(600));
+        s.watch = s.t;
+        let gone = s.nodes["s1"].c.dvipas[2].address;
+        let mut d = dvipas(3, Takeback::Immediate);
+        d.remove(2);
+        s.reload("s1", d, 2);
+        s.run(s.t + ms(400));
+        assert_eq!(s.holding(gone), vec!["s3".to_string()], "seed {seed}");
+        // s3 dies: s1 (rank 200 on the old list) no longer lists it, so s2 (rank 100) takes it.
+        let killed = s.t;
+        s.kill("s3");
+        s.run(killed + ms(400));
+        assert_eq!(s.holding(gone), vec!["s2".to_string()], "seed {seed}: {:?}", s.moves);
+        let took = activated(&s, "s2", 2, killed).expect("s2 took it") - killed;
+        assert!(took < ms(100 - 10), "seed {seed}: taken over after {took:?}");
+        // And the rest is untouched.
+        assert_eq!(s.holders(0), vec!["s1".to_string()], "seed {seed}");
+        assert_eq!(s.holding(s.nodes["s2"].c.dvipas[1].address), vec!["s2".to_string()], "seed {seed}");
+        assert!(s.beside.is_empty(), "seed {seed}: activated beside a copy: {:?}", s.beside);
     }
 }
 
@@ -1721,11 +1794,11 @@ fn a_holder_keeps_what_it_holds_while_a_returning_owners_list_differs() {
         assert_eq!(s.holders(0), vec!["s2".to_string()], "seed {seed}");
         // (From here on: the takeover's own gap is not what this test is about.)
         s.unheld_ms[0] = 0;
-        // The owner comes back with a changed list (one more DVIPA): s2 must not hand the
-        // address over to a node that may not take it yet.
+        // The owner comes back with a changed list (one more DVIPA), started afresh: it
+        // knows no earlier list, so nobody can read it and s2 must not hand the address
+        // over to a node that may not take it yet.
         let new = dvipas(2, Takeback::Immediate);
-        s.nodes.get_mut("s1").unwrap().up = true;
-        s.reload("s1", new.clone(), 2);
+        s.start_with("s1", 2, new.clone());
         s.run(s.t + ms(600));
         assert_eq!(s.holders(0), vec!["s2".to_string()], "seed {seed}: handed over while the lists differed");
         for n in ["s2", "s3"] {
