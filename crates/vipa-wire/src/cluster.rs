@@ -55,6 +55,10 @@ pub const FLAG_ROUTINE: u16 = 16;
 /// The sender does not receive the cluster's multicast group (it has none configured, or
 /// could not join it): its peers send it their routine heartbeats by unicast.
 pub const FLAG_UNICAST: u16 = 32;
+/// Laid out in a DVIPA list the sender had before a reload, for a receiver it believes
+/// still on that list: the sender's own list is another (DVIPAs not in this one are not
+/// told of), and the receiver, if on another list too, answers in its own.
+pub const FLAG_EARLIER_LIST: u16 = 64;
 /// Where the low byte of the flags is in a datagram (for a socket filter that tells
 /// routine heartbeats from the rest before they are authenticated).
 pub const FLAGS_LOW_BYTE: u32 = 7;

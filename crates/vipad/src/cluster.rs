@@ -1068,10 +1068,9 @@ impl ClusterShell {
     fn send_signed(&self, h: &Heartbeat, datagram: &[u8], missed_only: bool) {
         let prompt = self.prompt_for_unheard(h);
         // Peers on an earlier DVIPA list get theirs, laid out in it, by itself.
-        let earlier: BTreeSet<&str> = self.core.on_earlier_lists().collect();
+        let earlier = self.core.on_earlier_lists();
         let elsewhere = |p: &SocketAddr| {
-            !earlier.is_empty()
-                && self.heard_at.get(&p.ip().to_canonical()).is_some_and(|n| earlier.contains(n.as_str()))
+            !earlier.is_empty() && self.heard_at.get(&p.ip().to_canonical()).is_some_and(|n| earlier.contains(n))
         };
         for p in self.core.config.peers.iter().filter(|p| !elsewhere(p)) {
             match &prompt {

@@ -1074,6 +1074,51 @@ fn a_reload_is_heard_by_the_peers_at_once_even_at_ten_second_heartbeats() {
     eprintln!("s2's reload heard by s1 after {:?}", heard.unwrap());
 }
 
+/// A rolling change of the `[[dvipa]]` list, heartbeats by multicast: s2 is reloaded with
+/// one more DVIPA (its own) while s1 and s3 keep the old list. s2 brings it up at once, the
+/// others still read s2 (it speaks to them in the list they have, by unicast), and when s1
+/// dies in the middle of the change, s2 takes its DVIPA over as ever.
+#[test]
+fn a_rolling_change_of_the_dvipa_list_brings_a_new_dvipa_up_and_takeover_goes_on() {
+    let cluster = format!("{CLUSTER}multicast = \"239.255.86.1\"\nmulticast_nic = \"en1\"\n");
+    let (env, mut procs) = up_with(&cluster, "immediate");
+    const NEW: &str = "198.18.1.201";
+    let added = format!(
+        "{}[[dvipa]]\naddress = \"{NEW}\"\nowner = \"s2\"\nbackups = {{ s3 = 100 }}\nannounce = [\"en1\"]\n",
+        dvipa("immediate")
+    );
+    env.write_config(2, &cluster, &added);
+    let o = env.vipactl(2, &["reload"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let up = wait_for(Duration::from_secs(3), || (env.holders(NEW) == vec![2]).then_some(()));
+    assert!(up.is_some(), "the new DVIPA is not up on s2: {:?}\n{}", env.holders(NEW), env.log(2));
+    // s2 reads s1 and s3 in the list it had; they read s2 as they always did.
+    for peer in ["s1", "s3"] {
+        let m = env.member(2, peer);
+        assert!(m["earlier_list"] == true && m["same_config"] == true, "s2's view of {peer}: {m}");
+    }
+    assert!(out(&env.vipactl(2, &["cluster"])).contains(" earlier"), "{}", out(&env.vipactl(2, &["cluster"])));
+    for k in [1, 3] {
+        let m = env.member(k, "s2");
+        assert!(m["same_config"] == true && m["earlier_list"] == false, "s{k}'s view of s2: {m}");
+        assert!(!env.log(k).contains("has a different [[dvipa]] list"), "s{k} could not read s2: {}", env.log(k));
+    }
+    assert_eq!(env.holders(DVIPA), vec![1]);
+    // s1 dies in the middle of the change.
+    let t = Instant::now();
+    s1_dies(&env, &mut procs);
+    eprintln!("rolling change: s2 took over after {:?}", t.elapsed());
+    assert!(env.log(2).contains("node s1 is dead"), "{}", env.log(2));
+    assert_eq!(env.holders(NEW), vec![2], "the new DVIPA stays on s2");
+    // The change ends on s3: nothing moves, and nobody is on an earlier list any more.
+    env.write_config(3, &cluster, &added);
+    assert!(env.vipactl(3, &["reload"]).status.success());
+    let same = wait_for(Duration::from_secs(3), || (env.member(2, "s3")["earlier_list"] == false).then_some(()));
+    assert!(same.is_some(), "{}", out(&env.vipactl(2, &["cluster"])));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!((env.holders(DVIPA), env.holders(NEW)), (vec![1, 2], vec![2]), "{}", env.log(3));
+}
+
 /// Nothing a healthy cluster sends is dropped: a peer's probe followed by its next routine
 /// heartbeat (read from another socket) is taken in the order they came, not as a replay.
 #[test]

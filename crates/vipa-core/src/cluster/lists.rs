@@ -15,7 +15,7 @@
 //!   is no candidate. (An address only in the earlier list is told the same way the other
 //!   way round.)
 
-use vipa_wire::cluster::{bit, set_bit, Heartbeat};
+use vipa_wire::cluster::{bit, set_bit, Heartbeat, FLAG_EARLIER_LIST};
 
 use super::{digest, DvipaConfig};
 
@@ -60,10 +60,18 @@ impl Known {
         matches!(self.ours[i], Some((_, false)))
     }
 
+    /// Whether our DVIPA `i` is not in the earlier list.
+    pub fn absent(&self, i: usize) -> bool {
+        self.ours[i].is_none()
+    }
+
     /// A heartbeat laid out over the earlier list, read over ours (`n` DVIPAs, `digest`):
     /// what the sender says of a changed DVIPA counts but its being busy (its takeback may
-    /// differ); it declines one absent from its list (it does not know it).
+    /// differ). A sender on that list declines a DVIPA absent from it (it does not know
+    /// it); one that speaks it for us ([`FLAG_EARLIER_LIST`]) is on another list, so what
+    /// it says of such a DVIPA is unknown (the caller holds it still).
     pub fn read(&self, mut h: Heartbeat, n: usize, digest: u64) -> Heartbeat {
+        let on_it = h.flags & FLAG_EARLIER_LIST == 0;
         let mut maps = [(); 4].map(|_| vec![0u8; n.div_ceil(8)]);
         let [held, busy, declined, going] = &mut maps;
         for (i, at) in self.ours.iter().enumerate() {
@@ -74,7 +82,7 @@ impl Known {
                     set_bit(declined, i, bit(&h.declined, j));
                     set_bit(going, i, bit(&h.going, j));
                 }
-                None => set_bit(declined, i, true),
+                None => set_bit(declined, i, on_it),
             }
         }
         [h.held, h.busy, h.declined, h.going] = maps;
@@ -106,6 +114,7 @@ impl Known {
         [out.held, out.busy, out.declined, out.going] = maps;
         out.pins = self.pins(&h.pins, &self.ours);
         (out.digest, out.count) = (self.digest, n as u32);
+        out.flags |= FLAG_EARLIER_LIST;
         out
     }
 

@@ -42,7 +42,9 @@ use std::time::{Duration, Instant};
 mod lists;
 
 use serde::{Deserialize, Serialize};
-use vipa_wire::cluster::{bit, Heartbeat, FLAG_ANSWER, FLAG_LEAVING, FLAG_PROBE, FLAG_ROUTINE, FLAG_SYNCING};
+use vipa_wire::cluster::{
+    bit, Heartbeat, FLAG_ANSWER, FLAG_EARLIER_LIST, FLAG_LEAVING, FLAG_PROBE, FLAG_ROUTINE, FLAG_SYNCING,
+};
 
 /// How often a held address is announced again (gratuitous ARP / NA).
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(10);
@@ -175,9 +177,13 @@ pub struct Peer {
     /// Its claims can be read here: its DVIPA list is ours, or one this node had before a
     /// reload (see `list`). Else they are ignored.
     pub same_config: bool,
-    /// It is on an earlier list of this node's (an index in `Cluster::known`): what it
-    /// sends is read over ours, and it is spoken to in its list.
+    /// Its heartbeats are laid out in an earlier list of this node's (an index in
+    /// `Cluster::known`): read over ours; it is spoken to in that list, unless
+    /// `translating`.
     list: Option<usize>,
+    /// It lays them out so for this node, believing it still on that list
+    /// ([`FLAG_EARLIER_LIST`]): its own list is another, and it hears this node's own.
+    translating: bool,
     held: Vec<u8>,
     busy: Vec<u8>,
     declined: Vec<u8>,
@@ -224,7 +230,7 @@ pub struct Peer {
 impl Peer {
     /// Whether it is on a DVIPA list this node had before a reload (see `lists`).
     pub fn on_earlier_list(&self) -> bool {
-        self.list.is_some()
+        self.list.is_some() && !self.translating
     }
 }
 
@@ -421,6 +427,15 @@ pub struct Drops {
     pub foreign: u64,
 }
 
+/// What a core replaced on a reload hands the new one of the DVIPA lists (see `lists`).
+#[derive(Debug, Clone, Default)]
+pub struct Lists {
+    /// The lists it carried, its own first.
+    pub carried: Vec<Vec<DvipaConfig>>,
+    /// Each peer whose list it could read, and that list's digest.
+    pub peers: Vec<(String, u64)>,
+}
+
 pub struct Cluster {
     pub config: ClusterConfig,
     pub dvipas: Vec<DvipaConfig>,
@@ -487,6 +502,9 @@ pub struct Cluster {
     extended: u32,
     /// The DVIPA lists this node had before its reloads, newest first (see `lists`).
     known: Vec<lists::Known>,
+    /// Peers on one of them before the reload, not heard since: spoken to in it meanwhile
+    /// (else they would read this node's first heartbeats as a list they cannot read).
+    presumed: BTreeMap<String, usize>,
 }
 
 type Said = (u16, [Vec<u8>; 4], Vec<(u32, String, u64)>);
@@ -569,17 +587,19 @@ impl Cluster {
             stranger_challenges: VecDeque::new(),
             extended: 0,
             known: Vec::new(),
+            presumed: BTreeMap::new(),
             config,
             dvipas,
         }
     }
 
-    /// The DVIPA lists this node carried before a reload, as the core it replaces gave
-    /// them ([`Cluster::lists`]): peers still on one of them are read and spoken to in it
-    /// (see `lists`), so that a rolling change of the list does not stop takeovers.
-    pub fn knows(&mut self, earlier: Vec<Vec<DvipaConfig>>) {
+    /// What the core this one replaces on a reload gave ([`Cluster::lists`]): the DVIPA
+    /// lists it carried, and the list each peer was on. Peers still on one of those are
+    /// read and spoken to in it (see `lists`), so that a rolling change of the list does
+    /// not stop takeovers.
+    pub fn knows(&mut self, lists: Lists) {
         self.known.clear();
-        for list in earlier {
+        for list in lists.carried {
             let k = lists::Known::new(list, &self.dvipas);
             if k.digest != self.digest
                 && self.known.len() < lists::KEPT
@@ -588,25 +608,43 @@ impl Cluster {
                 self.known.push(k);
             }
         }
+        self.presumed = lists
+            .peers
+            .into_iter()
+            .filter_map(|(node, digest)| Some((node, self.known.iter().position(|k| k.digest == digest)?)))
+            .collect();
     }
 
-    /// This node's DVIPA list and those it knows from before, newest first: for the core
-    /// that replaces this one on a reload ([`Cluster::knows`]).
-    pub fn lists(&self) -> Vec<Vec<DvipaConfig>> {
-        std::iter::once(self.dvipas.clone()).chain(self.known.iter().map(|k| k.list.clone())).collect()
+    /// For the core that replaces this one on a reload ([`Cluster::knows`]).
+    pub fn lists(&self) -> Lists {
+        let carried = std::iter::once(self.dvipas.clone()).chain(self.known.iter().map(|k| k.list.clone())).collect();
+        // (One that speaks an earlier list for this node is on a list not known here.)
+        let peers = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.same_config && !p.translating)
+            .map(|(n, p)| (n.clone(), p.list.map_or(self.digest, |k| self.known[k].digest)))
+            .collect();
+        Lists { carried, peers }
+    }
+
+    /// The peers on an earlier list of this node's (see `lists`), with the list.
+    fn earlier_peers(&self) -> Vec<(String, usize)> {
+        let heard = self.peers.iter().filter(|(_, p)| !p.translating).filter_map(|(n, p)| Some((n.clone(), p.list?)));
+        heard.chain(self.presumed.iter().map(|(n, k)| (n.clone(), *k))).collect()
     }
 
     /// The peers on an earlier list of this node's: a heartbeat for every peer reaches them
     /// as an output of its own, in their list (see `emit_all`), not with the others.
-    pub fn on_earlier_lists(&self) -> impl Iterator<Item = &str> + '_ {
-        self.peers.iter().filter(|(_, p)| p.list.is_some()).map(|(n, _)| n.as_str())
+    pub fn on_earlier_lists(&self) -> Vec<String> {
+        self.earlier_peers().into_iter().map(|(n, _)| n).collect()
     }
 
     /// Sends `h` to every peer: as it is, but to each peer on an earlier list, which gets
     /// it in that list, to itself only. (Then it is not routine: a routine one goes to the
     /// multicast group, where every peer would read it.)
     fn emit_all(&mut self, mut h: Heartbeat) {
-        let earlier: Vec<(String, usize)> = self.peers.iter().filter_map(|(n, p)| Some((n.clone(), p.list?))).collect();
+        let earlier = self.earlier_peers();
         if !earlier.is_empty() {
             h.flags &= !FLAG_ROUTINE;
         }
@@ -620,7 +658,11 @@ impl Cluster {
 
     /// Sends `h` to peer `node` only, in its list.
     fn emit_to(&mut self, node: &str, h: Heartbeat) {
-        let heartbeat = match self.peers.get(node).and_then(|p| p.list) {
+        let list = match self.peers.get(node) {
+            Some(p) => p.list.filter(|_| !p.translating),
+            None => self.presumed.get(node).copied(),
+        };
+        let heartbeat = match list {
             Some(k) => self.known[k].speak(&h),
             None => h,
         };
@@ -839,6 +881,7 @@ impl Cluster {
             false => self.known.iter().position(|k| k.digest == h.digest && k.len() == h.count as usize),
         };
         let same_config = list.is_some() || (h.digest == self.digest && h.count as usize == n);
+        let translating = list.is_some() && h.flags & FLAG_EARLIER_LIST != 0;
         // On an earlier list of ours: read over ours from here on.
         let h = match list {
             Some(k) => self.known[k].read(h, n, self.digest),
@@ -894,6 +937,7 @@ impl Cluster {
                 && p.syncing == syncing
                 && p.same_config == same_config
                 && p.list == list
+                && p.translating == translating
                 && p.held == h.held
                 && p.busy == h.busy
                 && p.declined == h.declined
@@ -970,6 +1014,7 @@ impl Cluster {
         let seen = old.as_ref().filter(|p| p.incarnation == h.incarnation).map_or(0, |p| p.seen);
         let highest = old.as_ref().map_or(h.incarnation, |p| p.highest.max(h.incarnation)).max(known_higher);
         let (jitter, probes) = old.map(|p| (p.jitter, p.probes)).unwrap_or_default();
+        self.presumed.remove(&h.node);
         self.peers.insert(
             h.node.clone(),
             Peer {
@@ -980,6 +1025,7 @@ impl Cluster {
                 syncing: h.flags & FLAG_SYNCING != 0,
                 same_config,
                 list,
+                translating,
                 held: h.held,
                 busy: h.busy,
                 declined: h.declined,
@@ -1507,9 +1553,14 @@ impl Cluster {
         // hold (see `lists_differ`); so for a DVIPA whose settings differ on a live node's
         // earlier list (see `lists`).
         let unreadable = self.lists_differ();
-        let earlier: Vec<usize> = self.peers.values().filter(|p| p.alive).filter_map(|p| p.list).collect();
+        // (One that speaks an earlier list for this node says nothing of a DVIPA not in it.)
+        let earlier: Vec<(usize, bool)> =
+            self.peers.values().filter(|p| p.alive).filter_map(|p| Some((p.list?, p.translating))).collect();
         for i in 0..self.dvipas.len() {
-            let differ = unreadable || earlier.iter().any(|&k| self.known[k].changed(i));
+            let differ = unreadable
+                || earlier
+                    .iter()
+                    .any(|&(k, translating)| self.known[k].changed(i) || (translating && self.known[k].absent(i)));
             let others: Vec<String> = self.peers.keys().filter(|n| self.claims(n, i)).cloned().collect();
             if !others.is_empty() {
                 self.moving[i] = false;
