@@ -1590,6 +1590,90 @@ fn a_rolling_change_that_removes_a_dvipa_leaves_it_to_the_nodes_that_still_list_
     }
 }
 
+/// A rolling change that swaps the ranks of a DVIPA's backups: its holder dies while s2
+/// has the new list (where s2 comes first) and s1 the old one (where s1 does). Each would
+/// pick itself; so the node on the new list holds it still, tells the others it is no
+/// candidate, and s1 takes it alone. Once s1 has the new list too, it hands it to s2.
+#[test]
+fn a_dvipa_whose_settings_a_rolling_change_alters_is_taken_over_by_one_side_only() {
+    for seed in 1..10 {
+        let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
+        s.run(ms(600));
+        s.watch = s.t;
+        // 198.18.7.3: owner s3; backups s1 200, s2 100 before, s1 100, s2 200 after.
+        let mut new = dvipas(3, Takeback::Immediate);
+        for (_, rank) in &mut new[2].backups {
+            *rank = if *rank == 200 { 100 } else { 200 };
+        }
+        s.reload("s2", new.clone(), 2);
+        s.run(s.t + ms(300));
+        let killed = s.t;
+        s.kill("s3");
+        s.run(killed + ms(500));
+        assert_eq!(s.holders(2), vec!["s1".to_string()], "seed {seed}: {:?}", s.moves);
+        assert_eq!(s.max_holders[2], 1, "seed {seed}: two holders: {:?}", s.moves);
+        s.reload("s1", new, 2);
+        s.run(s.t + ms(1000));
+        assert_eq!(s.holders(2), vec!["s2".to_string()], "seed {seed}: {:?}", s.moves);
+        assert!(s.max_holders.iter().all(|m| *m == 1), "seed {seed}: {:?}", s.max_holders);
+        assert!(s.beside.is_empty(), "seed {seed}: {:?}", s.beside);
+    }
+}
+
+/// Rolling changes at random: the new list adds a DVIPA, drops one and changes the
+/// settings of another; the nodes are reloaded in a random order, some at the same moment,
+/// with 5 % loss, one of them dying and coming back meanwhile. No node ever activates an
+/// address beside a live copy, and once every node has the new list each DVIPA is with its
+/// owner alone.
+#[test]
+fn rolling_changes_in_any_order_never_activate_an_address_beside_a_copy() {
+    for seed in 1..30 {
+        let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
+        s.loss = 0.05;
+        s.run(ms(600));
+        let mut new = dvipas(5, Takeback::Immediate);
+        new.remove(1);
+        // (198.18.7.3, s3's: its backups' ranks swapped.)
+        for (_, rank) in &mut new[1].backups {
+            *rank = if *rank == 200 { 100 } else { 200 };
+        }
+        let mut order = vec!["s1", "s2", "s3"];
+        let r = s.rng.next() as usize;
+        order.rotate_left(r % 3);
+        if r & 4 != 0 {
+            order.swap(0, 1);
+        }
+        let victim = order[(r >> 3) % 3];
+        for (step, n) in order.iter().enumerate() {
+            if *n == victim {
+                // Dies before its turn, and comes back with the new list.
+                s.kill(n);
+                let down = ms(150 + s.rng.next() % 200);
+                s.run(s.t + down);
+                s.start_with(n, 2, new.clone());
+            } else {
+                s.reload(n, new.clone(), 2);
+            }
+            // Sometimes the next reload follows at once.
+            let pause = ms(if s.rng.next() % 3 == 0 { s.rng.next() % 5 } else { 50 + s.rng.next() % 400 });
+            s.run(s.t + pause);
+            assert!(s.beside.is_empty(), "seed {seed}, after {n} (step {step}): {:?}", s.beside);
+        }
+        s.loss = 0.0;
+        s.run(s.t + ms(2000));
+        for d in &new {
+            assert_eq!(
+                s.holding(d.address),
+                vec![d.owner.clone()],
+                "seed {seed}: {} ({order:?}, {victim} died)",
+                d.address
+            );
+        }
+        assert!(s.beside.is_empty(), "seed {seed}: activated beside a copy: {:?}", s.beside);
+        assert!(s.nodes.values().all(|n| n.c.on_earlier_lists().is_empty()), "seed {seed}");
+    }
+}
+
 /// Three nodes with majority quorum, s1 holding the one DVIPA, watched from then on.
 fn held_by_s1_and_watched(seed: u64) -> Sim {
     let mut s = Sim::new(3, dvipas(1, Takeback::Immediate), Quorum::Majority, seed);
