@@ -1655,7 +1655,7 @@ fn rolling_changes_in_any_order_never_activate_an_address_beside_a_copy() {
                 s.reload(n, new.clone(), 2);
             }
             // Sometimes the next reload follows at once.
-            let pause = ms(if s.rng.next() % 3 == 0 { s.rng.next() % 5 } else { 50 + s.rng.next() % 400 });
+            let pause = ms(if s.rng.next().is_multiple_of(3) { s.rng.next() % 5 } else { 50 + s.rng.next() % 400 });
             s.run(s.t + pause);
             assert!(s.beside.is_empty(), "seed {seed}, after {n} (step {step}): {:?}", s.beside);
         }
