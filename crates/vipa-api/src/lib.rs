@@ -123,6 +123,10 @@ pub struct MemberView {
     /// and spoken to, in that list, DVIPA by DVIPA.
     #[serde(default)]
     pub earlier_list: bool,
+    /// It speaks to this node in a list this node had before (its own is another, most
+    /// likely this node's new one): read DVIPA by DVIPA until it hears this node.
+    #[serde(default)]
+    pub later_list: bool,
     /// Smoothed round trip of its probes, in microseconds.
     #[serde(default)]
     pub rtt_us: Option<u64>,

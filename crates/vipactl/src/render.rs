@@ -219,6 +219,8 @@ pub fn cluster(c: &ClusterView) -> String {
         } else if m.earlier_list {
             // (Read DVIPA by DVIPA in a list this node had before its reload.)
             "earlier"
+        } else if m.later_list {
+            "later"
         } else if m.same_config {
             "same"
         } else {

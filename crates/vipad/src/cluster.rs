@@ -163,6 +163,9 @@ pub struct ClusterShell {
     unicast_to: BTreeSet<String>,
     /// Lines for the event stream that are not the core's.
     events: Vec<String>,
+    /// News of a drain outside the cluster thread's turn (see `send_queued`) for the next
+    /// one: whether the kernel must follow, and announcements are due.
+    held_over: (bool, bool),
     /// Which node each configured peer address was last heard from.
     heard_at: BTreeMap<IpAddr, String>,
 }
@@ -690,6 +693,7 @@ impl ClusterShell {
             multicast,
             unicast_to: BTreeSet::new(),
             events: Vec::new(),
+            held_over: (false, false),
             heard_at: BTreeMap::new(),
         }));
         let (thread_shared, counting_shared, counting_tx) = (shared.clone(), shared.clone(), tx.clone());
@@ -730,9 +734,13 @@ impl ClusterShell {
         if c == self.core.config && config.dvipas == self.core.dvipas {
             return Ok(false);
         }
-        // An address being released is on its way out, not a copy to keep.
-        let leaving: BTreeMap<IpAddr, Releasing> =
-            std::mem::take(&mut self.releasing).into_iter().map(|(i, r)| (self.core.dvipas[i].address, r)).collect();
+        // An address being released is on its way out, not a copy to keep (unless taken
+        // back since).
+        let leaving: BTreeMap<IpAddr, Releasing> = std::mem::take(&mut self.releasing)
+            .into_iter()
+            .filter(|(i, _)| self.core.is_going(*i))
+            .map(|(i, r)| (self.core.dvipas[i].address, r))
+            .collect();
         let present: Vec<IpAddr> = kept(config, observed).into_iter().filter(|a| !leaving.contains_key(a)).collect();
         // What the operator deactivated here stays so.
         let declined = self.core.declined_addresses();
@@ -740,13 +748,20 @@ impl ClusterShell {
             reserve_send_buffer(&self.sock, c.peers.len());
         }
         let lists = self.core.lists();
+        let old_held: Vec<IpAddr> =
+            self.core.dvipas.iter().zip(&self.core.held).filter(|(_, h)| **h).map(|(d, _)| d.address).collect();
+        let old_unlisted: Vec<IpAddr> = self.core.unlisted().collect();
         self.core = Cluster::new(c, config.dvipas.clone(), now, new_incarnation(), &present);
         self.core.decline(&declined);
         // Peers still on the list this node had (or one before) are read in it.
         self.core.knows(lists);
-        // Still marked going while they go, at their place in the new list (the deletion
-        // of one no longer listed is not left for later: see `Plan::releases`).
-        self.core.still_going(&leaving.keys().copied().collect::<Vec<_>>());
+        // Still marked going while they go, at their place in the new list; so are those the
+        // new list no longer names that this host held, or still has from an earlier
+        // reload, towards peers on an earlier list (the deletion of one no longer listed
+        // is not left for later: see `Plan::releases`).
+        let dropped =
+            old_held.into_iter().chain(old_unlisted).filter(|a| !config.dvipas.iter().any(|d| d.address == *a));
+        self.core.still_going(&leaving.keys().copied().chain(dropped).collect::<Vec<_>>());
         self.releasing = leaving.into_iter().filter_map(|(a, r)| Some((self.core.index(a)?, r))).collect();
         info!(still_deactivated = ?declined, "cluster configuration changed; listening before claiming");
         Ok(true)
@@ -950,6 +965,7 @@ impl ClusterShell {
     /// thread.
     pub fn drain(&mut self) -> News {
         let mut news = News { events: std::mem::take(&mut self.events), ..News::default() };
+        (news.kernel, news.announce) = std::mem::take(&mut self.held_over);
         let outputs: Vec<Output> = std::iter::from_fn(|| self.core.poll_output()).collect();
         let moves = outputs.iter().filter(|o| matches!(o, Output::Activate { .. } | Output::Release { .. })).count();
         if moves > 0 {
@@ -977,7 +993,7 @@ impl ClusterShell {
         };
         for o in outputs {
             match o {
-                Output::Heartbeat(h) => {
+                Output::Heartbeat { heartbeat: h, except } => {
                     let h = self.unicast_if_outside(h);
                     // A routine heartbeat, the same for every peer: once, to the group. Just
                     // joined again from outside, this node sends one to the group as well.
@@ -996,14 +1012,14 @@ impl ClusterShell {
                         self.datagram_to(&datagram, &group);
                     }
                     if to_group.is_none() || also {
-                        self.send_signed(&h, &datagram, false);
+                        self.send_signed(&h, &datagram, false, &except);
                     } else {
                         for node in self.outside_the_group() {
                             self.send_to(node, &datagram);
                         }
                         // A missed peer reads the group's copy only at its next turn; the
                         // prompt one, by unicast, at once.
-                        self.send_signed(&h, &datagram, true);
+                        self.send_signed(&h, &datagram, true, &except);
                     }
                 }
                 Output::HeartbeatTo { node, heartbeat } => {
@@ -1060,17 +1076,20 @@ impl ClusterShell {
         self.unicast_to.iter().filter(|n| self.core.peers.get(*n).is_some_and(|p| p.alive))
     }
 
-    /// Sends `h`, signed as `datagram`, to every peer; with `missed_only`, to the missed
-    /// peers only (the others have it by the group). A routine heartbeat goes to a missed
+    /// Sends `h`, signed as `datagram`, to every peer but the nodes `except`; with
+    /// `missed_only`, to the missed peers only (the others have it by the group). A routine heartbeat goes to a missed
     /// peer (see `unheard`) as a prompt one: after a partition, the first to reach the peer
     /// is read there at once (not at its next turn, up to an interval later), and the split
     /// ends as soon as the link lets it through.
-    fn send_signed(&self, h: &Heartbeat, datagram: &[u8], missed_only: bool) {
+    fn send_signed(&self, h: &Heartbeat, datagram: &[u8], missed_only: bool, except: &[String]) {
         let prompt = self.prompt_for_unheard(h);
-        // Peers on an earlier DVIPA list get theirs, laid out in it, by itself.
-        let earlier = self.core.on_earlier_lists();
+        // Peers on an earlier DVIPA list get theirs, laid out in it, by itself: known by the
+        // configured address they were heard at, or the one they were last heard from.
         let elsewhere = |p: &SocketAddr| {
-            !earlier.is_empty() && self.heard_at.get(&p.ip().to_canonical()).is_some_and(|n| earlier.contains(n))
+            let ip = p.ip().to_canonical();
+            !except.is_empty()
+                && (self.heard_at.get(&ip).is_some_and(|n| except.contains(n))
+                    || except.iter().any(|n| self.addresses.get(n).is_some_and(|a| a.ip().to_canonical() == ip)))
         };
         for p in self.core.config.peers.iter().filter(|p| !elsewhere(p)) {
             match &prompt {
@@ -1143,8 +1162,11 @@ impl ClusterShell {
         if let Some(first) = overdue.first() {
             warn!(dvipas = overdue.len(), %first, "released, but the address is still on this host (not added by vipa, or its deletion failed): still marked going, so that no other node takes it too");
         }
-        if !gone.is_empty() {
+        // (An address the list no longer names is never added again: gone is gone.)
+        let unlisted_gone: Vec<IpAddr> = self.core.unlisted().filter(|a| !here.contains(a)).collect();
+        if !gone.is_empty() || !unlisted_gone.is_empty() {
             self.core.addresses_gone(now, gone);
+            self.core.unlisted_gone(now, &unlisted_gone);
             self.send_queued();
         }
     }
@@ -1185,12 +1207,12 @@ impl ClusterShell {
     }
 
     /// Sends the heartbeats the core has queued outside the cluster thread's turn (after
-    /// kernel work). Nothing else comes of what called for them; should anything, it
-    /// waits for the next turn.
+    /// kernel work). Nothing else comes of what called for them; should anything, the
+    /// cluster thread's next drain passes it on.
     fn send_queued(&mut self) {
         let news = self.drain();
-        debug_assert!(!news.kernel, "a DVIPA moved outside the cluster thread's turn");
         self.events.extend(news.events);
+        self.held_over = (news.kernel, news.announce);
     }
 
     /// The DVIPAs this node holds, for the planner, and the version they are.
@@ -1257,6 +1279,7 @@ impl ClusterShell {
             incarnation: None,
             same_config: true,
             earlier_list: false,
+            later_list: false,
             rtt_us: None,
             confirm_us: None,
             confirm_learned: false,
@@ -1280,6 +1303,7 @@ impl ClusterShell {
                 incarnation: Some(p.incarnation),
                 same_config: p.same_config,
                 earlier_list: p.on_earlier_list(),
+                later_list: p.on_later_list(),
                 rtt_us: p.rtt.map(|(srtt, _)| srtt.as_micros() as u64),
                 confirm_us: Some(confirm_window(p, c.config.interval).as_micros() as u64),
                 confirm_learned: p.punctuality_known,
@@ -1297,6 +1321,7 @@ impl ClusterShell {
                     incarnation: None,
                     same_config: false,
                     earlier_list: false,
+                    later_list: false,
                     rtt_us: None,
                     confirm_us: None,
                     confirm_learned: false,

@@ -1094,8 +1094,11 @@ fn a_rolling_change_of_the_dvipa_list_brings_a_new_dvipa_up_and_takeover_goes_on
     assert!(up.is_some(), "the new DVIPA is not up on s2: {:?}\n{}", env.holders(NEW), env.log(2));
     // s2 reads s1 and s3 in the list it had; they read s2 as they always did.
     for peer in ["s1", "s3"] {
-        let m = env.member(2, peer);
-        assert!(m["earlier_list"] == true && m["same_config"] == true, "s2's view of {peer}: {m}");
+        let read = wait_for(Duration::from_secs(2), || {
+            let m = env.member(2, peer);
+            (m["earlier_list"] == true && m["same_config"] == true).then_some(())
+        });
+        assert!(read.is_some(), "s2's view of {peer}: {}", env.member(2, peer));
     }
     assert!(out(&env.vipactl(2, &["cluster"])).contains(" earlier"), "{}", out(&env.vipactl(2, &["cluster"])));
     for k in [1, 3] {
@@ -1110,11 +1113,15 @@ fn a_rolling_change_of_the_dvipa_list_brings_a_new_dvipa_up_and_takeover_goes_on
     eprintln!("rolling change: s2 took over after {:?}", t.elapsed());
     assert!(env.log(2).contains("node s1 is dead"), "{}", env.log(2));
     assert_eq!(env.holders(NEW), vec![2], "the new DVIPA stays on s2");
-    // The change ends on s3: nothing moves, and nobody is on an earlier list any more.
+    // The change ends on s3: nothing moves, and s2 and s3 read each other on the same
+    // list (neither speaks the old one to the other).
     env.write_config(3, &cluster, &added);
     assert!(env.vipactl(3, &["reload"]).status.success());
-    let same = wait_for(Duration::from_secs(3), || (env.member(2, "s3")["earlier_list"] == false).then_some(()));
-    assert!(same.is_some(), "{}", out(&env.vipactl(2, &["cluster"])));
+    let plain =
+        |m: serde_json::Value| m["same_config"] == true && m["earlier_list"] == false && m["later_list"] == false;
+    let same =
+        wait_for(Duration::from_secs(3), || (plain(env.member(2, "s3")) && plain(env.member(3, "s2"))).then_some(()));
+    assert!(same.is_some(), "{}\n{}", out(&env.vipactl(2, &["cluster"])), out(&env.vipactl(3, &["cluster"])));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!((env.holders(DVIPA), env.holders(NEW)), (vec![1, 2], vec![2]), "{}", env.log(3));
 }

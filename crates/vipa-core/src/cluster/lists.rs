@@ -9,18 +9,23 @@
 //! - **the same** (address, owner, backups and takeback): both read each other's state of
 //!   it in full; takeovers and handovers go on as if the lists matched;
 //! - **changed** (same address, other settings): each node would pick its holder by its own
-//!   settings, so while such a peer is alive nobody takes it and a holder keeps it, as
-//!   when the lists cannot be read at all; the peer is told this node is no candidate;
+//!   settings. While a live peer on the earlier list is a candidate for it there (or holds
+//!   it), this node takes it from nobody and a holder here keeps it; the peer is told this
+//!   node is no candidate (unless it holds it), so the nodes on the earlier list decide
+//!   among themselves. A peer that is no candidate there is read as declining it;
 //! - **absent** from the earlier list: the peer does not know it, so it never holds it and
 //!   is no candidate. (An address only in the earlier list is told the same way the other
 //!   way round.)
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 use vipa_wire::cluster::{bit, set_bit, Heartbeat, FLAG_EARLIER_LIST};
 
 use super::{digest, DvipaConfig};
 
-/// Earlier lists kept, newest first: a rolling change that is itself changed again before
-/// every node has it still reads every node.
+/// Earlier lists kept, newest first: a node still reads a peer one or two reloads behind
+/// it (a change changed again before every node had it).
 pub const KEPT: usize = 2;
 
 /// One earlier list and how it maps to this node's.
@@ -60,16 +65,22 @@ impl Known {
         matches!(self.ours[i], Some((_, false)))
     }
 
-    /// Whether our DVIPA `i` is not in the earlier list.
-    pub fn absent(&self, i: usize) -> bool {
-        self.ours[i].is_none()
+    /// Whether our DVIPA `i` is in the earlier list with the same settings.
+    pub fn same(&self, i: usize) -> bool {
+        matches!(self.ours[i], Some((_, true)))
+    }
+
+    /// Whether `node` is the owner or a backup of our DVIPA `i` in the earlier list.
+    pub fn candidate_there(&self, i: usize, node: &str) -> bool {
+        self.ours[i].is_some_and(|(j, _)| self.list[j].rank(node).is_some())
     }
 
     /// A heartbeat laid out over the earlier list, read over ours (`n` DVIPAs, `digest`):
     /// what the sender says of a changed DVIPA counts but its being busy (its takeback may
-    /// differ). A sender on that list declines a DVIPA absent from it (it does not know
-    /// it); one that speaks it for us ([`FLAG_EARLIER_LIST`]) is on another list, so what
-    /// it says of such a DVIPA is unknown (the caller holds it still).
+    /// differ), and it declines one it is no candidate for in that list (it never takes
+    /// it). A sender on that list declines a DVIPA absent from it (it does not know it);
+    /// one that speaks it for us ([`FLAG_EARLIER_LIST`]) is on another list, so what it
+    /// says of such a DVIPA is unknown (the caller holds it still).
     pub fn read(&self, mut h: Heartbeat, n: usize, digest: u64) -> Heartbeat {
         let on_it = h.flags & FLAG_EARLIER_LIST == 0;
         let mut maps = [(); 4].map(|_| vec![0u8; n.div_ceil(8)]);
@@ -77,9 +88,10 @@ impl Known {
         for (i, at) in self.ours.iter().enumerate() {
             match *at {
                 Some((j, same)) => {
+                    let never = !same && on_it && self.list[j].rank(&h.node).is_none();
                     set_bit(held, i, bit(&h.held, j));
                     set_bit(busy, i, same && bit(&h.busy, j));
-                    set_bit(declined, i, bit(&h.declined, j));
+                    set_bit(declined, i, bit(&h.declined, j) || never);
                     set_bit(going, i, bit(&h.going, j));
                 }
                 None => set_bit(declined, i, on_it),
@@ -93,8 +105,9 @@ impl Known {
 
     /// Our heartbeat `h` laid out over the earlier list, for a peer still on it: this node
     /// declines a DVIPA the earlier list has with other settings (unless it holds it: it
-    /// keeps it) or that ours does not have.
-    pub fn speak(&self, h: &Heartbeat) -> Heartbeat {
+    /// keeps it) or that ours does not have; one of the latter whose address this host
+    /// still has (`unlisted`: a reload dropped it, and it is being deleted) is going.
+    pub fn speak(&self, h: &Heartbeat, unlisted: &BTreeSet<IpAddr>) -> Heartbeat {
         let n = self.len();
         let mut maps = [(); 4].map(|_| vec![0u8; n.div_ceil(8)]);
         let [held, busy, declined, going] = &mut maps;
@@ -107,7 +120,10 @@ impl Known {
                     set_bit(declined, j, bit(&h.declined, i) || (!same && !holds));
                     set_bit(going, j, bit(&h.going, i));
                 }
-                None => set_bit(declined, j, true),
+                None => {
+                    set_bit(declined, j, true);
+                    set_bit(going, j, unlisted.contains(&self.list[j].address));
+                }
             }
         }
         let mut out = h.clone();
@@ -179,18 +195,24 @@ mod tests {
     fn a_peer_on_an_earlier_list_is_read_dvipa_by_dvipa_and_declines_what_it_does_not_know() {
         let (earlier, ours) = lists();
         let k = Known::new(earlier, &ours);
-        assert!(!k.changed(0) && k.changed(1) && !k.changed(2));
+        assert!(k.same(0) && k.changed(1) && !k.same(2) && !k.changed(2));
         let pins = vec![(0, "s2".to_string(), 7), (1, "s2".to_string(), 8), (2, "s2".to_string(), 9)];
-        let h = beat(3, &[[true, true, false, false], [true, true, false, true], [true, false, false, false]], pins);
-        let read = k.read(h, 3, 42);
+        let mut h =
+            beat(3, &[[true, true, false, false], [true, true, false, true], [true, false, false, false]], pins);
+        h.node = "s1".into();
+        let read = k.read(h.clone(), 3, 42);
         assert_eq!((read.digest, read.count), (42, 3));
         // .1 in full; .2 but busy (its takeback may differ); .4 unknown there: declined.
-        assert_eq!(
-            maps(&read, 3),
-            vec![[true, true, false, false], [true, false, false, true], [false, false, true, false]]
-        );
+        let expect = vec![[true, true, false, false], [true, false, false, true], [false, false, true, false]];
+        assert_eq!(maps(&read, 3), expect);
         // Only the move of the DVIPA that is the same in both lists.
         assert_eq!(read.pins, vec![(0, "s2".to_string(), 7)]);
+        // A sender that is no candidate for .2 in the earlier list never takes it: declined.
+        h.node = "s9".into();
+        assert!(maps(&k.read(h.clone(), 3, 42), 3)[1][2]);
+        // One that speaks the earlier list for us is on another: .4 is unknown, not declined.
+        h.flags |= FLAG_EARLIER_LIST;
+        assert_eq!(maps(&k.read(h, 3, 42), 3)[2], [false; 4]);
     }
 
     #[test]
@@ -200,16 +222,19 @@ mod tests {
         // Holding .1 and .2 (busy on both), .4 going.
         let pins = vec![(0, "s3".to_string(), 5), (1, "s3".to_string(), 6), (2, "s3".to_string(), 7)];
         let h = beat(3, &[[true, true, false, false], [true, true, false, false], [false, false, false, true]], pins);
-        let spoken = k.speak(&h);
+        let none = BTreeSet::new();
+        let spoken = k.speak(&h, &none);
         assert_eq!((spoken.digest, spoken.count), (digest(&earlier), 3));
+        assert_ne!(spoken.flags & FLAG_EARLIER_LIST, 0);
         // .1 in full; .2 held (kept) but not busy; .3 not known here: declined.
-        assert_eq!(
-            maps(&spoken, 3),
-            vec![[true, true, false, false], [true, false, false, false], [false, false, true, false]]
-        );
+        let expect = vec![[true, true, false, false], [true, false, false, false], [false, false, true, false]];
+        assert_eq!(maps(&spoken, 3), expect);
         assert_eq!(spoken.pins, vec![(0, "s3".to_string(), 5)]);
+        // .3 still on this host (a reload dropped it while held): going as well.
+        let still: BTreeSet<IpAddr> = [IpAddr::from([198, 18, 7, 3])].into();
+        assert_eq!(maps(&k.speak(&h, &still), 3)[2], [false, false, true, true]);
         // Not holding .2 (changed): declined, so that the earlier list's order skips this node.
         let h = beat(3, &[[false; 4], [false; 4], [false; 4]], vec![]);
-        assert!(maps(&k.speak(&h), 3)[1][2]);
+        assert!(maps(&k.speak(&h, &none), 3)[1][2]);
     }
 }

@@ -146,10 +146,11 @@ pub enum DvipaStatus {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
-    /// Send this heartbeat to every peer.
-    Heartbeat(Heartbeat),
-    /// Send this heartbeat to one peer only (a probe), at the address its last heartbeat
-    /// came from.
+    /// Send this heartbeat to every peer but those in `except`, which get theirs by itself
+    /// (laid out in the DVIPA list they are on: see `lists`).
+    Heartbeat { heartbeat: Heartbeat, except: Vec<String> },
+    /// Send this heartbeat to one peer only (a probe, or one in the list the peer is on),
+    /// at the address its last heartbeat came from.
     HeartbeatTo { node: String, heartbeat: Heartbeat },
     /// Put the address in the kernel and announce it.
     Activate { index: usize, cause: String },
@@ -231,6 +232,12 @@ impl Peer {
     /// Whether it is on a DVIPA list this node had before a reload (see `lists`).
     pub fn on_earlier_list(&self) -> bool {
         self.list.is_some() && !self.translating
+    }
+
+    /// Whether it speaks to this node in a list this node had before (it believes this
+    /// node still on it): its own list is another, most likely this node's by now.
+    pub fn on_later_list(&self) -> bool {
+        self.list.is_some() && self.translating
     }
 }
 
@@ -503,8 +510,13 @@ pub struct Cluster {
     /// The DVIPA lists this node had before its reloads, newest first (see `lists`).
     known: Vec<lists::Known>,
     /// Peers on one of them before the reload, not heard since: spoken to in it meanwhile
-    /// (else they would read this node's first heartbeats as a list they cannot read).
+    /// (else they would read this node's first heartbeats as a list they cannot read),
+    /// until this node has listened.
     presumed: BTreeMap<String, usize>,
+    /// Addresses this host still has that its list no longer names (a reload dropped them
+    /// while held or going): going for peers on an earlier list that names them, until
+    /// the shell says they are gone ([`Cluster::unlisted_gone`]).
+    unlisted: std::collections::BTreeSet<IpAddr>,
 }
 
 type Said = (u16, [Vec<u8>; 4], Vec<(u32, String, u64)>);
@@ -588,6 +600,7 @@ impl Cluster {
             extended: 0,
             known: Vec::new(),
             presumed: BTreeMap::new(),
+            unlisted: Default::default(),
             config,
             dvipas,
         }
@@ -598,6 +611,8 @@ impl Cluster {
     /// read and spoken to in it (see `lists`), so that a rolling change of the list does
     /// not stop takeovers.
     pub fn knows(&mut self, lists: Lists) {
+        // (Peers hold indexes into `known`: only a core that heard none yet.)
+        debug_assert!(self.peers.is_empty(), "knows() after peers were heard");
         self.known.clear();
         for list in lists.carried {
             let k = lists::Known::new(list, &self.dvipas);
@@ -618,19 +633,23 @@ impl Cluster {
     /// For the core that replaces this one on a reload ([`Cluster::knows`]).
     pub fn lists(&self) -> Lists {
         let carried = std::iter::once(self.dvipas.clone()).chain(self.known.iter().map(|k| k.list.clone())).collect();
-        // (One that speaks an earlier list for this node is on a list not known here.)
-        let peers = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.same_config && !p.translating)
-            .map(|(n, p)| (n.clone(), p.list.map_or(self.digest, |k| self.known[k].digest)))
-            .collect();
-        Lists { carried, peers }
+        // (One that speaks an earlier list for this node has moved on, most likely to this
+        // node's list; one presumed is not heard yet.)
+        let heard = self.peers.iter().filter(|(_, p)| p.alive && p.same_config).map(|(n, p)| {
+            let list = p.list.filter(|_| !p.translating);
+            (n.clone(), list.map_or(self.digest, |k| self.known[k].digest))
+        });
+        let presumed = self.presumed.iter().map(|(n, k)| (n.clone(), self.known[*k].digest));
+        Lists { carried, peers: heard.chain(presumed).collect() }
     }
 
-    /// The peers on an earlier list of this node's (see `lists`), with the list.
+    /// The live peers on an earlier list of this node's (see `lists`), with the list.
     fn earlier_peers(&self) -> Vec<(String, usize)> {
-        let heard = self.peers.iter().filter(|(_, p)| !p.translating).filter_map(|(n, p)| Some((n.clone(), p.list?)));
+        let heard = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.alive && !p.translating)
+            .filter_map(|(n, p)| Some((n.clone(), p.list?)));
         heard.chain(self.presumed.iter().map(|(n, k)| (n.clone(), *k))).collect()
     }
 
@@ -649,10 +668,14 @@ impl Cluster {
             h.flags &= !FLAG_ROUTINE;
         }
         let spoken: Vec<Output> = earlier
-            .into_iter()
-            .map(|(node, k)| Output::HeartbeatTo { node, heartbeat: self.known[k].speak(&h) })
+            .iter()
+            .map(|(node, k)| Output::HeartbeatTo {
+                node: node.clone(),
+                heartbeat: self.known[*k].speak(&h, &self.unlisted),
+            })
             .collect();
-        self.out.push_back(Output::Heartbeat(h));
+        let except = earlier.into_iter().map(|(n, _)| n).collect();
+        self.out.push_back(Output::Heartbeat { heartbeat: h, except });
         self.out.extend(spoken);
     }
 
@@ -663,7 +686,7 @@ impl Cluster {
             None => self.presumed.get(node).copied(),
         };
         let heartbeat = match list {
-            Some(k) => self.known[k].speak(&h),
+            Some(k) => self.known[k].speak(&h, &self.unlisted),
             None => h,
         };
         self.out.push_back(Output::HeartbeatTo { node: node.to_string(), heartbeat });
@@ -723,7 +746,7 @@ impl Cluster {
         // is still here. Until then the node is an ordinary live holder (silence would get
         // it declared dead).
         let mut h = Heartbeat {
-            flags: if self.leaving && !self.going.contains(&true) {
+            flags: if self.leaving && !self.going.contains(&true) && self.unlisted.is_empty() {
                 FLAG_LEAVING
             } else if self.syncing() {
                 FLAG_SYNCING
@@ -757,7 +780,7 @@ impl Cluster {
 
     /// A heartbeat to send at once (after kernel work that had to come first); the next
     /// regular one follows an interval later. It is never routine, nor is the next one.
-    pub fn heartbeat_now(&mut self, now: Instant) -> Heartbeat {
+    fn heartbeat_now(&mut self, now: Instant) -> Heartbeat {
         self.next_heartbeat = now + self.config.interval;
         (self.last_said, self.repeats) = (None, 0);
         self.heartbeat()
@@ -1303,6 +1326,9 @@ impl Cluster {
         }
         if self.syncing_until.is_some_and(|t| now >= t) {
             self.syncing_until = None;
+            // A peer not heard while listening is not presumed on its list any more (it may
+            // be gone for good, or on another list by now).
+            self.presumed.clear();
             self.extended = 0;
             self.out.push_back(Output::Event("listened for one dead interval; claiming from now on".into()));
             changed = true;
@@ -1415,8 +1441,8 @@ impl Cluster {
 
     /// The shell found the addresses of these DVIPAs gone from the kernel (after their
     /// release): they are no longer marked going, and a heartbeat says so at once, so that
-    /// their next holders take them now, not after the last one is deleted. It is the only
-    /// output (once going is empty, a leaving node's heartbeat says it is leaving).
+    /// their next holders take them now, not after the last one is deleted. Heartbeats are
+    /// the only outputs (once nothing is going, a leaving node's say it is leaving).
     pub fn addresses_gone(&mut self, now: Instant, indices: impl IntoIterator<Item = usize>) {
         let mut changed = false;
         for i in indices {
@@ -1430,13 +1456,35 @@ impl Cluster {
         }
     }
 
-    /// After a reload (`Cluster::new`): DVIPAs released before it whose addresses may still
-    /// be here are marked going again (an address no longer listed is not).
+    /// [`Cluster::addresses_gone`] for addresses the list no longer names (see
+    /// `still_going`).
+    pub fn unlisted_gone(&mut self, now: Instant, addrs: &[IpAddr]) {
+        let before = self.unlisted.len();
+        self.unlisted.retain(|a| !addrs.contains(a));
+        if self.unlisted.len() < before {
+            self.send_heartbeat(now);
+        }
+    }
+
+    /// The addresses the list no longer names that this host still has (see `still_going`).
+    pub fn unlisted(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.unlisted.iter().copied()
+    }
+
+    /// After a reload (`Cluster::new`): the addresses of DVIPAs given up before it that may
+    /// still be here are going again; so are those the new list no longer names that were
+    /// held or going, towards peers on an earlier list that names them (until
+    /// [`Cluster::unlisted_gone`]).
     pub fn still_going(&mut self, addrs: &[IpAddr]) {
         for a in addrs {
-            if let Some(i) = self.index(*a) {
-                self.held[i] = false;
-                self.going[i] = true;
+            match self.index(*a) {
+                Some(i) => {
+                    self.held[i] = false;
+                    self.going[i] = true;
+                }
+                None => {
+                    self.unlisted.insert(*a);
+                }
             }
         }
         self.maps = None;
@@ -1553,14 +1601,38 @@ impl Cluster {
         // hold (see `lists_differ`); so for a DVIPA whose settings differ on a live node's
         // earlier list (see `lists`).
         let unreadable = self.lists_differ();
-        // (One that speaks an earlier list for this node says nothing of a DVIPA not in it.)
-        let earlier: Vec<(usize, bool)> =
-            self.peers.values().filter(|p| p.alive).filter_map(|p| Some((p.list?, p.translating))).collect();
+        let earlier: Vec<(&str, usize, bool)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.alive)
+            .filter_map(|(n, p)| Some((n.as_str(), p.list?, p.translating)))
+            .collect();
+        let differs: Vec<bool> = (0..self.dvipas.len())
+            .map(|i| {
+                unreadable
+                    || earlier.iter().any(|&(n, k, translating)| {
+                        let k = &self.known[k];
+                        if translating {
+                            // On another list, speaking an earlier one for this node: what
+                            // it says of a DVIPA not the same there is not what it does.
+                            return !k.same(i);
+                        }
+                        // Settings changed: the nodes on the earlier list decide it, if one
+                        // of them may take it there or holds it.
+                        k.changed(i) && (k.candidate_there(i, n) || self.peers.get(n).is_some_and(|p| bit(&p.held, i)))
+                    })
+            })
+            .collect();
+        // A DVIPA held here and by a peer on an earlier list where its settings differ: the
+        // two sides cannot agree who comes first, so this side gives way.
+        let yields: Vec<Option<String>> = (0..self.dvipas.len())
+            .map(|i| {
+                let on_it = |n: &str| earlier.iter().any(|&(e, k, t)| e == n && !t && self.known[k].changed(i));
+                self.peers.keys().find(|n| self.claims(n, i) && on_it(n)).cloned()
+            })
+            .collect();
         for i in 0..self.dvipas.len() {
-            let differ = unreadable
-                || earlier
-                    .iter()
-                    .any(|&(k, translating)| self.known[k].changed(i) || (translating && self.known[k].absent(i)));
+            let differ = differs[i];
             let others: Vec<String> = self.peers.keys().filter(|n| self.claims(n, i)).cloned().collect();
             if !others.is_empty() {
                 self.moving[i] = false;
@@ -1594,6 +1666,11 @@ impl Cluster {
                     Some(("deactivated by the operator".to_string(), false))
                 } else if let Some(o) = others.iter().find(|o| pos(o) < pos(&me)) {
                     Some((format!("{o} also holds it and comes first"), false))
+                } else if let Some(o) = &yields[i] {
+                    Some((
+                        format!("{o} also holds it, with other settings for it on its DVIPA list: this side gives way"),
+                        false,
+                    ))
                 } else if desired.as_deref() != Some(me.as_str()) && !differ {
                     // (While a live node's list differs, nobody may take it: it stays.)
                     desired.as_ref().map(|d| (format!("handing over to {d}"), true))

@@ -38,12 +38,25 @@ struct Node {
     frozen: bool,
     /// What this node's kernel holds.
     kernel: Vec<bool>,
+    /// Addresses its kernel still has that its list no longer names (being deleted).
+    unlisted: Vec<IpAddr>,
     /// Routine heartbeats that arrived (when, what), read at the node's next wake (`Sim::lazy`).
     inbox: Vec<(Duration, Heartbeat)>,
     drift: f64,
     /// Extra milliseconds before what this node sends leaves it (a busy host).
     slow: u64,
 }
+
+impl Node {
+    /// Whether its kernel has `address` (by address: nodes on different lists number
+    /// DVIPAs differently).
+    fn has(&self, address: IpAddr) -> bool {
+        self.unlisted.contains(&address) || self.c.index(address).is_some_and(|j| self.kernel.get(j) == Some(&true))
+    }
+}
+
+/// The index [`Sim::deleted`] gives an address the node's list no longer names.
+const UNLISTED: usize = usize::MAX;
 
 struct Sim {
     nodes: BTreeMap<String, Node>,
@@ -88,7 +101,8 @@ struct Sim {
     beside: Vec<(Duration, String, usize)>,
     /// (node, dvipa index, cause) of each release.
     causes: Vec<(String, usize, String)>,
-    /// (time, node, dvipa index) of each deletion done after [`Sim::deletion`].
+    /// (time, node, dvipa index, or [`UNLISTED`]) of each deletion done after
+    /// [`Sim::deletion`].
     deleted: Vec<(Duration, String, usize)>,
 }
 
@@ -134,6 +148,7 @@ impl Sim {
                     stalled: false,
                     frozen: false,
                     kernel: vec![false; d.len()],
+                    unlisted: vec![],
                     inbox: vec![],
                     drift,
                     slow: 0,
@@ -194,12 +209,11 @@ impl Sim {
             let node = self.nodes.get_mut(name).unwrap();
             let Some(o) = node.c.poll_output() else { break };
             let (names, h) = match o {
-                Output::Heartbeat(h) => {
+                Output::Heartbeat { heartbeat: h, except } => {
                     self.busy_at.push((self.t, name.to_string()));
                     self.sent_flags.push((self.t, name.to_string(), h.flags));
                     // (Peers on an earlier list get theirs by itself.)
-                    let earlier = node.c.on_earlier_lists();
-                    (self.nodes.keys().filter(|n| *n != name && !earlier.contains(n)).cloned().collect(), h)
+                    (self.nodes.keys().filter(|n| *n != name && !except.contains(n)).cloned().collect(), h)
                 }
                 Output::HeartbeatTo { node, heartbeat } => {
                     self.directed += 1;
@@ -238,8 +252,7 @@ impl Sim {
         if let Output::Activate { index, .. } = o {
             // (By address: nodes on different lists number DVIPAs differently.)
             let address = self.nodes[name].c.dvipas[index].address;
-            let has = |node: &Node| node.c.index(address).is_some_and(|j| node.kernel.get(j) == Some(&true));
-            if self.nodes.iter().any(|(n, node)| n != name && node.up && has(node)) {
+            if self.nodes.iter().any(|(n, node)| n != name && node.up && node.has(address)) {
                 self.beside.push((self.t, name.to_string(), index));
             }
         }
@@ -291,6 +304,12 @@ impl Sim {
         self.deleting.retain(|d| !due.contains(d));
         for (_, name, address) in due {
             let node = self.nodes.get_mut(&name).unwrap();
+            if node.unlisted.contains(&address) {
+                node.unlisted.retain(|a| *a != address);
+                self.deleted.push((self.t, name.clone(), UNLISTED));
+                self.with(&name, |c, now| c.unlisted_gone(now, &[address]));
+                continue;
+            }
             let Some(i) = node.c.index(address) else { continue };
             node.kernel[i] = false;
             self.deleted.push((self.t, name.clone(), i));
@@ -377,6 +396,7 @@ impl Sim {
         let n = self.nodes.get_mut(name).unwrap();
         n.up = false;
         n.kernel.iter_mut().for_each(|k| *k = false);
+        n.unlisted.clear();
         n.inbox.clear();
     }
 
@@ -392,19 +412,34 @@ impl Sim {
         }
         let declined = n.c.declined_addresses();
         let lists = n.c.lists();
+        // What the new list no longer names is deleted (as the planner does), and going
+        // until then.
+        let listed = |a: &IpAddr| d.iter().any(|x| x.address == *a);
+        let dropped: Vec<IpAddr> =
+            present.iter().chain(&going).chain(&n.unlisted).copied().filter(|a| !listed(a)).collect();
+        present.retain(listed);
         n.c = Cluster::new(n.c.config.clone(), d, now, incarnation, &present);
         n.c.decline(&declined);
-        n.c.still_going(&going);
         n.c.knows(lists);
-        // Numbered by the new list; what it no longer has is deleted (as the planner does).
+        n.c.still_going(&going.iter().chain(&dropped).copied().collect::<Vec<_>>());
+        // Numbered by the new list.
         n.kernel = n.c.dvipas.iter().map(|d| present.contains(&d.address) || going.contains(&d.address)).collect();
+        n.unlisted = dropped.clone();
+        for a in dropped {
+            if !self.deleting.iter().any(|(_, m, x)| m == name && *x == a) {
+                let (lo, hi) = self.deletion;
+                let at = self.t + ms(lo + self.rng.next() % (hi - lo + 1));
+                self.deleting.push((at, name.to_string(), a));
+            }
+        }
+        // (At once, when deletions take no time.)
+        self.delete_due();
     }
 
     /// The nodes whose daemon runs and whose kernel has `address` (nodes on different
     /// lists number DVIPAs differently).
     fn holding(&self, address: IpAddr) -> Vec<String> {
-        let has = |n: &Node| n.c.index(address).is_some_and(|j| n.kernel.get(j) == Some(&true));
-        self.nodes.iter().filter(|(_, n)| n.up && has(n)).map(|(k, _)| k.clone()).collect()
+        self.nodes.iter().filter(|(_, n)| n.up && n.has(address)).map(|(k, _)| k.clone()).collect()
     }
 
     /// Only vipad on `name` is killed (SIGKILL): what its kernel has stays there.
@@ -921,7 +956,7 @@ fn planned_move_and_deactivation_hand_over_cleanly() {
 fn beat(c: &mut Cluster, at: Instant) -> Heartbeat {
     c.handle_timeout(at);
     std::iter::from_fn(|| c.poll_output())
-        .find_map(|o| if let Output::Heartbeat(h) = o { Some(h) } else { None })
+        .find_map(|o| if let Output::Heartbeat { heartbeat, .. } = o { Some(heartbeat) } else { None })
         .expect("a heartbeat")
 }
 
@@ -956,7 +991,7 @@ fn s1_after_s2_died() -> (Cluster, Instant) {
 /// The challenge `a` sends to every peer, if it sent one.
 fn challenge_of(a: &mut Cluster) -> Option<Heartbeat> {
     std::iter::from_fn(|| a.poll_output()).find_map(|o| match o {
-        Output::Heartbeat(p) if p.flags & vipa_wire::cluster::FLAG_PROBE != 0 => Some(p),
+        Output::Heartbeat { heartbeat: p, .. } if p.flags & vipa_wire::cluster::FLAG_PROBE != 0 => Some(p),
         _ => None,
     })
 }
@@ -1590,6 +1625,32 @@ fn a_rolling_change_that_removes_a_dvipa_leaves_it_to_the_nodes_that_still_list_
     }
 }
 
+/// A rolling change that removes a DVIPA its holder still holds: the holder, reloaded
+/// first, deletes it (slowly, as thousands of addresses are), and the nodes still on the
+/// old list take it over only once the copy is gone, then at once.
+#[test]
+fn a_dvipa_a_reload_drops_is_taken_by_the_nodes_still_listing_it_once_its_copy_is_gone() {
+    for seed in 1..10 {
+        let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
+        s.deletion = (150, 400);
+        s.run(ms(600));
+        let dropped = s.nodes["s1"].c.dvipas[0].address;
+        assert_eq!(s.holding(dropped), vec!["s1".to_string()], "seed {seed}");
+        let mut d = dvipas(3, Takeback::Immediate);
+        d.remove(0);
+        let at = s.t;
+        s.reload("s1", d, 2);
+        s.run(at + ms(1000));
+        // s2 (rank 200 on the old list) has it, after s1's copy went.
+        assert_eq!(s.holding(dropped), vec!["s2".to_string()], "seed {seed}: {:?}", s.moves);
+        let gone = s.deleted.iter().find(|e| e.0 >= at && e.1 == "s1" && e.2 == UNLISTED).expect("deleted").0;
+        let taken = activated(&s, "s2", 0, at).expect("s2 took it");
+        assert!(s.beside.is_empty(), "seed {seed}: taken beside s1's copy: {:?}", s.beside);
+        assert!(gone <= taken && taken <= gone + ms(5), "seed {seed}: gone at {gone:?}, taken at {taken:?}");
+        assert!(s.nodes["s1"].unlisted.is_empty() && s.nodes["s1"].c.unlisted().next().is_none(), "seed {seed}");
+    }
+}
+
 /// A rolling change that swaps the ranks of a DVIPA's backups: its holder dies while s2
 /// has the new list (where s2 comes first) and s1 the old one (where s1 does). Each would
 /// pick itself; so the node on the new list holds it still, tells the others it is no
@@ -1630,6 +1691,7 @@ fn rolling_changes_in_any_order_never_activate_an_address_beside_a_copy() {
     for seed in 1..30 {
         let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
         s.loss = 0.05;
+        s.deletion = (5, 150);
         s.run(ms(600));
         let mut new = dvipas(5, Takeback::Immediate);
         new.remove(1);
