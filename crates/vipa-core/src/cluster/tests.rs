@@ -1576,7 +1576,7 @@ fn a_rolling_change_that_adds_a_dvipa_brings_it_up_at_once_and_takeovers_go_on_m
         assert_eq!(s.nodes["s1"].c.on_earlier_lists(), vec!["s2", "s3"], "seed {seed}");
 
         // s3 dies in the middle of the change: its DVIPA (s1 rank 200, s2 rank 100) goes to
-        // s1, as fast as with matching lists.
+        // s1, by probing, well before the silence bound.
         let killed = s.t;
         s.kill("s3");
         s.run(killed + ms(400));
@@ -1679,6 +1679,32 @@ fn a_dvipa_whose_settings_a_rolling_change_alters_is_taken_over_by_one_side_only
         assert!(s.max_holders.iter().all(|m| *m == 1), "seed {seed}: {:?}", s.max_holders);
         assert!(s.beside.is_empty(), "seed {seed}: {:?}", s.beside);
     }
+}
+
+/// Two holders of a DVIPA whose settings a rolling change altered (quorum none, a healed
+/// partition): each side would keep it by its own order, so the side on the new list gives
+/// way, and the DVIPA moves where the new settings say once both have them.
+#[test]
+fn when_both_sides_of_a_rolling_change_hold_a_changed_dvipa_the_new_side_gives_way() {
+    let d = dvipas(1, Takeback::Immediate);
+    let old = vec![DvipaConfig { backups: vec![("s2".into(), 100)], ..d[0].clone() }];
+    let new = vec![DvipaConfig { owner: "s2".into(), backups: vec![("s1".into(), 100)], ..d[0].clone() }];
+    let mut s = Sim::new(2, old, Quorum::None, 5);
+    s.run(ms(500));
+    s.partition.insert("s1".into(), 1);
+    s.run(ms(900));
+    assert_eq!(s.holders(0).len(), 2, "quorum = none: both sides hold during the partition");
+    s.reload("s2", new.clone(), 2);
+    s.run(ms(1300));
+    s.partition.clear();
+    s.run(ms(1800));
+    assert_eq!(s.holders(0), vec!["s1".to_string()], "{:?}", s.causes);
+    assert!(s.causes.iter().any(|(n, _, c)| n == "s2" && c.contains("this side gives way")), "{:?}", s.causes);
+    s.watch = s.t;
+    s.reload("s1", new, 2);
+    s.run(ms(3000));
+    assert_eq!(s.holders(0), vec!["s2".to_string()], "the new owner once both have the new list");
+    assert_eq!(s.max_holders[0], 1);
 }
 
 /// Rolling changes at random: the new list adds a DVIPA, drops one and changes the
