@@ -1585,6 +1585,39 @@ impl Cluster {
             .or_else(|| self.peers.iter().find(|(n, _)| self.claims(n, i)).map(|(n, _)| n.clone()))
     }
 
+    /// With live peers on earlier lists (`earlier`: name, list, translating): for each
+    /// DVIPA, whether nobody here may take it and a holder here keeps it (see
+    /// `lists_differ`; `unreadable`: a peer's list is not known at all), and the peer this
+    /// node gives way to if both hold it.
+    fn across_lists(&self, earlier: &[(&str, usize, bool)], unreadable: bool) -> (Vec<bool>, Vec<Option<String>>) {
+        let differs = (0..self.dvipas.len())
+            .map(|i| {
+                unreadable
+                    || earlier.iter().any(|&(n, k, translating)| {
+                        let k = &self.known[k];
+                        if translating {
+                            // On another list, speaking an earlier one for this node: what
+                            // it says of a DVIPA not the same there is not what it does.
+                            return !k.same(i);
+                        }
+                        // Settings changed: the nodes on the earlier list decide it, if one
+                        // of them may take it there or holds it.
+                        k.changed(i) && (k.candidate_there(i, n) || self.peers.get(n).is_some_and(|p| bit(&p.held, i)))
+                    })
+            })
+            .collect();
+        // Held here and by a peer on an earlier list where its settings differ: the two
+        // sides cannot agree who comes first, so this side gives way.
+        let yields = (0..self.dvipas.len())
+            .map(|i| {
+                let on_it = |n: &str| earlier.iter().any(|&(e, k, t)| e == n && !t && self.known[k].changed(i));
+                let claimant = self.peers.keys().find(|n| self.claims(n, i) && on_it(n));
+                claimant.filter(|_| self.held[i]).cloned()
+            })
+            .collect();
+        (differs, yields)
+    }
+
     fn evaluate(&mut self, now: Instant) {
         self.maps = None;
         let quorum = self.has_quorum();
@@ -1607,32 +1640,12 @@ impl Cluster {
             .filter(|(_, p)| p.alive)
             .filter_map(|(n, p)| Some((n.as_str(), p.list?, p.translating)))
             .collect();
-        let differs: Vec<bool> = (0..self.dvipas.len())
-            .map(|i| {
-                unreadable
-                    || earlier.iter().any(|&(n, k, translating)| {
-                        let k = &self.known[k];
-                        if translating {
-                            // On another list, speaking an earlier one for this node: what
-                            // it says of a DVIPA not the same there is not what it does.
-                            return !k.same(i);
-                        }
-                        // Settings changed: the nodes on the earlier list decide it, if one
-                        // of them may take it there or holds it.
-                        k.changed(i) && (k.candidate_there(i, n) || self.peers.get(n).is_some_and(|p| bit(&p.held, i)))
-                    })
-            })
-            .collect();
-        // A DVIPA held here and by a peer on an earlier list where its settings differ: the
-        // two sides cannot agree who comes first, so this side gives way.
-        let yields: Vec<Option<String>> = (0..self.dvipas.len())
-            .map(|i| {
-                let on_it = |n: &str| earlier.iter().any(|&(e, k, t)| e == n && !t && self.known[k].changed(i));
-                self.peers.keys().find(|n| self.claims(n, i) && on_it(n)).cloned()
-            })
-            .collect();
-        for i in 0..self.dvipas.len() {
-            let differ = differs[i];
+        let n = self.dvipas.len();
+        // (Nobody on an earlier list, as almost always: nothing to look at per DVIPA.)
+        let across = (!earlier.is_empty()).then(|| self.across_lists(&earlier, unreadable));
+        for i in 0..n {
+            let differ = across.as_ref().map_or(unreadable, |(differs, _)| differs[i]);
+            let yields = across.as_ref().and_then(|(_, yields)| yields[i].clone());
             let others: Vec<String> = self.peers.keys().filter(|n| self.claims(n, i)).cloned().collect();
             if !others.is_empty() {
                 self.moving[i] = false;
@@ -1666,7 +1679,7 @@ impl Cluster {
                     Some(("deactivated by the operator".to_string(), false))
                 } else if let Some(o) = others.iter().find(|o| pos(o) < pos(&me)) {
                     Some((format!("{o} also holds it and comes first"), false))
-                } else if let Some(o) = &yields[i] {
+                } else if let Some(o) = &yields {
                     Some((
                         format!("{o} also holds it, with other settings for it on its DVIPA list: this side gives way"),
                         false,
