@@ -70,11 +70,6 @@ impl Known {
         matches!(self.ours[i], Some((_, true)))
     }
 
-    /// Whether `node` is the owner or a backup of our DVIPA `i` in the earlier list.
-    pub fn candidate_there(&self, i: usize, node: &str) -> bool {
-        self.ours[i].is_some_and(|(j, _)| self.list[j].rank(node).is_some())
-    }
-
     /// A heartbeat laid out over the earlier list, read over ours (`n` DVIPAs, `digest`):
     /// what the sender says of a changed DVIPA counts but its being busy (its takeback may
     /// differ), and it declines one it is no candidate for in that list (it never takes
@@ -103,11 +98,12 @@ impl Known {
         h
     }
 
-    /// Our heartbeat `h` laid out over the earlier list, for a peer still on it: this node
-    /// declines a DVIPA the earlier list has with other settings (unless it holds it: it
-    /// keeps it) or that ours does not have; one of the latter whose address this host
-    /// still has (`unlisted`: a reload dropped it, and it is being deleted) is going.
-    pub fn speak(&self, h: &Heartbeat, unlisted: &BTreeSet<IpAddr>) -> Heartbeat {
+    /// The bitmaps (held, busy, declined, going) of our heartbeat `h` laid out over the
+    /// earlier list, for a peer still on it: this node declines a DVIPA the earlier list
+    /// has with other settings (unless it holds it: it keeps it) or that ours does not
+    /// have; one of the latter whose address this host still has (`unlisted`: a reload
+    /// dropped it, and it is being deleted) is going.
+    pub fn layout(&self, h: &Heartbeat, unlisted: &BTreeSet<IpAddr>) -> [Vec<u8>; 4] {
         let n = self.len();
         let mut maps = [(); 4].map(|_| vec![0u8; n.div_ceil(8)]);
         let [held, busy, declined, going] = &mut maps;
@@ -126,10 +122,16 @@ impl Known {
                 }
             }
         }
+        maps
+    }
+
+    /// Our heartbeat `h` for a peer on the earlier list, with `maps` from
+    /// [`Known::layout`] (the same while `h`'s do not change).
+    pub fn speak(&self, h: &Heartbeat, maps: [Vec<u8>; 4]) -> Heartbeat {
         let mut out = h.clone();
         [out.held, out.busy, out.declined, out.going] = maps;
         out.pins = self.pins(&h.pins, &self.ours);
-        (out.digest, out.count) = (self.digest, n as u32);
+        (out.digest, out.count) = (self.digest, self.len() as u32);
         out.flags |= FLAG_EARLIER_LIST;
         out
     }
@@ -223,7 +225,8 @@ mod tests {
         let pins = vec![(0, "s3".to_string(), 5), (1, "s3".to_string(), 6), (2, "s3".to_string(), 7)];
         let h = beat(3, &[[true, true, false, false], [true, true, false, false], [false, false, false, true]], pins);
         let none = BTreeSet::new();
-        let spoken = k.speak(&h, &none);
+        let speak = |h: &Heartbeat, unlisted: &BTreeSet<IpAddr>| k.speak(h, k.layout(h, unlisted));
+        let spoken = speak(&h, &none);
         assert_eq!((spoken.digest, spoken.count), (digest(&earlier), 3));
         assert_ne!(spoken.flags & FLAG_EARLIER_LIST, 0);
         // .1 in full; .2 held (kept) but not busy; .3 not known here: declined.
@@ -232,9 +235,9 @@ mod tests {
         assert_eq!(spoken.pins, vec![(0, "s3".to_string(), 5)]);
         // .3 still on this host (a reload dropped it while held): going as well.
         let still: BTreeSet<IpAddr> = [IpAddr::from([198, 18, 7, 3])].into();
-        assert_eq!(maps(&k.speak(&h, &still), 3)[2], [false, false, true, true]);
+        assert_eq!(maps(&speak(&h, &still), 3)[2], [false, false, true, true]);
         // Not holding .2 (changed): declined, so that the earlier list's order skips this node.
         let h = beat(3, &[[false; 4], [false; 4], [false; 4]], vec![]);
-        assert!(maps(&k.speak(&h, &none), 3)[1][2]);
+        assert!(maps(&speak(&h, &none), 3)[1][2]);
     }
 }

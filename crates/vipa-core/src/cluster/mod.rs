@@ -434,6 +434,12 @@ pub struct Drops {
     pub foreign: u64,
 }
 
+/// The cause of a release to a peer on an earlier list that holds the DVIPA too (see
+/// `Cluster::across_lists`).
+fn gives_way(peer: &str) -> String {
+    format!("{peer} also holds it, with other settings for it on its DVIPA list: this side gives way")
+}
+
 /// What a core replaced on a reload hands the new one of the DVIPA lists (see `lists`).
 #[derive(Debug, Clone, Default)]
 pub struct Lists {
@@ -517,6 +523,9 @@ pub struct Cluster {
     /// while held or going): going for peers on an earlier list that names them, until
     /// the shell says they are gone ([`Cluster::unlisted_gone`]).
     unlisted: std::collections::BTreeSet<IpAddr>,
+    /// The last heartbeat's bitmaps laid out in each earlier list a peer is on (by index
+    /// in `known`), reused as `maps` is.
+    spoken: BTreeMap<usize, [Vec<u8>; 4]>,
 }
 
 type Said = (u16, [Vec<u8>; 4], Vec<(u32, String, u64)>);
@@ -601,6 +610,7 @@ impl Cluster {
             known: Vec::new(),
             presumed: BTreeMap::new(),
             unlisted: Default::default(),
+            spoken: BTreeMap::new(),
             config,
             dvipas,
         }
@@ -667,16 +677,21 @@ impl Cluster {
         if !earlier.is_empty() {
             h.flags &= !FLAG_ROUTINE;
         }
-        let spoken: Vec<Output> = earlier
-            .iter()
-            .map(|(node, k)| Output::HeartbeatTo {
-                node: node.clone(),
-                heartbeat: self.known[*k].speak(&h, &self.unlisted),
-            })
-            .collect();
+        // Theirs first: should the other reach one of them too (its address not known for
+        // sure), it is the one dropped as a duplicate.
+        for (node, k) in &earlier {
+            let heartbeat = self.spoken_in(*k, &h);
+            self.out.push_back(Output::HeartbeatTo { node: node.clone(), heartbeat });
+        }
         let except = earlier.into_iter().map(|(n, _)| n).collect();
         self.out.push_back(Output::Heartbeat { heartbeat: h, except });
-        self.out.extend(spoken);
+    }
+
+    /// `h` laid out in earlier list `k` (see `spoken`).
+    fn spoken_in(&mut self, k: usize, h: &Heartbeat) -> Heartbeat {
+        let (known, unlisted) = (&self.known[k], &self.unlisted);
+        let maps = self.spoken.entry(k).or_insert_with(|| known.layout(h, unlisted));
+        known.speak(h, maps.clone())
     }
 
     /// Sends `h` to peer `node` only, in its list.
@@ -686,7 +701,7 @@ impl Cluster {
             None => self.presumed.get(node).copied(),
         };
         let heartbeat = match list {
-            Some(k) => self.known[k].speak(&h, &self.unlisted),
+            Some(k) => self.spoken_in(k, &h),
             None => h,
         };
         self.out.push_back(Output::HeartbeatTo { node: node.to_string(), heartbeat });
@@ -765,6 +780,9 @@ impl Cluster {
         // While listening, the held bits are what the kernel still has from before (a
         // restart, a reload): not claims (the flag says so), but a copy that peers do not
         // activate beside.
+        if self.maps.is_none() {
+            self.spoken.clear();
+        }
         let maps = self.maps.get_or_insert_with(|| {
             [&self.held, &self.busy, &self.declined, &self.going].map(|bits| {
                 let mut map = vec![0u8; n.div_ceil(8)];
@@ -1459,9 +1477,12 @@ impl Cluster {
     /// [`Cluster::addresses_gone`] for addresses the list no longer names (see
     /// `still_going`).
     pub fn unlisted_gone(&mut self, now: Instant, addrs: &[IpAddr]) {
-        let before = self.unlisted.len();
-        self.unlisted.retain(|a| !addrs.contains(a));
-        if self.unlisted.len() < before {
+        let mut changed = false;
+        for a in addrs {
+            changed |= self.unlisted.remove(a);
+        }
+        if changed {
+            self.spoken.clear();
             self.send_heartbeat(now);
         }
     }
@@ -1488,6 +1509,7 @@ impl Cluster {
             }
         }
         self.maps = None;
+        self.spoken.clear();
     }
 
     /// Whether a live peer gave DVIPA `i` up and still has its address (see
@@ -1601,8 +1623,9 @@ impl Cluster {
                             return !k.same(i);
                         }
                         // Settings changed: the nodes on the earlier list decide it, if one
-                        // of them may take it there or holds it.
-                        k.changed(i) && (k.candidate_there(i, n) || self.peers.get(n).is_some_and(|p| bit(&p.held, i)))
+                        // of them may take it there (is its owner or a backup there, and has
+                        // not deactivated it: read so, see `Known::read`) or holds it.
+                        k.changed(i) && self.peers.get(n).is_some_and(|p| !bit(&p.declined, i) || bit(&p.held, i))
                     })
             })
             .collect();
@@ -1610,9 +1633,11 @@ impl Cluster {
         // sides cannot agree who comes first, so this side gives way.
         let yields = (0..self.dvipas.len())
             .map(|i| {
+                if !self.held[i] {
+                    return None;
+                }
                 let on_it = |n: &str| earlier.iter().any(|&(e, k, t)| e == n && !t && self.known[k].changed(i));
-                let claimant = self.peers.keys().find(|n| self.claims(n, i) && on_it(n));
-                claimant.filter(|_| self.held[i]).cloned()
+                self.peers.keys().find(|n| self.claims(n, i) && on_it(n)).cloned()
             })
             .collect();
         (differs, yields)
@@ -1665,6 +1690,9 @@ impl Cluster {
                 if self.held[i] && !differ && !self.order(i).is_empty() {
                     self.give_up(now, i, "this node is no longer its owner or a backup".to_string());
                     changed = true;
+                } else if let Some(o) = yields.filter(|_| self.held[i]) {
+                    self.give_up(now, i, gives_way(&o));
+                    changed = true;
                 }
                 continue;
             }
@@ -1680,10 +1708,7 @@ impl Cluster {
                 } else if let Some(o) = others.iter().find(|o| pos(o) < pos(&me)) {
                     Some((format!("{o} also holds it and comes first"), false))
                 } else if let Some(o) = &yields {
-                    Some((
-                        format!("{o} also holds it, with other settings for it on its DVIPA list: this side gives way"),
-                        false,
-                    ))
+                    Some((gives_way(o), false))
                 } else if desired.as_deref() != Some(me.as_str()) && !differ {
                     // (While a live node's list differs, nobody may take it: it stays.)
                     desired.as_ref().map(|d| (format!("handing over to {d}"), true))
@@ -1756,6 +1781,14 @@ impl Cluster {
         }
         if !self.alive_nodes().contains(&node) {
             return Err(format!("{node} is not alive in this node's view of the cluster"));
+        }
+        // (A move of a DVIPA whose settings a rolling change alters would not reach the
+        // nodes still on the earlier list.)
+        let earlier = self.peers.iter().find(|(_, p)| p.alive && p.list.is_some_and(|k| !self.known[k].same(i)));
+        if let Some((peer, _)) = earlier {
+            return Err(format!(
+                "{peer} is still on an earlier [[dvipa]] list, which has other settings for {addr} or none: reload it first (a rolling change is under way)"
+            ));
         }
         if self.declines(node, i) {
             return Err(format!(

@@ -1707,6 +1707,80 @@ fn when_both_sides_of_a_rolling_change_hold_a_changed_dvipa_the_new_side_gives_w
     assert_eq!(s.max_holders[0], 1);
 }
 
+/// A rolling change alters a DVIPA's settings; the one node still on the old list that was
+/// a candidate for it there has deactivated it, so it never takes it: the new list's
+/// settings decide, and the DVIPA is taken over when its holder dies.
+#[test]
+fn a_changed_dvipa_is_taken_over_by_the_new_settings_when_the_old_list_candidate_declines_it() {
+    let d = dvipas(1, Takeback::Immediate);
+    let old = vec![DvipaConfig { owner: "s3".into(), backups: vec![("s1".into(), 100)], ..d[0].clone() }];
+    let new = vec![DvipaConfig { owner: "s1".into(), backups: vec![("s2".into(), 100)], ..d[0].clone() }];
+    for seed in 1..6 {
+        let mut s = Sim::new(3, old.clone(), Quorum::Majority, seed);
+        s.run(ms(600));
+        s.with("s3", |c, now| c.deactivate(now, c.dvipas[0].address).unwrap());
+        s.run(ms(900));
+        assert_eq!(s.holders(0), vec!["s1".to_string()], "seed {seed}");
+        s.reload("s1", new.clone(), 2);
+        s.reload("s2", new.clone(), 2);
+        s.run(ms(1500));
+        assert_eq!(s.holders(0), vec!["s1".to_string()], "seed {seed}");
+        s.watch = s.t;
+        let killed = s.t;
+        s.kill("s1");
+        s.run(killed + ms(500));
+        assert_eq!(s.holders(0), vec!["s2".to_string()], "seed {seed}: {:?}", s.moves);
+        assert_eq!(s.max_holders[0], 1, "seed {seed}");
+    }
+}
+
+/// Both sides of a partition hold a DVIPA (quorum none); a rolling change takes one of
+/// them off its list. Healed, the node on the new list, no longer named for it, gives way
+/// to the node on the old list rather than keep it beside it.
+#[test]
+fn a_node_a_rolling_change_took_off_a_dvipa_it_holds_beside_an_old_list_holder_gives_way() {
+    let d = dvipas(1, Takeback::Immediate);
+    let old = vec![DvipaConfig { owner: "s2".into(), backups: vec![("s1".into(), 100)], ..d[0].clone() }];
+    let new = vec![DvipaConfig { owner: "s2".into(), backups: vec![], ..d[0].clone() }];
+    let mut s = Sim::new(2, old, Quorum::None, 5);
+    s.run(ms(500));
+    s.partition.insert("s1".into(), 1);
+    s.run(ms(900));
+    assert_eq!(s.holders(0).len(), 2, "quorum = none: both sides hold during the partition");
+    s.reload("s1", new, 2);
+    s.run(ms(1300));
+    s.partition.clear();
+    s.run(ms(1800));
+    assert_eq!(s.holders(0), vec!["s2".to_string()], "{:?}", s.causes);
+    assert!(s.causes.iter().any(|(n, _, c)| n == "s1" && c.contains("this side gives way")), "{:?}", s.causes);
+}
+
+/// A node reloaded twice (a change changed again) still reads peers two lists behind it.
+#[test]
+fn a_node_reloaded_twice_still_reads_peers_two_lists_behind_and_takeovers_go_on() {
+    for seed in 1..6 {
+        let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
+        s.run(ms(600));
+        s.reload("s1", dvipas(4, Takeback::Immediate), 2);
+        s.run(ms(900));
+        s.reload("s1", dvipas(5, Takeback::Immediate), 3);
+        s.run(ms(1300));
+        for n in ["s2", "s3"] {
+            assert!(s.nodes["s1"].c.peers[n].on_earlier_list(), "seed {seed}: s1 cannot read {n}");
+            assert!(s.nodes[n].c.peers["s1"].same_config, "seed {seed}: {n} cannot read s1");
+        }
+        // The two new DVIPAs (.4 is s1's own, .5 is s2's, which does not know it yet and
+        // declines it): both with s1, the only node that knows them.
+        let new = [3, 4].map(|i| s.nodes["s1"].c.dvipas[i].address);
+        assert_eq!(new.map(|a| s.holding(a)), [vec!["s1".to_string()], vec!["s1".to_string()]], "seed {seed}");
+        let killed = s.t;
+        s.kill("s3");
+        s.run(killed + ms(400));
+        assert_eq!(s.holders(2), vec!["s1".to_string()], "seed {seed}: {:?}", s.moves);
+        assert!(s.beside.is_empty(), "seed {seed}: {:?}", s.beside);
+    }
+}
+
 /// Rolling changes at random: the new list adds a DVIPA, drops one and changes the
 /// settings of another; the nodes are reloaded in a random order, some at the same moment,
 /// with 5 % loss, one of them dying and coming back meanwhile. No node ever activates an
@@ -1759,6 +1833,9 @@ fn rolling_changes_in_any_order_never_activate_an_address_beside_a_copy() {
         }
         assert!(s.beside.is_empty(), "seed {seed}: activated beside a copy: {:?}", s.beside);
         assert!(s.nodes.values().all(|n| n.c.on_earlier_lists().is_empty()), "seed {seed}");
+        // What the change dropped is gone from every kernel.
+        let dropped = dvipas(3, Takeback::Immediate)[1].address;
+        assert!(s.nodes.values().all(|n| !n.has(dropped) && n.c.unlisted().next().is_none()), "seed {seed}");
     }
 }
 
@@ -1788,7 +1865,8 @@ fn a_node_taken_off_a_dvipas_list_gives_it_up_to_the_nodes_on_it() {
         let d = one_dvipa_of("s2", &[("s3", 100)]);
         s.reload("s1", d.clone(), 2);
         s.run(s.t + ms(400));
-        // While the others' lists differ, nobody else may take it: s1 keeps it.
+        // While s2 and s3, still on the old list (where its settings differ), may take it
+        // there, nobody on the new list does: s1 keeps it.
         assert!(s.nodes["s1"].kernel[0], "seed {seed}: s1 gave it up while nobody could take it");
         s.reload("s2", d.clone(), 2);
         s.reload("s3", d, 2);
