@@ -1574,6 +1574,11 @@ fn a_rolling_change_that_adds_a_dvipa_brings_it_up_at_once_and_takeovers_go_on_m
             assert!(p.same_config && p.alive, "seed {seed}: {n} cannot read s1");
         }
         assert_eq!(s.nodes["s1"].c.on_earlier_lists(), vec!["s2", "s3"], "seed {seed}");
+        // A move of the new DVIPA would not reach s2 and s3: refused until they reload.
+        s.with("s1", |c, now| {
+            let e = c.move_to(now, new, "s2").unwrap_err();
+            assert!(e.contains("still on an earlier [[dvipa]] list") && e.contains("reload it first"), "{e}");
+        });
 
         // s3 dies in the middle of the change: its DVIPA (s1 rank 200, s2 rank 100) goes to
         // s1, by probing, well before the silence bound.
