@@ -9,10 +9,12 @@
 //! - **the same** (address, owner, backups and takeback): both read each other's state of
 //!   it in full; takeovers and handovers go on as if the lists matched;
 //! - **changed** (same address, other settings): each node would pick its holder by its own
-//!   settings. While a live peer on the earlier list is a candidate for it there (or holds
-//!   it), this node takes it from nobody and a holder here keeps it; the peer is told this
-//!   node is no candidate (unless it holds it), so the nodes on the earlier list decide
-//!   among themselves. A peer that is no candidate there is read as declining it;
+//!   settings. While a live peer on the earlier list may take it there (it is its owner or
+//!   a backup there and has not deactivated it) or holds it, this node takes it from nobody
+//!   and a holder here keeps it; the peer is told this node is no candidate (unless it
+//!   holds it), so the nodes on the earlier list decide among themselves. A peer that is no
+//!   candidate there is read as declining it. Should both hold it, the node that comes
+//!   later in the earlier list's order gives way;
 //! - **absent** from the earlier list: the peer does not know it, so it never holds it and
 //!   is no candidate. (An address only in the earlier list is told the same way the other
 //!   way round.)
@@ -58,6 +60,15 @@ impl Known {
 
     pub fn len(&self) -> usize {
         self.list.len()
+    }
+
+    /// Whether, in the earlier list's order of our DVIPA `i`, node `a` comes before `b`
+    /// (one not in it comes after every node in it).
+    pub fn comes_before(&self, i: usize, a: &str, b: &str) -> bool {
+        let Some((j, _)) = self.ours[i] else { return false };
+        let order = self.list[j].order();
+        let pos = |n: &str| order.iter().position(|o| *o == n).unwrap_or(usize::MAX);
+        pos(a) < pos(b)
     }
 
     /// Whether our DVIPA `i` is in the earlier list with other settings.

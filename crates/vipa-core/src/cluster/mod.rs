@@ -182,8 +182,9 @@ pub struct Peer {
     /// `Cluster::known`): read over ours; it is spoken to in that list, unless
     /// `translating`.
     list: Option<usize>,
-    /// It lays them out so for this node, believing it still on that list
-    /// ([`FLAG_EARLIER_LIST`]): its own list is another, and it hears this node's own.
+    /// It lays its heartbeats out in an earlier list of its own for this node, believing
+    /// it still on that list ([`FLAG_EARLIER_LIST`]): it is on another, later list (this
+    /// node's own, or one this node has not had yet), and hears this node's own.
     translating: bool,
     held: Vec<u8>,
     busy: Vec<u8>,
@@ -234,10 +235,10 @@ impl Peer {
         self.list.is_some() && !self.translating
     }
 
-    /// Whether it speaks to this node in a list this node had before (it believes this
-    /// node still on it): its own list is another, most likely this node's by now.
+    /// Whether it speaks to this node in a list it had before (believing this node still on
+    /// it): its own list is a later one, this node's by now or one still to come here.
     pub fn on_later_list(&self) -> bool {
-        self.list.is_some() && self.translating
+        self.translating
     }
 }
 
@@ -624,6 +625,7 @@ impl Cluster {
         // (Peers hold indexes into `known`: only a core that heard none yet.)
         debug_assert!(self.peers.is_empty(), "knows() after peers were heard");
         self.known.clear();
+        self.spoken.clear();
         for list in lists.carried {
             let k = lists::Known::new(list, &self.dvipas);
             if k.digest != self.digest
@@ -922,7 +924,7 @@ impl Cluster {
             false => self.known.iter().position(|k| k.digest == h.digest && k.len() == h.count as usize),
         };
         let same_config = list.is_some() || (h.digest == self.digest && h.count as usize == n);
-        let translating = list.is_some() && h.flags & FLAG_EARLIER_LIST != 0;
+        let translating = same_config && h.flags & FLAG_EARLIER_LIST != 0;
         // On an earlier list of ours: read over ours from here on.
         let h = match list {
             Some(k) => self.known[k].read(h, n, self.digest),
@@ -1611,24 +1613,33 @@ impl Cluster {
     /// DVIPA, whether nobody here may take it and a holder here keeps it (see
     /// `lists_differ`; `unreadable`: a peer's list is not known at all), and the peer this
     /// node gives way to if both hold it.
+    /// The peer on an earlier list (of `earlier`, as in `across_lists`) for which nobody
+    /// here may take DVIPA `i`, if any.
+    fn held_still_by<'a>(&self, i: usize, earlier: &[(&'a str, usize, bool)]) -> Option<&'a str> {
+        let by = earlier.iter().find(|&&(n, k, translating)| {
+            let k = &self.known[k];
+            if translating {
+                // On another list, speaking an earlier one for this node: what it says of a
+                // DVIPA not the same there is not what it does.
+                return !k.same(i);
+            }
+            // Settings changed: the nodes on the earlier list decide it, if one of them may
+            // take it there (is its owner or a backup there, and has not deactivated it:
+            // read so, see `Known::read`) or holds it.
+            k.changed(i) && self.peers.get(n).is_some_and(|p| !bit(&p.declined, i) || bit(&p.held, i))
+        });
+        by.map(|&(n, _, _)| n)
+    }
+
+    /// The live peers on an earlier list, as `across_lists` takes them: (name, list,
+    /// translating).
+    fn on_earlier(&self) -> Vec<(&str, usize, bool)> {
+        let alive = self.peers.iter().filter(|(_, p)| p.alive);
+        alive.filter_map(|(n, p)| Some((n.as_str(), p.list?, p.translating))).collect()
+    }
+
     fn across_lists(&self, earlier: &[(&str, usize, bool)], unreadable: bool) -> (Vec<bool>, Vec<Option<String>>) {
-        let differs = (0..self.dvipas.len())
-            .map(|i| {
-                unreadable
-                    || earlier.iter().any(|&(n, k, translating)| {
-                        let k = &self.known[k];
-                        if translating {
-                            // On another list, speaking an earlier one for this node: what
-                            // it says of a DVIPA not the same there is not what it does.
-                            return !k.same(i);
-                        }
-                        // Settings changed: the nodes on the earlier list decide it, if one
-                        // of them may take it there (is its owner or a backup there, and has
-                        // not deactivated it: read so, see `Known::read`) or holds it.
-                        k.changed(i) && self.peers.get(n).is_some_and(|p| !bit(&p.declined, i) || bit(&p.held, i))
-                    })
-            })
-            .collect();
+        let differs = (0..self.dvipas.len()).map(|i| unreadable || self.held_still_by(i, earlier).is_some()).collect();
         // Held here and by a peer on an earlier list where its settings differ: the two
         // sides cannot agree who comes first, so this side gives way.
         let yields = (0..self.dvipas.len())
@@ -1636,7 +1647,14 @@ impl Cluster {
                 if !self.held[i] {
                     return None;
                 }
-                let on_it = |n: &str| earlier.iter().any(|&(e, k, t)| e == n && !t && self.known[k].changed(i));
+                // (One this node comes before there gives way itself.)
+                let me = self.config.me.as_str();
+                let on_it = |n: &str| {
+                    earlier.iter().any(|&(e, k, t)| {
+                        let k = &self.known[k];
+                        e == n && !t && k.changed(i) && !k.comes_before(i, me, n)
+                    })
+                };
                 self.peers.keys().find(|n| self.claims(n, i) && on_it(n)).cloned()
             })
             .collect();
@@ -1659,12 +1677,7 @@ impl Cluster {
         // hold (see `lists_differ`); so for a DVIPA whose settings differ on a live node's
         // earlier list (see `lists`).
         let unreadable = self.lists_differ();
-        let earlier: Vec<(&str, usize, bool)> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.alive)
-            .filter_map(|(n, p)| Some((n.as_str(), p.list?, p.translating)))
-            .collect();
+        let earlier = self.on_earlier();
         let n = self.dvipas.len();
         // (Nobody on an earlier list, as almost always: nothing to look at per DVIPA.)
         let across = (!earlier.is_empty()).then(|| self.across_lists(&earlier, unreadable));
@@ -1685,12 +1698,14 @@ impl Cluster {
             }
             if self.dvipas[i].rank(&me).is_none() {
                 // Kept from before a change that took this node off its list: given up
-                // once every live node has the new list and a node on it can take it
-                // (alive, done listening); until then it is better here than nowhere.
+                // once no live node on an earlier list may take it there (see
+                // `held_still_by`) and a node on the new one can take it (alive, done
+                // listening), or to a holder on an earlier list this node does not come
+                // before; until then it is better here than nowhere.
                 if self.held[i] && !differ && !self.order(i).is_empty() {
                     self.give_up(now, i, "this node is no longer its owner or a backup".to_string());
                     changed = true;
-                } else if let Some(o) = yields.filter(|_| self.held[i]) {
+                } else if let Some(o) = yields {
                     self.give_up(now, i, gives_way(&o));
                     changed = true;
                 }
@@ -1782,12 +1797,22 @@ impl Cluster {
         if !self.alive_nodes().contains(&node) {
             return Err(format!("{node} is not alive in this node's view of the cluster"));
         }
-        // (A move of a DVIPA whose settings a rolling change alters would not reach the
-        // nodes still on the earlier list.)
-        let earlier = self.peers.iter().find(|(_, p)| p.alive && p.list.is_some_and(|k| !self.known[k].same(i)));
-        if let Some((peer, _)) = earlier {
+        // A rolling change under way: a move must mean the same on every node it reaches.
+        if let Some((peer, _)) = self.peers.iter().find(|(_, p)| p.alive && p.translating && p.list.is_none()) {
             return Err(format!(
-                "{peer} is still on an earlier [[dvipa]] list, which has other settings for {addr} or none: reload it first (a rolling change is under way)"
+                "{peer} is on a later [[dvipa]] list than this node (a rolling change is under way): reload this node first, or move {addr} from a node with the new list"
+            ));
+        }
+        if let Some(peer) = self.held_still_by(i, &self.on_earlier()) {
+            return Err(format!(
+                "{peer} is still on an earlier [[dvipa]] list, where {addr} has other settings: nobody moves it until {peer} is reloaded"
+            ));
+        }
+        let absent = |k: usize| !self.known[k].same(i);
+        let node_on_earlier = self.peers.get(node).and_then(|p| p.list.filter(|_| !p.translating));
+        if node_on_earlier.or_else(|| self.presumed.get(node).copied()).is_some_and(absent) {
+            return Err(format!(
+                "{node} is still on an earlier [[dvipa]] list, where {addr} has other settings or is not listed: reload {node} first"
             ));
         }
         if self.declines(node, i) {

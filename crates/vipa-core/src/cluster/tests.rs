@@ -1577,7 +1577,7 @@ fn a_rolling_change_that_adds_a_dvipa_brings_it_up_at_once_and_takeovers_go_on_m
         // A move of the new DVIPA would not reach s2 and s3: refused until they reload.
         s.with("s1", |c, now| {
             let e = c.move_to(now, new, "s2").unwrap_err();
-            assert!(e.contains("still on an earlier [[dvipa]] list") && e.contains("reload it first"), "{e}");
+            assert!(e.contains("s2 is still on an earlier [[dvipa]] list") && e.contains("reload s2 first"), "{e}");
         });
 
         // s3 dies in the middle of the change: its DVIPA (s1 rank 200, s2 rank 100) goes to
@@ -1673,6 +1673,16 @@ fn a_dvipa_whose_settings_a_rolling_change_alters_is_taken_over_by_one_side_only
         }
         s.reload("s2", new.clone(), 2);
         s.run(s.t + ms(300));
+        // No move of it while the two sides would read it differently, on either side.
+        let x = new[2].address;
+        s.with("s2", |c, now| {
+            let e = c.move_to(now, x, "s1").unwrap_err();
+            assert!(e.contains("has other settings: nobody moves it until"), "{e}");
+        });
+        s.with("s1", |c, now| {
+            let e = c.move_to(now, x, "s1").unwrap_err();
+            assert!(e.contains("s2 is on a later [[dvipa]] list than this node"), "{e}");
+        });
         let killed = s.t;
         s.kill("s3");
         s.run(killed + ms(500));
@@ -1784,6 +1794,60 @@ fn a_node_reloaded_twice_still_reads_peers_two_lists_behind_and_takeovers_go_on(
         assert_eq!(s.holders(2), vec!["s1".to_string()], "seed {seed}: {:?}", s.moves);
         assert!(s.beside.is_empty(), "seed {seed}: {:?}", s.beside);
     }
+}
+
+/// As above, but the node taken off the DVIPA's list came first in the old list's order:
+/// the node on the old list gives way (by its order), and the other does not too (which
+/// would leave it unheld); the DVIPA goes where the new list says once both have it.
+#[test]
+fn a_node_taken_off_a_dvipa_that_came_first_for_it_keeps_it_and_the_old_list_holder_gives_way() {
+    let d = dvipas(1, Takeback::Immediate);
+    let old = vec![DvipaConfig { owner: "s1".into(), backups: vec![("s2".into(), 100)], ..d[0].clone() }];
+    let new = vec![DvipaConfig { owner: "s2".into(), backups: vec![], ..d[0].clone() }];
+    let mut s = Sim::new(2, old, Quorum::None, 5);
+    s.run(ms(500));
+    s.partition.insert("s1".into(), 1);
+    s.run(ms(900));
+    assert_eq!(s.holders(0).len(), 2, "quorum = none: both sides hold during the partition");
+    s.reload("s1", new.clone(), 2);
+    s.run(ms(1300));
+    s.partition.clear();
+    s.watch = ms(1400);
+    s.run(ms(1800));
+    assert_eq!(s.holders(0), vec!["s1".to_string()], "{:?}", s.causes);
+    assert!(!s.causes.iter().any(|(n, _, c)| n == "s1" && c.contains("gives way")), "{:?}", s.causes);
+    assert_eq!(s.unheld_ms[0], 0, "both gave it up: {:?}", s.causes);
+    s.reload("s2", new, 2);
+    s.run(ms(3000));
+    assert_eq!(s.holders(0), vec!["s2".to_string()], "the new owner once both have the new list");
+}
+
+/// What a node says in an earlier list is laid out anew when what it says changes: a DVIPA
+/// that becomes busy reaches a peer on the earlier list as busy.
+#[test]
+fn the_heartbeat_spoken_in_an_earlier_list_follows_every_change() {
+    let mut s = Sim::new(3, dvipas(3, Takeback::WhenIdle), Quorum::Majority, 7);
+    s.run(ms(600));
+    s.reload("s1", dvipas(4, Takeback::WhenIdle), 2);
+    s.run(ms(900));
+    let busy_for_s2 = |s: &mut Sim, on: bool| {
+        let now = s.local("s1");
+        let c = &mut s.nodes.get_mut("s1").unwrap().c;
+        c.set_busy(now, [(0, on)]);
+        c.send_now(now);
+        // (The last one: set_busy sent one too.)
+        let spoken = std::iter::from_fn(|| c.poll_output())
+            .filter_map(|o| match o {
+                Output::HeartbeatTo { node, heartbeat } if node == "s2" => Some(heartbeat),
+                _ => None,
+            })
+            .last();
+        let h = spoken.expect("a heartbeat for s2 in its list");
+        assert_ne!(h.flags & vipa_wire::cluster::FLAG_EARLIER_LIST, 0);
+        bit(&h.busy, 0)
+    };
+    assert!(busy_for_s2(&mut s, true));
+    assert!(!busy_for_s2(&mut s, false));
 }
 
 /// Rolling changes at random: the new list adds a DVIPA, drops one and changes the
