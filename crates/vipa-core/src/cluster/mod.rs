@@ -230,6 +230,15 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// Whether its death may be confirmed by unanswered probes, sooner than the silence
+    /// bound: not while it is giving DVIPAs up (marks some going). Deleting thousands of
+    /// addresses holds a host up for tens of milliseconds at times, and a peer declared
+    /// dead meanwhile would have its going marks ignored: the next holders would activate
+    /// beside copies still in its kernel. Its death waits for the silence bound instead.
+    pub fn dies_by_probes(&self) -> bool {
+        self.going.iter().all(|b| *b == 0)
+    }
+
     /// Whether it is on a DVIPA list this node had before a reload (see `lists`).
     pub fn on_earlier_list(&self) -> bool {
         self.list.is_some() && !self.translating
@@ -745,7 +754,9 @@ impl Cluster {
                 None if !(p.holds_mine || at_stake) && self.calm => p.next_rtt,
                 None => suspect_at(p, interval).min(p.next_rtt),
                 Some(s) if s.sent < PROBES => s.next,
-                Some(s) => s.since + confirm_window(p, interval),
+                Some(s) if p.dies_by_probes() => s.since + confirm_window(p, interval),
+                // (Dead at the silence bound only.)
+                Some(_) => p.last_heard + dead,
             };
             next.min(p.last_heard + dead)
         });
@@ -1274,8 +1285,9 @@ impl Cluster {
                 p.suspect = Some(Suspicion { since: now, sent: 0, next: now });
             }
             let window = confirm_window(p, interval);
+            let by_probes = p.suspect.is_some_and(|s| s.sent >= PROBES) && p.dies_by_probes();
             if let Some(s) = &mut p.suspect {
-                if s.sent >= PROBES && now >= s.since + window {
+                if s.sent >= PROBES && now >= s.since + window && by_probes {
                     died.push((
                         name.clone(),
                         format!(

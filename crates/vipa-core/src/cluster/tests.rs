@@ -740,6 +740,38 @@ fn slow_deletions_hold_back_the_next_holder_until_the_copy_is_gone() {
     }
 }
 
+/// A node handing DVIPAs over whose host is held up meanwhile (deleting thousands of
+/// addresses does that, for tens of milliseconds at times) answers no probes: it is not
+/// declared dead before the silence bound, since its going marks would then be ignored and
+/// the next holder would activate beside its copies.
+#[test]
+fn a_node_held_up_while_it_gives_dvipas_up_is_not_declared_dead_before_the_silence_bound() {
+    for seed in 1..10 {
+        let mut s = Sim::new(3, dvipas(3, Takeback::Immediate), Quorum::Majority, seed);
+        s.deletion = (100, 300);
+        s.run(ms(500));
+        s.kill("s1");
+        s.run(ms(800));
+        assert_eq!(s.holders(0), vec!["s2".to_string()], "seed {seed}");
+        let back = s.t;
+        s.restart("s1", 2);
+        while !s.moves.iter().any(|m| m.0 >= back && m.1 == "s2" && m.2 == 0 && !m.3) {
+            assert!(s.t < back + ms(1000), "seed {seed}: s2 never handed over");
+            s.run(s.t + ms(1));
+        }
+        // Held up for 60 ms (the silence bound is 100 ms), its copy still there.
+        s.nodes.get_mut("s2").unwrap().frozen = true;
+        let frozen = s.t;
+        s.run(frozen + ms(60));
+        s.nodes.get_mut("s2").unwrap().frozen = false;
+        s.run(frozen + ms(1500));
+        assert!(s.beside.is_empty(), "seed {seed}: activated beside s2's copy: {:?}", s.beside);
+        assert_eq!(s.holders(0), vec!["s1".to_string()], "seed {seed}");
+        let dead = s.events.iter().find(|e| e.0 >= back && e.2.starts_with("node s2 is dead"));
+        assert!(dead.is_none(), "seed {seed}: {dead:?}");
+    }
+}
+
 /// vipad killed and started again finds its DVIPAs still in the kernel while a backup has
 /// taken them: it gives its copies up, and deleting them may outlast its listening. Marked
 /// going, not held, they neither take the DVIPAs from the backup nor let the owner take
