@@ -52,6 +52,11 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 /// Probes sent to a suspect before it is declared dead.
 pub const PROBES: u32 = 20;
 
+/// DVIPAs a peer marks going from which it is taken to be busy deleting their addresses,
+/// and dies only at the silence bound (see `Peer::dies_by_probes`). A handful does not
+/// hold a host up (nor does one whose deletion failed and stays marked); thousands do.
+pub const BUSY_GOING: u32 = 32;
+
 /// Heartbeat intervals between two round-trip measurements of a healthy peer.
 const RTT_EVERY: u32 = 256;
 
@@ -191,6 +196,8 @@ pub struct Peer {
     declined: Vec<u8>,
     /// Given up, the address still in its kernel (see [`Heartbeat::going`]).
     going: Vec<u8>,
+    /// How many DVIPAs it marks going (see `dies_by_probes`).
+    going_count: u32,
     pins: Vec<(u32, String, u64)>,
     pub alive: bool,
     /// How late its heartbeats usually arrive (smoothed lateness beyond the interval; an
@@ -231,12 +238,13 @@ pub struct Peer {
 
 impl Peer {
     /// Whether its death may be confirmed by unanswered probes, sooner than the silence
-    /// bound: not while it is giving DVIPAs up (marks some going). Deleting thousands of
-    /// addresses holds a host up for tens of milliseconds at times, and a peer declared
-    /// dead meanwhile would have its going marks ignored: the next holders would activate
-    /// beside copies still in its kernel. Its death waits for the silence bound instead.
+    /// bound: not while it is giving up DVIPAs by the dozen ([`BUSY_GOING`] marked going
+    /// at least). Deleting thousands of addresses holds a host up for tens of milliseconds
+    /// at times, and a peer declared dead meanwhile would have its going marks ignored:
+    /// the next holders would activate beside copies still in its kernel. Its death waits
+    /// for the silence bound instead (and it counts for quorum until then).
     pub fn dies_by_probes(&self) -> bool {
-        self.going.iter().all(|b| *b == 0)
+        self.going_count < BUSY_GOING
     }
 
     /// Whether it is on a DVIPA list this node had before a reload (see `lists`).
@@ -1083,6 +1091,7 @@ impl Cluster {
                 held: h.held,
                 busy: h.busy,
                 declined: h.declined,
+                going_count: h.going.iter().map(|b| b.count_ones()).sum(),
                 going: h.going,
                 pins: h.pins,
                 alive: true,
