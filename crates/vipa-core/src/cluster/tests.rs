@@ -1750,21 +1750,26 @@ fn a_dvipa_whose_settings_a_rolling_change_alters_is_taken_over_by_one_side_only
     }
 }
 
-/// Two holders of a DVIPA whose settings a rolling change altered (quorum none, a healed
-/// partition): each side would keep it by its own order, so the side on the new list gives
-/// way, and the DVIPA moves where the new settings say once both have them.
-#[test]
-fn when_both_sides_of_a_rolling_change_hold_a_changed_dvipa_the_new_side_gives_way() {
-    let d = dvipas(1, Takeback::Immediate);
-    let old = vec![DvipaConfig { backups: vec![("s2".into(), 100)], ..d[0].clone() }];
-    let new = vec![DvipaConfig { owner: "s2".into(), backups: vec![("s1".into(), 100)], ..d[0].clone() }];
+/// Two nodes with quorum none, both holding the one DVIPA of `old` across a partition; `who`
+/// is then reloaded with `new`, and the partition is still there (at 1300 ms).
+fn both_hold_then(old: Vec<DvipaConfig>, who: &str, new: Vec<DvipaConfig>) -> Sim {
     let mut s = Sim::new(2, old, Quorum::None, 5);
     s.run(ms(500));
     s.partition.insert("s1".into(), 1);
     s.run(ms(900));
     assert_eq!(s.holders(0).len(), 2, "quorum = none: both sides hold during the partition");
-    s.reload("s2", new.clone(), 2);
+    s.reload(who, new, 2);
     s.run(ms(1300));
+    s
+}
+
+/// Two holders of a DVIPA whose settings a rolling change altered (quorum none, a healed
+/// partition): each side would keep it by its own order, so the side on the new list gives
+/// way, and the DVIPA moves where the new settings say once both have them.
+#[test]
+fn when_both_sides_of_a_rolling_change_hold_a_changed_dvipa_the_new_side_gives_way() {
+    let new = one_dvipa_of("s2", &[("s1", 100)]);
+    let mut s = both_hold_then(one_dvipa_of("s1", &[("s2", 100)]), "s2", new.clone());
     s.partition.clear();
     s.run(ms(1800));
     assert_eq!(s.holders(0), vec!["s1".to_string()], "{:?}", s.causes);
@@ -1808,16 +1813,7 @@ fn a_changed_dvipa_is_taken_over_by_the_new_settings_when_the_old_list_candidate
 /// to the node on the old list rather than keep it beside it.
 #[test]
 fn a_node_a_rolling_change_took_off_a_dvipa_it_holds_beside_an_old_list_holder_gives_way() {
-    let d = dvipas(1, Takeback::Immediate);
-    let old = vec![DvipaConfig { owner: "s2".into(), backups: vec![("s1".into(), 100)], ..d[0].clone() }];
-    let new = vec![DvipaConfig { owner: "s2".into(), backups: vec![], ..d[0].clone() }];
-    let mut s = Sim::new(2, old, Quorum::None, 5);
-    s.run(ms(500));
-    s.partition.insert("s1".into(), 1);
-    s.run(ms(900));
-    assert_eq!(s.holders(0).len(), 2, "quorum = none: both sides hold during the partition");
-    s.reload("s1", new, 2);
-    s.run(ms(1300));
+    let mut s = both_hold_then(one_dvipa_of("s2", &[("s1", 100)]), "s1", one_dvipa_of("s2", &[]));
     s.partition.clear();
     s.run(ms(1800));
     assert_eq!(s.holders(0), vec!["s2".to_string()], "{:?}", s.causes);
@@ -1855,16 +1851,8 @@ fn a_node_reloaded_twice_still_reads_peers_two_lists_behind_and_takeovers_go_on(
 /// would leave it unheld); the DVIPA goes where the new list says once both have it.
 #[test]
 fn a_node_taken_off_a_dvipa_that_came_first_for_it_keeps_it_and_the_old_list_holder_gives_way() {
-    let d = dvipas(1, Takeback::Immediate);
-    let old = vec![DvipaConfig { owner: "s1".into(), backups: vec![("s2".into(), 100)], ..d[0].clone() }];
-    let new = vec![DvipaConfig { owner: "s2".into(), backups: vec![], ..d[0].clone() }];
-    let mut s = Sim::new(2, old, Quorum::None, 5);
-    s.run(ms(500));
-    s.partition.insert("s1".into(), 1);
-    s.run(ms(900));
-    assert_eq!(s.holders(0).len(), 2, "quorum = none: both sides hold during the partition");
-    s.reload("s1", new.clone(), 2);
-    s.run(ms(1300));
+    let new = one_dvipa_of("s2", &[]);
+    let mut s = both_hold_then(one_dvipa_of("s1", &[("s2", 100)]), "s1", new.clone());
     s.partition.clear();
     s.watch = ms(1400);
     s.run(ms(1800));
