@@ -805,7 +805,7 @@ impl ClusterShell {
             "heartbeats: multicast {group} stopped arriving ({peer} answered probes but its heartbeats did not come); sending to each peer"
         ));
         // Say it at once: the peers unicast theirs from their next heartbeat on.
-        self.heartbeat_to_all(now);
+        self.core.send_now(now);
     }
 
     /// Outside the multicast group: joins it again when it is time (the kernel reports the
@@ -846,11 +846,6 @@ impl ClusterShell {
         let (group, nic) = (m.to.ip(), m.group.nic.clone());
         info!(%group, %nic, peer = %from_peer, "the multicast group reaches this node: routine heartbeats go to it");
         self.events.push(format!("heartbeats: multicast {group} on {nic} reaches this node; sending to it"));
-        self.heartbeat_to_all(now);
-    }
-
-    /// A heartbeat to every peer now, outside the rhythm (sent by the turn's `drain`).
-    fn heartbeat_to_all(&mut self, now: Instant) {
         self.core.send_now(now);
     }
 
@@ -1168,14 +1163,13 @@ impl ClusterShell {
             warn!(dvipas = overdue.len(), %first, "released, but the address is still on this host (not added by vipa, or its deletion failed): still marked going, so that no other node takes it too");
         }
         // (An address the list no longer names is never added again: gone is gone.)
-        let unlisted_gone: Vec<IpAddr> = self.core.unlisted().filter(|a| !here.contains(a)).collect();
-        let stays = self.core.unlisted().find(|a| here.contains(a));
+        let (stay, unlisted_gone): (Vec<IpAddr>, Vec<IpAddr>) = self.core.unlisted().partition(|a| here.contains(a));
+        let stays = stay.first();
         if let Some(first) = stays.filter(|_| finished && !std::mem::replace(&mut self.unlisted_warned, true)) {
             warn!(%first, "a DVIPA the reload took off the list is still on this host (not added by vipa, or its deletion failed): still marked going towards nodes on the earlier list, and a stop will not say it is leaving");
         }
         if !gone.is_empty() || !unlisted_gone.is_empty() {
-            self.core.addresses_gone(now, gone);
-            self.core.unlisted_gone(now, &unlisted_gone);
+            self.core.addresses_gone(now, gone, &unlisted_gone);
             self.send_queued();
         }
     }

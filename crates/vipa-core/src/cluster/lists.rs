@@ -28,7 +28,7 @@ use super::{digest, DvipaConfig};
 
 /// Earlier lists kept, newest first: a node still reads a peer one or two reloads behind
 /// it (a change changed again before every node had it).
-pub const KEPT: usize = 2;
+pub(super) const KEPT: usize = 2;
 
 /// One earlier list and how it maps to this node's.
 #[derive(Debug, Clone)]

@@ -196,8 +196,6 @@ pub struct Peer {
     declined: Vec<u8>,
     /// Given up, the address still in its kernel (see [`Heartbeat::going`]).
     going: Vec<u8>,
-    /// How many DVIPAs it marks going (see `dies_by_probes`).
-    going_count: u32,
     pins: Vec<(u32, String, u64)>,
     pub alive: bool,
     /// How late its heartbeats usually arrive (smoothed lateness beyond the interval; an
@@ -244,12 +242,17 @@ impl Peer {
     /// the next holders would activate beside copies still in its kernel. Its death waits
     /// for the silence bound instead (and it counts for quorum until then).
     pub fn dies_by_probes(&self) -> bool {
-        self.going_count < BUSY_GOING
+        self.going.iter().map(|b| b.count_ones()).sum::<u32>() < BUSY_GOING
     }
 
     /// Whether it is on a DVIPA list this node had before a reload (see `lists`).
     pub fn on_earlier_list(&self) -> bool {
-        self.list.is_some() && !self.translating
+        self.earlier_list().is_some()
+    }
+
+    /// The earlier list of this node's it is on (an index in `Cluster::known`).
+    fn earlier_list(&self) -> Option<usize> {
+        self.list.filter(|_| !self.translating)
     }
 
     /// Whether it speaks to this node in a list it had before (believing this node still on
@@ -539,7 +542,7 @@ pub struct Cluster {
     presumed: BTreeMap<String, usize>,
     /// Addresses this host still has that its list no longer names (a reload dropped them
     /// while held or going): going for peers on an earlier list that names them, until
-    /// the shell says they are gone ([`Cluster::unlisted_gone`]).
+    /// the shell says they are gone ([`Cluster::addresses_gone`]).
     unlisted: std::collections::BTreeSet<IpAddr>,
     /// The last heartbeat's bitmaps laid out in each earlier list a peer is on (by index
     /// in `known`), reused as `maps` is.
@@ -664,26 +667,25 @@ impl Cluster {
         let carried = std::iter::once(self.dvipas.clone()).chain(self.known.iter().map(|k| k.list.clone())).collect();
         // (One that speaks an earlier list for this node has moved on, most likely to this
         // node's list; one presumed is not heard yet.)
-        let heard = self.peers.iter().filter(|(_, p)| p.alive && p.same_config).map(|(n, p)| {
-            let list = p.list.filter(|_| !p.translating);
-            (n.clone(), list.map_or(self.digest, |k| self.known[k].digest))
-        });
+        let heard = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.alive && p.same_config)
+            .map(|(n, p)| (n.clone(), p.earlier_list().map_or(self.digest, |k| self.known[k].digest)));
         let presumed = self.presumed.iter().map(|(n, k)| (n.clone(), self.known[*k].digest));
         Lists { carried, peers: heard.chain(presumed).collect() }
     }
 
     /// The live peers on an earlier list of this node's (see `lists`), with the list.
     fn earlier_peers(&self) -> Vec<(String, usize)> {
-        let heard = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.alive && !p.translating)
-            .filter_map(|(n, p)| Some((n.clone(), p.list?)));
+        let alive = self.peers.iter().filter(|(_, p)| p.alive);
+        let heard = alive.filter_map(|(n, p)| Some((n.clone(), p.earlier_list()?)));
         heard.chain(self.presumed.iter().map(|(n, k)| (n.clone(), *k))).collect()
     }
 
     /// The peers on an earlier list of this node's: a heartbeat for every peer reaches them
     /// as an output of its own, in their list (see `emit_all`), not with the others.
+    #[cfg(test)]
     pub fn on_earlier_lists(&self) -> Vec<String> {
         self.earlier_peers().into_iter().map(|(n, _)| n).collect()
     }
@@ -713,13 +715,17 @@ impl Cluster {
         known.speak(h, maps.clone())
     }
 
+    /// The earlier list peer `node` is on (heard so, or presumed since the reload).
+    fn list_of(&self, node: &str) -> Option<usize> {
+        match self.peers.get(node) {
+            Some(p) => p.earlier_list(),
+            None => self.presumed.get(node).copied(),
+        }
+    }
+
     /// Sends `h` to peer `node` only, in its list.
     fn emit_to(&mut self, node: &str, h: Heartbeat) {
-        let list = match self.peers.get(node) {
-            Some(p) => p.list.filter(|_| !p.translating),
-            None => self.presumed.get(node).copied(),
-        };
-        let heartbeat = match list {
+        let heartbeat = match self.list_of(node) {
             Some(k) => self.spoken_in(k, &h),
             None => h,
         };
@@ -938,11 +944,12 @@ impl Cluster {
             }
         }
         let n = self.dvipas.len();
-        let list = match h.digest == self.digest && h.count as usize == n {
+        let ours = h.digest == self.digest && h.count as usize == n;
+        let list = match ours {
             true => None,
             false => self.known.iter().position(|k| k.digest == h.digest && k.len() == h.count as usize),
         };
-        let same_config = list.is_some() || (h.digest == self.digest && h.count as usize == n);
+        let same_config = ours || list.is_some();
         let translating = same_config && h.flags & FLAG_EARLIER_LIST != 0;
         // On an earlier list of ours: read over ours from here on.
         let h = match list {
@@ -1091,7 +1098,6 @@ impl Cluster {
                 held: h.held,
                 busy: h.busy,
                 declined: h.declined,
-                going_count: h.going.iter().map(|b| b.count_ones()).sum(),
                 going: h.going,
                 pins: h.pins,
                 alive: true,
@@ -1481,31 +1487,26 @@ impl Cluster {
     }
 
     /// The shell found the addresses of these DVIPAs gone from the kernel (after their
-    /// release): they are no longer marked going, and a heartbeat says so at once, so that
-    /// their next holders take them now, not after the last one is deleted. Heartbeats are
-    /// the only outputs (once nothing is going, a leaving node's say it is leaving).
-    pub fn addresses_gone(&mut self, now: Instant, indices: impl IntoIterator<Item = usize>) {
+    /// release), and these addresses the list no longer names (`unlisted`, see
+    /// `still_going`): they are no longer marked going, and one heartbeat says so at once,
+    /// so that their next holders take them now, not after the last one is deleted.
+    /// Heartbeats are the only outputs (once nothing is going, a leaving node's say it is
+    /// leaving).
+    pub fn addresses_gone(&mut self, now: Instant, indices: impl IntoIterator<Item = usize>, unlisted: &[IpAddr]) {
         let mut changed = false;
         for i in indices {
             if i < self.going.len() && std::mem::replace(&mut self.going[i], false) {
+                self.maps = None;
+                changed = true;
+            }
+        }
+        for a in unlisted {
+            if self.unlisted.remove(a) {
+                self.spoken.clear();
                 changed = true;
             }
         }
         if changed {
-            self.maps = None;
-            self.send_heartbeat(now);
-        }
-    }
-
-    /// [`Cluster::addresses_gone`] for addresses the list no longer names (see
-    /// `still_going`).
-    pub fn unlisted_gone(&mut self, now: Instant, addrs: &[IpAddr]) {
-        let mut changed = false;
-        for a in addrs {
-            changed |= self.unlisted.remove(a);
-        }
-        if changed {
-            self.spoken.clear();
             self.send_heartbeat(now);
         }
     }
@@ -1518,7 +1519,7 @@ impl Cluster {
     /// After a reload (`Cluster::new`): the addresses of DVIPAs given up before it that may
     /// still be here are going again; so are those the new list no longer names that were
     /// held or going, towards peers on an earlier list that names them (until
-    /// [`Cluster::unlisted_gone`]).
+    /// [`Cluster::addresses_gone`]).
     pub fn still_going(&mut self, addrs: &[IpAddr]) {
         for a in addrs {
             match self.index(*a) {
@@ -1532,13 +1533,6 @@ impl Cluster {
             }
         }
         self.maps = None;
-        self.spoken.clear();
-    }
-
-    /// Whether a live peer gave DVIPA `i` up and still has its address (see
-    /// [`Heartbeat::going`]): nobody activates it meanwhile.
-    fn going_elsewhere(&self, i: usize) -> bool {
-        self.peers.values().any(|p| p.alive && p.same_config && bit(&p.going, i))
     }
 
     /// Whether a live peer still listening after its start (or reload) has DVIPA `i` in its
@@ -1630,16 +1624,12 @@ impl Cluster {
             .or_else(|| self.peers.iter().find(|(n, _)| self.claims(n, i)).map(|(n, _)| n.clone()))
     }
 
-    /// With live peers on earlier lists (`earlier`: name, list, translating): for each
-    /// DVIPA, whether nobody here may take it and a holder here keeps it (see
-    /// `lists_differ`; `unreadable`: a peer's list is not known at all), and the peer this
-    /// node gives way to if both hold it.
-    /// The peer on an earlier list (of `earlier`, as in `across_lists`) for which nobody
-    /// here may take DVIPA `i`, if any.
-    fn held_still_by<'a>(&self, i: usize, earlier: &[(&'a str, usize, bool)]) -> Option<&'a str> {
-        let by = earlier.iter().find(|&&(n, k, translating)| {
-            let k = &self.known[k];
-            if translating {
+    /// The peer on an earlier list (of `earlier`, see `on_earlier`) for which nobody here
+    /// may take DVIPA `i` and a holder here keeps it, if any.
+    fn held_still_by<'a>(&self, i: usize, earlier: &'a [(String, usize, bool)]) -> Option<&'a str> {
+        let by = earlier.iter().find(|(n, k, translating)| {
+            let k = &self.known[*k];
+            if *translating {
                 // On another list, speaking an earlier one for this node: what it says of a
                 // DVIPA not the same there is not what it does.
                 return !k.same(i);
@@ -1649,37 +1639,45 @@ impl Cluster {
             // read so, see `Known::read`) or holds it.
             k.changed(i) && self.peers.get(n).is_some_and(|p| !bit(&p.declined, i) || bit(&p.held, i))
         });
-        by.map(|&(n, _, _)| n)
+        by.map(|(n, _, _)| n.as_str())
     }
 
-    /// The live peers on an earlier list, as `across_lists` takes them: (name, list,
-    /// translating).
-    fn on_earlier(&self) -> Vec<(&str, usize, bool)> {
-        let alive = self.peers.iter().filter(|(_, p)| p.alive);
-        alive.filter_map(|(n, p)| Some((n.as_str(), p.list?, p.translating))).collect()
-    }
-
-    fn across_lists(&self, earlier: &[(&str, usize, bool)], unreadable: bool) -> (Vec<bool>, Vec<Option<String>>) {
-        let differs = (0..self.dvipas.len()).map(|i| unreadable || self.held_still_by(i, earlier).is_some()).collect();
-        // Held here and by a peer on an earlier list where its settings differ: the two
-        // sides cannot agree who comes first, so this side gives way.
-        let yields = (0..self.dvipas.len())
-            .map(|i| {
-                if !self.held[i] {
-                    return None;
-                }
-                // (One this node comes before there gives way itself.)
-                let me = self.config.me.as_str();
-                let on_it = |n: &str| {
-                    earlier.iter().any(|&(e, k, t)| {
-                        let k = &self.known[k];
-                        e == n && !t && k.changed(i) && !k.comes_before(i, me, n)
-                    })
-                };
-                self.peers.keys().find(|n| self.claims(n, i) && on_it(n)).cloned()
+    /// Of `others` (the peers that hold DVIPA `i`, which this node holds too), one on an
+    /// earlier list where its settings differ and that this node does not come before
+    /// there: the two sides cannot agree who comes first, so this side gives way (the
+    /// other gives way itself when this node comes first).
+    fn gives_way_to<'a>(
+        &self,
+        i: usize,
+        others: &'a [String],
+        earlier: &[(String, usize, bool)],
+    ) -> Option<&'a String> {
+        let me = self.config.me.as_str();
+        others.iter().find(|o| {
+            earlier.iter().any(|(e, k, translating)| {
+                let k = &self.known[*k];
+                e == *o && !translating && k.changed(i) && !k.comes_before(i, me, o)
             })
-            .collect();
-        (differs, yields)
+        })
+    }
+
+    /// The live peers on an earlier list: (name, list, translating).
+    fn on_earlier(&self) -> Vec<(String, usize, bool)> {
+        let alive = self.peers.iter().filter(|(_, p)| p.alive);
+        alive.filter_map(|(n, p)| Some((n.clone(), p.list?, p.translating))).collect()
+    }
+
+    /// What live peers whose claims can be read mark going (see [`Heartbeat::going`]), as
+    /// one bitmap; `None` when nothing (as almost always: no lookup per DVIPA then). Nobody
+    /// activates a DVIPA marked so.
+    fn going_elsewhere(&self) -> Option<Vec<u8>> {
+        let mut any: Option<Vec<u8>> = None;
+        for p in self.peers.values().filter(|p| p.alive && p.same_config && p.going.iter().any(|b| *b != 0)) {
+            let map = any.get_or_insert_with(|| vec![0; p.going.len()]);
+            map.resize(map.len().max(p.going.len()), 0);
+            map.iter_mut().zip(&p.going).for_each(|(m, g)| *m |= g);
+        }
+        any
     }
 
     fn evaluate(&mut self, now: Instant) {
@@ -1698,14 +1696,17 @@ impl Cluster {
         // hold (see `lists_differ`); so for a DVIPA whose settings differ on a live node's
         // earlier list (see `lists`).
         let unreadable = self.lists_differ();
-        let earlier = self.on_earlier();
-        let n = self.dvipas.len();
         // (Nobody on an earlier list, as almost always: nothing to look at per DVIPA.)
-        let across = (!earlier.is_empty()).then(|| self.across_lists(&earlier, unreadable));
-        for i in 0..n {
-            let differ = across.as_ref().map_or(unreadable, |(differs, _)| differs[i]);
-            let yields = across.as_ref().and_then(|(_, yields)| yields[i].clone());
+        let earlier = self.on_earlier();
+        let going_elsewhere = self.going_elsewhere();
+        for i in 0..self.dvipas.len() {
+            let differ = unreadable || (!earlier.is_empty() && self.held_still_by(i, &earlier).is_some());
             let others: Vec<String> = self.peers.keys().filter(|n| self.claims(n, i)).cloned().collect();
+            let yields = match self.held[i] && !earlier.is_empty() {
+                true => self.gives_way_to(i, &others, &earlier).cloned(),
+                false => None,
+            };
+            let going_elsewhere = going_elsewhere.as_ref().is_some_and(|m| bit(m, i));
             if !others.is_empty() {
                 self.moving[i] = false;
             }
@@ -1766,7 +1767,7 @@ impl Cluster {
                 } else if others.is_empty() {
                     self.conflict[i] = false;
                 }
-                let going = self.held[i] && self.going_elsewhere(i);
+                let going = self.held[i] && going_elsewhere;
                 if going != self.going_seen[i] {
                     self.going_seen[i] = going;
                     if self.held[i] {
@@ -1779,7 +1780,7 @@ impl Cluster {
                 && others.is_empty()
                 && !self.first_listening(i)
                 && !self.kept_by_listening(i)
-                && !self.going_elsewhere(i)
+                && !going_elsewhere
                 && !differ
                 && !self.leaving
             {
@@ -1829,9 +1830,7 @@ impl Cluster {
                 "{peer} is still on an earlier [[dvipa]] list, where {addr} has other settings: nobody moves it until {peer} is reloaded"
             ));
         }
-        let absent = |k: usize| !self.known[k].same(i);
-        let node_on_earlier = self.peers.get(node).and_then(|p| p.list.filter(|_| !p.translating));
-        if node_on_earlier.or_else(|| self.presumed.get(node).copied()).is_some_and(absent) {
+        if self.list_of(node).is_some_and(|k| !self.known[k].same(i)) {
             return Err(format!(
                 "{node} is still on an earlier [[dvipa]] list, where {addr} has other settings or is not listed: reload {node} first"
             ));

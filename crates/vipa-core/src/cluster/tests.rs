@@ -270,7 +270,7 @@ impl Sim {
                 self.causes.push((name.to_string(), index, cause));
                 if self.deletion.1 == 0 {
                     node.kernel[index] = false;
-                    node.c.addresses_gone(now, [index]);
+                    node.c.addresses_gone(now, [index], &[]);
                 } else {
                     let (lo, hi) = self.deletion;
                     let at = self.t + ms(lo + self.rng.next() % (hi - lo + 1));
@@ -307,13 +307,13 @@ impl Sim {
             if node.unlisted.contains(&address) {
                 node.unlisted.retain(|a| *a != address);
                 self.deleted.push((self.t, name.clone(), UNLISTED));
-                self.with(&name, |c, now| c.unlisted_gone(now, &[address]));
+                self.with(&name, |c, now| c.addresses_gone(now, [], &[address]));
                 continue;
             }
             let Some(i) = node.c.index(address) else { continue };
             node.kernel[i] = false;
             self.deleted.push((self.t, name.clone(), i));
-            self.with(&name, |c, now| c.addresses_gone(now, [i]));
+            self.with(&name, |c, now| c.addresses_gone(now, [i], &[]));
         }
     }
 
