@@ -226,14 +226,16 @@ fn link_cut_alone_moves_it_and_the_minority_releases() {
     let ok = wait_for(Duration::from_secs(2), || (!env.holders(DVIPA).contains(&1)).then_some(()));
     assert!(ok.is_some(), "{:?}", env.holders(DVIPA));
     assert!(out(&env.vipactl(1, &["cluster"])).contains("quorum NO"));
-    // s1 kept sending into the cut link, so its kernel is resolving its peers, next try up
-    // to a second away. (Made certain, not left to the state its entries had at the cut:
-    // one still fresh then is not resolved at all; and the next try put off past the
-    // restore.) With the cable back, its heartbeats reach them at once.
+    // s1 kept sending into the cut link, so its kernel is resolving its peers. (Made
+    // certain, not left to the state its entries had at the cut: one still fresh then is
+    // not resolved at all; and the next try put 5 s off, past the restore.) With the cable
+    // back, its heartbeats reach them at once.
     env.host(1).sh("sysctl -qw net.ipv4.neigh.en1.retrans_time_ms=5000");
     env.host(1).sh("ip neigh flush dev en1; ping -c1 -W0.2 198.18.1.12 ; ping -c1 -W0.2 198.18.1.13 ; true");
     let resolving = env.host(1).sh("ip neigh show dev en1");
-    assert!(resolving.contains("198.18.1.12") && resolving.contains("198.18.1.13"), "{resolving}");
+    let incomplete =
+        |peer: &str| resolving.lines().any(|l| l.starts_with(&format!("{peer} ")) && l.contains("INCOMPLETE"));
+    assert!(incomplete("198.18.1.12") && incomplete("198.18.1.13"), "{resolving}");
     env.restore(1);
     let t = Instant::now();
     let back = |m: serde_json::Value| m["state"] == "alive" || m["state"] == "listening";
